@@ -1,0 +1,281 @@
+//! `TensorPool`: the `GlobalAlloc` facade. It routes each request to the small path (thread heaps)
+//! or the large path (per-kind pools), and answers `realloc` in place where it can.
+//!
+//! All allocator state is process-wide (thread heaps are reached through thread-locals, the large
+//! pools are one static), so every `TensorPool` value is a view of the same allocator; the
+//! configuration of the first value to initialise it is the one applied.
+
+use crate::kind::{TensorKind, NUM_KINDS};
+use crate::options::PoolConfig;
+use crate::pool::large::{self, LargeCounters, LargeHeader, LargePools, LARGE_TAG};
+use crate::pool::slab;
+use crate::sync::{AtomicBool, Ordering};
+use crate::tcache;
+use core::alloc::{GlobalAlloc, Layout};
+use core::ptr;
+
+/// The process-wide large-block pools.
+pub(crate) static LARGE: LargePools = LargePools::new(usize::MAX);
+
+/// Whether fork handlers are registered.
+static PROCESS_INIT: AtomicBool = AtomicBool::new(false);
+/// Whether a configuration has been applied.
+static CONFIGURED: AtomicBool = AtomicBool::new(false);
+
+/// The allocator. Declare it as the global allocator of an inference binary:
+///
+/// ```no_run
+/// #[global_allocator]
+/// static ALLOC: tensorpool::TensorPool = tensorpool::TensorPool::new();
+/// # fn main() {}
+/// ```
+#[derive(Debug)]
+pub struct TensorPool {
+    config: PoolConfig,
+}
+
+impl TensorPool {
+    /// An allocator with the default configuration.
+    pub const fn new() -> Self {
+        Self { config: PoolConfig::new() }
+    }
+
+    /// An allocator with an explicit configuration.
+    pub const fn with_config(config: PoolConfig) -> Self {
+        Self { config }
+    }
+
+    /// Apply this value's configuration now if no configuration has been applied yet (otherwise the
+    /// allocator applies it at its first large allocation). Returns whether this call applied it.
+    pub fn init(&self) -> bool {
+        if CONFIGURED.load(Ordering::Acquire) {
+            return false;
+        }
+        self.configure()
+    }
+
+    #[cold]
+    fn configure(&self) -> bool {
+        ensure_process_init();
+        if CONFIGURED.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let default = crate::options::default_capacity();
+        for (k, &cap) in self.config.capacity.iter().enumerate() {
+            let cap = if cap == crate::options::DEFAULT_CAPACITY { default } else { cap };
+            LARGE.kinds[k].with(|p| p.capacity = cap);
+        }
+        LARGE.huge_pages.store(self.config.huge_pages, Ordering::Relaxed);
+        true
+    }
+
+    /// Change one kind's soft capacity (live + cached large-block bytes) at run time. Cached blocks
+    /// over the new capacity are released at the kind's next allocation or free.
+    pub fn set_capacity(&self, kind: TensorKind, bytes: usize) {
+        self.init();
+        LARGE.kinds[kind.index()].with(|p| p.capacity = bytes);
+    }
+
+    /// Release every cached block of every kind to the OS. Returns the bytes released.
+    pub fn trim(&self) -> usize {
+        LARGE.trim()
+    }
+
+    /// Counters of one kind's large-block pool.
+    pub fn large_counters(&self, kind: TensorKind) -> LargeCounters {
+        LARGE.kinds[kind.index()].with(|p| p.counters)
+    }
+
+    /// Counters of all kinds' large-block pools, indexed by `TensorKind::index`.
+    pub fn all_large_counters(&self) -> [LargeCounters; NUM_KINDS] {
+        core::array::from_fn(|k| LARGE.kinds[k].with(|p| p.counters))
+    }
+
+    /// Usable size of a live block returned by this allocator (at least the requested size).
+    ///
+    /// # Safety
+    /// `p` is a live block allocated by a `TensorPool`.
+    pub unsafe fn usable_size(&self, p: *mut u8) -> usize {
+        let seg = slab::segment_of(p);
+        // SAFETY: `p` is live, so its segment header is readable and tagged.
+        unsafe {
+            if tcache::is_small(seg) {
+                tcache::small_usable(seg, p)
+            } else {
+                large::info(seg.cast()).0
+            }
+        }
+    }
+
+    /// Kind of the pool that owns a live block.
+    ///
+    /// # Safety
+    /// `p` is a live block allocated by a `TensorPool`.
+    pub unsafe fn kind_of(&self, p: *mut u8) -> TensorKind {
+        let seg = slab::segment_of(p);
+        // SAFETY: `p` is live, so its segment header is readable and tagged.
+        let k = unsafe {
+            if tcache::is_small(seg) {
+                tcache::small_kind(seg, p)
+            } else {
+                large::kind_of(seg.cast())
+            }
+        };
+        TensorKind::from_index(k).unwrap_or(TensorKind::General)
+    }
+
+    /// Allocate under an explicit kind (the handles' entry point). Null on failure.
+    #[inline]
+    pub(crate) fn alloc_kind(&self, kind: usize, layout: Layout) -> *mut u8 {
+        match tcache::class_for(layout.size(), layout.align()) {
+            Some(c) => tcache::alloc_small_kind(kind, c),
+            None => self.alloc_large(kind, layout.size(), layout.align()),
+        }
+    }
+
+    #[inline(never)]
+    fn alloc_large(&self, kind: usize, size: usize, align: usize) -> *mut u8 {
+        if !CONFIGURED.load(Ordering::Relaxed) {
+            self.configure();
+        }
+        LARGE.alloc(kind, size, align)
+    }
+
+    /// Free a block of any kind.
+    ///
+    /// # Safety
+    /// `p` is a live block allocated by a `TensorPool`.
+    #[inline]
+    pub(crate) unsafe fn free(&self, p: *mut u8) {
+        let seg = slab::segment_of(p);
+        // SAFETY: `p` is live; its header tells small from large.
+        unsafe {
+            if tcache::is_small(seg) {
+                tcache::free_small(seg, p);
+            } else {
+                debug_assert_eq!(*(seg as *const usize), LARGE_TAG);
+                LARGE.free(seg.cast::<LargeHeader>());
+            }
+        }
+    }
+
+    /// Grow or shrink in place if possible; null if the caller must move the block.
+    ///
+    /// # Safety
+    /// `p` is a live block allocated with alignment `align`.
+    pub(crate) unsafe fn resize_in_place(&self, p: *mut u8, align: usize, new_size: usize) -> *mut u8 {
+        let seg = slab::segment_of(p);
+        // SAFETY: `p` is live; its header tells small from large.
+        unsafe {
+            if tcache::is_small(seg) {
+                let usable = tcache::small_usable(seg, p);
+                if new_size <= usable && (new_size > usable / 2 || usable <= 64) {
+                    return p;
+                }
+                ptr::null_mut()
+            } else {
+                LARGE.realloc(seg.cast(), p, new_size, align)
+            }
+        }
+    }
+
+    /// Whether a live block is known to be zero-filled (fresh from the OS).
+    ///
+    /// # Safety
+    /// `p` is a live block allocated by a `TensorPool`.
+    unsafe fn is_fresh(&self, p: *mut u8) -> bool {
+        let seg = slab::segment_of(p);
+        // SAFETY: `p` is live.
+        unsafe { !tcache::is_small(seg) && large::info(seg.cast()).1 }
+    }
+}
+
+impl Default for TensorPool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: every method returns null rather than unwinding; blocks are at least `layout.size()`
+// bytes, aligned to `layout.align()` (class sizes are multiples of the alignment, large blocks are
+// placed at an aligned offset), never handed out twice, and freed to the pool that owns them as
+// found from the address.
+unsafe impl GlobalAlloc for TensorPool {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        match tcache::class_for(layout.size(), layout.align()) {
+            Some(c) => tcache::alloc_small(c),
+            None => self.alloc_large(tcache::current_kind(), layout.size(), layout.align()),
+        }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, p: *mut u8, _layout: Layout) {
+        // SAFETY: the caller passes a live block of this allocator.
+        unsafe { self.free(p) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        let p = unsafe { self.alloc(layout) };
+        // SAFETY: `p` is a fresh block of at least `layout.size()` bytes.
+        if !p.is_null() && !unsafe { self.is_fresh(p) } {
+            // SAFETY: as above.
+            unsafe { ptr::write_bytes(p, 0, layout.size()) };
+        }
+        p
+    }
+
+    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let align = layout.align();
+        // SAFETY: `p` is live with alignment `align` (the caller's contract).
+        let q = unsafe { self.resize_in_place(p, align, new_size) };
+        if !q.is_null() {
+            return q;
+        }
+        let Ok(new_layout) = Layout::from_size_align(new_size, align) else {
+            return ptr::null_mut();
+        };
+        // SAFETY: a valid non-zero layout (the caller guarantees new_size > 0).
+        let q = unsafe { self.alloc(new_layout) };
+        if !q.is_null() {
+            // SAFETY: both blocks are live and distinct; we copy what both can hold.
+            unsafe {
+                ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
+                self.free(p);
+            }
+        }
+        q
+    }
+}
+
+/// One-time process set-up: fork handlers.
+pub(crate) fn ensure_process_init() {
+    if PROCESS_INIT.load(Ordering::Acquire) {
+        return;
+    }
+    if !PROCESS_INIT.swap(true, Ordering::AcqRel) {
+        crate::os::at_fork(fork_prepare, fork_parent, fork_child);
+    }
+}
+
+/// Hold every lock across `fork`, so the child never inherits a lock held by a thread that does
+/// not exist in it.
+unsafe extern "C" fn fork_prepare() {
+    tcache::lock_all();
+    for k in &LARGE.kinds {
+        k.raw_lock();
+    }
+}
+
+unsafe extern "C" fn fork_parent() {
+    for k in LARGE.kinds.iter().rev() {
+        k.raw_unlock();
+    }
+    tcache::unlock_all();
+}
+
+unsafe extern "C" fn fork_child() {
+    // SAFETY: same as in the parent: we hold every lock and release it.
+    unsafe { fork_parent() }
+}

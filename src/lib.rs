@@ -1,0 +1,36 @@
+//! tensorpool: a memory allocator for ML inference processes.
+//!
+//! `TensorPool` is a `#[global_allocator]` that routes every request by size class and by tensor
+//! kind into per-kind pools: small blocks come from per-thread slab pages, large (tensor) blocks
+//! from per-kind pools that keep freed blocks mapped for reuse and give the least recently released
+//! ones back to the OS under a capacity. Every block of 64 bytes or more starts on a 64-byte cache
+//! line.
+//!
+//! ```no_run
+//! use tensorpool::TensorPool;
+//!
+//! #[global_allocator]
+//! static ALLOC: TensorPool = TensorPool::new();
+//!
+//! fn main() {
+//!     let v: Vec<u8> = vec![0; 1 << 20]; // served by tensorpool
+//!     drop(v);
+//! }
+//! ```
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
+
+mod class;
+mod global;
+mod kind;
+mod options;
+mod os;
+mod pool;
+mod sync;
+mod tcache;
+
+pub use global::TensorPool;
+pub use kind::{ParseKindError, TensorKind, NUM_KINDS};
+pub use options::{PoolConfig, DEFAULT_CAPACITY};
+pub use os::resident_bytes;
+pub use pool::large::LargeCounters;

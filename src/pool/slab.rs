@@ -1,0 +1,277 @@
+//! Segments and slab pages: where small blocks live.
+//!
+//! A segment is a `SEGMENT_SIZE`-aligned mapping owned by one thread heap. Its first slab page holds
+//! the header (segment fields and the descriptors of all pages); the other pages each serve one
+//! (kind, size class). The owner of any block is found from its address alone:
+//! `segment = (ptr - 1) & !(SEGMENT_SIZE - 1)`, `page = (ptr - segment) >> SLAB_SHIFT`.
+//! (`ptr - 1` rather than `ptr` lets a large block with an alignment of a whole segment or more
+//! place its header exactly one segment below itself; small blocks never start at a segment's
+//! first byte, so for them the two are the same.)
+//!
+//! Per page invariant: `used + |free| + |remote| + |delayed blocks of this page| +
+//! (reserved - capacity) == reserved`, where `capacity` counts blocks carved so far. `used` is the
+//! owner's count of blocks handed out minus frees it has seen.
+
+use crate::class::{SLAB_SHIFT, SLAB_SIZE};
+use crate::sync::{AtomicUsize, Ordering};
+use core::ptr;
+
+/// Size and alignment of a segment.
+pub(crate) const SEGMENT_SIZE: usize = 4 << 20;
+/// Slab pages per segment, the first holding the header.
+pub(crate) const PAGES_PER_SEGMENT: usize = SEGMENT_SIZE / SLAB_SIZE;
+
+/// First word of a segment header.
+pub(crate) const SMALL_TAG: usize = 0x7e45_0a11_5e60_0001;
+
+/// A free block: its first word links to the next.
+#[repr(C)]
+pub(crate) struct Block {
+    pub(crate) next: *mut Block,
+}
+
+/// Bit 0 of `Page::remote`: the page is on its heap's full list, so remote frees go to the heap's
+/// delayed list instead (that is how the owner learns a full page has room again).
+pub(crate) const FULL: usize = 1;
+
+/// Descriptor of one slab page, kept in the segment header.
+#[repr(C, align(64))]
+pub(crate) struct Page {
+    /// Owner-only free list (LIFO: the most recently freed, hottest block is reused first).
+    pub(crate) free: *mut Block,
+    /// Blocks handed out and not yet seen freed by the owner.
+    pub(crate) used: u32,
+    /// Blocks carved out of the page so far (the rest is untouched memory).
+    pub(crate) capacity: u32,
+    /// Blocks the page can hold.
+    pub(crate) reserved: u32,
+    /// Block size of the class.
+    pub(crate) block_size: u32,
+    /// Size class index.
+    pub(crate) class: u8,
+    /// Tensor kind index.
+    pub(crate) kind: u8,
+    /// Whether the page is on its heap's full list (mirrors the FULL bit, owner view).
+    pub(crate) in_full: bool,
+    /// Whether the page is in use (false: free slot of the segment).
+    pub(crate) in_use: bool,
+    /// Remote frees: a Treiber stack of blocks pushed by other threads, plus the FULL bit.
+    pub(crate) remote: AtomicUsize,
+    /// Links in the heap's queue (or full list) for this page's kind and class.
+    pub(crate) next: *mut Page,
+    pub(crate) prev: *mut Page,
+}
+
+/// Segment header, at the segment's first byte.
+#[repr(C)]
+pub(crate) struct Segment {
+    /// `SMALL_TAG`; large blocks have `LARGE_TAG` at the same place.
+    pub(crate) tag: usize,
+    /// The thread heap owning every page (heaps are recycled, never freed, so this stays valid).
+    pub(crate) owner: *mut crate::tcache::Heap,
+    /// Next segment of the same heap.
+    pub(crate) next: *mut Segment,
+    /// Bit i set iff page i is free (page 0, the header, is never free).
+    pub(crate) free_mask: u64,
+    /// Pages in use.
+    pub(crate) used_pages: u32,
+    pub(crate) pages: [Page; PAGES_PER_SEGMENT],
+}
+
+const _: () = assert!(PAGES_PER_SEGMENT == 64);
+const _: () = assert!(core::mem::size_of::<Segment>() <= SLAB_SIZE);
+
+/// The segment holding `p` (any address inside a small block).
+#[inline(always)]
+pub(crate) fn segment_of(p: *mut u8) -> *mut Segment {
+    ((p as usize).wrapping_sub(1) & !(SEGMENT_SIZE - 1)) as *mut Segment
+}
+
+/// The page descriptor of the small block at `p`.
+///
+/// # Safety
+/// `seg` is `segment_of(p)` and is a live small segment.
+#[inline(always)]
+pub(crate) unsafe fn page_of(seg: *mut Segment, p: *mut u8) -> *mut Page {
+    let idx = (p as usize - seg as usize) >> SLAB_SHIFT;
+    // SAFETY: `idx < PAGES_PER_SEGMENT` because `p` lies inside the segment; the pointer stays in
+    // the header's page array.
+    unsafe { ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(idx) }
+}
+
+/// First byte of the page's block area.
+///
+/// # Safety
+/// `page` points into a live segment's page array.
+#[inline]
+pub(crate) unsafe fn page_start(page: *mut Page) -> *mut u8 {
+    let seg = (page as usize) & !(SEGMENT_SIZE - 1);
+    // SAFETY: the page descriptors start at a fixed offset in the header.
+    let first = unsafe { ptr::addr_of_mut!((*(seg as *mut Segment)).pages) } as usize;
+    let idx = (page as usize - first) / core::mem::size_of::<Page>();
+    (seg + idx * SLAB_SIZE) as *mut u8
+}
+
+/// Initialise a freshly mapped segment for `owner`.
+///
+/// # Safety
+/// `seg` is a fresh `SEGMENT_SIZE`-aligned mapping of `SEGMENT_SIZE` bytes (zero-filled).
+pub(crate) unsafe fn init_segment(seg: *mut Segment, owner: *mut crate::tcache::Heap) {
+    // SAFETY: the mapping is ours and zeroed, so writing the header fields is sound; the zeroed
+    // page descriptors already read as "not in use".
+    unsafe {
+        (*seg).tag = SMALL_TAG;
+        (*seg).owner = owner;
+        (*seg).next = ptr::null_mut();
+        (*seg).free_mask = !1u64;
+        (*seg).used_pages = 0;
+    }
+}
+
+/// Take a free page slot of `seg` and initialise it for (kind, class). Null if the segment is full.
+///
+/// # Safety
+/// The caller owns `seg` (it is its heap's).
+pub(crate) unsafe fn take_page(seg: *mut Segment, kind: u8, class: usize) -> *mut Page {
+    // SAFETY: owner-only access to the header.
+    unsafe {
+        let mask = (*seg).free_mask;
+        if mask == 0 {
+            return ptr::null_mut();
+        }
+        let idx = mask.trailing_zeros() as usize;
+        (*seg).free_mask = mask & !(1u64 << idx);
+        (*seg).used_pages += 1;
+        let page = ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(idx);
+        let bs = crate::class::small_size(class);
+        (*page).free = ptr::null_mut();
+        (*page).used = 0;
+        (*page).capacity = 0;
+        (*page).reserved = (SLAB_SIZE / bs) as u32;
+        (*page).block_size = bs as u32;
+        (*page).class = class as u8;
+        (*page).kind = kind;
+        (*page).in_full = false;
+        (*page).in_use = true;
+        (*page).remote.store(0, Ordering::Relaxed);
+        (*page).next = ptr::null_mut();
+        (*page).prev = ptr::null_mut();
+        page
+    }
+}
+
+/// Return an empty page's slot to its segment. Returns true if the segment became empty.
+///
+/// # Safety
+/// The caller owns the page, it has `used == 0`, no remote blocks and is on no list.
+pub(crate) unsafe fn release_page(page: *mut Page) -> bool {
+    // SAFETY: owner-only access to the page and its segment header.
+    unsafe {
+        debug_assert_eq!((*page).used, 0);
+        let seg = ((page as usize) & !(SEGMENT_SIZE - 1)) as *mut Segment;
+        let first = ptr::addr_of_mut!((*seg).pages).cast::<Page>();
+        let idx = page.offset_from(first) as usize;
+        (*page).in_use = false;
+        (*seg).free_mask |= 1u64 << idx;
+        (*seg).used_pages -= 1;
+        (*seg).used_pages == 0
+    }
+}
+
+/// Carve more blocks from the untouched part of the page onto its free list: about 4 KiB worth,
+/// at least one, so a fresh page is touched gradually rather than all at once.
+///
+/// # Safety
+/// Owner-only; `capacity < reserved`.
+#[cold]
+pub(crate) unsafe fn extend(page: *mut Page) {
+    // SAFETY: owner-only; every carved block lies inside the page's block area.
+    unsafe {
+        let bs = (*page).block_size as usize;
+        let start = page_start(page);
+        let cap = (*page).capacity as usize;
+        let n = (4096 / bs).max(1).min((*page).reserved as usize - cap);
+        let first = start.add(cap * bs);
+        let mut b = first;
+        for _ in 1..n {
+            let next = b.add(bs);
+            (*(b as *mut Block)).next = next as *mut Block;
+            b = next;
+        }
+        (*(b as *mut Block)).next = (*page).free;
+        (*page).free = first as *mut Block;
+        (*page).capacity += n as u32;
+    }
+}
+
+/// Push a block freed by a thread other than the owner. Returns false (pushing nothing) if the
+/// page is marked full, in which case the caller must use the heap's delayed list.
+///
+/// # Safety
+/// `b` is a block of `page` that is handed out and now freed exactly once.
+#[inline]
+pub(crate) unsafe fn remote_push(page: *mut Page, b: *mut Block) -> bool {
+    // SAFETY: the page descriptor lives as long as the segment, which cannot be released while `b`
+    // is counted in `used`.
+    let remote = unsafe { &(*page).remote };
+    let mut cur = remote.load(Ordering::Relaxed);
+    loop {
+        if cur & FULL != 0 {
+            return false;
+        }
+        // SAFETY: we own `b` until the CAS publishes it.
+        unsafe { (*b).next = cur as *mut Block };
+        match remote.compare_exchange_weak(cur, b as usize, Ordering::Release, Ordering::Relaxed) {
+            Ok(_) => return true,
+            Err(actual) => cur = actual,
+        }
+    }
+}
+
+/// Move remote frees onto the owner's free list. Returns the number collected.
+///
+/// # Safety
+/// Owner-only.
+pub(crate) unsafe fn collect_remote(page: *mut Page) -> u32 {
+    // SAFETY: owner-only; the swapped-out list is now exclusively ours.
+    unsafe {
+        let remote = &(*page).remote;
+        if remote.load(Ordering::Relaxed) & !FULL == 0 {
+            return 0;
+        }
+        let head = (remote.swap(0, Ordering::Acquire) & !FULL) as *mut Block;
+        // The FULL bit is only set while the page is on the full list with an empty remote stack,
+        // and collection happens on pages in the queue, so clearing it here loses nothing.
+        let mut n = 1;
+        let mut tail = head;
+        while !(*tail).next.is_null() {
+            tail = (*tail).next;
+            n += 1;
+        }
+        (*tail).next = (*page).free;
+        (*page).free = head;
+        (*page).used -= n;
+        n
+    }
+}
+
+/// Mark the page full (owner moving it to the full list). Fails, marking nothing, if remote frees
+/// arrived meanwhile; the caller then collects them instead.
+///
+/// # Safety
+/// Owner-only.
+pub(crate) unsafe fn try_mark_full(page: *mut Page) -> bool {
+    // SAFETY: the descriptor is live; only the CAS touches shared state.
+    let remote = unsafe { &(*page).remote };
+    remote.compare_exchange(0, FULL, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+}
+
+/// Clear the FULL mark (owner moving the page back to its queue). With FULL set nobody pushes to
+/// the remote stack, so it is empty and a plain store suffices.
+///
+/// # Safety
+/// Owner-only.
+pub(crate) unsafe fn clear_full(page: *mut Page) {
+    // SAFETY: the descriptor is live.
+    unsafe { (*page).remote.store(0, Ordering::Release) };
+}

@@ -1,0 +1,669 @@
+//! Thread heaps: the small-block fast path, read top to bottom.
+//!
+//! Each thread owns a `Heap` with one `KindHeap` per tensor kind; a kind heap has, per size class,
+//! a *direct* page (the page the fast path pops from), a queue of pages that may have free blocks
+//! and a list of full pages. The thread-local `CUR` points at the kind heap of the thread's current
+//! tag, so routing by kind costs the fast path nothing: allocation is one thread-local load, one
+//! table load and a free-list pop; a new thread's `CUR` points at a static empty kind heap whose
+//! direct pages are a static empty page, so the fast path never tests for "no heap yet".
+//!
+//! Frees find the block's page from its address. A free by the owning thread pushes onto the page's
+//! free list; any other thread pushes onto the page's remote stack with one CAS, or, when the page
+//! is on the full list, onto the heap's delayed list, which the owner drains in its slow path (that
+//! is how a full page rejoins the queue). Heaps are never freed: a thread's exit (seen by a
+//! `pthread` key destructor, never a Rust TLS destructor, which could allocate) returns its empty
+//! pages and marks the heap free for the next new thread to adopt, live blocks and all.
+
+use crate::class::{small_class, small_size, NUM_SMALL};
+use crate::kind::NUM_KINDS;
+use crate::os;
+use crate::pool::slab::{self, Block, Page, Segment, SEGMENT_SIZE, SMALL_TAG};
+use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, Ordering, SpinLock};
+use core::cell::Cell;
+use core::ptr;
+
+/// Per-kind part of a thread heap.
+#[repr(C)]
+pub(crate) struct KindHeap {
+    /// Page the fast path pops from, per class; `EMPTY_PAGE` when there is none.
+    direct: [*mut Page; NUM_SMALL],
+    /// Pages that may have free blocks, per class (doubly linked through `Page::next/prev`).
+    queue: [*mut Page; NUM_SMALL],
+    /// Pages found full, per class; their remote frees arrive through `Heap::delayed`.
+    full: [*mut Page; NUM_SMALL],
+    /// The heap this belongs to (null only in the static empty kind heap).
+    heap: *mut Heap,
+    kind: u8,
+}
+
+/// A thread's heap.
+#[repr(C)]
+pub(crate) struct Heap {
+    kinds: [KindHeap; NUM_KINDS],
+    /// Segments owned by this heap (linked through `Segment::next`).
+    segments: *mut Segment,
+    /// One empty segment kept back, so a thread cycling through a segment's worth of memory does
+    /// not map and fault it each time.
+    spare: *mut Segment,
+    /// Blocks freed by other threads into pages that were on the full list.
+    delayed: AtomicPtr<Block>,
+    /// Whether a live thread owns this heap.
+    in_use: AtomicBool,
+    /// Next heap in the registry (set before publication, never changed).
+    next_heap: *mut Heap,
+}
+
+/// A wrapper making the static empty structures `Sync`: they are only ever read.
+#[repr(transparent)]
+struct ReadOnly<T>(T);
+// SAFETY: the wrapped statics are never written (the fast path only reads a null free list from
+// them before falling to the slow path).
+unsafe impl<T> Sync for ReadOnly<T> {}
+
+static EMPTY_PAGE: ReadOnly<Page> = ReadOnly(Page {
+    free: ptr::null_mut(),
+    used: 0,
+    capacity: 0,
+    reserved: 0,
+    block_size: 0,
+    class: 0,
+    kind: 0,
+    in_full: false,
+    in_use: false,
+    remote: AtomicUsize::new(0),
+    next: ptr::null_mut(),
+    prev: ptr::null_mut(),
+});
+
+const fn empty_page() -> *mut Page {
+    &EMPTY_PAGE as *const ReadOnly<Page> as *mut Page
+}
+
+static EMPTY_KIND_HEAP: ReadOnly<KindHeap> = ReadOnly(KindHeap {
+    direct: [empty_page(); NUM_SMALL],
+    queue: [ptr::null_mut(); NUM_SMALL],
+    full: [ptr::null_mut(); NUM_SMALL],
+    heap: ptr::null_mut(),
+    kind: 0,
+});
+
+thread_local! {
+    /// The kind heap of the calling thread's current tag.
+    static CUR: Cell<*mut KindHeap> =
+        const { Cell::new(&EMPTY_KIND_HEAP as *const ReadOnly<KindHeap> as *mut KindHeap) };
+    /// The calling thread's current tensor kind (index).
+    static TAG: Cell<u8> = const { Cell::new(0) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fast paths
+// ---------------------------------------------------------------------------------------------
+
+/// Allocate a block of small class `class` under the calling thread's current kind.
+#[inline(always)]
+pub(crate) fn alloc_small(class: usize) -> *mut u8 {
+    let kh = CUR.get();
+    // SAFETY: `CUR` always points at a valid kind heap (the static empty one or the thread's own),
+    // `class < NUM_SMALL` by the caller's lookup, and a direct page is the static empty page or a
+    // page owned by this thread, whose free list only this thread touches.
+    unsafe {
+        let page = *(*kh).direct.get_unchecked(class);
+        let b = (*page).free;
+        if !b.is_null() {
+            (*page).free = (*b).next;
+            (*page).used += 1;
+            return b.cast();
+        }
+        alloc_slow(kh, class)
+    }
+}
+
+/// Allocate a small block of an explicit kind (allocator handles), whatever the thread's tag.
+#[inline]
+pub(crate) fn alloc_small_kind(kind: usize, class: usize) -> *mut u8 {
+    let cur = CUR.get();
+    // SAFETY: as in `alloc_small`; `kind < NUM_KINDS`.
+    unsafe {
+        let heap = (*cur).heap;
+        if heap.is_null() {
+            let heap = init_thread();
+            if heap.is_null() {
+                return ptr::null_mut();
+            }
+            return alloc_small_kind(kind, class);
+        }
+        let kh = ptr::addr_of_mut!((*heap).kinds[kind]);
+        let page = *(*kh).direct.get_unchecked(class);
+        let b = (*page).free;
+        if !b.is_null() {
+            (*page).free = (*b).next;
+            (*page).used += 1;
+            return b.cast();
+        }
+        alloc_slow(kh, class)
+    }
+}
+
+/// Free a small block.
+///
+/// # Safety
+/// `p` is a live small block (its segment carries `SMALL_TAG`).
+#[inline(always)]
+pub(crate) unsafe fn free_small(seg: *mut Segment, p: *mut u8) {
+    // SAFETY: `p` is live, so its segment and page descriptor are valid; the page's owner-only
+    // fields are touched only when this thread is the owner.
+    unsafe {
+        let page = slab::page_of(seg, p);
+        let b = p.cast::<Block>();
+        if (*seg).owner == (*CUR.get()).heap {
+            (*b).next = (*page).free;
+            (*page).free = b;
+            (*page).used -= 1;
+            if ((*page).used == 0) | (*page).in_full {
+                page_freed_cold(page);
+            }
+        } else {
+            free_remote(seg, page, b);
+        }
+    }
+}
+
+/// The calling thread's current kind index.
+#[inline]
+pub(crate) fn current_kind() -> usize {
+    TAG.get() as usize
+}
+
+/// Set the calling thread's current kind; returns the previous one.
+pub(crate) fn set_kind(kind: usize) -> usize {
+    debug_assert!(kind < NUM_KINDS);
+    let prev = TAG.replace(kind as u8);
+    let cur = CUR.get();
+    // SAFETY: `CUR` is valid; a non-null heap is this thread's own.
+    unsafe {
+        let heap = (*cur).heap;
+        if !heap.is_null() {
+            CUR.set(ptr::addr_of_mut!((*heap).kinds[kind]));
+        }
+    }
+    prev as usize
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slow paths
+// ---------------------------------------------------------------------------------------------
+
+#[cold]
+#[inline(never)]
+unsafe fn alloc_slow(kh: *mut KindHeap, class: usize) -> *mut u8 {
+    // SAFETY: `kh` is the static empty kind heap (heap null) or one of this thread's.
+    unsafe {
+        let kh = if (*kh).heap.is_null() {
+            let heap = init_thread();
+            if heap.is_null() {
+                return ptr::null_mut();
+            }
+            CUR.get()
+        } else {
+            kh
+        };
+        drain_delayed((*kh).heap);
+        let page = find_page(kh, class);
+        if page.is_null() {
+            return ptr::null_mut();
+        }
+        let b = (*page).free;
+        (*page).free = (*b).next;
+        (*page).used += 1;
+        b.cast()
+    }
+}
+
+/// Find a page of `class` with a free block, make it the direct page and return it (null when the
+/// OS refuses memory).
+///
+/// # Safety
+/// `kh` belongs to the calling thread's heap.
+unsafe fn find_page(kh: *mut KindHeap, class: usize) -> *mut Page {
+    // SAFETY: owner-only traversal of this thread's queues.
+    unsafe {
+        let mut p = (*kh).queue[class];
+        while !p.is_null() {
+            let next = (*p).next;
+            slab::collect_remote(p);
+            if (*p).free.is_null() && (*p).capacity < (*p).reserved {
+                slab::extend(p);
+            }
+            if !(*p).free.is_null() {
+                (*kh).direct[class] = p;
+                return p;
+            }
+            if slab::try_mark_full(p) {
+                queue_unlink(&mut (*kh).queue[class], p);
+                queue_push(&mut (*kh).full[class], p);
+                (*p).in_full = true;
+            } else {
+                // Remote frees arrived between the collection and the mark.
+                slab::collect_remote(p);
+                (*kh).direct[class] = p;
+                return p;
+            }
+            p = next;
+        }
+        let p = new_page((*kh).heap, (*kh).kind, class);
+        if p.is_null() {
+            (*kh).direct[class] = empty_page();
+            return p;
+        }
+        queue_push(&mut (*kh).queue[class], p);
+        slab::extend(p);
+        (*kh).direct[class] = p;
+        p
+    }
+}
+
+/// A local free made the page empty or hit a page on the full list.
+#[cold]
+#[inline(never)]
+unsafe fn page_freed_cold(page: *mut Page) {
+    // SAFETY: the caller is the page's owner.
+    unsafe {
+        let seg = slab::segment_of(page.cast());
+        let heap = (*seg).owner;
+        let kh = ptr::addr_of_mut!((*heap).kinds[(*page).kind as usize]);
+        let class = (*page).class as usize;
+        if (*page).in_full {
+            (*page).in_full = false;
+            slab::clear_full(page);
+            queue_unlink(&mut (*kh).full[class], page);
+            queue_push(&mut (*kh).queue[class], page);
+        }
+        if (*page).used == 0 && (*kh).direct[class] != page {
+            retire_page(heap, kh, page);
+        }
+    }
+}
+
+/// Give an empty page back to its segment, and an empty segment back to the heap's spare slot or
+/// the global cache.
+unsafe fn retire_page(heap: *mut Heap, kh: *mut KindHeap, page: *mut Page) {
+    // SAFETY: owner-only; the page is empty, so no block of it is live or pending anywhere.
+    unsafe {
+        let class = (*page).class as usize;
+        queue_unlink(&mut (*kh).queue[class], page);
+        if (*kh).direct[class] == page {
+            (*kh).direct[class] = empty_page();
+        }
+        if slab::release_page(page) {
+            let seg = slab::segment_of(page.cast());
+            segment_unlink(heap, seg);
+            if (*heap).spare.is_null() {
+                (*heap).spare = seg;
+            } else {
+                segment_cache_put(seg);
+            }
+        }
+    }
+}
+
+#[cold]
+unsafe fn free_remote(seg: *mut Segment, page: *mut Page, b: *mut Block) {
+    // SAFETY: `b` is a live block of `page`; heaps are never freed, so `owner` stays valid.
+    unsafe {
+        if !slab::remote_push(page, b) {
+            let heap = (*seg).owner;
+            let delayed = &(*heap).delayed;
+            let mut cur = delayed.load(Ordering::Relaxed);
+            loop {
+                (*b).next = cur;
+                match delayed.compare_exchange_weak(cur, b, Ordering::Release, Ordering::Relaxed) {
+                    Ok(_) => break,
+                    Err(actual) => cur = actual,
+                }
+            }
+        }
+    }
+}
+
+/// Free, as the owner, the blocks other threads freed into full pages.
+unsafe fn drain_delayed(heap: *mut Heap) {
+    // SAFETY: owner-only; the swapped-out list is exclusively ours and its blocks are live blocks
+    // of this heap's pages.
+    unsafe {
+        let delayed = &(*heap).delayed;
+        if delayed.load(Ordering::Relaxed).is_null() {
+            return;
+        }
+        let mut b = delayed.swap(ptr::null_mut(), Ordering::Acquire);
+        while !b.is_null() {
+            let next = (*b).next;
+            let seg = slab::segment_of(b.cast());
+            let page = slab::page_of(seg, b.cast());
+            (*b).next = (*page).free;
+            (*page).free = b;
+            (*page).used -= 1;
+            if ((*page).used == 0) | (*page).in_full {
+                page_freed_cold(page);
+            }
+            b = next;
+        }
+    }
+}
+
+/// Take a page for (kind, class) from the heap's segments, its spare, the global cache or the OS.
+unsafe fn new_page(heap: *mut Heap, kind: u8, class: usize) -> *mut Page {
+    // SAFETY: owner-only access to the heap's segment list.
+    unsafe {
+        let mut s = (*heap).segments;
+        while !s.is_null() {
+            if (*s).free_mask != 0 {
+                return slab::take_page(s, kind, class);
+            }
+            s = (*s).next;
+        }
+        let seg = if !(*heap).spare.is_null() {
+            core::mem::replace(&mut (*heap).spare, ptr::null_mut())
+        } else {
+            let seg = segment_cache_take();
+            if seg.is_null() {
+                os::map_aligned(SEGMENT_SIZE, SEGMENT_SIZE).cast::<Segment>()
+            } else {
+                seg
+            }
+        };
+        if seg.is_null() {
+            return ptr::null_mut();
+        }
+        slab::init_segment(seg, heap);
+        (*seg).next = (*heap).segments;
+        (*heap).segments = seg;
+        slab::take_page(seg, kind, class)
+    }
+}
+
+unsafe fn segment_unlink(heap: *mut Heap, seg: *mut Segment) {
+    // SAFETY: owner-only; `seg` is on the heap's list.
+    unsafe {
+        let mut pp: *mut *mut Segment = &mut (*heap).segments;
+        while !(*pp).is_null() {
+            if *pp == seg {
+                *pp = (*seg).next;
+                (*seg).next = ptr::null_mut();
+                return;
+            }
+            pp = &mut (**pp).next;
+        }
+    }
+}
+
+unsafe fn queue_push(head: &mut *mut Page, p: *mut Page) {
+    // SAFETY: owner-only list manipulation.
+    unsafe {
+        (*p).prev = ptr::null_mut();
+        (*p).next = *head;
+        if !(*head).is_null() {
+            (**head).prev = p;
+        }
+        *head = p;
+    }
+}
+
+unsafe fn queue_unlink(head: &mut *mut Page, p: *mut Page) {
+    // SAFETY: owner-only; `p` is on the list headed by `head`.
+    unsafe {
+        let (prev, next) = ((*p).prev, (*p).next);
+        if prev.is_null() {
+            *head = next;
+        } else {
+            (*prev).next = next;
+        }
+        if !next.is_null() {
+            (*next).prev = prev;
+        }
+        (*p).next = ptr::null_mut();
+        (*p).prev = ptr::null_mut();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Segment cache (shared): empty segments, decommitted, ready for any heap.
+// ---------------------------------------------------------------------------------------------
+
+const SEGMENT_CACHE_MAX: usize = 8;
+
+struct SegmentCache {
+    segs: [*mut Segment; SEGMENT_CACHE_MAX],
+    len: usize,
+}
+// SAFETY: the cached segments are empty mappings owned by the cache; access is under its lock.
+unsafe impl Send for SegmentCache {}
+
+static SEGMENT_CACHE: SpinLock<SegmentCache> =
+    SpinLock::new(SegmentCache { segs: [ptr::null_mut(); SEGMENT_CACHE_MAX], len: 0 });
+
+fn segment_cache_put(seg: *mut Segment) {
+    // Hand the pages' memory back but keep the address range, so the next heap skips the mmap.
+    os::decommit(
+        (seg as usize + crate::class::SLAB_SIZE) as *mut u8,
+        SEGMENT_SIZE - crate::class::SLAB_SIZE,
+    );
+    let kept = SEGMENT_CACHE.with(|c| {
+        if c.len < SEGMENT_CACHE_MAX {
+            c.segs[c.len] = seg;
+            c.len += 1;
+            true
+        } else {
+            false
+        }
+    });
+    if !kept {
+        os::unmap(seg.cast(), SEGMENT_SIZE);
+    }
+}
+
+fn segment_cache_take() -> *mut Segment {
+    SEGMENT_CACHE.with(|c| {
+        if c.len == 0 {
+            ptr::null_mut()
+        } else {
+            c.len -= 1;
+            c.segs[c.len]
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Thread start and exit, heap registry, fork
+// ---------------------------------------------------------------------------------------------
+
+/// Registry of every heap ever created (a push-only list).
+static HEAPS: AtomicPtr<Heap> = AtomicPtr::new(ptr::null_mut());
+
+/// The thread-exit key (0 until created; `usize::MAX` if none could be created).
+static EXIT_KEY: AtomicUsize = AtomicUsize::new(0);
+static EXIT_KEY_LOCK: SpinLock<()> = SpinLock::new(());
+
+/// Give the calling thread a heap: adopt an abandoned one or map a new one. Returns null when the
+/// OS refuses memory.
+#[cold]
+unsafe fn init_thread() -> *mut Heap {
+    crate::global::ensure_process_init();
+    let heap = acquire_heap();
+    if heap.is_null() {
+        return heap;
+    }
+    let key = exit_key();
+    if key != usize::MAX {
+        os::thread_key_set(key as u32, heap.cast());
+    }
+    // SAFETY: the heap is ours now.
+    CUR.set(unsafe { ptr::addr_of_mut!((*heap).kinds[TAG.get() as usize]) });
+    heap
+}
+
+fn exit_key() -> usize {
+    let k = EXIT_KEY.load(Ordering::Acquire);
+    if k != 0 {
+        return k;
+    }
+    EXIT_KEY_LOCK.with(|_| {
+        let k = EXIT_KEY.load(Ordering::Acquire);
+        if k != 0 {
+            return k;
+        }
+        // Key 0 is a valid pthread key; store keys shifted by one so 0 means "not yet".
+        let k = match os::thread_key_create(on_thread_exit) {
+            Some(k) => k as usize + 1,
+            None => usize::MAX,
+        };
+        EXIT_KEY.store(k, Ordering::Release);
+        k
+    });
+    let k = EXIT_KEY.load(Ordering::Acquire);
+    if k == usize::MAX {
+        k
+    } else {
+        k - 1
+    }
+}
+
+fn acquire_heap() -> *mut Heap {
+    let mut h = HEAPS.load(Ordering::Acquire);
+    while !h.is_null() {
+        // SAFETY: heaps on the registry are never freed.
+        let heap = unsafe { &*h };
+        if !heap.in_use.load(Ordering::Relaxed)
+            && heap.in_use.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
+        {
+            return h;
+        }
+        h = heap.next_heap;
+    }
+    let len = core::mem::size_of::<Heap>().div_ceil(os::PAGE) * os::PAGE;
+    let h = os::map(len).cast::<Heap>();
+    if h.is_null() {
+        return h;
+    }
+    // SAFETY: a fresh, zeroed mapping large enough for a heap; zero is a valid starting state for
+    // every field except the direct pages and back pointers, set here before publication.
+    unsafe {
+        for k in 0..NUM_KINDS {
+            let kh = ptr::addr_of_mut!((*h).kinds[k]);
+            (*kh).direct = [empty_page(); NUM_SMALL];
+            (*kh).heap = h;
+            (*kh).kind = k as u8;
+        }
+        (*h).in_use = AtomicBool::new(true);
+        let mut head = HEAPS.load(Ordering::Relaxed);
+        loop {
+            (*h).next_heap = head;
+            match HEAPS.compare_exchange_weak(head, h, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(actual) => head = actual,
+            }
+        }
+    }
+    h
+}
+
+/// Thread-exit destructor: return empty pages, then leave the heap for another thread to adopt.
+unsafe extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
+    let heap = arg.cast::<Heap>();
+    CUR.set(&EMPTY_KIND_HEAP as *const ReadOnly<KindHeap> as *mut KindHeap);
+    // SAFETY: the heap was this thread's; from now on this thread allocates through a new heap
+    // (acquired again if a later destructor allocates), so nothing else touches this one.
+    unsafe {
+        drain_delayed(heap);
+        for k in 0..NUM_KINDS {
+            let kh = ptr::addr_of_mut!((*heap).kinds[k]);
+            for class in 0..NUM_SMALL {
+                (*kh).direct[class] = empty_page();
+                let mut p = (*kh).queue[class];
+                while !p.is_null() {
+                    let next = (*p).next;
+                    slab::collect_remote(p);
+                    if (*p).used == 0 {
+                        retire_page(heap, kh, p);
+                    }
+                    p = next;
+                }
+            }
+        }
+        let spare = core::mem::replace(&mut (*heap).spare, ptr::null_mut());
+        if !spare.is_null() {
+            segment_cache_put(spare);
+        }
+        (*heap).in_use.store(false, Ordering::Release);
+    }
+}
+
+/// Take every lock of the small path (fork preparation).
+pub(crate) fn lock_all() {
+    EXIT_KEY_LOCK.raw_lock();
+    SEGMENT_CACHE.raw_lock();
+}
+
+/// Release what `lock_all` took.
+pub(crate) fn unlock_all() {
+    SEGMENT_CACHE.raw_unlock();
+    EXIT_KEY_LOCK.raw_unlock();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queries
+// ---------------------------------------------------------------------------------------------
+
+/// Whether the segment is a small-block segment (else it is a large block's header).
+///
+/// # Safety
+/// `seg` is `segment_of(p)` for a live block `p`.
+#[inline(always)]
+pub(crate) unsafe fn is_small(seg: *mut Segment) -> bool {
+    // SAFETY: both headers start with their tag word.
+    unsafe { (*seg).tag == SMALL_TAG }
+}
+
+/// Usable size of a live small block.
+///
+/// # Safety
+/// `p` is a live small block in `seg`.
+pub(crate) unsafe fn small_usable(seg: *mut Segment, p: *mut u8) -> usize {
+    // SAFETY: the caller guarantees `p` is live.
+    unsafe { (*slab::page_of(seg, p)).block_size as usize }
+}
+
+/// Kind index of a live small block.
+///
+/// # Safety
+/// `p` is a live small block in `seg`.
+pub(crate) unsafe fn small_kind(seg: *mut Segment, p: *mut u8) -> usize {
+    // SAFETY: the caller guarantees `p` is live.
+    unsafe { (*slab::page_of(seg, p)).kind as usize }
+}
+
+/// The small class for a request, or `None` if it takes the large path.
+#[inline(always)]
+pub(crate) fn class_for(size: usize, align: usize) -> Option<usize> {
+    // `size + align - 1` cannot overflow for a valid Layout (size <= isize::MAX - (align - 1)).
+    let rounded = (size + align - 1) & !(align - 1);
+    if rounded <= crate::class::SMALL_MAX {
+        Some(small_class(rounded))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_for_respects_alignment_and_limits() {
+        assert_eq!(class_for(1, 1).map(small_size), Some(8));
+        assert_eq!(class_for(65, 8).map(small_size), Some(128));
+        assert_eq!(class_for(1, 4096).map(small_size), Some(4096));
+        assert_eq!(class_for(16384, 8).map(small_size), Some(16384));
+        assert_eq!(class_for(16385, 8), None);
+        assert_eq!(class_for(8, 32768), None);
+    }
+}
