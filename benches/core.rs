@@ -1,1 +1,268 @@
-fn main(){}
+//! Core allocator benchmark: tensorpool against System (glibc), mimalloc and jemalloc, in one run.
+//!
+//! Every allocator is called through `GlobalAlloc` directly, so all four run in the same process
+//! and the same conditions. Rounds are interleaved (A B C D A B C D ...) and the median of each is
+//! reported, with its ratio to the best of the other three (below 1.0: tensorpool is faster).
+//! Peak resident memory is measured per allocator in child processes (`--child ALLOC WORKLOAD`).
+//!
+//! Run: `cargo bench --bench core` (`-- --quick` for fewer rounds).
+
+use mimalloc::MiMalloc;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tensorpool::TensorPool;
+use tikv_jemallocator::Jemalloc;
+
+static TP: TensorPool = TensorPool::new();
+static MI: MiMalloc = MiMalloc;
+static JE: Jemalloc = Jemalloc;
+static SYS: System = System;
+
+const NAMES: [&str; 4] = ["tensorpool", "system", "mimalloc", "jemalloc"];
+
+fn alloc_by(name: &str) -> &'static (dyn GlobalAlloc + Sync) {
+    match name {
+        "tensorpool" => &TP,
+        "system" => &SYS,
+        "mimalloc" => &MI,
+        "jemalloc" => &JE,
+        _ => panic!("unknown allocator {name}"),
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn sizes(n: usize, seed: u64) -> Vec<Layout> {
+    let mut r = Rng(seed);
+    (0..n).map(|_| Layout::from_size_align((r.next() % 1017 + 8) as usize, 8).unwrap()).collect()
+}
+
+/// malloc+free pairs of mixed sizes 8..1024.
+fn pairs(a: &dyn GlobalAlloc) {
+    let ls = sizes(4096, 1);
+    for round in 0..250 {
+        for l in &ls {
+            unsafe {
+                let p = a.alloc(*l);
+                *p = round as u8;
+                black_box(p);
+                a.dealloc(p, *l);
+            }
+        }
+    }
+}
+
+/// A window of 1,000 live objects: free the oldest, allocate a new one.
+fn window(a: &dyn GlobalAlloc) {
+    let ls = sizes(4096, 2);
+    let mut ring: Vec<(*mut u8, Layout)> = Vec::with_capacity(1000);
+    for l in ls.iter().take(1000) {
+        ring.push((unsafe { a.alloc(*l) }, *l));
+    }
+    let mut i = 0;
+    for step in 0..1_000_000usize {
+        let l = ls[step % ls.len()];
+        unsafe {
+            let (p, ol) = ring[i];
+            a.dealloc(p, ol);
+            let q = a.alloc(l);
+            *q = step as u8;
+            ring[i] = (black_box(q), l);
+        }
+        i = (i + 1) % 1000;
+    }
+    for (p, l) in ring {
+        unsafe { a.dealloc(p, l) };
+    }
+}
+
+/// Producer/consumer: one thread allocates, another frees (cross-thread frees), through a
+/// lock-free single-producer single-consumer ring.
+fn producer_consumer(a: &'static (dyn GlobalAlloc + Sync)) {
+    const N: usize = 1_000_000;
+    const CAP: usize = 1024;
+    let ring: Arc<Vec<AtomicPtr<u8>>> = Arc::new((0..CAP).map(|_| AtomicPtr::new(std::ptr::null_mut())).collect());
+    let ls = Arc::new(sizes(1024, 3));
+    let (r2, l2) = (ring.clone(), ls.clone());
+    let consumer = std::thread::spawn(move || {
+        for i in 0..N {
+            let slot = &r2[i % CAP];
+            let p = loop {
+                let p = slot.swap(std::ptr::null_mut(), Ordering::Acquire);
+                if !p.is_null() {
+                    break p;
+                }
+                std::hint::spin_loop();
+            };
+            unsafe { a.dealloc(p, l2[i % l2.len()]) };
+        }
+    });
+    for i in 0..N {
+        let l = ls[i % ls.len()];
+        let p = unsafe { a.alloc(l) };
+        unsafe { *p = i as u8 };
+        let slot = &ring[i % CAP];
+        while !slot.load(Ordering::Relaxed).is_null() {
+            std::hint::spin_loop();
+        }
+        slot.store(p, Ordering::Release);
+    }
+    consumer.join().unwrap();
+}
+
+/// Larson-like: two threads replace random slots of a shared array; the block freed may have
+/// been allocated by the other thread.
+fn larson(a: &'static (dyn GlobalAlloc + Sync)) {
+    const SLOTS: usize = 2000;
+    let slots: Arc<Vec<(AtomicPtr<u8>, AtomicUsize)>> =
+        Arc::new((0..SLOTS).map(|_| (AtomicPtr::new(std::ptr::null_mut()), AtomicUsize::new(8))).collect());
+    let hs: Vec<_> = (0..2)
+        .map(|t| {
+            let slots = slots.clone();
+            std::thread::spawn(move || {
+                let mut r = Rng(77 + t);
+                for _ in 0..500_000 {
+                    let size = (r.next() % 1017 + 8) as usize;
+                    let p = unsafe { a.alloc(Layout::from_size_align_unchecked(size, 8)) };
+                    unsafe { *p = size as u8 };
+                    let (sp, ss) = &slots[r.next() as usize % SLOTS];
+                    // Take the slot (spin while the other thread holds it), put ours in.
+                    let old = loop {
+                        let old = sp.swap(std::ptr::null_mut(), Ordering::AcqRel);
+                        if !old.is_null() || ss.load(Ordering::Acquire) == 8 {
+                            break old;
+                        }
+                        std::hint::spin_loop();
+                    };
+                    let old_size = ss.swap(size, Ordering::AcqRel);
+                    if !old.is_null() {
+                        unsafe { a.dealloc(old, Layout::from_size_align_unchecked(old_size, 8)) };
+                    }
+                    sp.store(p, Ordering::Release);
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    for (sp, ss) in slots.iter() {
+        let p = sp.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        if !p.is_null() {
+            unsafe { a.dealloc(p, Layout::from_size_align_unchecked(ss.load(Ordering::Relaxed), 8)) };
+        }
+    }
+}
+
+/// False sharing: two threads allocate small objects and write them in a loop; objects of
+/// different threads that share a cache line slow both down.
+fn false_sharing(a: &'static (dyn GlobalAlloc + Sync)) {
+    let hs: Vec<_> = (0..2)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let l = Layout::from_size_align(16, 8).unwrap();
+                for round in 0..2_000 {
+                    let objs: Vec<*mut u64> = (0..16).map(|_| unsafe { a.alloc(l) as *mut u64 }).collect();
+                    for k in 0..200u64 {
+                        for &o in &objs {
+                            unsafe { std::ptr::write_volatile(o, k + t + round) };
+                        }
+                    }
+                    for o in objs {
+                        unsafe { a.dealloc(o.cast(), l) };
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+}
+
+type Workload = fn(&'static (dyn GlobalAlloc + Sync));
+const WORKLOADS: [(&str, Workload); 5] = [
+    ("pairs 8..1024 (1M)", |a| pairs(a)),
+    ("window of 1,000 live (1M)", |a| window(a)),
+    ("producer/consumer (1M)", producer_consumer),
+    ("larson-like, 2 threads (1M)", larson),
+    ("false sharing, 2 threads", false_sharing),
+];
+
+/// Peak resident memory of a child process running one workload under one allocator. The child
+/// reports its own VmHWM (a child's ru_maxrss would include the parent's high-water mark).
+fn peak_rss_of_child(alloc: &str, w: usize) -> Option<u64> {
+    let exe = std::env::current_exe().ok()?;
+    let out = std::process::Command::new(exe).args(["--child", alloc, &w.to_string()]).output().ok()?;
+    String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+}
+
+fn vm_hwm_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() >= 4 && args[1] == "--child" {
+        let w: usize = args[3].parse().unwrap();
+        (WORKLOADS[w].1)(alloc_by(&args[2]));
+        println!("{}", vm_hwm_kib());
+        return;
+    }
+    if args.iter().any(|a| a == "--list") {
+        return;
+    }
+    let rounds = if args.iter().any(|a| a == "--quick") { 3 } else { 7 };
+    println!("core benchmark: median of {rounds} interleaved rounds; ratio = tensorpool / best other");
+    println!(
+        "{:<30} {:>11} {:>11} {:>11} {:>11} {:>7}   peak RSS KiB (tp / sys / mi / je)",
+        "workload", "tensorpool", "system", "mimalloc", "jemalloc", "ratio"
+    );
+    for (w, (name, f)) in WORKLOADS.iter().enumerate() {
+        let mut times = [[0f64; 16]; 4];
+        for r in 0..rounds {
+            for (i, n) in NAMES.iter().enumerate() {
+                let t = Instant::now();
+                f(alloc_by(n));
+                times[i][r] = t.elapsed().as_secs_f64() * 1e3;
+            }
+        }
+        let med: Vec<f64> = times
+            .iter()
+            .map(|t| {
+                let mut v = t[..rounds].to_vec();
+                v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                v[rounds / 2]
+            })
+            .collect();
+        let best_other = med[1..].iter().cloned().fold(f64::INFINITY, f64::min);
+        let rss: Vec<String> =
+            NAMES.iter().map(|n| peak_rss_of_child(n, w).map_or("?".into(), |k| k.to_string())).collect();
+        println!(
+            "{:<30} {:>9.2}ms {:>9.2}ms {:>9.2}ms {:>9.2}ms {:>7.2}   {}",
+            name,
+            med[0],
+            med[1],
+            med[2],
+            med[3],
+            med[0] / best_other,
+            rss.join(" / ")
+        );
+    }
+}

@@ -70,9 +70,9 @@ static EMPTY_PAGE: ReadOnly<Page> = ReadOnly(Page {
     kind: 0,
     in_full: false,
     in_use: false,
-    remote: AtomicUsize::new(0),
     next: ptr::null_mut(),
     prev: ptr::null_mut(),
+    remote: crossbeam_utils::CachePadded::new(AtomicUsize::new(0)),
 });
 
 const fn empty_page() -> *mut Page {
@@ -502,24 +502,22 @@ unsafe fn init_thread() -> *mut Heap {
 }
 
 fn exit_key() -> usize {
-    let k = EXIT_KEY.load(Ordering::Acquire);
-    if k != 0 {
-        return k;
+    let mut k = EXIT_KEY.load(Ordering::Acquire);
+    if k == 0 {
+        k = EXIT_KEY_LOCK.with(|_| {
+            let k = EXIT_KEY.load(Ordering::Acquire);
+            if k != 0 {
+                return k;
+            }
+            // Key 0 is a valid pthread key; store keys shifted by one so 0 means "not yet".
+            let k = match os::thread_key_create(on_thread_exit) {
+                Some(k) => k as usize + 1,
+                None => usize::MAX,
+            };
+            EXIT_KEY.store(k, Ordering::Release);
+            k
+        });
     }
-    EXIT_KEY_LOCK.with(|_| {
-        let k = EXIT_KEY.load(Ordering::Acquire);
-        if k != 0 {
-            return k;
-        }
-        // Key 0 is a valid pthread key; store keys shifted by one so 0 means "not yet".
-        let k = match os::thread_key_create(on_thread_exit) {
-            Some(k) => k as usize + 1,
-            None => usize::MAX,
-        };
-        EXIT_KEY.store(k, Ordering::Release);
-        k
-    });
-    let k = EXIT_KEY.load(Ordering::Acquire);
     if k == usize::MAX {
         k
     } else {

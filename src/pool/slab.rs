@@ -14,6 +14,7 @@
 
 use crate::class::{SLAB_SHIFT, SLAB_SIZE};
 use crate::sync::{AtomicUsize, Ordering};
+use crossbeam_utils::CachePadded;
 use core::ptr;
 
 /// Size and alignment of a segment.
@@ -35,7 +36,7 @@ pub(crate) struct Block {
 pub(crate) const FULL: usize = 1;
 
 /// Descriptor of one slab page, kept in the segment header.
-#[repr(C, align(64))]
+#[repr(C)]
 pub(crate) struct Page {
     /// Owner-only free list (LIFO: the most recently freed, hottest block is reused first).
     pub(crate) free: *mut Block,
@@ -55,11 +56,12 @@ pub(crate) struct Page {
     pub(crate) in_full: bool,
     /// Whether the page is in use (false: free slot of the segment).
     pub(crate) in_use: bool,
-    /// Remote frees: a Treiber stack of blocks pushed by other threads, plus the FULL bit.
-    pub(crate) remote: AtomicUsize,
     /// Links in the heap's queue (or full list) for this page's kind and class.
     pub(crate) next: *mut Page,
     pub(crate) prev: *mut Page,
+    /// Remote frees: a Treiber stack of blocks pushed by other threads, plus the FULL bit. On a
+    /// cache line of its own, so other threads' pushes do not evict the owner's hot fields above.
+    pub(crate) remote: CachePadded<AtomicUsize>,
 }
 
 /// Segment header, at the segment's first byte.
