@@ -45,7 +45,9 @@ impl Rng {
 
 fn sizes(n: usize, seed: u64) -> Vec<Layout> {
     let mut r = Rng(seed);
-    (0..n).map(|_| Layout::from_size_align((r.next() % 1017 + 8) as usize, 8).unwrap()).collect()
+    (0..n)
+        .map(|_| Layout::from_size_align((r.next() % 1017 + 8) as usize, 8).unwrap())
+        .collect()
 }
 
 /// malloc+free pairs of mixed sizes 8..1024.
@@ -92,7 +94,11 @@ fn window(a: &dyn GlobalAlloc) {
 fn producer_consumer(a: &'static (dyn GlobalAlloc + Sync)) {
     const N: usize = 1_000_000;
     const CAP: usize = 1024;
-    let ring: Arc<Vec<AtomicPtr<u8>>> = Arc::new((0..CAP).map(|_| AtomicPtr::new(std::ptr::null_mut())).collect());
+    let ring: Arc<Vec<AtomicPtr<u8>>> = Arc::new(
+        (0..CAP)
+            .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+            .collect(),
+    );
     let ls = Arc::new(sizes(1024, 3));
     let (r2, l2) = (ring.clone(), ls.clone());
     let consumer = std::thread::spawn(move || {
@@ -125,8 +131,11 @@ fn producer_consumer(a: &'static (dyn GlobalAlloc + Sync)) {
 /// been allocated by the other thread.
 fn larson(a: &'static (dyn GlobalAlloc + Sync)) {
     const SLOTS: usize = 2000;
-    let slots: Arc<Vec<(AtomicPtr<u8>, AtomicUsize)>> =
-        Arc::new((0..SLOTS).map(|_| (AtomicPtr::new(std::ptr::null_mut()), AtomicUsize::new(8))).collect());
+    let slots: Arc<Vec<(AtomicPtr<u8>, AtomicUsize)>> = Arc::new(
+        (0..SLOTS)
+            .map(|_| (AtomicPtr::new(std::ptr::null_mut()), AtomicUsize::new(8)))
+            .collect(),
+    );
     let hs: Vec<_> = (0..2)
         .map(|t| {
             let slots = slots.clone();
@@ -160,7 +169,12 @@ fn larson(a: &'static (dyn GlobalAlloc + Sync)) {
     for (sp, ss) in slots.iter() {
         let p = sp.swap(std::ptr::null_mut(), Ordering::AcqRel);
         if !p.is_null() {
-            unsafe { a.dealloc(p, Layout::from_size_align_unchecked(ss.load(Ordering::Relaxed), 8)) };
+            unsafe {
+                a.dealloc(
+                    p,
+                    Layout::from_size_align_unchecked(ss.load(Ordering::Relaxed), 8),
+                )
+            };
         }
     }
 }
@@ -173,7 +187,8 @@ fn false_sharing(a: &'static (dyn GlobalAlloc + Sync)) {
             std::thread::spawn(move || {
                 let l = Layout::from_size_align(16, 8).unwrap();
                 for round in 0..2_000 {
-                    let objs: Vec<*mut u64> = (0..16).map(|_| unsafe { a.alloc(l) as *mut u64 }).collect();
+                    let objs: Vec<*mut u64> =
+                        (0..16).map(|_| unsafe { a.alloc(l) as *mut u64 }).collect();
                     for k in 0..200u64 {
                         for &o in &objs {
                             unsafe { std::ptr::write_volatile(o, k + t + round) };
@@ -204,7 +219,10 @@ const WORKLOADS: [(&str, Workload); 5] = [
 /// reports its own VmHWM (a child's ru_maxrss would include the parent's high-water mark).
 fn peak_rss_of_child(alloc: &str, w: usize) -> Option<u64> {
     let exe = std::env::current_exe().ok()?;
-    let out = std::process::Command::new(exe).args(["--child", alloc, &w.to_string()]).output().ok()?;
+    let out = std::process::Command::new(exe)
+        .args(["--child", alloc, &w.to_string()])
+        .output()
+        .ok()?;
     String::from_utf8(out.stdout).ok()?.trim().parse().ok()
 }
 
@@ -228,14 +246,21 @@ fn main() {
     if args.iter().any(|a| a == "--list") {
         return;
     }
-    let rounds = if args.iter().any(|a| a == "--quick") { 3 } else { 7 };
-    println!("core benchmark: median of {rounds} interleaved rounds; ratio = tensorpool / best other");
+    let rounds = if args.iter().any(|a| a == "--quick") {
+        3
+    } else {
+        7
+    };
+    println!(
+        "core benchmark: median of {rounds} interleaved rounds; ratio = tensorpool / best other"
+    );
     println!(
         "{:<30} {:>11} {:>11} {:>11} {:>11} {:>7}   peak RSS KiB (tp / sys / mi / je)",
         "workload", "tensorpool", "system", "mimalloc", "jemalloc", "ratio"
     );
     for (w, (name, f)) in WORKLOADS.iter().enumerate() {
         let mut times = [[0f64; 16]; 4];
+        #[allow(clippy::needless_range_loop)]
         for r in 0..rounds {
             for (i, n) in NAMES.iter().enumerate() {
                 let t = Instant::now();
@@ -252,8 +277,10 @@ fn main() {
             })
             .collect();
         let best_other = med[1..].iter().cloned().fold(f64::INFINITY, f64::min);
-        let rss: Vec<String> =
-            NAMES.iter().map(|n| peak_rss_of_child(n, w).map_or("?".into(), |k| k.to_string())).collect();
+        let rss: Vec<String> = NAMES
+            .iter()
+            .map(|n| peak_rss_of_child(n, w).map_or("?".into(), |k| k.to_string()))
+            .collect();
         println!(
             "{:<30} {:>9.2}ms {:>9.2}ms {:>9.2}ms {:>9.2}ms {:>7.2}   {}",
             name,

@@ -66,7 +66,9 @@ pub(crate) fn small_class(size: usize) -> usize {
     debug_assert!(size <= SMALL_MAX);
     // SAFETY-free: the index is at most SMALL_MAX / 8 by the caller's check, so `get` never fails;
     // the `unwrap_or` keeps the path panic-free without a branch the optimiser keeps.
-    *CLASS_OF.get(size.div_ceil(8)).unwrap_or(&(NUM_SMALL as u8 - 1)) as usize
+    *CLASS_OF
+        .get(size.div_ceil(8))
+        .unwrap_or(&(NUM_SMALL as u8 - 1)) as usize
 }
 
 /// Size in bytes of small class `c`.

@@ -37,7 +37,9 @@ pub struct TensorPool {
 impl TensorPool {
     /// An allocator with the default configuration.
     pub const fn new() -> Self {
-        Self { config: PoolConfig::new() }
+        Self {
+            config: PoolConfig::new(),
+        }
     }
 
     /// An allocator with an explicit configuration.
@@ -62,10 +64,16 @@ impl TensorPool {
         }
         let default = crate::options::default_capacity();
         for (k, &cap) in self.config.capacity.iter().enumerate() {
-            let cap = if cap == crate::options::DEFAULT_CAPACITY { default } else { cap };
+            let cap = if cap == crate::options::DEFAULT_CAPACITY {
+                default
+            } else {
+                cap
+            };
             LARGE.kinds[k].with(|p| p.capacity = cap);
         }
-        LARGE.huge_pages.store(self.config.huge_pages, Ordering::Relaxed);
+        LARGE
+            .huge_pages
+            .store(self.config.huge_pages, Ordering::Relaxed);
         true
     }
 
@@ -163,7 +171,12 @@ impl TensorPool {
     ///
     /// # Safety
     /// `p` is a live block allocated with alignment `align`.
-    pub(crate) unsafe fn resize_in_place(&self, p: *mut u8, align: usize, new_size: usize) -> *mut u8 {
+    pub(crate) unsafe fn resize_in_place(
+        &self,
+        p: *mut u8,
+        align: usize,
+        new_size: usize,
+    ) -> *mut u8 {
         let seg = slab::segment_of(p);
         // SAFETY: `p` is live; its header tells small from large.
         unsafe {

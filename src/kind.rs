@@ -137,7 +137,9 @@ impl FromStr for TensorKind {
             .iter()
             .find(|(name, _)| eq(name))
             .map(|&(_, k)| k)
-            .ok_or_else(|| ParseKindError { input: s.to_owned() })
+            .ok_or_else(|| ParseKindError {
+                input: s.to_owned(),
+            })
     }
 }
 
@@ -151,11 +153,65 @@ mod tests {
             assert_eq!(k.name().parse::<TensorKind>().unwrap(), k);
             assert_eq!(TensorKind::from_index(k.index()), Some(k));
         }
-        assert_eq!("Attention-Weights".parse::<TensorKind>().unwrap(), TensorKind::Attention);
-        assert_eq!(" KV cache ".parse::<TensorKind>().unwrap(), TensorKind::KvCache);
-        assert_eq!("image_features".parse::<TensorKind>().unwrap(), TensorKind::ImageEmbedding);
-        assert_eq!("intermediate".parse::<TensorKind>().unwrap(), TensorKind::Activation);
+        assert_eq!(
+            "Attention-Weights".parse::<TensorKind>().unwrap(),
+            TensorKind::Attention
+        );
+        assert_eq!(
+            " KV cache ".parse::<TensorKind>().unwrap(),
+            TensorKind::KvCache
+        );
+        assert_eq!(
+            "image_features".parse::<TensorKind>().unwrap(),
+            TensorKind::ImageEmbedding
+        );
+        assert_eq!(
+            "intermediate".parse::<TensorKind>().unwrap(),
+            TensorKind::Activation
+        );
         let e = "weights".parse::<TensorKind>().unwrap_err().to_string();
-        assert!(e.contains("\"weights\"") && e.contains("kv_cache") && e.contains("attention"), "{e}");
+        assert!(
+            e.contains("\"weights\"") && e.contains("kv_cache") && e.contains("attention"),
+            "{e}"
+        );
+    }
+}
+
+/// The calling thread's current tensor kind: global allocations made now go to its pools.
+pub fn current_kind() -> TensorKind {
+    TensorKind::from_index(crate::tcache::current_kind()).unwrap_or_default()
+}
+
+/// Run `f` with the calling thread's kind set to `kind`; the previous kind is restored afterwards,
+/// also if `f` panics.
+pub fn with_kind<R>(kind: TensorKind, f: impl FnOnce() -> R) -> R {
+    let _scope = KindScope::enter(kind);
+    f()
+}
+
+/// A scope in which the calling thread's global allocations go to one kind's pools. Scopes nest;
+/// dropping one (also while unwinding) restores the kind that was current when it was entered.
+#[must_use = "the kind is restored when the scope is dropped"]
+#[derive(Debug)]
+pub struct KindScope {
+    prev: TensorKind,
+    // The tag is per thread: a scope must end on the thread that entered it.
+    _not_send: core::marker::PhantomData<*const ()>,
+}
+
+impl KindScope {
+    /// Make `kind` the calling thread's current kind until the scope is dropped.
+    pub fn enter(kind: TensorKind) -> Self {
+        let prev = crate::tcache::set_kind(kind.index());
+        Self {
+            prev: TensorKind::from_index(prev).unwrap_or_default(),
+            _not_send: core::marker::PhantomData,
+        }
+    }
+}
+
+impl Drop for KindScope {
+    fn drop(&mut self) {
+        crate::tcache::set_kind(self.prev.index());
     }
 }

@@ -22,6 +22,7 @@
 
 mod class;
 mod global;
+mod handle;
 mod kind;
 mod options;
 mod os;
@@ -30,7 +31,8 @@ mod sync;
 mod tcache;
 
 pub use global::TensorPool;
-pub use kind::{ParseKindError, TensorKind, NUM_KINDS};
+pub use handle::KindHandle;
+pub use kind::{current_kind, with_kind, KindScope, ParseKindError, TensorKind, NUM_KINDS};
 pub use options::{PoolConfig, DEFAULT_CAPACITY};
 pub use os::resident_bytes;
 pub use pool::large::LargeCounters;

@@ -20,7 +20,10 @@ pub struct PoolConfig {
 impl PoolConfig {
     /// Defaults: every kind at the default capacity, huge pages off.
     pub const fn new() -> Self {
-        Self { capacity: [DEFAULT_CAPACITY; NUM_KINDS], huge_pages: false }
+        Self {
+            capacity: [DEFAULT_CAPACITY; NUM_KINDS],
+            huge_pages: false,
+        }
     }
 
     /// Set one kind's capacity in bytes.

@@ -102,7 +102,13 @@ pub(crate) fn move_to(p: *mut u8, old: usize, new: usize, dst: *mut u8) -> bool 
     // SAFETY: the source is the caller's mapping, the destination a reservation of the caller's
     // that MREMAP_FIXED replaces atomically; on failure nothing changes.
     let r = unsafe {
-        libc::mremap(p.cast(), old, new, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, dst)
+        libc::mremap(
+            p.cast(),
+            old,
+            new,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            dst,
+        )
     };
     r != libc::MAP_FAILED
 }
@@ -115,41 +121,6 @@ pub(crate) fn page_size() -> usize {
         PAGE
     } else {
         r as usize
-    }
-}
-
-/// Look up an environment variable without allocating: copies its value into `buf` and returns
-/// the length copied, or `None` when unset. Values longer than `buf` are cut.
-pub(crate) fn getenv(name: &core::ffi::CStr, buf: &mut [u8]) -> Option<usize> {
-    // SAFETY: `name` is NUL-terminated; getenv returns null or a NUL-terminated string that stays
-    // valid while nobody calls setenv, and we copy it out at once.
-    let p = unsafe { libc::getenv(name.as_ptr()) };
-    if p.is_null() {
-        return None;
-    }
-    let mut n = 0;
-    while n < buf.len() {
-        // SAFETY: `p` is NUL-terminated and we stop at the terminator.
-        let c = unsafe { *p.add(n) } as u8;
-        if c == 0 {
-            break;
-        }
-        buf[n] = c;
-        n += 1;
-    }
-    Some(n)
-}
-
-/// Write bytes to standard error, unbuffered and without allocating (warnings, reports).
-pub(crate) fn write_stderr(bytes: &[u8]) {
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        // SAFETY: writing from a valid slice to fd 2.
-        let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
-        if n <= 0 {
-            return;
-        }
-        rest = &rest[n as usize..];
     }
 }
 
@@ -173,7 +144,11 @@ pub(crate) fn thread_key_set(key: u32, value: *mut u8) {
 }
 
 /// Register fork handlers (prepare in the parent before fork, parent and child after it).
-pub(crate) fn at_fork(prepare: unsafe extern "C" fn(), parent: unsafe extern "C" fn(), child: unsafe extern "C" fn()) {
+pub(crate) fn at_fork(
+    prepare: unsafe extern "C" fn(),
+    parent: unsafe extern "C" fn(),
+    child: unsafe extern "C" fn(),
+) {
     // SAFETY: the handlers are plain functions that live for the whole program.
     unsafe {
         libc::pthread_atfork(Some(prepare), Some(parent), Some(child));

@@ -8,19 +8,21 @@
 //! direct pages are a static empty page, so the fast path never tests for "no heap yet".
 //!
 //! Frees find the block's page from its address. A free by the owning thread pushes onto the page's
-//! free list; any other thread pushes onto the page's remote stack with one CAS, or, when the page
-//! is on the full list, onto the heap's delayed list, which the owner drains in its slow path (that
-//! is how a full page rejoins the queue). Heaps are never freed: a thread's exit (seen by a
+//! free list. A free by any other thread goes into that thread's small batch of remote frees,
+//! grouped by owner heap; a full batch is published to each owner's delayed list with one CAS per
+//! owner (so a cross-thread free costs a fraction of an atomic operation), and the owner drains its
+//! delayed list at the start of every slow path. Heaps are never freed: a thread's exit (seen by a
 //! `pthread` key destructor, never a Rust TLS destructor, which could allocate) returns its empty
 //! pages and marks the heap free for the next new thread to adopt, live blocks and all.
 
-use crate::class::{small_class, small_size, NUM_SMALL};
+use crate::class::{small_class, NUM_SMALL};
 use crate::kind::NUM_KINDS;
 use crate::os;
 use crate::pool::slab::{self, Block, Page, Segment, SEGMENT_SIZE, SMALL_TAG};
 use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, Ordering, SpinLock};
-use core::cell::Cell;
+use core::cell::{Cell, UnsafeCell};
 use core::ptr;
+use crossbeam_utils::CachePadded;
 
 /// Per-kind part of a thread heap.
 #[repr(C)]
@@ -29,7 +31,7 @@ pub(crate) struct KindHeap {
     direct: [*mut Page; NUM_SMALL],
     /// Pages that may have free blocks, per class (doubly linked through `Page::next/prev`).
     queue: [*mut Page; NUM_SMALL],
-    /// Pages found full, per class; their remote frees arrive through `Heap::delayed`.
+    /// Pages found full, per class (they rejoin the queue when a block of theirs is freed).
     full: [*mut Page; NUM_SMALL],
     /// The heap this belongs to (null only in the static empty kind heap).
     heap: *mut Heap,
@@ -45,8 +47,8 @@ pub(crate) struct Heap {
     /// One empty segment kept back, so a thread cycling through a segment's worth of memory does
     /// not map and fault it each time.
     spare: *mut Segment,
-    /// Blocks freed by other threads into pages that were on the full list.
-    delayed: AtomicPtr<Block>,
+    /// Blocks of this heap freed by other threads, not yet seen by the owner.
+    delayed: CachePadded<AtomicPtr<Block>>,
     /// Whether a live thread owns this heap.
     in_use: AtomicBool,
     /// Next heap in the registry (set before publication, never changed).
@@ -72,7 +74,6 @@ static EMPTY_PAGE: ReadOnly<Page> = ReadOnly(Page {
     in_use: false,
     next: ptr::null_mut(),
     prev: ptr::null_mut(),
-    remote: crossbeam_utils::CachePadded::new(AtomicUsize::new(0)),
 });
 
 const fn empty_page() -> *mut Page {
@@ -93,6 +94,32 @@ thread_local! {
         const { Cell::new(&EMPTY_KIND_HEAP as *const ReadOnly<KindHeap> as *mut KindHeap) };
     /// The calling thread's current tensor kind (index).
     static TAG: Cell<u8> = const { Cell::new(0) };
+    /// The calling thread's batch of frees of other heaps' blocks.
+    static PENDING: UnsafeCell<Pending> = const { UnsafeCell::new(Pending::new()) };
+}
+
+/// Owner heaps a batch can group at once.
+const PENDING_OWNERS: usize = 4;
+/// Blocks a batch holds before it is published.
+const PENDING_MAX: u32 = 64;
+
+/// A thread's frees of blocks owned by other heaps, chained per owner.
+struct Pending {
+    owner: [*mut Heap; PENDING_OWNERS],
+    head: [*mut Block; PENDING_OWNERS],
+    tail: [*mut Block; PENDING_OWNERS],
+    count: u32,
+}
+
+impl Pending {
+    const fn new() -> Self {
+        Self {
+            owner: [ptr::null_mut(); PENDING_OWNERS],
+            head: [ptr::null_mut(); PENDING_OWNERS],
+            tail: [ptr::null_mut(); PENDING_OWNERS],
+            count: 0,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -153,9 +180,9 @@ pub(crate) unsafe fn free_small(seg: *mut Segment, p: *mut u8) {
     // SAFETY: `p` is live, so its segment and page descriptor are valid; the page's owner-only
     // fields are touched only when this thread is the owner.
     unsafe {
-        let page = slab::page_of(seg, p);
         let b = p.cast::<Block>();
         if (*seg).owner == (*CUR.get()).heap {
+            let page = slab::page_of(seg, p);
             (*b).next = (*page).free;
             (*page).free = b;
             (*page).used -= 1;
@@ -163,7 +190,7 @@ pub(crate) unsafe fn free_small(seg: *mut Segment, p: *mut u8) {
                 page_freed_cold(page);
             }
         } else {
-            free_remote(seg, page, b);
+            free_remote((*seg).owner, b);
         }
     }
 }
@@ -207,6 +234,7 @@ unsafe fn alloc_slow(kh: *mut KindHeap, class: usize) -> *mut u8 {
         } else {
             kh
         };
+        flush_pending();
         drain_delayed((*kh).heap);
         let page = find_page(kh, class);
         if page.is_null() {
@@ -230,7 +258,6 @@ unsafe fn find_page(kh: *mut KindHeap, class: usize) -> *mut Page {
         let mut p = (*kh).queue[class];
         while !p.is_null() {
             let next = (*p).next;
-            slab::collect_remote(p);
             if (*p).free.is_null() && (*p).capacity < (*p).reserved {
                 slab::extend(p);
             }
@@ -238,16 +265,9 @@ unsafe fn find_page(kh: *mut KindHeap, class: usize) -> *mut Page {
                 (*kh).direct[class] = p;
                 return p;
             }
-            if slab::try_mark_full(p) {
-                queue_unlink(&mut (*kh).queue[class], p);
-                queue_push(&mut (*kh).full[class], p);
-                (*p).in_full = true;
-            } else {
-                // Remote frees arrived between the collection and the mark.
-                slab::collect_remote(p);
-                (*kh).direct[class] = p;
-                return p;
-            }
+            queue_unlink(&mut (*kh).queue[class], p);
+            queue_push(&mut (*kh).full[class], p);
+            (*p).in_full = true;
             p = next;
         }
         let p = new_page((*kh).heap, (*kh).kind, class);
@@ -274,7 +294,6 @@ unsafe fn page_freed_cold(page: *mut Page) {
         let class = (*page).class as usize;
         if (*page).in_full {
             (*page).in_full = false;
-            slab::clear_full(page);
             queue_unlink(&mut (*kh).full[class], page);
             queue_push(&mut (*kh).queue[class], page);
         }
@@ -306,26 +325,89 @@ unsafe fn retire_page(heap: *mut Heap, kh: *mut KindHeap, page: *mut Page) {
     }
 }
 
+/// A free of a block owned by another heap: add it to this thread's batch.
 #[cold]
-unsafe fn free_remote(seg: *mut Segment, page: *mut Page, b: *mut Block) {
-    // SAFETY: `b` is a live block of `page`; heaps are never freed, so `owner` stays valid.
+unsafe fn free_remote(owner: *mut Heap, b: *mut Block) {
+    // SAFETY: `CUR` always points at a valid kind heap.
+    if unsafe { (*CUR.get()).heap.is_null() } {
+        // No heap, so no exit hook to flush a batch: publish at once.
+        // SAFETY: `b` is a live block of `owner`, freed once.
+        unsafe { publish(owner, b, b) };
+        return;
+    }
+    PENDING.with(|p| {
+        // SAFETY: the batch is this thread's alone and no other borrow of it is live.
+        let p = unsafe { &mut *p.get() };
+        let mut slot = PENDING_OWNERS;
+        for i in 0..PENDING_OWNERS {
+            if p.owner[i] == owner || p.owner[i].is_null() {
+                slot = i;
+                break;
+            }
+        }
+        if slot == PENDING_OWNERS {
+            flush(p);
+            slot = 0;
+        }
+        // SAFETY: `b` is ours until published.
+        unsafe { (*b).next = p.head[slot] };
+        if p.head[slot].is_null() {
+            p.owner[slot] = owner;
+            p.tail[slot] = b;
+        }
+        p.head[slot] = b;
+        p.count += 1;
+        if p.count >= PENDING_MAX {
+            flush(p);
+        }
+    });
+}
+
+/// Publish every chain of a batch to its owner.
+fn flush(p: &mut Pending) {
+    for i in 0..PENDING_OWNERS {
+        if !p.owner[i].is_null() {
+            // SAFETY: the chain holds live blocks of `owner[i]`, each freed once.
+            unsafe { publish(p.owner[i], p.head[i], p.tail[i]) };
+            p.owner[i] = ptr::null_mut();
+            p.head[i] = ptr::null_mut();
+            p.tail[i] = ptr::null_mut();
+        }
+    }
+    p.count = 0;
+}
+
+/// Publish this thread's batch of remote frees (slow path, thread exit).
+fn flush_pending() {
+    PENDING.with(|p| {
+        // SAFETY: the batch is this thread's alone.
+        let p = unsafe { &mut *p.get() };
+        if p.count > 0 {
+            flush(p);
+        }
+    });
+}
+
+/// Push the chain `head..=tail` onto `owner`'s delayed list with one CAS.
+///
+/// # Safety
+/// The chain links live blocks of `owner`'s pages, each freed exactly once.
+unsafe fn publish(owner: *mut Heap, head: *mut Block, tail: *mut Block) {
+    // SAFETY: heaps are never freed, so `owner` stays valid; the chain is ours until the CAS.
     unsafe {
-        if !slab::remote_push(page, b) {
-            let heap = (*seg).owner;
-            let delayed = &(*heap).delayed;
-            let mut cur = delayed.load(Ordering::Relaxed);
-            loop {
-                (*b).next = cur;
-                match delayed.compare_exchange_weak(cur, b, Ordering::Release, Ordering::Relaxed) {
-                    Ok(_) => break,
-                    Err(actual) => cur = actual,
-                }
+        let delayed = &(*owner).delayed;
+        let mut cur = delayed.load(Ordering::Relaxed);
+        loop {
+            (*tail).next = cur;
+            match delayed.compare_exchange_weak(cur, head, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(actual) => cur = actual,
             }
         }
     }
 }
 
-/// Free, as the owner, the blocks other threads freed into full pages.
+/// Free, as the owner, the blocks other threads freed.
 unsafe fn drain_delayed(heap: *mut Heap) {
     // SAFETY: owner-only; the swapped-out list is exclusively ours and its blocks are live blocks
     // of this heap's pages.
@@ -438,8 +520,10 @@ struct SegmentCache {
 // SAFETY: the cached segments are empty mappings owned by the cache; access is under its lock.
 unsafe impl Send for SegmentCache {}
 
-static SEGMENT_CACHE: SpinLock<SegmentCache> =
-    SpinLock::new(SegmentCache { segs: [ptr::null_mut(); SEGMENT_CACHE_MAX], len: 0 });
+static SEGMENT_CACHE: SpinLock<SegmentCache> = SpinLock::new(SegmentCache {
+    segs: [ptr::null_mut(); SEGMENT_CACHE_MAX],
+    len: 0,
+});
 
 fn segment_cache_put(seg: *mut Segment) {
     // Hand the pages' memory back but keep the address range, so the next heap skips the mmap.
@@ -531,7 +615,10 @@ fn acquire_heap() -> *mut Heap {
         // SAFETY: heaps on the registry are never freed.
         let heap = unsafe { &*h };
         if !heap.in_use.load(Ordering::Relaxed)
-            && heap.in_use.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
+            && heap
+                .in_use
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
         {
             return h;
         }
@@ -567,6 +654,7 @@ fn acquire_heap() -> *mut Heap {
 /// Thread-exit destructor: return empty pages, then leave the heap for another thread to adopt.
 unsafe extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
     let heap = arg.cast::<Heap>();
+    flush_pending();
     CUR.set(&EMPTY_KIND_HEAP as *const ReadOnly<KindHeap> as *mut KindHeap);
     // SAFETY: the heap was this thread's; from now on this thread allocates through a new heap
     // (acquired again if a later destructor allocates), so nothing else touches this one.
@@ -579,7 +667,6 @@ unsafe extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
                 let mut p = (*kh).queue[class];
                 while !p.is_null() {
                     let next = (*p).next;
-                    slab::collect_remote(p);
                     if (*p).used == 0 {
                         retire_page(heap, kh, p);
                     }
@@ -654,6 +741,7 @@ pub(crate) fn class_for(size: usize, align: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::class::small_size;
 
     #[test]
     fn class_for_respects_alignment_and_limits() {

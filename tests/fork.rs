@@ -35,7 +35,10 @@ fn child_allocates_after_fork_while_other_threads_allocate() {
         let mut status = 0;
         // SAFETY (test): waiting for our own child.
         unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert!(libc::WIFEXITED(status), "child did not exit normally: {status}");
+        assert!(
+            libc::WIFEXITED(status),
+            "child did not exit normally: {status}"
+        );
         assert_eq!(libc::WEXITSTATUS(status), 0);
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

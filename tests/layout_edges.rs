@@ -18,9 +18,48 @@ fn check(p: *const u8, n: usize, seed: u8) -> bool {
 #[test]
 fn sizes_and_alignments() {
     let sizes = [
-        1usize, 2, 7, 8, 9, 15, 16, 17, 24, 31, 33, 48, 63, 64, 65, 100, 127, 128, 129, 255, 256, 257,
-        1000, 1024, 1025, 4095, 4096, 4097, 8192, 12_000, 16_383, 16_384, 16_385, 65_536, 100_000,
-        1 << 20, (1 << 20) + 1, 3 << 20, (4 << 20) - 1, 4 << 20, (4 << 20) + 1, 10_000_000,
+        1usize,
+        2,
+        7,
+        8,
+        9,
+        15,
+        16,
+        17,
+        24,
+        31,
+        33,
+        48,
+        63,
+        64,
+        65,
+        100,
+        127,
+        128,
+        129,
+        255,
+        256,
+        257,
+        1000,
+        1024,
+        1025,
+        4095,
+        4096,
+        4097,
+        8192,
+        12_000,
+        16_383,
+        16_384,
+        16_385,
+        65_536,
+        100_000,
+        1 << 20,
+        (1 << 20) + 1,
+        3 << 20,
+        (4 << 20) - 1,
+        4 << 20,
+        (4 << 20) + 1,
+        10_000_000,
     ];
     let mut align = 1;
     while align <= 8 << 20 {
@@ -30,9 +69,17 @@ fn sizes_and_alignments() {
             assert!(!p.is_null(), "size {size} align {align}");
             assert_eq!(p as usize % align, 0, "size {size} align {align}");
             if size >= 64 {
-                assert_eq!(p as usize % 64, 0, "blocks of 64 bytes or more start on a cache line");
+                assert_eq!(
+                    p as usize % 64,
+                    0,
+                    "blocks of 64 bytes or more start on a cache line"
+                );
             }
-            assert!(unsafe { ALLOC.usable_size(p) } >= size);
+            let usable = unsafe { ALLOC.usable_size(p) };
+            assert!(
+                usable >= size,
+                "usable {usable} < size {size} (align {align}) at {p:p}"
+            );
             let n = size.min(1 << 16);
             fill(p, n, size as u8);
             // touch the last byte too
@@ -62,8 +109,27 @@ fn hundreds_of_mib() {
 #[test]
 fn realloc_keeps_contents_across_class_boundaries() {
     let steps = [
-        1usize, 8, 9, 48, 64, 65, 200, 1024, 4000, 16_384, 16_385, 40_000, 300_000, 1 << 20, 5 << 20,
-        9 << 20, 600_000, 16_000, 1500, 100, 3,
+        1usize,
+        8,
+        9,
+        48,
+        64,
+        65,
+        200,
+        1024,
+        4000,
+        16_384,
+        16_385,
+        40_000,
+        300_000,
+        1 << 20,
+        5 << 20,
+        9 << 20,
+        600_000,
+        16_000,
+        1500,
+        100,
+        3,
     ];
     for &align in &[1usize, 8, 64, 4096, 1 << 21] {
         let mut size = steps[0];
@@ -76,7 +142,10 @@ fn realloc_keeps_contents_across_class_boundaries() {
             assert!(!q.is_null());
             assert_eq!(q as usize % align, 0, "realloc keeps alignment {align}");
             let keep = size.min(next);
-            assert!(check(q, keep.min(1 << 16), 7), "contents kept {size} -> {next} align {align}");
+            assert!(
+                check(q, keep.min(1 << 16), 7),
+                "contents kept {size} -> {next} align {align}"
+            );
             fill(q, next.min(1 << 16), 7);
             if next > 1 << 16 {
                 // fill the rest sparsely and check it survives the next move
@@ -114,7 +183,10 @@ fn alloc_zeroed_is_zero_after_reuse() {
         for round in 0..3 {
             let p = unsafe { ALLOC.alloc_zeroed(l) };
             assert!(!p.is_null());
-            assert!((0..size).all(|i| unsafe { *p.add(i) } == 0), "size {size} round {round}");
+            assert!(
+                (0..size).all(|i| unsafe { *p.add(i) } == 0),
+                "size {size} round {round}"
+            );
             unsafe { std::ptr::write_bytes(p, 0xFF, size) };
             unsafe { ALLOC.dealloc(p, l) };
         }

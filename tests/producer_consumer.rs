@@ -27,5 +27,8 @@ fn producer_consumer_memory_is_reused() {
     assert_eq!(consumer.join().unwrap(), 2_000_000);
     let after = tensorpool::resident_bytes().unwrap();
     // 2M * 64 B = 128 MB went through; only a bounded window can be resident.
-    assert!(after < before + (32 << 20), "resident grew from {before} to {after}");
+    assert!(
+        after < before + (32 << 20),
+        "resident grew from {before} to {after}"
+    );
 }

@@ -75,9 +75,13 @@ fn threads_and_channels() {
 
 #[test]
 fn boxed_trait_objects_and_arcs() {
-    let items: Vec<Box<dyn Fn(u32) -> u32 + Send + Sync>> =
-        (0..1000u32).map(|i| Box::new(move |x| x + i) as Box<dyn Fn(u32) -> u32 + Send + Sync>).collect();
-    assert_eq!(items.iter().map(|f| f(1)).sum::<u32>(), 1000 + 999 * 1000 / 2);
+    let items: Vec<Box<dyn Fn(u32) -> u32 + Send + Sync>> = (0..1000u32)
+        .map(|i| Box::new(move |x| x + i) as Box<dyn Fn(u32) -> u32 + Send + Sync>)
+        .collect();
+    assert_eq!(
+        items.iter().map(|f| f(1)).sum::<u32>(),
+        1000 + 999 * 1000 / 2
+    );
     let shared = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let hs: Vec<_> = (0..4)
         .map(|t| {

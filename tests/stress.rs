@@ -26,7 +26,12 @@ fn make(size: usize, tag: u64) -> Vec<u8> {
 
 fn verify(v: &[u8], tag: u64) {
     for (i, &b) in v.iter().enumerate() {
-        assert_eq!(b, (tag as usize).wrapping_add(i.wrapping_mul(7)) as u8, "block of {} corrupted at {i}", v.len());
+        assert_eq!(
+            b,
+            (tag as usize).wrapping_add(i.wrapping_mul(7)) as u8,
+            "block of {} corrupted at {i}",
+            v.len()
+        );
     }
 }
 
@@ -43,12 +48,14 @@ fn size_for(r: &mut Rng) -> usize {
 fn cross_thread_frees_keep_every_block_intact() {
     const THREADS: usize = 4;
     const OPS: usize = 40_000;
-    let (txs, rxs): (Vec<_>, Vec<_>) = (0..THREADS).map(|_| mpsc::channel::<(u64, Vec<u8>)>()).unzip();
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..THREADS)
+        .map(|_| mpsc::channel::<(u64, Vec<u8>)>())
+        .unzip();
     let mut handles = Vec::new();
     for (t, rx) in rxs.into_iter().enumerate() {
         let txs = txs.clone();
         handles.push(std::thread::spawn(move || {
-            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1) * 0x1234_5678);
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((t as u64 + 1) * 0x1234_5678));
             let mut local: Vec<(u64, Vec<u8>)> = Vec::new();
             for op in 0..OPS {
                 let tag = rng.next();

@@ -47,20 +47,32 @@ pub(crate) struct LargeHeader {
 
 const _: () = assert!(core::mem::size_of::<LargeHeader>() == HEADER);
 
-/// Counters of one kind's large pool (exact: updated under the kind's lock).
+/// Counters of one kind's large-block pool (exact: updated under the kind's lock).
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct LargeCounters {
+    /// Allocation requests served by the large path.
     pub requests: u64,
+    /// Requests served from a cached block (no OS call).
     pub hits: u64,
+    /// Requests that mapped fresh memory.
     pub misses: u64,
+    /// Bytes in blocks handed out and not freed (class sizes).
     pub live_bytes: u64,
+    /// Bytes in freed blocks kept mapped for reuse.
     pub cached_bytes: u64,
+    /// Highest `live_bytes` seen.
     pub peak_live_bytes: u64,
+    /// Bytes asked for (before rounding to classes).
     pub requested_bytes: u64,
+    /// Cached blocks released to the OS (capacity or `trim`).
     pub evictions: u64,
+    /// Bytes of those blocks.
     pub evicted_bytes: u64,
+    /// Fresh mappings made.
     pub os_maps: u64,
+    /// Mappings released.
     pub os_unmaps: u64,
+    /// Allocations that left live bytes above the soft capacity.
     pub over_capacity: u64,
 }
 
@@ -121,7 +133,8 @@ impl KindPool {
                     }
                     self.lru_unlink(h);
                     (*h).cached = false;
-                    self.counters.cached_bytes = self.counters.cached_bytes.wrapping_sub((*h).size as u64);
+                    self.counters.cached_bytes =
+                        self.counters.cached_bytes.wrapping_sub((*h).size as u64);
                     return h;
                 }
                 prev = h;
@@ -187,7 +200,8 @@ impl KindPool {
             (*h).cached = false;
             self.counters.cached_bytes = self.counters.cached_bytes.wrapping_sub((*h).size as u64);
             self.counters.evictions = self.counters.evictions.wrapping_add(1);
-            self.counters.evicted_bytes = self.counters.evicted_bytes.wrapping_add((*h).size as u64);
+            self.counters.evicted_bytes =
+                self.counters.evicted_bytes.wrapping_add((*h).size as u64);
             self.counters.os_unmaps = self.counters.os_unmaps.wrapping_add(1);
         }
         h
@@ -197,7 +211,12 @@ impl KindPool {
     /// `lru_next` so the caller unmaps them after dropping the lock.
     unsafe fn evict_over_capacity(&mut self) -> *mut LargeHeader {
         let mut chain: *mut LargeHeader = ptr::null_mut();
-        while self.counters.live_bytes.saturating_add(self.counters.cached_bytes) > self.capacity as u64 {
+        while self
+            .counters
+            .live_bytes
+            .saturating_add(self.counters.cached_bytes)
+            > self.capacity as u64
+        {
             // SAFETY: pool access under the lock.
             let h = unsafe { self.pop_lru() };
             if h.is_null() {
@@ -235,11 +254,7 @@ fn unmap_chain(mut h: *mut LargeHeader) {
 
 /// Where the block starts relative to its header for an alignment.
 fn block_offset(align: usize) -> usize {
-    if align >= SEGMENT_SIZE {
-        SEGMENT_SIZE
-    } else {
-        HEADER.max(align)
-    }
+    align.clamp(HEADER, SEGMENT_SIZE)
 }
 
 /// Bytes to map for a block of `class_bytes` at `offset`: whole pages.
@@ -434,7 +449,8 @@ impl LargePools {
         align: usize,
     ) -> *mut u8 {
         // SAFETY: `h` is live and ours until we return.
-        let (size, offset, map_len, kind) = unsafe { ((*h).size, (*h).offset, (*h).map_len, (*h).kind as usize) };
+        let (size, offset, map_len, kind) =
+            unsafe { ((*h).size, (*h).offset, (*h).map_len, (*h).kind as usize) };
         if new_size <= size && new_size > size / 2 {
             return p;
         }
@@ -494,4 +510,17 @@ pub(crate) unsafe fn info(h: *mut LargeHeader) -> (usize, bool) {
 pub(crate) unsafe fn kind_of(h: *mut LargeHeader) -> usize {
     // SAFETY: the caller guarantees `h` is live.
     unsafe { (*h).kind as usize }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_offsets() {
+        let a = std::hint::black_box(8usize << 20);
+        assert_eq!(block_offset(a), SEGMENT_SIZE);
+        assert_eq!(block_offset(std::hint::black_box(64)), HEADER);
+        assert_eq!(block_offset(std::hint::black_box(4096)), 4096);
+    }
 }

@@ -13,8 +13,6 @@
 //! owner's count of blocks handed out minus frees it has seen.
 
 use crate::class::{SLAB_SHIFT, SLAB_SIZE};
-use crate::sync::{AtomicUsize, Ordering};
-use crossbeam_utils::CachePadded;
 use core::ptr;
 
 /// Size and alignment of a segment.
@@ -30,10 +28,6 @@ pub(crate) const SMALL_TAG: usize = 0x7e45_0a11_5e60_0001;
 pub(crate) struct Block {
     pub(crate) next: *mut Block,
 }
-
-/// Bit 0 of `Page::remote`: the page is on its heap's full list, so remote frees go to the heap's
-/// delayed list instead (that is how the owner learns a full page has room again).
-pub(crate) const FULL: usize = 1;
 
 /// Descriptor of one slab page, kept in the segment header.
 #[repr(C)]
@@ -52,16 +46,13 @@ pub(crate) struct Page {
     pub(crate) class: u8,
     /// Tensor kind index.
     pub(crate) kind: u8,
-    /// Whether the page is on its heap's full list (mirrors the FULL bit, owner view).
+    /// Whether the page is on its heap's full list.
     pub(crate) in_full: bool,
     /// Whether the page is in use (false: free slot of the segment).
     pub(crate) in_use: bool,
     /// Links in the heap's queue (or full list) for this page's kind and class.
     pub(crate) next: *mut Page,
     pub(crate) prev: *mut Page,
-    /// Remote frees: a Treiber stack of blocks pushed by other threads, plus the FULL bit. On a
-    /// cache line of its own, so other threads' pushes do not evict the owner's hot fields above.
-    pub(crate) remote: CachePadded<AtomicUsize>,
 }
 
 /// Segment header, at the segment's first byte.
@@ -155,7 +146,6 @@ pub(crate) unsafe fn take_page(seg: *mut Segment, kind: u8, class: usize) -> *mu
         (*page).kind = kind;
         (*page).in_full = false;
         (*page).in_use = true;
-        (*page).remote.store(0, Ordering::Relaxed);
         (*page).next = ptr::null_mut();
         (*page).prev = ptr::null_mut();
         page
@@ -204,76 +194,4 @@ pub(crate) unsafe fn extend(page: *mut Page) {
         (*page).free = first as *mut Block;
         (*page).capacity += n as u32;
     }
-}
-
-/// Push a block freed by a thread other than the owner. Returns false (pushing nothing) if the
-/// page is marked full, in which case the caller must use the heap's delayed list.
-///
-/// # Safety
-/// `b` is a block of `page` that is handed out and now freed exactly once.
-#[inline]
-pub(crate) unsafe fn remote_push(page: *mut Page, b: *mut Block) -> bool {
-    // SAFETY: the page descriptor lives as long as the segment, which cannot be released while `b`
-    // is counted in `used`.
-    let remote = unsafe { &(*page).remote };
-    let mut cur = remote.load(Ordering::Relaxed);
-    loop {
-        if cur & FULL != 0 {
-            return false;
-        }
-        // SAFETY: we own `b` until the CAS publishes it.
-        unsafe { (*b).next = cur as *mut Block };
-        match remote.compare_exchange_weak(cur, b as usize, Ordering::Release, Ordering::Relaxed) {
-            Ok(_) => return true,
-            Err(actual) => cur = actual,
-        }
-    }
-}
-
-/// Move remote frees onto the owner's free list. Returns the number collected.
-///
-/// # Safety
-/// Owner-only.
-pub(crate) unsafe fn collect_remote(page: *mut Page) -> u32 {
-    // SAFETY: owner-only; the swapped-out list is now exclusively ours.
-    unsafe {
-        let remote = &(*page).remote;
-        if remote.load(Ordering::Relaxed) & !FULL == 0 {
-            return 0;
-        }
-        let head = (remote.swap(0, Ordering::Acquire) & !FULL) as *mut Block;
-        // The FULL bit is only set while the page is on the full list with an empty remote stack,
-        // and collection happens on pages in the queue, so clearing it here loses nothing.
-        let mut n = 1;
-        let mut tail = head;
-        while !(*tail).next.is_null() {
-            tail = (*tail).next;
-            n += 1;
-        }
-        (*tail).next = (*page).free;
-        (*page).free = head;
-        (*page).used -= n;
-        n
-    }
-}
-
-/// Mark the page full (owner moving it to the full list). Fails, marking nothing, if remote frees
-/// arrived meanwhile; the caller then collects them instead.
-///
-/// # Safety
-/// Owner-only.
-pub(crate) unsafe fn try_mark_full(page: *mut Page) -> bool {
-    // SAFETY: the descriptor is live; only the CAS touches shared state.
-    let remote = unsafe { &(*page).remote };
-    remote.compare_exchange(0, FULL, Ordering::AcqRel, Ordering::Relaxed).is_ok()
-}
-
-/// Clear the FULL mark (owner moving the page back to its queue). With FULL set nobody pushes to
-/// the remote stack, so it is empty and a plain store suffices.
-///
-/// # Safety
-/// Owner-only.
-pub(crate) unsafe fn clear_full(page: *mut Page) {
-    // SAFETY: the descriptor is live.
-    unsafe { (*page).remote.store(0, Ordering::Release) };
 }
