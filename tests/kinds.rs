@@ -6,12 +6,16 @@ use tensorpool::{with_kind, KindScope, TensorKind, TensorPool};
 #[global_allocator]
 static ALLOC: TensorPool = TensorPool::new();
 
+/// Tests that read a kind's counters exclusively, or allocate large blocks of every kind, hold this.
+static COUNTERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn kind_of<T>(p: *const T) -> TensorKind {
     unsafe { ALLOC.kind_of(p as *mut u8) }
 }
 
 #[test]
 fn tag_routes_global_allocations_and_scopes_nest() {
+    let _g = COUNTERS.lock().unwrap_or_else(|e| e.into_inner());
     assert_eq!(tensorpool::current_kind(), TensorKind::General);
     let small = with_kind(TensorKind::Attention, || Box::new([1u8; 100]));
     let large = with_kind(TensorKind::KvCache, || vec![2u8; 1 << 20]);
@@ -38,6 +42,7 @@ fn tag_routes_global_allocations_and_scopes_nest() {
 
 #[test]
 fn frees_return_to_the_owner_whatever_the_tag_or_thread() {
+    let _g = COUNTERS.lock().unwrap_or_else(|e| e.into_inner());
     let before = ALLOC.large_counters(TensorKind::ImageEmbedding);
     let v = with_kind(TensorKind::ImageEmbedding, || vec![3u8; 3 << 20]);
     let small = with_kind(TensorKind::ImageEmbedding, || vec![4u8; 200]);
@@ -67,6 +72,7 @@ fn frees_return_to_the_owner_whatever_the_tag_or_thread() {
 
 #[test]
 fn handles_of_every_kind_serve_allocator_aware_collections() {
+    let _g = COUNTERS.lock().unwrap_or_else(|e| e.into_inner());
     for kind in TensorKind::ALL {
         let h = ALLOC.handle(kind);
         let mut v: AVec<u64, _> = AVec::new_in(h);

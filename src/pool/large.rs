@@ -117,28 +117,32 @@ impl KindPool {
         }
     }
 
-    /// Take a cached block of `class_bytes` whose block start is `align`-aligned.
+    /// Take a cached block of at least `class_bytes` (its own class first, then up to four larger
+    /// classes, at most twice the size: blocks that grew by `realloc` serve the next request's
+    /// smaller start) whose block start is `align`-aligned.
     unsafe fn take(&mut self, class_bytes: usize, align: usize) -> *mut LargeHeader {
-        let idx = large_index(class_bytes);
-        let mut prev: *mut LargeHeader = ptr::null_mut();
-        let mut h = self.class_head[idx];
-        // SAFETY: every header on the lists is a live mapping owned by this pool.
-        unsafe {
-            while !h.is_null() {
-                if (h as usize + (*h).offset) % align == 0 {
-                    if prev.is_null() {
-                        self.class_head[idx] = (*h).class_next;
-                    } else {
-                        (*prev).class_next = (*h).class_next;
+        let first = large_index(class_bytes);
+        for idx in first..(first + 5).min(NUM_LARGE) {
+            let mut prev: *mut LargeHeader = ptr::null_mut();
+            let mut h = self.class_head[idx];
+            // SAFETY: every header on the lists is a live mapping owned by this pool.
+            unsafe {
+                while !h.is_null() {
+                    if (h as usize + (*h).offset) % align == 0 {
+                        if prev.is_null() {
+                            self.class_head[idx] = (*h).class_next;
+                        } else {
+                            (*prev).class_next = (*h).class_next;
+                        }
+                        self.lru_unlink(h);
+                        (*h).cached = false;
+                        self.counters.cached_bytes =
+                            self.counters.cached_bytes.wrapping_sub((*h).size as u64);
+                        return h;
                     }
-                    self.lru_unlink(h);
-                    (*h).cached = false;
-                    self.counters.cached_bytes =
-                        self.counters.cached_bytes.wrapping_sub((*h).size as u64);
-                    return h;
+                    prev = h;
+                    h = (*h).class_next;
                 }
-                prev = h;
-                h = (*h).class_next;
             }
         }
         ptr::null_mut()
@@ -327,7 +331,8 @@ impl LargePools {
             let h = unsafe { p.take(class_bytes, align) };
             if !h.is_null() {
                 p.counters.hits = p.counters.hits.wrapping_add(1);
-                p.add_live(class_bytes);
+                // SAFETY: `h` is ours now.
+                p.add_live(unsafe { (*h).size });
             }
             h
         });
