@@ -182,15 +182,27 @@ pub(crate) unsafe fn free_small(seg: *mut Segment, p: *mut u8) {
     unsafe {
         let b = p.cast::<Block>();
         if (*seg).owner == (*CUR.get()).heap {
-            let page = slab::page_of(seg, p);
-            (*b).next = (*page).free;
-            (*page).free = b;
-            (*page).used -= 1;
-            if ((*page).used == 0) | (*page).in_full {
-                page_freed_cold(page);
-            }
+            free_to_page(slab::page_of(seg, p), b);
         } else {
             free_remote((*seg).owner, b);
+        }
+    }
+}
+
+/// Free a block as its page's owner: push it, and hand the rare cases (page now empty, or on the
+/// full list) to the cold path.
+///
+/// # Safety
+/// The calling thread owns `page`, and `b` is a live block of it.
+#[inline(always)]
+unsafe fn free_to_page(page: *mut Page, b: *mut Block) {
+    // SAFETY: owner-only access to the page's free list and counters.
+    unsafe {
+        (*b).next = (*page).free;
+        (*page).free = b;
+        (*page).used -= 1;
+        if ((*page).used == 0) | (*page).in_full {
+            page_freed_cold(page);
         }
     }
 }
@@ -420,13 +432,7 @@ unsafe fn drain_delayed(heap: *mut Heap) {
         while !b.is_null() {
             let next = (*b).next;
             let seg = slab::segment_of(b.cast());
-            let page = slab::page_of(seg, b.cast());
-            (*b).next = (*page).free;
-            (*page).free = b;
-            (*page).used -= 1;
-            if ((*page).used == 0) | (*page).in_full {
-                page_freed_cold(page);
-            }
+            free_to_page(slab::page_of(seg, b.cast()), b);
             b = next;
         }
     }
