@@ -26,7 +26,7 @@ fn tag_routes_global_allocations_and_scopes_nest() {
         {
             let _b = KindScope::enter(TensorKind::Activation);
             assert_eq!(tensorpool::current_kind(), TensorKind::Activation);
-            let v = vec![0u32; 10];
+            let v = vec![0u32; std::hint::black_box(10)];
             assert_eq!(kind_of(v.as_ptr()), TensorKind::Activation);
         }
         assert_eq!(tensorpool::current_kind(), TensorKind::ImageEmbedding);
