@@ -133,6 +133,17 @@ pub(crate) fn alloc_small(class: usize) -> *mut u8 {
     // SAFETY: `CUR` always points at a valid kind heap (the static empty one or the thread's own),
     // `class < NUM_SMALL` by the caller's lookup, and a direct page is the static empty page or a
     // page owned by this thread, whose free list only this thread touches.
+    unsafe { pop_or_slow(kh, class) }
+}
+
+/// Pop a block from the kind heap's direct page for `class`, or take the slow path.
+///
+/// # Safety
+/// `kh` is the static empty kind heap or one of the calling thread's; `class < NUM_SMALL`.
+#[inline(always)]
+unsafe fn pop_or_slow(kh: *mut KindHeap, class: usize) -> *mut u8 {
+    // SAFETY: a direct page is the static empty page (free list null) or a page owned by this
+    // thread, whose free list only this thread touches.
     unsafe {
         let page = *(*kh).direct.get_unchecked(class);
         let b = (*page).free;
@@ -159,15 +170,7 @@ pub(crate) fn alloc_small_kind(kind: usize, class: usize) -> *mut u8 {
             }
             return alloc_small_kind(kind, class);
         }
-        let kh = ptr::addr_of_mut!((*heap).kinds[kind]);
-        let page = *(*kh).direct.get_unchecked(class);
-        let b = (*page).free;
-        if !b.is_null() {
-            (*page).free = (*b).next;
-            (*page).used += 1;
-            return b.cast();
-        }
-        alloc_slow(kh, class)
+        pop_or_slow(ptr::addr_of_mut!((*heap).kinds[kind]), class)
     }
 }
 
