@@ -15,14 +15,21 @@
 use super::slab::SEGMENT_SIZE;
 use crate::class::{large_index, large_size, NUM_LARGE};
 use crate::os;
-use crate::sync::SpinLock;
+use crate::sync::{AtomicUsize, Ordering, SpinLock};
 use core::ptr;
 
 /// First word of a large block's header.
 pub(crate) const LARGE_TAG: usize = 0x7e45_0a11_5e60_0002;
 
-/// Header size: one cache line, so 64-aligned blocks lose only 64 bytes.
-const HEADER: usize = 64;
+/// Header size: four cache lines (one of fields, three of the piece table), so blocks stay
+/// 64-aligned; at most 1.6 % of the smallest large block.
+const HEADER: usize = 640;
+
+/// A block spans at most this many mappings (VMAs): recycling moves pages of several blocks into
+/// one and each piece stays its own mapping. A victim that would take a block over it is released
+/// to the OS instead, so the process's mapping count (limited by `vm.max_map_count`) stays a
+/// bounded multiple of its block count.
+const MAX_PIECES: usize = 142;
 
 #[repr(C, align(64))]
 pub(crate) struct LargeHeader {
@@ -30,19 +37,85 @@ pub(crate) struct LargeHeader {
     tag: usize,
     /// Bytes mapped from the header on.
     map_len: usize,
-    /// Block start minus header address.
-    offset: usize,
-    /// Usable bytes (the class size).
+    /// Usable bytes (a class size, or what is left after recycling took a tail).
     size: usize,
     /// Links in the kind's release-order list (`prev` towards the most recent).
     lru_prev: *mut LargeHeader,
     lru_next: *mut LargeHeader,
     /// Links in the class free list.
     class_next: *mut LargeHeader,
+    /// Release clock at the last free (orders cached blocks across kinds for recycling).
+    released: usize,
+    /// Block start minus header address (at most `SEGMENT_SIZE`).
+    offset: u32,
     /// Tensor kind index, whether the memory is known zero, whether it is cached (free).
     kind: u8,
     fresh: bool,
     cached: bool,
+    /// Pages from the header on that any use of the block may have touched (so may be
+    /// resident); the pages after them were never handed out below a request's end.
+    used_pages: u32,
+    /// The mappings the block spans, in address order.
+    pieces: Pieces,
+}
+
+/// Where a block's mappings end, in pages from the header, in address order. Kernels before 6.17
+/// move a range with one `mremap` only within one mapping, so recycling moves piece by piece.
+/// An empty table means "unknown" (a block too large to record in pages of 32 bits): such a
+/// block is released, never recycled.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Pieces {
+    n: u8,
+    ends: [u32; MAX_PIECES],
+}
+
+impl Pieces {
+    const NONE: Pieces = Pieces {
+        n: 0,
+        ends: [0; MAX_PIECES],
+    };
+
+    /// One mapping of `len` bytes.
+    fn whole(len: usize) -> Pieces {
+        let mut p = Pieces::NONE;
+        p.push(len);
+        p
+    }
+
+    /// Append a piece ending at byte `end`; on overflow the table becomes unknown.
+    fn push(&mut self, end: usize) {
+        match u32::try_from(end / os::PAGE) {
+            Ok(pages) if (self.n as usize) < MAX_PIECES => {
+                self.ends[self.n as usize] = pages;
+                self.n += 1;
+            }
+            _ => *self = Pieces::NONE,
+        }
+    }
+
+    /// Byte ranges of the pieces.
+    fn ranges(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let ends = &self.ends[..self.n as usize];
+        ends.iter().enumerate().map(move |(i, &e)| {
+            let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+            (start * os::PAGE, e as usize * os::PAGE)
+        })
+    }
+
+    /// Pieces overlapping `[cut, ..)`.
+    fn count_from(&self, cut: usize) -> usize {
+        self.ranges().filter(|&(_, e)| e > cut).count()
+    }
+
+    /// Drop everything from byte `cut` on.
+    fn truncate(&mut self, cut: usize) {
+        let keep = self.ranges().filter(|&(st, _)| st < cut).count();
+        self.n = keep as u8;
+        if keep > 0 {
+            self.ends[keep - 1] = (cut / os::PAGE) as u32;
+        }
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<LargeHeader>() == HEADER);
@@ -74,6 +147,13 @@ pub struct LargeCounters {
     pub os_unmaps: u64,
     /// Allocations that left live bytes above the soft capacity.
     pub over_capacity: u64,
+    /// Requests served wholly by pages moved from other cached blocks (of any class or kind)
+    /// instead of fresh memory: no page fault, one `mremap` per piece.
+    pub recycled: u64,
+    /// Bytes moved into this kind's blocks that way.
+    pub recycled_bytes: u64,
+    /// Bytes of this kind's cached blocks moved out to serve other requests.
+    pub donated_bytes: u64,
 }
 
 /// One kind's pool of cached large blocks.
@@ -113,6 +193,9 @@ impl KindPool {
                 os_maps: 0,
                 os_unmaps: 0,
                 over_capacity: 0,
+                recycled: 0,
+                recycled_bytes: 0,
+                donated_bytes: 0,
             },
         }
     }
@@ -128,7 +211,7 @@ impl KindPool {
             // SAFETY: every header on the lists is a live mapping owned by this pool.
             unsafe {
                 while !h.is_null() {
-                    if (h as usize + (*h).offset) % align == 0 {
+                    if (h as usize + (*h).offset as usize) % align == 0 {
                         if prev.is_null() {
                             self.class_head[idx] = (*h).class_next;
                         } else {
@@ -169,9 +252,6 @@ impl KindPool {
     unsafe fn put(&mut self, h: *mut LargeHeader) {
         // SAFETY: `h` is a live block of this kind being freed; it joins both lists.
         unsafe {
-            let idx = large_index((*h).size);
-            (*h).class_next = self.class_head[idx];
-            self.class_head[idx] = h;
             (*h).lru_prev = ptr::null_mut();
             (*h).lru_next = self.lru_head;
             if self.lru_head.is_null() {
@@ -180,18 +260,87 @@ impl KindPool {
                 (*self.lru_head).lru_prev = h;
             }
             self.lru_head = h;
+            self.put_in_class(h);
+        }
+    }
+
+    /// Return a block taken by `unlink_lru` (what recycling left of it) as the least recently
+    /// released, where it was.
+    unsafe fn put_back_oldest(&mut self, h: *mut LargeHeader) {
+        // SAFETY: `h` is a cached block of this kind off every list; it joins both lists.
+        unsafe {
+            (*h).lru_next = ptr::null_mut();
+            (*h).lru_prev = self.lru_tail;
+            if self.lru_tail.is_null() {
+                self.lru_head = h;
+            } else {
+                (*self.lru_tail).lru_next = h;
+            }
+            self.lru_tail = h;
+            self.put_in_class(h);
+        }
+    }
+
+    /// Push onto the class list of the largest class the block can serve.
+    unsafe fn put_in_class(&mut self, h: *mut LargeHeader) {
+        // SAFETY: `h` is linked on the release-order list by the caller and ours.
+        unsafe {
+            let idx = large_index((*h).size);
+            (*h).class_next = self.class_head[idx];
+            self.class_head[idx] = h;
             (*h).cached = true;
             (*h).fresh = false;
             self.counters.cached_bytes = self.counters.cached_bytes.wrapping_add((*h).size as u64);
         }
     }
 
-    /// Unlink the least recently released cached block, or null.
-    unsafe fn pop_lru(&mut self) -> *mut LargeHeader {
-        let h = self.lru_tail;
-        if h.is_null() {
-            return h;
+    /// The recycling victim for a request missing `want` bytes: the least recently released
+    /// cached block whose resident tail can give them from one mapping (so the new block gains a
+    /// single piece), else the least recently released. Blocks whose tail would bring more than
+    /// `max_adds` pieces are passed over (they still serve hits of their class). Looks at the
+    /// oldest `VICTIM_SCAN` blocks. Returns the victim's release clock, whether it fits, and
+    /// the block.
+    fn victim(&self, want: usize, max_adds: usize) -> Option<(usize, bool, *mut LargeHeader)> {
+        let mut oldest = None;
+        let mut h = self.lru_tail;
+        let mut n = 0;
+        // SAFETY: list members are cached blocks owned by this pool, read under its lock.
+        unsafe {
+            while !h.is_null() && n < VICTIM_SCAN {
+                let pieces = &(*h).pieces;
+                let used = ((*h).used_pages as usize * os::PAGE).min((*h).map_len);
+                let cut = used - used.min(want);
+                let adds = pieces.count_from(cut);
+                if pieces.n > 0 && adds <= max_adds {
+                    if adds == 1 && used - cut == want {
+                        return Some(((*h).released, true, h));
+                    }
+                    if oldest.is_none() {
+                        oldest = Some(((*h).released, false, h));
+                    }
+                }
+                h = (*h).lru_prev;
+                n += 1;
+            }
         }
+        oldest
+    }
+
+    /// Unlink the least recently released cached block, or null (no counting).
+    unsafe fn unlink_lru(&mut self) -> *mut LargeHeader {
+        let h = self.lru_tail;
+        if !h.is_null() {
+            // SAFETY: `h` is cached here.
+            unsafe { self.unlink(h) };
+        }
+        h
+    }
+
+    /// Take cached block `h` off both lists (no counting).
+    ///
+    /// # Safety
+    /// `h` is a cached block of this pool.
+    unsafe fn unlink(&mut self, h: *mut LargeHeader) {
         // SAFETY: `h` is cached, so it is on its class list and the release-order list.
         unsafe {
             self.lru_unlink(h);
@@ -203,9 +352,18 @@ impl KindPool {
             *pp = (*h).class_next;
             (*h).cached = false;
             self.counters.cached_bytes = self.counters.cached_bytes.wrapping_sub((*h).size as u64);
+        }
+    }
+
+    /// Unlink the least recently released cached block for release to the OS, or null.
+    unsafe fn pop_lru(&mut self) -> *mut LargeHeader {
+        // SAFETY: under the lock (the caller's).
+        let h = unsafe { self.unlink_lru() };
+        if !h.is_null() {
+            // SAFETY: `h` is ours now.
+            let size = unsafe { (*h).size } as u64;
             self.counters.evictions = self.counters.evictions.wrapping_add(1);
-            self.counters.evicted_bytes =
-                self.counters.evicted_bytes.wrapping_add((*h).size as u64);
+            self.counters.evicted_bytes = self.counters.evicted_bytes.wrapping_add(size);
             self.counters.os_unmaps = self.counters.os_unmaps.wrapping_add(1);
         }
         h
@@ -246,6 +404,48 @@ impl KindPool {
     }
 }
 
+/// Move `v[cut..vlen]` to `dst[filled..]`: in one `mremap` where the kernel can (one mapping, or
+/// several from Linux 6.17 on), else mapping by mapping along `vp`'s table. Records the
+/// pieces in `pieces` and returns the bytes moved (a prefix of the range).
+///
+/// # Safety
+/// `v[cut..vlen]` is mapped and owned by the caller, with pieces `vp`; `dst[filled..filled +
+/// vlen - cut]` is a reservation of the caller's.
+unsafe fn move_pieces(
+    v: *mut u8,
+    vp: &Pieces,
+    cut: usize,
+    vlen: usize,
+    dst: *mut u8,
+    filled: usize,
+    pieces: &mut Pieces,
+) -> usize {
+    let take = vlen - cut;
+    // SAFETY: both ranges are the caller's (see above).
+    let (src, to) = unsafe { (v.add(cut), dst.add(filled)) };
+    if os::move_to(src, take, take, to) {
+        for (_, en) in vp.ranges().filter(|&(_, e)| e > cut) {
+            pieces.push(filled + en - cut);
+        }
+        return take;
+    }
+    let mut moved = 0;
+    for (st, en) in vp.ranges() {
+        let st = st.max(cut);
+        if en <= st {
+            continue;
+        }
+        // SAFETY: `[st, en)` is one mapping of `v`; its destination lies in the reservation.
+        let (src, to) = unsafe { (v.add(st), dst.add(filled + moved)) };
+        if !os::move_to(src, en - st, en - st, to) {
+            break;
+        }
+        moved += en - st;
+        pieces.push(filled + moved);
+    }
+    moved
+}
+
 /// Unmap every block of an eviction chain.
 fn unmap_chain(mut h: *mut LargeHeader) {
     while !h.is_null() {
@@ -256,9 +456,10 @@ fn unmap_chain(mut h: *mut LargeHeader) {
     }
 }
 
-/// Where the block starts relative to its header for an alignment.
+/// Where the block starts relative to its (segment-aligned) header for an alignment: the first
+/// multiple of `align` past the header, or one segment for alignments of a segment or more.
 fn block_offset(align: usize) -> usize {
-    align.clamp(HEADER, SEGMENT_SIZE)
+    HEADER.next_multiple_of(align).min(SEGMENT_SIZE)
 }
 
 /// Bytes to map for a block of `class_bytes` at `offset`: whole pages.
@@ -297,6 +498,8 @@ pub(crate) struct LargePools {
     pub(crate) kinds: [SpinLock<KindPool>; crate::kind::NUM_KINDS],
     /// Advise huge pages on blocks of 2 MiB or more.
     pub(crate) huge_pages: crate::sync::AtomicBool,
+    /// Release clock: ticks at every free, so cached blocks of all kinds can be ordered.
+    clock: AtomicUsize,
 }
 
 /// Bytes from which huge-page advice applies.
@@ -315,6 +518,7 @@ impl LargePools {
                 SpinLock::new(KindPool::new(capacity)),
             ],
             huge_pages: crate::sync::AtomicBool::new(false),
+            clock: AtomicUsize::new(0),
         }
     }
 
@@ -332,19 +536,25 @@ impl LargePools {
             if !h.is_null() {
                 p.counters.hits = p.counters.hits.wrapping_add(1);
                 // SAFETY: `h` is ours now.
-                p.add_live(unsafe { (*h).size });
+                unsafe {
+                    let need = ((*h).offset as usize + size).div_ceil(os::PAGE);
+                    (*h).used_pages = (*h).used_pages.max(need as u32);
+                    p.add_live((*h).size);
+                }
             }
             h
         });
         if !hit.is_null() {
             // SAFETY: the header is ours now; the block lies `offset` bytes after it.
-            return unsafe { hit.cast::<u8>().add((*hit).offset) };
+            return unsafe { hit.cast::<u8>().add((*hit).offset as usize) };
         }
-        self.alloc_fresh(kind, class_bytes, align)
+        self.alloc_fresh(kind, size, class_bytes, align)
     }
 
+    /// Serve a request no cached block of its class could: pages moved from the least recently
+    /// released cached blocks of any kind where there are some, fresh pages for the rest.
     #[cold]
-    fn alloc_fresh(&self, kind: usize, class_bytes: usize, align: usize) -> *mut u8 {
+    fn alloc_fresh(&self, kind: usize, size: usize, class_bytes: usize, align: usize) -> *mut u8 {
         let offset = block_offset(align);
         let Some(len) = map_len_for(offset, class_bytes) else {
             return ptr::null_mut();
@@ -352,7 +562,6 @@ impl LargePools {
         let pool = &self.kinds[kind];
         // Make room first, so a kind at capacity gives memory back before taking more.
         let chain = pool.with(|p| {
-            p.counters.misses = p.counters.misses.wrapping_add(1);
             p.counters.live_bytes = p.counters.live_bytes.wrapping_add(class_bytes as u64);
             // SAFETY: pool access under the lock.
             let chain = unsafe { p.evict_over_capacity() };
@@ -364,37 +573,217 @@ impl LargePools {
         if base.is_null() {
             return base;
         }
-        if class_bytes >= HUGE_PAGE && self.huge_pages.load(crate::sync::Ordering::Relaxed) {
+        // Only the pages the request will use are worth filling: the class's slack beyond them
+        // stays untouched virtual memory.
+        let need = (offset + size + os::PAGE - 1) & !(os::PAGE - 1);
+        let mut pieces = Pieces::NONE;
+        let filled = if offset <= os::PAGE && need >= RECYCLE_MIN {
+            self.recycle_into(base, need, &mut pieces)
+        } else {
+            0
+        };
+        if filled < len {
+            pieces.push(len);
+        }
+        if filled == 0 && class_bytes >= HUGE_PAGE && self.huge_pages.load(Ordering::Relaxed) {
             // SAFETY: the block's range lies inside the fresh mapping.
             let start = unsafe { base.add(offset) };
-            let huge_start = ((start as usize + HUGE_PAGE - 1) & !(HUGE_PAGE - 1)) as *mut u8;
+            let huge_start = (start as usize + HUGE_PAGE - 1) & !(HUGE_PAGE - 1);
             let end = (start as usize + class_bytes) & !(HUGE_PAGE - 1);
-            if end > huge_start as usize {
-                os::advise_huge(huge_start, end - huge_start as usize);
+            if end > huge_start {
+                os::advise_huge(huge_start as *mut u8, end - huge_start);
+                // The advice splits the mapping where it starts and ends.
+                pieces = Pieces::NONE;
+                for c in [huge_start - base as usize, end - base as usize, len] {
+                    pieces.push(c);
+                }
             }
         }
         let h = base.cast::<LargeHeader>();
-        // SAFETY: fresh mapping of at least HEADER bytes, segment-aligned.
+        // SAFETY: a mapping of at least HEADER bytes, segment-aligned, ours alone.
         unsafe {
             h.write(LargeHeader {
                 tag: LARGE_TAG,
                 map_len: len,
-                offset,
                 size: class_bytes,
                 lru_prev: ptr::null_mut(),
                 lru_next: ptr::null_mut(),
                 class_next: ptr::null_mut(),
+                released: 0,
+                offset: offset as u32,
                 kind: kind as u8,
-                fresh: true,
+                fresh: filled == 0,
                 cached: false,
+                used_pages: (need / os::PAGE) as u32,
+                pieces,
             });
         }
         pool.with(|p| {
-            p.counters.os_maps = p.counters.os_maps.wrapping_add(1);
+            let c = &mut p.counters;
+            c.os_maps = c.os_maps.wrapping_add(1);
+            if filled >= need {
+                c.recycled = c.recycled.wrapping_add(1);
+            } else {
+                c.misses = c.misses.wrapping_add(1);
+            }
+            c.recycled_bytes = c.recycled_bytes.wrapping_add(filled as u64);
             p.add_live(class_bytes);
         });
         // SAFETY: `offset + class_bytes <= len`, inside the mapping.
         unsafe { base.add(offset) }
+    }
+
+    /// Fill `dst[..need]` (a fresh reservation) with the pages of the least recently released
+    /// cached blocks of any kind, moved by `mremap`: no data is copied and nothing faults. A
+    /// block larger than what is missing gives its tail and stays cached, smaller, where it was
+    /// in release order. Returns the bytes filled; `pieces` receives their mappings.
+    fn recycle_into(&self, dst: *mut u8, need: usize, pieces: &mut Pieces) -> usize {
+        let mut filled = 0;
+        while filled < need {
+            // One piece stays free for the fresh rest of the reservation.
+            let room = (MAX_PIECES - 1).saturating_sub(pieces.n as usize);
+            if room == 0 {
+                break;
+            }
+            let v = self.pop_victim(need - filled, room);
+            if v.is_null() {
+                // What is cached is too fragmented to move here: release the least recently
+                // released of it for the pages still missing, so resident memory stays bounded
+                // by the live peak (the fresh pages fault once) and the mapping count shrinks.
+                self.release_oldest(need - filled);
+                break;
+            }
+            // SAFETY: `v` is off every list, so ours until we put it back or unmap it.
+            let (vlen, voff, vkind, mut vp) = unsafe {
+                (
+                    (*v).map_len,
+                    (*v).offset as usize,
+                    (*v).kind as usize,
+                    (*v).pieces,
+                )
+            };
+            let vpool = &self.kinds[vkind];
+            // Only the pages a use may have touched are worth moving; the untouched rest of
+            // the block is virtual memory only, released for nothing.
+            // SAFETY: `v` is ours.
+            let used = (unsafe { (*v).used_pages } as usize * os::PAGE).min(vlen);
+            if used < vlen {
+                // SAFETY: `[used, vlen)` is mapped and holds no live data.
+                os::unmap(unsafe { v.cast::<u8>().add(used) }, vlen - used);
+                vp.truncate(used);
+                // SAFETY: `v` is ours; `used` covers its header and one request's end.
+                unsafe {
+                    (*v).map_len = used;
+                    (*v).size = used - voff;
+                    (*v).pieces = vp;
+                }
+            }
+            let (vlen, vsize) = (used, used - voff);
+            let take = vlen.min(need - filled);
+            let cut = vlen - take;
+            // `pop_victim` chose a block that fits the table; this only guards the invariant.
+            let too_many = vp.n == 0 || pieces.n as usize + vp.count_from(cut) >= MAX_PIECES;
+            let moved = if too_many {
+                0
+            } else {
+                // SAFETY: `[cut, vlen)` is mapped in `v`; `dst[filled..filled + take]` lies in
+                // the reservation (`filled + take <= need`).
+                unsafe { move_pieces(v.cast(), &vp, cut, vlen, dst, filled, pieces) }
+            };
+            filled += moved;
+            let refused = moved < take;
+            let left = if !refused && cut >= voff + REMAINDER_MIN {
+                vp.truncate(cut);
+                // SAFETY: the head of `v` (its header included) is still mapped and ours.
+                unsafe {
+                    (*v).map_len = cut;
+                    (*v).size = cut - voff;
+                    (*v).used_pages = (cut / os::PAGE) as u32;
+                    (*v).pieces = vp;
+                }
+                cut - voff
+            } else {
+                // Release what is still mapped of `v`: the head, and whatever was not moved
+                // (too fragmented to add, or refused by the kernel at the mapping count
+                // limit). Never the ranges moved out: another mapping may lie there now.
+                if cut + moved < vlen {
+                    // SAFETY: `cut + moved <= vlen`.
+                    os::unmap(
+                        unsafe { v.cast::<u8>().add(cut + moved) },
+                        vlen - cut - moved,
+                    );
+                }
+                if cut > 0 {
+                    os::unmap(v.cast(), cut);
+                }
+                0
+            };
+            let released = (vsize - left).saturating_sub(moved);
+            vpool.with(|p| {
+                let c = &mut p.counters;
+                c.donated_bytes = c.donated_bytes.wrapping_add(moved as u64);
+                if left > 0 {
+                    // SAFETY: what is left of `v` is a valid cached block of this kind.
+                    unsafe { p.put_back_oldest(v) };
+                } else if cut > 0 || refused {
+                    c.evictions = c.evictions.wrapping_add(1);
+                    c.evicted_bytes = c.evicted_bytes.wrapping_add(released as u64);
+                    c.os_unmaps = c.os_unmaps.wrapping_add(1);
+                }
+            });
+            if refused && !too_many {
+                break;
+            }
+        }
+        filled
+    }
+
+    /// Release least recently released cached blocks of any kind to the OS, at least `bytes`
+    /// of them or all there are.
+    fn release_oldest(&self, bytes: usize) {
+        let mut freed = 0;
+        while freed < bytes {
+            let v = self.pop_victim(0, usize::MAX);
+            if v.is_null() {
+                return;
+            }
+            // SAFETY: `v` is off every list and ours.
+            let (len, size, kind) = unsafe { ((*v).map_len, (*v).size, (*v).kind as usize) };
+            os::unmap(v.cast(), len);
+            freed += len;
+            self.kinds[kind].with(|p| {
+                let c = &mut p.counters;
+                c.evictions = c.evictions.wrapping_add(1);
+                c.evicted_bytes = c.evicted_bytes.wrapping_add(size as u64);
+                c.os_unmaps = c.os_unmaps.wrapping_add(1);
+            });
+        }
+    }
+
+    /// Unlink the recycling victim across all kinds (see `KindPool::victim`), or null if nothing
+    /// is cached.
+    fn pop_victim(&self, want: usize, max_adds: usize) -> *mut LargeHeader {
+        let mut best: Option<(bool, usize, usize)> = None;
+        for (k, pool) in self.kinds.iter().enumerate() {
+            if let Some((t, fits, _)) = pool.with(|p| p.victim(want, max_adds)) {
+                // Fitting blocks first, then the least recently released.
+                if best.is_none_or(|(bf, bt, _)| (fits, usize::MAX - t) > (bf, usize::MAX - bt)) {
+                    best = Some((fits, t, k));
+                }
+            }
+        }
+        let Some((_, _, k)) = best else {
+            return ptr::null_mut();
+        };
+        // Choose again under the lock: another thread may have changed the pool meanwhile.
+        self.kinds[k].with(|p| match p.victim(want, max_adds) {
+            // SAFETY: `victim` returns a cached block of this pool, under its lock.
+            Some((_, _, h)) => unsafe {
+                p.unlink(h);
+                h
+            },
+            None => ptr::null_mut(),
+        })
     }
 
     /// Free a large block back to its kind's pool.
@@ -404,9 +793,11 @@ impl LargePools {
     pub(crate) unsafe fn free(&self, h: *mut LargeHeader) {
         // SAFETY: a live block's header is valid and its kind in range.
         let kind = unsafe { (*h).kind } as usize;
+        let now = self.clock.fetch_add(1, Ordering::Relaxed);
         let chain = self.kinds[kind].with(|p| {
             // SAFETY: under the lock; `h` is live and joins the cache.
             unsafe {
+                (*h).released = now;
                 p.counters.live_bytes = p.counters.live_bytes.wrapping_sub((*h).size as u64);
                 p.put(h);
                 p.evict_over_capacity()
@@ -454,12 +845,20 @@ impl LargePools {
         align: usize,
     ) -> *mut u8 {
         // SAFETY: `h` is live and ours until we return.
-        let (size, offset, map_len, kind) =
-            unsafe { ((*h).size, (*h).offset, (*h).map_len, (*h).kind as usize) };
+        let (size, offset, map_len, kind) = unsafe {
+            (
+                (*h).size,
+                (*h).offset as usize,
+                (*h).map_len,
+                (*h).kind as usize,
+            )
+        };
         if new_size <= size && new_size > size / 2 {
             return p;
         }
-        if new_size <= size || size < MREMAP_MIN {
+        // SAFETY: as above.
+        let single = unsafe { (*h).pieces.n == 1 };
+        if new_size <= size || size < MREMAP_MIN || !single {
             return ptr::null_mut();
         }
         let Some(new_class) = large_size(new_size) else {
@@ -486,6 +885,8 @@ impl LargePools {
         unsafe {
             (*h).map_len = new_len;
             (*h).size = new_class;
+            (*h).pieces = Pieces::whole(new_len);
+            (*h).used_pages = new_len.div_ceil(os::PAGE) as u32;
         }
         self.kinds[kind].with(|p| {
             p.counters.live_bytes = p.counters.live_bytes.wrapping_sub(size as u64);
@@ -495,6 +896,16 @@ impl LargePools {
         unsafe { base.add(offset) }
     }
 }
+
+/// Requests from this size on are served by recycling cached pages when their class has none:
+/// below it, a few page faults cost less than the system calls.
+const RECYCLE_MIN: usize = 256 * 1024;
+
+/// How many of a kind's least recently released blocks recycling looks at for a good victim.
+const VICTIM_SCAN: usize = 64;
+
+/// A block that gives its tail to recycling stays cached if at least this much is left.
+const REMAINDER_MIN: usize = 64 * 1024;
 
 /// Below this, growing by allocate-and-copy is cheaper than remapping.
 const MREMAP_MIN: usize = 256 * 1024;
@@ -526,6 +937,14 @@ mod tests {
         let a = std::hint::black_box(8usize << 20);
         assert_eq!(block_offset(a), SEGMENT_SIZE);
         assert_eq!(block_offset(std::hint::black_box(64)), HEADER);
+        for shift in 0..=22 {
+            let align = std::hint::black_box(1usize << shift);
+            let off = block_offset(align);
+            assert!(
+                off >= HEADER && off % align == 0,
+                "align {align}: offset {off}"
+            );
+        }
         assert_eq!(block_offset(std::hint::black_box(4096)), 4096);
     }
 }

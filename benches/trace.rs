@@ -1,0 +1,349 @@
+//! Tensor-trace benchmark: a Qwen3-VL-like inference (`common/qwen_trace.rs`) replayed three times
+//! in one process, every tensor allocated under its kind, 64-byte aligned, and touched.
+//!
+//! Each allocator runs in its own child process (`--child ALLOC MODE`), so that page faults and
+//! peak resident memory are its own; the parent runs the children interleaved (every allocator once
+//! per round, the order rotating) and reports medians. Touch modes: `page` writes one byte per 4 KiB
+//! page of every tensor (the cost of faults alone), `full` writes every byte (faults plus the work a
+//! kernel would do). Allocators: tensorpool (through per-kind handles), tensorpool with transparent
+//! huge pages, glibc (`System`), mimalloc, jemalloc, and jemalloc with decay off.
+//!
+//! Run: `cargo bench --bench trace` (`-- --rounds N`, `-- --modes page`, `-- --allocs a,b`).
+
+#[path = "common/qwen_trace.rs"]
+mod qwen_trace;
+
+use allocator_api2::alloc::Allocator;
+use mimalloc::MiMalloc;
+use qwen_trace::{Event, Model, Trace};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::process::Command;
+use std::ptr::NonNull;
+use std::time::Instant;
+use tensorpool::{PoolConfig, TensorKind, TensorPool};
+use tikv_jemallocator::Jemalloc;
+
+static TP: TensorPool = TensorPool::new();
+static TP_THP: TensorPool = TensorPool::with_config(PoolConfig::new().with_huge_pages(true));
+
+const ALLOCS: [&str; 6] = [
+    "tensorpool",
+    "tensorpool-thp",
+    "system",
+    "mimalloc",
+    "jemalloc",
+    "jemalloc-nodecay",
+];
+const MODES: [&str; 2] = ["page", "full"];
+const REQUESTS: usize = 3;
+const ALIGN: usize = 64;
+
+/// The allocator a child replays with.
+enum Backend {
+    Pool(&'static TensorPool),
+    Global(&'static (dyn GlobalAlloc + Sync)),
+}
+
+impl Backend {
+    fn by_name(name: &str) -> Backend {
+        match name {
+            "tensorpool" => Backend::Pool(&TP),
+            "tensorpool-thp" => Backend::Pool(&TP_THP),
+            "system" => Backend::Global(&System),
+            "mimalloc" => Backend::Global(&MiMalloc),
+            "jemalloc" | "jemalloc-nodecay" => Backend::Global(&Jemalloc),
+            _ => panic!("unknown allocator {name}"),
+        }
+    }
+
+    fn alloc(&self, kind: TensorKind, layout: Layout) -> *mut u8 {
+        match self {
+            Backend::Pool(p) => p
+                .handle(kind)
+                .allocate(layout)
+                .map_or(std::ptr::null_mut(), |b| b.cast::<u8>().as_ptr()),
+            // SAFETY: layouts in the trace are never zero-sized.
+            Backend::Global(a) => unsafe { a.alloc(layout) },
+        }
+    }
+
+    unsafe fn free(&self, kind: TensorKind, p: *mut u8, layout: Layout) {
+        match self {
+            Backend::Pool(pool) => unsafe {
+                pool.handle(kind)
+                    .deallocate(NonNull::new_unchecked(p), layout)
+            },
+            Backend::Global(a) => unsafe { a.dealloc(p, layout) },
+        }
+    }
+}
+
+fn minor_faults() -> u64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_minflt as u64
+}
+
+/// A field of /proc/self/status in bytes (VmRSS, VmHWM).
+fn status_bytes(field: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn touch(p: *mut u8, bytes: usize, full: bool, v: u8) {
+    if full {
+        unsafe { std::ptr::write_bytes(p, v, bytes) };
+    } else {
+        for off in (0..bytes).step_by(4096) {
+            unsafe { p.add(off).write_volatile(v) };
+        }
+    }
+    std::hint::black_box(p);
+}
+
+/// Replay one request's trace `REQUESTS` times; print per-request times and faults, peak RSS and
+/// the trace's peak live bytes as one `RESULT` line for the parent.
+fn child(alloc: &str, mode: &str) {
+    let trace = Trace::build(&Model::QWEN3_VL, 1);
+    let full = mode == "full";
+    let backend = Backend::by_name(alloc);
+    if alloc.starts_with("jemalloc") {
+        // SAFETY: the name is a NUL-terminated jemalloc option of type ssize_t.
+        let dirty: isize =
+            unsafe { tikv_jemalloc_ctl::raw::read(b"opt.dirty_decay_ms\0") }.unwrap();
+        assert_eq!(
+            dirty == -1,
+            alloc == "jemalloc-nodecay",
+            "decay setting not applied"
+        );
+    }
+    let mut slots: Vec<(*mut u8, Layout, TensorKind)> = vec![
+        (
+            std::ptr::null_mut(),
+            Layout::new::<u8>(),
+            TensorKind::General
+        );
+        trace.ids()
+    ];
+    let base_rss = status_bytes("VmRSS:");
+    let mut line = format!("RESULT {alloc} {mode}");
+    for _ in 0..REQUESTS {
+        let t0 = Instant::now();
+        let f0 = minor_faults();
+        for ev in &trace.events {
+            match *ev {
+                Event::Alloc { id, kind, bytes } => {
+                    let layout = Layout::from_size_align(bytes, ALIGN).unwrap();
+                    let p = backend.alloc(kind, layout);
+                    assert!(!p.is_null() && p as usize % ALIGN == 0);
+                    touch(p, bytes, full, id as u8);
+                    slots[id] = (p, layout, kind);
+                }
+                Event::Free { id } => {
+                    let (p, layout, kind) = slots[id];
+                    // SAFETY: `p` was allocated by this backend with this layout and kind.
+                    unsafe { backend.free(kind, p, layout) };
+                }
+                Event::Phase(_) => {}
+            }
+        }
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        line += &format!(" {ms:.3} {}", minor_faults() - f0);
+    }
+    if let (Backend::Pool(p), Ok(_)) = (&backend, std::env::var("TRACE_COUNTERS")) {
+        for k in TensorKind::ALL {
+            eprintln!("{k:?}: {:?}", p.large_counters(k));
+        }
+    }
+    let hwm = status_bytes("VmHWM:");
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .count();
+    line += &format!(" {hwm} {base_rss} {} {maps}", trace.peak_live);
+    println!("{line}");
+}
+
+/// One child's figures.
+#[derive(Clone, Debug)]
+struct Run {
+    ms: [f64; REQUESTS],
+    faults: [u64; REQUESTS],
+    hwm: u64,
+    base: u64,
+    peak_live: u64,
+    maps: u64,
+}
+
+fn parse(line: &str) -> Run {
+    let f: Vec<&str> = line.split_whitespace().skip(3).collect();
+    let num = |i: usize| f[i].parse::<f64>().unwrap();
+    Run {
+        ms: std::array::from_fn(|r| num(2 * r)),
+        faults: std::array::from_fn(|r| num(2 * r + 1) as u64),
+        hwm: num(2 * REQUESTS) as u64,
+        base: num(2 * REQUESTS + 1) as u64,
+        peak_live: num(2 * REQUESTS + 2) as u64,
+        maps: num(2 * REQUESTS + 3) as u64,
+    }
+}
+
+fn run_child(alloc: &str, mode: &str) -> Run {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--child", alloc, mode]);
+    if alloc == "jemalloc-nodecay" {
+        // tikv-jemallocator prefixes its symbols, and so the name of its configuration variable
+        cmd.env("_RJEM_MALLOC_CONF", "dirty_decay_ms:-1,muzzy_decay_ms:-1");
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().find(|l| l.starts_with("RESULT"));
+    match line {
+        Some(l) if out.status.success() => parse(l),
+        _ => panic!(
+            "child {alloc} {mode} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Medians over runs of one allocator and mode.
+struct Summary {
+    total: f64,
+    first: f64,
+    later: f64,
+    faults_first: f64,
+    faults_later: f64,
+    hwm: f64,
+    net: f64,
+    peak_live: f64,
+    maps: f64,
+}
+
+fn summarise(runs: &[Run]) -> Summary {
+    let m = |f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
+    Summary {
+        total: m(&|r| r.ms.iter().sum()),
+        first: m(&|r| r.ms[0]),
+        later: m(&|r| r.ms[1..].iter().sum()),
+        faults_first: m(&|r| r.faults[0] as f64),
+        faults_later: m(&|r| r.faults[1..].iter().sum::<u64>() as f64),
+        hwm: m(&|r| r.hwm as f64),
+        net: m(&|r| r.hwm.saturating_sub(r.base) as f64),
+        peak_live: m(&|r| r.peak_live as f64),
+        maps: m(&|r| r.maps as f64),
+    }
+}
+
+fn arg_after(args: &[String], flag: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        child(&args[i + 1], &args[i + 2]);
+        return;
+    }
+    if args.iter().any(|a| a == "--list") {
+        return; // `cargo bench -- --list` asks a harness for its benchmarks
+    }
+    let rounds: usize = arg_after(&args, "--rounds").map_or(3, |r| r.parse().unwrap());
+    let modes: Vec<String> = arg_after(&args, "--modes")
+        .map_or(MODES.iter().map(|m| m.to_string()).collect(), |m| {
+            m.split(',').map(str::to_string).collect()
+        });
+    let allocs: Vec<String> = arg_after(&args, "--allocs")
+        .map_or(ALLOCS.iter().map(|a| a.to_string()).collect(), |a| {
+            a.split(',').map(str::to_string).collect()
+        });
+    let m = Model::QWEN3_VL;
+    println!(
+        "Qwen3-VL-like trace: vision {}x{}x{}, prefill {} tokens x {} layers, {} decode steps; \
+         {REQUESTS} requests per process; medians of {rounds} interleaved rounds",
+        m.vision_layers, m.patches, m.vision_width, m.prompt, m.text_layers, m.decode_steps
+    );
+    for mode in &modes {
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); allocs.len()];
+        for round in 0..rounds {
+            for j in 0..allocs.len() {
+                let i = (j + round) % allocs.len();
+                runs[i].push(run_child(&allocs[i], mode));
+            }
+        }
+        let sums: Vec<Summary> = runs.iter().map(|r| summarise(r)).collect();
+        println!("\ntouch mode: {mode}");
+        println!(
+            "{:<17} {:>9} {:>9} {:>9} {:>10} {:>10} {:>8} {:>9} {:>9} {:>5}",
+            "allocator",
+            "total ms",
+            "req1 ms",
+            "req2-3 ms",
+            "req1 flt",
+            "req2-3 flt",
+            "2-3/1",
+            "RSS MiB",
+            "RSS/live",
+            "maps"
+        );
+        for (name, s) in allocs.iter().zip(&sums) {
+            println!(
+                "{:<17} {:>9.0} {:>9.0} {:>9.0} {:>10.0} {:>10.0} {:>7.2}% {:>9.0} {:>9.3} {:>5.0}",
+                name,
+                s.total,
+                s.first,
+                s.later,
+                s.faults_first,
+                s.faults_later,
+                100.0 * s.faults_later / s.faults_first.max(1.0),
+                s.hwm / 1048576.0,
+                s.net / s.peak_live,
+                s.maps,
+            );
+        }
+        if let Some(tp) = allocs.iter().position(|a| a == "tensorpool") {
+            let others: Vec<usize> = (0..allocs.len())
+                .filter(|&i| !allocs[i].starts_with("tensorpool"))
+                .collect();
+            if let Some(&best) = others
+                .iter()
+                .min_by(|&&a, &&b| sums[a].total.partial_cmp(&sums[b].total).unwrap())
+            {
+                let best_later = others
+                    .iter()
+                    .map(|&i| sums[i].later)
+                    .fold(f64::INFINITY, f64::min);
+                println!(
+                    "tensorpool / best other ({}): total {:.2}, requests 2-3 {:.2} (vs best {:.0} ms)",
+                    allocs[best],
+                    sums[tp].total / sums[best].total,
+                    sums[tp].later / best_later,
+                    best_later
+                );
+            }
+        }
+        println!(
+            "peak live bytes of the trace: {:.0} MiB; RSS/live = (VmHWM - RSS before replay) / peak \
+             live; maps = the process's mappings at the end",
+            sums[0].peak_live / 1048576.0
+        );
+    }
+}
