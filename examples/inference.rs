@@ -72,8 +72,16 @@ fn main() {
             .collect::<Vec<_>>()
     );
     println!(
-        "{:<16} {:>8} {:>6} {:>6} {:>8} {:>12} {:>12} {:>12}",
-        "kind", "requests", "hits", "misses", "hit rate", "live bytes", "cached bytes", "peak live"
+        "{:<16} {:>8} {:>6} {:>8} {:>6} {:>8} {:>12} {:>12} {:>12}",
+        "kind",
+        "requests",
+        "hits",
+        "recycled",
+        "misses",
+        "hit rate",
+        "live bytes",
+        "cached bytes",
+        "peak live"
     );
     for kind in TensorKind::ALL {
         let c = ALLOC.large_counters(kind);
@@ -83,10 +91,11 @@ fn main() {
             100.0 * c.hits as f64 / c.requests as f64
         };
         println!(
-            "{:<16} {:>8} {:>6} {:>6} {:>7.1}% {:>12} {:>12} {:>12}",
+            "{:<16} {:>8} {:>6} {:>8} {:>6} {:>7.1}% {:>12} {:>12} {:>12}",
             kind.name(),
             c.requests,
             c.hits,
+            c.recycled,
             c.misses,
             rate,
             c.live_bytes,

@@ -11,6 +11,15 @@
 //! first) for reuse, and one list over all classes in order of release for eviction. While a
 //! kind's `live + cached` bytes exceed its capacity, the least recently released cached blocks go
 //! back to the OS. Per kind: `live_bytes + cached_bytes == mapped_bytes`.
+//!
+//! A request whose class has nothing cached recycles: it reserves its range and moves into it
+//! (with `mremap`, no copy, no fault) the pages of the least recently released cached blocks of
+//! any kind, preferring one whose tail covers the request from a single mapping. A victim bigger
+//! than what is missing gives its tail and stays cached with what is left. Only a block's `used`
+//! prefix (pages some request may have touched) is moved; its untouched rest is unmapped. So the
+//! process's resident memory follows its live peak rather than live + cached. Each block records
+//! the mappings it spans (at most `MAX_PIECES`), because `mremap` before Linux 6.17 moves a range
+//! only within one mapping and because the process's mapping count is limited.
 
 use super::slab::SEGMENT_SIZE;
 use crate::class::{large_index, large_size, NUM_LARGE};
