@@ -273,8 +273,8 @@ impl KindPool {
         }
     }
 
-    /// Return a block taken by `unlink_lru` (what recycling left of it) as the least recently
-    /// released, where it was.
+    /// Return what recycling left of a victim as the least recently released block, so it is
+    /// the next victim (it was chosen as one already).
     unsafe fn put_back_oldest(&mut self, h: *mut LargeHeader) {
         // SAFETY: `h` is a cached block of this kind off every list; it joins both lists.
         unsafe {
