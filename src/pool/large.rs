@@ -57,10 +57,9 @@ pub(crate) struct LargeHeader {
     released: usize,
     /// Block start minus header address (at most `SEGMENT_SIZE`).
     offset: u32,
-    /// Tensor kind index, whether the memory is known zero, whether it is cached (free).
+    /// Tensor kind index, whether the memory is known zero.
     kind: u8,
     fresh: bool,
-    cached: bool,
     /// Pages from the header on that any use of the block may have touched (so may be
     /// resident); the pages after them were never handed out below a request's end.
     used_pages: u32,
@@ -215,24 +214,14 @@ impl KindPool {
     unsafe fn take(&mut self, class_bytes: usize, align: usize) -> *mut LargeHeader {
         let first = large_index(class_bytes);
         for idx in first..(first + 5).min(NUM_LARGE) {
-            let mut prev: *mut LargeHeader = ptr::null_mut();
             let mut h = self.class_head[idx];
-            // SAFETY: every header on the lists is a live mapping owned by this pool.
+            // SAFETY: every header on the lists is a cached block owned by this pool.
             unsafe {
                 while !h.is_null() {
                     if (h as usize + (*h).offset as usize) % align == 0 {
-                        if prev.is_null() {
-                            self.class_head[idx] = (*h).class_next;
-                        } else {
-                            (*prev).class_next = (*h).class_next;
-                        }
-                        self.lru_unlink(h);
-                        (*h).cached = false;
-                        self.counters.cached_bytes =
-                            self.counters.cached_bytes.wrapping_sub((*h).size as u64);
+                        self.unlink(h);
                         return h;
                     }
-                    prev = h;
                     h = (*h).class_next;
                 }
             }
@@ -297,7 +286,6 @@ impl KindPool {
             let idx = large_index((*h).size);
             (*h).class_next = self.class_head[idx];
             self.class_head[idx] = h;
-            (*h).cached = true;
             (*h).fresh = false;
             self.counters.cached_bytes = self.counters.cached_bytes.wrapping_add((*h).size as u64);
         }
@@ -359,7 +347,6 @@ impl KindPool {
                 pp = &mut (**pp).class_next;
             }
             *pp = (*h).class_next;
-            (*h).cached = false;
             self.counters.cached_bytes = self.counters.cached_bytes.wrapping_sub((*h).size as u64);
         }
     }
@@ -622,7 +609,6 @@ impl LargePools {
                 offset: offset as u32,
                 kind: kind as u8,
                 fresh: filled == 0,
-                cached: false,
                 used_pages: (need / os::PAGE) as u32,
                 pieces,
             });
