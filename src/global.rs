@@ -9,18 +9,23 @@ use crate::kind::{TensorKind, NUM_KINDS};
 use crate::options::PoolConfig;
 use crate::pool::large::{self, LargeCounters, LargeHeader, LargePools, LARGE_TAG};
 use crate::pool::slab;
-use crate::sync::{AtomicBool, Ordering};
+use crate::sync::{shared_static, AtomicBool, Ordering};
 use crate::tcache;
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
 
-/// The process-wide large-block pools.
-pub(crate) static LARGE: LargePools = LargePools::new(usize::MAX);
-
-/// Whether fork handlers are registered.
-static PROCESS_INIT: AtomicBool = AtomicBool::new(false);
-/// Whether a configuration has been applied.
-static CONFIGURED: AtomicBool = AtomicBool::new(false);
+shared_static! {
+    /// The process-wide large-block pools.
+    pub(crate) static LARGE: LargePools = LargePools::new(usize::MAX);
+}
+shared_static! {
+    /// Whether fork handlers are registered.
+    static PROCESS_INIT: AtomicBool = AtomicBool::new(false);
+}
+shared_static! {
+    /// Whether a configuration has been applied.
+    static CONFIGURED: AtomicBool = AtomicBool::new(false);
+}
 
 /// The allocator. Declare it as the global allocator of an inference binary:
 ///

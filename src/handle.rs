@@ -10,7 +10,7 @@
 
 use crate::global::TensorPool;
 use crate::kind::{TensorKind, NUM_KINDS};
-use crate::sync::{AtomicUsize, Ordering};
+use crate::sync::{shared_static, AtomicUsize, Ordering};
 use allocator_api2::alloc::{AllocError, Allocator};
 use core::alloc::Layout;
 use core::ptr::{self, NonNull};
@@ -20,17 +20,65 @@ use crossbeam_utils::CachePadded;
 const UNLIMITED: usize = usize::MAX;
 
 /// Per kind: bytes held through limited handles, and requests refused by a limit.
-struct Account {
+pub(crate) struct Account {
     held: AtomicUsize,
     refused: AtomicUsize,
 }
 
-#[allow(clippy::declare_interior_mutable_const)] // a template for the array below, copied per kind
-const ACCOUNT: CachePadded<Account> = CachePadded::new(Account {
-    held: AtomicUsize::new(0),
-    refused: AtomicUsize::new(0),
-});
-static ACCOUNTS: [CachePadded<Account>; NUM_KINDS] = [ACCOUNT; NUM_KINDS];
+impl Account {
+    #[cfg(not(loom))]
+    const fn new() -> Self {
+        Self {
+            held: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
+        }
+    }
+    #[cfg(loom)]
+    pub(crate) fn new() -> Self {
+        Self {
+            held: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
+        }
+    }
+
+    /// Add `bytes` to the account if the total stays within `limit`; count a refusal otherwise.
+    /// One read-modify-write, so racing charges can never pass the limit together.
+    pub(crate) fn charge(&self, bytes: usize, limit: usize) -> Result<(), AllocError> {
+        let r = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(bytes).filter(|&t| t <= limit)
+            });
+        if r.is_err() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(AllocError);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn credit(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn refused(&self) -> usize {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+shared_static! {
+    static ACCOUNTS: [CachePadded<Account>; NUM_KINDS] = [
+        CachePadded::new(Account::new()),
+        CachePadded::new(Account::new()),
+        CachePadded::new(Account::new()),
+        CachePadded::new(Account::new()),
+        CachePadded::new(Account::new()),
+        CachePadded::new(Account::new()),
+    ];
+}
 
 /// A `Copy` handle that allocates from one kind's pools, whatever the thread's current kind.
 #[derive(Clone, Copy, Debug)]
@@ -52,12 +100,12 @@ impl TensorPool {
 
     /// Bytes currently held through limited handles of `kind` (requested sizes).
     pub fn limited_bytes(&self, kind: TensorKind) -> usize {
-        ACCOUNTS[kind.index()].held.load(Ordering::Relaxed)
+        ACCOUNTS[kind.index()].held()
     }
 
     /// Requests through handles of `kind` refused by a hard limit, since the process started.
     pub fn limit_refusals(&self, kind: TensorKind) -> usize {
-        ACCOUNTS[kind.index()].refused.load(Ordering::Relaxed)
+        ACCOUNTS[kind.index()].refused()
     }
 }
 
@@ -92,24 +140,11 @@ impl KindHandle {
 
     /// Charge `bytes` to this kind's account if it stays within the limit.
     fn charge(&self, bytes: usize) -> Result<(), AllocError> {
-        let acct = &ACCOUNTS[self.kind.index()];
-        let limit = self.limit;
-        let r = acct
-            .held
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
-                held.checked_add(bytes).filter(|&t| t <= limit)
-            });
-        if r.is_err() {
-            acct.refused.fetch_add(1, Ordering::Relaxed);
-            return Err(AllocError);
-        }
-        Ok(())
+        ACCOUNTS[self.kind.index()].charge(bytes, self.limit)
     }
 
     fn credit(&self, bytes: usize) {
-        ACCOUNTS[self.kind.index()]
-            .held
-            .fetch_sub(bytes, Ordering::Relaxed);
+        ACCOUNTS[self.kind.index()].credit(bytes);
     }
 
     /// The slice to hand out: the whole usable block, or exactly the request when limited.

@@ -24,6 +24,9 @@ mod class;
 mod global;
 mod handle;
 mod kind;
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod loom_model;
 mod options;
 mod os;
 mod pool;

@@ -12,6 +12,25 @@ pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
+/// Declare a process-wide static of shared state. Normal builds get a plain `static` (its
+/// initialiser must be const); loom builds get a `loom::lazy_static`, because loom's atomics
+/// cannot be built in a const context and each model execution must start from fresh state.
+macro_rules! shared_static {
+    ($(#[$m:meta])* static $name:ident: $t:ty = $e:expr;) => {
+        #[cfg(not(loom))]
+        $(#[$m])* static $name: $t = $e;
+        #[cfg(loom)]
+        loom::lazy_static! { $(#[$m])* static ref $name: $t = $e; }
+    };
+    ($(#[$m:meta])* pub(crate) static $name:ident: $t:ty = $e:expr;) => {
+        #[cfg(not(loom))]
+        $(#[$m])* pub(crate) static $name: $t = $e;
+        #[cfg(loom)]
+        loom::lazy_static! { $(#[$m])* pub(crate) static ref $name: $t = $e; }
+    };
+}
+pub(crate) use shared_static;
+
 /// Relax the CPU inside a spin loop (loom needs to see the yield, or it reports a livelock).
 #[inline]
 pub(crate) fn spin_hint() {
@@ -56,46 +75,28 @@ impl<T> UnsafeCell<T> {
 #[cfg(loom)]
 pub(crate) use loom::cell::UnsafeCell;
 
-/// A test-and-test-and-set lock around a value. `lock` spins briefly, then yields.
-pub(crate) struct SpinLock<T> {
+/// The lock word of `SpinLock`: test-and-test-and-set, spinning briefly, then yielding.
+pub(crate) struct RawSpinLock {
     locked: AtomicBool,
-    value: UnsafeCell<T>,
 }
 
-// SAFETY: the lock serialises every access to `value`, so sharing the lock between threads only
-// ever hands `&mut T` to one thread at a time; `T: Send` is enough for that.
-unsafe impl<T: Send> Sync for SpinLock<T> {}
-// SAFETY: moving the lock moves the value; `T: Send` allows that.
-unsafe impl<T: Send> Send for SpinLock<T> {}
-
-impl<T> SpinLock<T> {
+impl RawSpinLock {
     #[cfg(not(loom))]
-    pub(crate) const fn new(value: T) -> Self {
+    pub(crate) const fn new() -> Self {
         Self {
             locked: AtomicBool::new(false),
-            value: UnsafeCell::new(value),
         }
     }
     #[cfg(loom)]
-    pub(crate) fn new(value: T) -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             locked: AtomicBool::new(false),
-            value: UnsafeCell::new(value),
         }
     }
 
-    /// Take the lock, run `f` on the value, release it. `f` must not call back into this lock.
-    #[inline]
-    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        self.raw_lock();
-        // SAFETY: `raw_lock` gave this thread exclusive access until `raw_unlock` below.
-        let r = self.value.with_mut(|p| f(unsafe { &mut *p }));
-        self.raw_unlock();
-        r
-    }
-
-    /// Acquire without a guard; pairs with `raw_unlock` (used across `fork` callbacks).
-    pub(crate) fn raw_lock(&self) {
+    /// Acquire: the Acquire CAS pairs with `unlock`'s Release store, so the previous holder's
+    /// writes happen before ours.
+    pub(crate) fn lock(&self) {
         let mut spins = 0u32;
         loop {
             if self
@@ -116,7 +117,77 @@ impl<T> SpinLock<T> {
         }
     }
 
-    pub(crate) fn raw_unlock(&self) {
+    pub(crate) fn unlock(&self) {
         self.locked.store(false, Ordering::Release);
+    }
+}
+
+/// A lock around a value: a `RawSpinLock` in normal builds. Under loom it is loom's `Mutex`,
+/// which loom schedules as blocking: with three threads or more, loom's exploration includes
+/// schedules where spinning threads yield to each other forever while the holder never runs,
+/// and it gives up on them. The spin algorithm itself has its own model (two threads).
+pub(crate) struct SpinLock<T> {
+    #[cfg(not(loom))]
+    raw: RawSpinLock,
+    #[cfg(loom)]
+    raw: loom::sync::Mutex<()>,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the lock serialises every access to `value`, so sharing the lock between threads only
+// ever hands `&mut T` to one thread at a time; `T: Send` is enough for that.
+unsafe impl<T: Send> Sync for SpinLock<T> {}
+// SAFETY: moving the lock moves the value; `T: Send` allows that.
+unsafe impl<T: Send> Send for SpinLock<T> {}
+
+impl<T> SpinLock<T> {
+    #[cfg(not(loom))]
+    pub(crate) const fn new(value: T) -> Self {
+        Self {
+            raw: RawSpinLock::new(),
+            value: UnsafeCell::new(value),
+        }
+    }
+    #[cfg(loom)]
+    pub(crate) fn new(value: T) -> Self {
+        Self {
+            raw: loom::sync::Mutex::new(()),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    /// Take the lock, run `f` on the value, release it. `f` must not call back into this lock.
+    #[inline]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        #[cfg(not(loom))]
+        {
+            self.raw.lock();
+            // SAFETY: `lock` gave this thread exclusive access until `unlock` below.
+            let r = self.value.with_mut(|p| f(unsafe { &mut *p }));
+            self.raw.unlock();
+            r
+        }
+        #[cfg(loom)]
+        {
+            let _guard = self.raw.lock().unwrap();
+            // SAFETY: the guard gives this thread exclusive access while it lives.
+            self.value.with_mut(|p| f(unsafe { &mut *p }))
+        }
+    }
+
+    /// Acquire without a guard; pairs with `raw_unlock` (used across `fork` callbacks, which
+    /// loom models never run).
+    pub(crate) fn raw_lock(&self) {
+        #[cfg(not(loom))]
+        self.raw.lock();
+        #[cfg(loom)]
+        unreachable!("fork handlers are not modelled");
+    }
+
+    pub(crate) fn raw_unlock(&self) {
+        #[cfg(not(loom))]
+        self.raw.unlock();
+        #[cfg(loom)]
+        unreachable!("fork handlers are not modelled");
     }
 }

@@ -19,7 +19,7 @@ use crate::class::{small_class, NUM_SMALL};
 use crate::kind::NUM_KINDS;
 use crate::os;
 use crate::pool::slab::{self, Block, Page, Segment, SEGMENT_SIZE, SMALL_TAG};
-use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, Ordering, SpinLock};
+use crate::sync::{shared_static, AtomicBool, AtomicPtr, AtomicUsize, Ordering, SpinLock};
 use core::cell::{Cell, UnsafeCell};
 use core::ptr;
 use crossbeam_utils::CachePadded;
@@ -104,7 +104,7 @@ const PENDING_OWNERS: usize = 4;
 const PENDING_MAX: u32 = 64;
 
 /// A thread's frees of blocks owned by other heaps, chained per owner.
-struct Pending {
+pub(crate) struct Pending {
     owner: [*mut Heap; PENDING_OWNERS],
     head: [*mut Block; PENDING_OWNERS],
     tail: [*mut Block; PENDING_OWNERS],
@@ -112,13 +112,57 @@ struct Pending {
 }
 
 impl Pending {
-    const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Self {
             owner: [ptr::null_mut(); PENDING_OWNERS],
             head: [ptr::null_mut(); PENDING_OWNERS],
             tail: [ptr::null_mut(); PENDING_OWNERS],
             count: 0,
         }
+    }
+
+    /// Add the free of `b`, a block of `owner`, to the batch; publish the batch when it is full
+    /// or when it already groups as many owners as it can.
+    ///
+    /// # Safety
+    /// `b` is a live block of `owner`'s pages, freed exactly once, by this call.
+    pub(crate) unsafe fn push(&mut self, owner: *mut Heap, b: *mut Block) {
+        let mut slot = PENDING_OWNERS;
+        for i in 0..PENDING_OWNERS {
+            if self.owner[i] == owner || self.owner[i].is_null() {
+                slot = i;
+                break;
+            }
+        }
+        if slot == PENDING_OWNERS {
+            self.flush();
+            slot = 0;
+        }
+        // SAFETY: `b` is ours until published.
+        unsafe { (*b).next = self.head[slot] };
+        if self.head[slot].is_null() {
+            self.owner[slot] = owner;
+            self.tail[slot] = b;
+        }
+        self.head[slot] = b;
+        self.count += 1;
+        if self.count >= PENDING_MAX {
+            self.flush();
+        }
+    }
+
+    /// Publish every chain of the batch to its owner.
+    pub(crate) fn flush(&mut self) {
+        for i in 0..PENDING_OWNERS {
+            if !self.owner[i].is_null() {
+                // SAFETY: the chain holds live blocks of `owner[i]`, each freed once.
+                unsafe { publish(self.owner[i], self.head[i], self.tail[i]) };
+                self.owner[i] = ptr::null_mut();
+                self.head[i] = ptr::null_mut();
+                self.tail[i] = ptr::null_mut();
+            }
+        }
+        self.count = 0;
     }
 }
 
@@ -142,17 +186,33 @@ pub(crate) fn alloc_small(class: usize) -> *mut u8 {
 /// `kh` is the static empty kind heap or one of the calling thread's; `class < NUM_SMALL`.
 #[inline(always)]
 unsafe fn pop_or_slow(kh: *mut KindHeap, class: usize) -> *mut u8 {
+    // SAFETY: the caller's contract is `pop_direct`'s and `alloc_slow`'s.
+    unsafe {
+        let b = pop_direct(kh, class);
+        if !b.is_null() {
+            return b;
+        }
+        alloc_slow(kh, class)
+    }
+}
+
+/// Pop a block from the kind heap's direct page for `class`; null when that page has none.
+///
+/// # Safety
+/// As for `pop_or_slow`.
+#[inline(always)]
+unsafe fn pop_direct(kh: *mut KindHeap, class: usize) -> *mut u8 {
     // SAFETY: a direct page is the static empty page (free list null) or a page owned by this
     // thread, whose free list only this thread touches.
     unsafe {
         let page = *(*kh).direct.get_unchecked(class);
         let b = (*page).free;
-        if !b.is_null() {
-            (*page).free = (*b).next;
-            (*page).used += 1;
-            return b.cast();
+        if b.is_null() {
+            return ptr::null_mut();
         }
-        alloc_slow(kh, class)
+        (*page).free = (*b).next;
+        (*page).used += 1;
+        b.cast()
     }
 }
 
@@ -250,6 +310,18 @@ unsafe fn alloc_slow(kh: *mut KindHeap, class: usize) -> *mut u8 {
             kh
         };
         flush_pending();
+        refill(kh, class)
+    }
+}
+
+/// The owner's slow path proper: take back the blocks other threads freed, find a page with a
+/// free block and pop one. Null when the OS refuses memory.
+///
+/// # Safety
+/// `kh` belongs to a heap the calling thread owns.
+pub(crate) unsafe fn refill(kh: *mut KindHeap, class: usize) -> *mut u8 {
+    // SAFETY: owner-only access to the heap (the caller's contract).
+    unsafe {
         drain_delayed((*kh).heap);
         let page = find_page(kh, class);
         if page.is_null() {
@@ -351,45 +423,10 @@ unsafe fn free_remote(owner: *mut Heap, b: *mut Block) {
         return;
     }
     PENDING.with(|p| {
-        // SAFETY: the batch is this thread's alone and no other borrow of it is live.
-        let p = unsafe { &mut *p.get() };
-        let mut slot = PENDING_OWNERS;
-        for i in 0..PENDING_OWNERS {
-            if p.owner[i] == owner || p.owner[i].is_null() {
-                slot = i;
-                break;
-            }
-        }
-        if slot == PENDING_OWNERS {
-            flush(p);
-            slot = 0;
-        }
-        // SAFETY: `b` is ours until published.
-        unsafe { (*b).next = p.head[slot] };
-        if p.head[slot].is_null() {
-            p.owner[slot] = owner;
-            p.tail[slot] = b;
-        }
-        p.head[slot] = b;
-        p.count += 1;
-        if p.count >= PENDING_MAX {
-            flush(p);
-        }
+        // SAFETY: the batch is this thread's alone and no other borrow of it is live; `b` is a
+        // live block of `owner`, freed once.
+        unsafe { (*p.get()).push(owner, b) }
     });
-}
-
-/// Publish every chain of a batch to its owner.
-fn flush(p: &mut Pending) {
-    for i in 0..PENDING_OWNERS {
-        if !p.owner[i].is_null() {
-            // SAFETY: the chain holds live blocks of `owner[i]`, each freed once.
-            unsafe { publish(p.owner[i], p.head[i], p.tail[i]) };
-            p.owner[i] = ptr::null_mut();
-            p.head[i] = ptr::null_mut();
-            p.tail[i] = ptr::null_mut();
-        }
-    }
-    p.count = 0;
 }
 
 /// Publish this thread's batch of remote frees (slow path, thread exit).
@@ -398,7 +435,7 @@ fn flush_pending() {
         // SAFETY: the batch is this thread's alone.
         let p = unsafe { &mut *p.get() };
         if p.count > 0 {
-            flush(p);
+            p.flush();
         }
     });
 }
@@ -529,10 +566,12 @@ struct SegmentCache {
 // SAFETY: the cached segments are empty mappings owned by the cache; access is under its lock.
 unsafe impl Send for SegmentCache {}
 
-static SEGMENT_CACHE: SpinLock<SegmentCache> = SpinLock::new(SegmentCache {
-    segs: [ptr::null_mut(); SEGMENT_CACHE_MAX],
-    len: 0,
-});
+shared_static! {
+    static SEGMENT_CACHE: SpinLock<SegmentCache> = SpinLock::new(SegmentCache {
+        segs: [ptr::null_mut(); SEGMENT_CACHE_MAX],
+        len: 0,
+    });
+}
 
 fn segment_cache_put(seg: *mut Segment) {
     // Hand the pages' memory back but keep the address range, so the next heap skips the mmap.
@@ -569,19 +608,97 @@ fn segment_cache_take() -> *mut Segment {
 // Thread start and exit, heap registry, fork
 // ---------------------------------------------------------------------------------------------
 
-/// Registry of every heap ever created (a push-only list).
-static HEAPS: AtomicPtr<Heap> = AtomicPtr::new(ptr::null_mut());
+/// Every heap ever created: a push-only list. Heaps are never freed, so a pointer read from it
+/// stays valid; a heap whose thread exited is adopted by the next new thread, live blocks, pending
+/// remote frees and all.
+pub(crate) struct Registry {
+    head: AtomicPtr<Heap>,
+}
 
-/// The thread-exit key (0 until created; `usize::MAX` if none could be created).
-static EXIT_KEY: AtomicUsize = AtomicUsize::new(0);
-static EXIT_KEY_LOCK: SpinLock<()> = SpinLock::new(());
+impl Registry {
+    #[cfg(not(loom))]
+    const fn new() -> Self {
+        Self {
+            head: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+    #[cfg(loom)]
+    pub(crate) fn new() -> Self {
+        Self {
+            head: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    /// Adopt an abandoned heap, or map and register a new one. Null when the OS refuses memory.
+    pub(crate) fn acquire(&self) -> *mut Heap {
+        let mut h = self.head.load(Ordering::Acquire);
+        while !h.is_null() {
+            // SAFETY: heaps on the registry are never freed.
+            let heap = unsafe { &*h };
+            // The Acquire on success pairs with the Release in `abandon`: the previous owner's
+            // writes to the heap happen before ours.
+            if !heap.in_use.load(Ordering::Relaxed)
+                && heap
+                    .in_use
+                    .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return h;
+            }
+            h = heap.next_heap;
+        }
+        let len = core::mem::size_of::<Heap>().div_ceil(os::PAGE) * os::PAGE;
+        let h = os::map(len).cast::<Heap>();
+        if h.is_null() {
+            return h;
+        }
+        // SAFETY: a fresh, zeroed mapping large enough for a heap; zero is a valid starting state
+        // for every plain field. The direct pages, back pointers and atomics are written here,
+        // before publication (atomics with `write`: loom's are not valid as zero bytes).
+        unsafe {
+            for k in 0..NUM_KINDS {
+                let kh = ptr::addr_of_mut!((*h).kinds[k]);
+                (*kh).direct = [empty_page(); NUM_SMALL];
+                (*kh).heap = h;
+                (*kh).kind = k as u8;
+            }
+            ptr::addr_of_mut!((*h).delayed)
+                .write(CachePadded::new(AtomicPtr::new(ptr::null_mut())));
+            ptr::addr_of_mut!((*h).in_use).write(AtomicBool::new(true));
+            let mut head = self.head.load(Ordering::Relaxed);
+            loop {
+                (*h).next_heap = head;
+                match self
+                    .head
+                    .compare_exchange_weak(head, h, Ordering::Release, Ordering::Relaxed)
+                {
+                    Ok(_) => break,
+                    Err(actual) => head = actual,
+                }
+            }
+        }
+        h
+    }
+}
+
+shared_static! {
+    static HEAPS: Registry = Registry::new();
+}
+
+shared_static! {
+    /// The thread-exit key (0 until created; `usize::MAX` if none could be created).
+    static EXIT_KEY: AtomicUsize = AtomicUsize::new(0);
+}
+shared_static! {
+    static EXIT_KEY_LOCK: SpinLock<()> = SpinLock::new(());
+}
 
 /// Give the calling thread a heap: adopt an abandoned one or map a new one. Returns null when the
 /// OS refuses memory.
 #[cold]
 unsafe fn init_thread() -> *mut Heap {
     crate::global::ensure_process_init();
-    let heap = acquire_heap();
+    let heap = HEAPS.acquire();
     if heap.is_null() {
         return heap;
     }
@@ -618,55 +735,23 @@ fn exit_key() -> usize {
     }
 }
 
-fn acquire_heap() -> *mut Heap {
-    let mut h = HEAPS.load(Ordering::Acquire);
-    while !h.is_null() {
-        // SAFETY: heaps on the registry are never freed.
-        let heap = unsafe { &*h };
-        if !heap.in_use.load(Ordering::Relaxed)
-            && heap
-                .in_use
-                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-        {
-            return h;
-        }
-        h = heap.next_heap;
-    }
-    let len = core::mem::size_of::<Heap>().div_ceil(os::PAGE) * os::PAGE;
-    let h = os::map(len).cast::<Heap>();
-    if h.is_null() {
-        return h;
-    }
-    // SAFETY: a fresh, zeroed mapping large enough for a heap; zero is a valid starting state for
-    // every field except the direct pages and back pointers, set here before publication.
-    unsafe {
-        for k in 0..NUM_KINDS {
-            let kh = ptr::addr_of_mut!((*h).kinds[k]);
-            (*kh).direct = [empty_page(); NUM_SMALL];
-            (*kh).heap = h;
-            (*kh).kind = k as u8;
-        }
-        (*h).in_use = AtomicBool::new(true);
-        let mut head = HEAPS.load(Ordering::Relaxed);
-        loop {
-            (*h).next_heap = head;
-            match HEAPS.compare_exchange_weak(head, h, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => break,
-                Err(actual) => head = actual,
-            }
-        }
-    }
-    h
-}
-
-/// Thread-exit destructor: return empty pages, then leave the heap for another thread to adopt.
+/// Thread-exit destructor: publish the thread's batch of remote frees, then abandon its heap.
 unsafe extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
-    let heap = arg.cast::<Heap>();
     flush_pending();
     CUR.set(&EMPTY_KIND_HEAP as *const ReadOnly<KindHeap> as *mut KindHeap);
     // SAFETY: the heap was this thread's; from now on this thread allocates through a new heap
     // (acquired again if a later destructor allocates), so nothing else touches this one.
+    unsafe { abandon(arg.cast::<Heap>()) }
+}
+
+/// Leave a heap for another thread to adopt: take back its remote frees, return its empty pages
+/// and spare segment, then mark it free. Other threads may go on freeing its blocks meanwhile;
+/// those frees wait on its delayed list for the adopter.
+///
+/// # Safety
+/// The calling thread owns `heap` and touches it no more after this call.
+pub(crate) unsafe fn abandon(heap: *mut Heap) {
+    // SAFETY: owner-only access until the final store hands the heap over.
     unsafe {
         drain_delayed(heap);
         for k in 0..NUM_KINDS {
@@ -687,6 +772,7 @@ unsafe extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
         if !spare.is_null() {
             segment_cache_put(spare);
         }
+        // Release: everything above happens before the adopter's Acquire in `acquire`.
         (*heap).in_use.store(false, Ordering::Release);
     }
 }
@@ -701,6 +787,193 @@ pub(crate) fn lock_all() {
 pub(crate) fn unlock_all() {
     SEGMENT_CACHE.raw_unlock();
     EXIT_KEY_LOCK.raw_unlock();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model-checking hooks (loom builds only): the owner and remote paths above, with the heap and
+// the batch passed explicitly instead of found through thread-locals.
+// ---------------------------------------------------------------------------------------------
+
+/// Allocate as the owner of `heap`: the fast pop, else the slow path proper.
+///
+/// # Safety
+/// The calling thread owns `heap`; `kind < NUM_KINDS`, `class < NUM_SMALL`.
+#[cfg(loom)]
+pub(crate) unsafe fn model_alloc(heap: *mut Heap, kind: usize, class: usize) -> *mut u8 {
+    // SAFETY: the caller owns the heap.
+    unsafe {
+        let kh = ptr::addr_of_mut!((*heap).kinds[kind]);
+        let b = pop_direct(kh, class);
+        if !b.is_null() {
+            return b;
+        }
+        refill(kh, class)
+    }
+}
+
+/// Free as a thread owning `me` (or no heap), batching remote frees in `batch`: the branch of
+/// `free_small` with the thread-locals made explicit.
+///
+/// # Safety
+/// `p` is a live small block; the calling thread owns `me` if it is not null.
+#[cfg(loom)]
+pub(crate) unsafe fn model_free(me: *mut Heap, batch: &mut Pending, p: *mut u8) {
+    // SAFETY: as in `free_small`.
+    unsafe {
+        let seg = slab::segment_of(p);
+        let b = p.cast::<Block>();
+        if !me.is_null() && (*seg).owner == me {
+            free_to_page(slab::page_of(seg, p), b);
+        } else {
+            batch.push((*seg).owner, b);
+        }
+    }
+}
+
+/// Take back the remote frees waiting for `heap` (the start of every slow path).
+///
+/// # Safety
+/// The calling thread owns `heap`.
+#[cfg(loom)]
+pub(crate) unsafe fn model_collect(heap: *mut Heap) {
+    // SAFETY: the caller owns the heap.
+    unsafe { drain_delayed(heap) }
+}
+
+/// What a quiescent heap holds, summed over its pages.
+#[cfg(loom)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Census {
+    /// Blocks handed out and not seen freed by the owner (live, or waiting on the delayed list).
+    pub used: usize,
+    /// Blocks on the pages' free lists.
+    pub free: usize,
+    /// Blocks carved so far.
+    pub carved: usize,
+    /// Blocks on the heap's delayed list.
+    pub delayed: usize,
+    /// Pages in use.
+    pub pages: usize,
+    /// Segments owned (the spare included).
+    pub segments: usize,
+}
+
+/// Count what `heap` holds and check its structure: each page's `used + |free| == carved`, free
+/// and delayed blocks inside their pages and never listed twice, every page in use on exactly one
+/// of its kind heap's lists. Panics (it is a model's assertion) on a violation.
+///
+/// # Safety
+/// No thread touches `heap` during the call.
+#[cfg(loom)]
+pub(crate) unsafe fn model_census(heap: *mut Heap) -> Census {
+    use std::collections::HashSet;
+    let mut c = Census::default();
+    let mut seen: HashSet<usize> = HashSet::new();
+    let mut listed: HashSet<usize> = HashSet::new();
+    // SAFETY: the heap is quiescent (the caller's contract), so every list is stable.
+    unsafe {
+        for kh in &(*heap).kinds {
+            for class in 0..NUM_SMALL {
+                for head in [kh.queue[class], kh.full[class]] {
+                    let mut p = head;
+                    while !p.is_null() {
+                        assert!(listed.insert(p as usize), "page {p:p} listed twice");
+                        assert_eq!((*p).class as usize, class, "page on another class's list");
+                        p = (*p).next;
+                    }
+                }
+            }
+        }
+        let mut seg = (*heap).segments;
+        while !seg.is_null() {
+            c.segments += 1;
+            for (i, page) in (*seg).pages.iter_mut().enumerate().skip(1) {
+                let page = page as *mut Page;
+                if !(*page).in_use {
+                    continue;
+                }
+                assert!(
+                    (*seg).free_mask & (1 << i) == 0,
+                    "page {i} in use but marked free"
+                );
+                assert!(listed.remove(&(page as usize)), "page in use on no list");
+                c.pages += 1;
+                let start = slab::page_start(page) as usize;
+                let bs = (*page).block_size as usize;
+                let mut free = 0;
+                let mut b = (*page).free;
+                while !b.is_null() {
+                    let a = b as usize;
+                    assert!(seen.insert(a), "block {a:#x} on a free list twice");
+                    assert!(a >= start && (a - start) % bs == 0, "foreign block {a:#x}");
+                    assert!(
+                        (a - start) / bs < (*page).capacity as usize,
+                        "uncarved block"
+                    );
+                    free += 1;
+                    b = (*b).next;
+                }
+                assert_eq!(
+                    (*page).used as usize + free,
+                    (*page).capacity as usize,
+                    "page {i}: used + free != carved"
+                );
+                c.used += (*page).used as usize;
+                c.free += free;
+                c.carved += (*page).capacity as usize;
+            }
+            seg = (*seg).next;
+        }
+        assert!(listed.is_empty(), "a listed page is not in use");
+        if !(*heap).spare.is_null() {
+            c.segments += 1;
+        }
+        let mut b = (*heap).delayed.load(Ordering::Acquire);
+        while !b.is_null() {
+            assert!(
+                seen.insert(b as usize),
+                "delayed block {b:p} also free or listed twice"
+            );
+            assert_eq!(
+                (*slab::segment_of(b.cast())).owner,
+                heap,
+                "delayed block of another heap"
+            );
+            c.delayed += 1;
+            b = (*b).next;
+        }
+    }
+    c
+}
+
+/// Unmap every heap of `reg`, their segments and the shared segment cache (end of a model).
+///
+/// # Safety
+/// No block of these heaps is in use and no thread touches them any more.
+#[cfg(loom)]
+pub(crate) unsafe fn model_release(reg: &Registry) {
+    let len = core::mem::size_of::<Heap>().div_ceil(os::PAGE) * os::PAGE;
+    let mut h = reg.head.load(Ordering::Acquire);
+    // SAFETY: the heaps and their segments are unused (the caller's contract).
+    unsafe {
+        while !h.is_null() {
+            let next = (*h).next_heap;
+            let mut seg = (*h).segments;
+            while !seg.is_null() {
+                let n = (*seg).next;
+                os::unmap(seg.cast(), SEGMENT_SIZE);
+                seg = n;
+            }
+            if !(*h).spare.is_null() {
+                os::unmap((*h).spare.cast(), SEGMENT_SIZE);
+            }
+            os::unmap(h.cast(), len);
+            h = next;
+        }
+    }
+    while let Some(seg) = core::ptr::NonNull::new(segment_cache_take()) {
+        os::unmap(seg.as_ptr().cast(), SEGMENT_SIZE);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -262,19 +262,34 @@ impl KindPool {
         }
     }
 
-    /// Return what recycling left of a victim as the least recently released block, so it is
-    /// the next victim (it was chosen as one already).
-    unsafe fn put_back_oldest(&mut self, h: *mut LargeHeader) {
-        // SAFETY: `h` is a cached block of this kind off every list; it joins both lists.
+    /// Return what recycling left of a victim to where its release clock puts it: usually the
+    /// tail (victims are the least recently released), but a victim chosen because its tail fit
+    /// the request may be younger than others, and LRU order must stay release order.
+    unsafe fn put_back(&mut self, h: *mut LargeHeader) {
+        // SAFETY: `h` is a cached block of this kind off every list; list members are ours.
         unsafe {
-            (*h).lru_next = ptr::null_mut();
-            (*h).lru_prev = self.lru_tail;
-            if self.lru_tail.is_null() {
+            let mut after = self.lru_tail;
+            while !after.is_null() && (*after).released < (*h).released {
+                after = (*after).lru_prev;
+            }
+            // Link `h` just after `after` (towards the tail), or at the head if none is newer.
+            let next = if after.is_null() {
+                self.lru_head
+            } else {
+                (*after).lru_next
+            };
+            (*h).lru_prev = after;
+            (*h).lru_next = next;
+            if after.is_null() {
                 self.lru_head = h;
             } else {
-                (*self.lru_tail).lru_next = h;
+                (*after).lru_next = h;
             }
-            self.lru_tail = h;
+            if next.is_null() {
+                self.lru_tail = h;
+            } else {
+                (*next).lru_prev = h;
+            }
             self.put_in_class(h);
         }
     }
@@ -518,6 +533,15 @@ impl LargePools {
         }
     }
 
+    #[cfg(loom)]
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            kinds: core::array::from_fn(|_| SpinLock::new(KindPool::new(capacity))),
+            huge_pages: crate::sync::AtomicBool::new(false),
+            clock: AtomicUsize::new(0),
+        }
+    }
+
     /// Allocate a large block of kind `kind`. Null on overflow or OS refusal.
     pub(crate) fn alloc(&self, kind: usize, size: usize, align: usize) -> *mut u8 {
         let Some(class_bytes) = large_size(size) else {
@@ -719,7 +743,7 @@ impl LargePools {
                 c.donated_bytes = c.donated_bytes.wrapping_add(moved as u64);
                 if left > 0 {
                     // SAFETY: what is left of `v` is a valid cached block of this kind.
-                    unsafe { p.put_back_oldest(v) };
+                    unsafe { p.put_back(v) };
                 } else if cut > 0 || refused {
                     c.evictions = c.evictions.wrapping_add(1);
                     c.evicted_bytes = c.evicted_bytes.wrapping_add(released as u64);
@@ -788,8 +812,11 @@ impl LargePools {
     pub(crate) unsafe fn free(&self, h: *mut LargeHeader) {
         // SAFETY: a live block's header is valid and its kind in range.
         let kind = unsafe { (*h).kind } as usize;
-        let now = self.clock.fetch_add(1, Ordering::Relaxed);
         let chain = self.kinds[kind].with(|p| {
+            // The stamp is taken under the kind's lock, so a kind's release-order list is sorted
+            // by it (taken before the lock, two racing frees could join the list in the other
+            // order: a loom model caught that).
+            let now = self.clock.fetch_add(1, Ordering::Relaxed);
             // SAFETY: under the lock; `h` is live and joins the cache.
             unsafe {
                 (*h).released = now;
@@ -889,6 +916,108 @@ impl LargePools {
         });
         // SAFETY: the block keeps its offset in the (possibly moved) mapping.
         unsafe { base.add(offset) }
+    }
+}
+
+/// One kind's cached blocks as a model sees them.
+#[cfg(loom)]
+#[derive(Debug, Clone)]
+pub struct KindCensus {
+    /// The kind's counters.
+    pub counters: LargeCounters,
+    /// Its soft capacity.
+    pub capacity: usize,
+    /// Cached blocks, most recently released first: (block address, usable bytes, release clock).
+    pub cached: std::vec::Vec<(usize, usize, usize)>,
+}
+
+#[cfg(loom)]
+impl LargePools {
+    /// Check every kind's lists and return what they hold: release-order links consistent both
+    /// ways, release clocks non-increasing from the most recent (LRU order is release order),
+    /// every cached block on the class list of its size and no other, `cached_bytes` equal to
+    /// the blocks' sizes. Panics (it is a model's assertion) on a violation.
+    pub(crate) fn census(&self) -> std::vec::Vec<KindCensus> {
+        (0..self.kinds.len())
+            .map(|k| {
+                // Assert after the lock is released: a panic under it would leave it held.
+                match self.kinds[k].with(|p| Self::kind_census(k, p)) {
+                    Ok(c) => c,
+                    Err(e) => panic!("kind {k}: {e}"),
+                }
+            })
+            .collect()
+    }
+
+    fn kind_census(k: usize, p: &KindPool) -> Result<KindCensus, std::string::String> {
+        use std::format;
+        let mut cached: std::vec::Vec<(usize, usize, usize)> = std::vec::Vec::new();
+        let mut bytes = 0u64;
+        let mut prev: *mut LargeHeader = ptr::null_mut();
+        let mut h = p.lru_head;
+        // SAFETY: list members are cached blocks of this pool, read under its lock.
+        unsafe {
+            while !h.is_null() {
+                if (*h).lru_prev != prev {
+                    return Err("broken back link".into());
+                }
+                if (*h).kind as usize != k {
+                    return Err("a block of another kind".into());
+                }
+                if let Some(&(_, _, newer)) = cached.last() {
+                    if newer < (*h).released {
+                        return Err(format!(
+                            "LRU order is not release order ({newer} before {})",
+                            (*h).released
+                        ));
+                    }
+                }
+                cached.push((h as usize + (*h).offset as usize, (*h).size, (*h).released));
+                bytes += (*h).size as u64;
+                prev = h;
+                h = (*h).lru_next;
+            }
+            if p.lru_tail != prev {
+                return Err("the tail is not the last block".into());
+            }
+            let mut on_class = 0;
+            for (idx, &head) in p.class_head.iter().enumerate() {
+                let mut h = head;
+                while !h.is_null() {
+                    if large_index((*h).size) != idx {
+                        return Err("a block on another class's list".into());
+                    }
+                    let addr = h as usize + (*h).offset as usize;
+                    if !cached.iter().any(|&(a, _, _)| a == addr) {
+                        return Err("a block on a class list is not cached".into());
+                    }
+                    on_class += 1;
+                    h = (*h).class_next;
+                }
+            }
+            if on_class != cached.len() {
+                return Err(format!(
+                    "{on_class} blocks on class lists, {} cached",
+                    cached.len()
+                ));
+            }
+        }
+        if p.counters.cached_bytes != bytes {
+            return Err(format!(
+                "cached_bytes {} but the cached blocks hold {bytes}",
+                p.counters.cached_bytes
+            ));
+        }
+        Ok(KindCensus {
+            counters: p.counters,
+            capacity: p.capacity,
+            cached,
+        })
+    }
+
+    /// Set one kind's soft capacity.
+    pub(crate) fn set_capacity(&self, kind: usize, bytes: usize) {
+        self.kinds[kind].with(|p| p.capacity = bytes);
     }
 }
 
