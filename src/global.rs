@@ -6,7 +6,7 @@
 //! configuration of the first value to initialise it is the one applied.
 
 use crate::kind::{TensorKind, NUM_KINDS};
-use crate::options::PoolConfig;
+use crate::options::{ExitReport, PoolConfig};
 use crate::pool::large::{self, LargeCounters, LargeHeader, LargePools, LARGE_TAG};
 use crate::pool::slab;
 use crate::sync::{shared_static, AtomicBool, Ordering};
@@ -61,6 +61,8 @@ impl TensorPool {
         self.configure()
     }
 
+    /// Apply the configuration: the code's `PoolConfig`, overridden by `TENSORPOOL_*`
+    /// environment variables (read here, once, without allocating).
     #[cold]
     fn configure(&self) -> bool {
         ensure_process_init();
@@ -68,18 +70,53 @@ impl TensorPool {
             return false;
         }
         let default = crate::options::default_capacity();
+        let env = crate::options::read_env(&self.config, default);
         for (k, &cap) in self.config.capacity.iter().enumerate() {
-            let cap = if cap == crate::options::DEFAULT_CAPACITY {
+            let code = if cap == crate::options::DEFAULT_CAPACITY {
                 default
             } else {
                 cap
             };
+            let cap = env.capacity[k].unwrap_or(code);
             LARGE.kinds[k].with(|p| p.capacity = cap);
         }
-        LARGE
-            .huge_pages
-            .store(self.config.huge_pages, Ordering::Relaxed);
+        LARGE.huge_pages.store(
+            env.huge_pages.unwrap_or(self.config.huge_pages),
+            Ordering::Relaxed,
+        );
+        let report = env.exit_report.unwrap_or(self.config.exit_report);
+        if report != ExitReport::Off {
+            EXIT_REPORT.store(report as u8, core::sync::atomic::Ordering::Relaxed);
+            crate::os::at_exit(exit_report);
+        }
+        if env.timeline.unwrap_or(self.config.timeline) {
+            crate::timeline::start(0);
+        }
         true
+    }
+
+    /// Start recording the memory timeline (clearing what was recorded). Each large-block
+    /// allocation or free then records every kind's live and cached bytes, in a ring of the last
+    /// `TIMELINE_CAPACITY` samples.
+    pub fn start_timeline(&self) {
+        self.start_timeline_every(core::time::Duration::ZERO);
+    }
+
+    /// As `start_timeline`, but at most one sample per `interval` (the first event after it
+    /// elapses), so the ring covers a longer run.
+    pub fn start_timeline_every(&self, interval: core::time::Duration) {
+        self.init();
+        crate::timeline::start(interval.as_nanos().min(u64::MAX as u128) as u64);
+    }
+
+    /// Stop recording the timeline; what was recorded stays until the next start.
+    pub fn stop_timeline(&self) {
+        crate::timeline::stop();
+    }
+
+    /// The recorded timeline, oldest sample first (allocates: call it outside hot paths).
+    pub fn timeline(&self) -> crate::timeline::Timeline {
+        crate::timeline::snapshot()
     }
 
     /// Change one kind's soft capacity (live + cached large-block bytes) at run time. Cached blocks
@@ -87,6 +124,13 @@ impl TensorPool {
     pub fn set_capacity(&self, kind: TensorKind, bytes: usize) {
         self.init();
         LARGE.kinds[kind.index()].with(|p| p.capacity = bytes);
+    }
+
+    /// One kind's soft capacity in bytes (after configuration: the code's value or the
+    /// environment's).
+    pub fn capacity(&self, kind: TensorKind) -> usize {
+        self.init();
+        LARGE.kinds[kind.index()].with(|p| p.capacity)
     }
 
     /// Release every cached block of every kind to the OS. Returns the bytes released.
@@ -102,6 +146,33 @@ impl TensorPool {
     /// Counters of all kinds' large-block pools, indexed by `TensorKind::index`.
     pub fn all_large_counters(&self) -> [LargeCounters; NUM_KINDS] {
         core::array::from_fn(|k| LARGE.kinds[k].with(|p| p.counters))
+    }
+
+    /// A snapshot of the statistics, per kind and in aggregate (see `Stats`). Takes each kind's
+    /// lock briefly and reads every thread heap's counters; allocates nothing.
+    pub fn stats(&self) -> crate::stats::Stats {
+        let large = self.all_large_counters();
+        let mut small = [crate::stats::SmallPart::default(); NUM_KINDS];
+        let mut segments = (0, 0);
+        for (k, s) in small.iter_mut().enumerate() {
+            let (part, maps, unmaps) = tcache::small_totals(k);
+            *s = part;
+            segments = (maps, unmaps);
+        }
+        let limits = core::array::from_fn(|k| {
+            let kind = TensorKind::ALL[k];
+            (
+                self.limited_bytes(kind) as u64,
+                self.limit_refusals(kind) as u64,
+            )
+        });
+        crate::stats::Stats::assemble(
+            &large,
+            &small,
+            &limits,
+            segments,
+            crate::os::resident_bytes().map(|r| r as u64),
+        )
     }
 
     /// Usable size of a live block returned by this allocator (at least the requested size).
@@ -264,6 +335,58 @@ unsafe impl GlobalAlloc for TensorPool {
             }
         }
         q
+    }
+}
+
+/// The exit report chosen (`ExitReport as u8`); statistics, not synchronisation.
+static EXIT_REPORT: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+
+/// Print the statistics at process exit (registered with `atexit`), allocating nothing.
+extern "C" fn exit_report() {
+    use core::fmt::Write;
+    let mode = EXIT_REPORT.load(core::sync::atomic::Ordering::Relaxed);
+    let stats = TensorPool::new().stats();
+    let mut w = StderrWriter(crate::stats::StackStr::new());
+    if mode == ExitReport::Json as u8 {
+        let _ = stats.write_json(&mut w);
+        let _ = w.write_char('\n');
+    } else {
+        let _ = write!(w, "tensorpool: statistics at exit\n{stats}");
+        for (k, p) in TensorKind::ALL.iter().zip(&stats.kinds) {
+            if p.live_bytes > 0 {
+                let _ = writeln!(
+                    w,
+                    "tensorpool: still live at exit: {} {} ({} bytes)",
+                    k.name(),
+                    crate::stats::Bytes(p.live_bytes),
+                    p.live_bytes
+                );
+            }
+        }
+    }
+    w.flush();
+}
+
+/// Formats into a stack buffer and writes it to stderr as it fills.
+struct StderrWriter(crate::stats::StackStr<2048>);
+
+impl StderrWriter {
+    fn flush(&mut self) {
+        crate::os::write_stderr(self.0.as_bytes());
+        self.0.clear();
+    }
+}
+
+impl core::fmt::Write for StderrWriter {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        if self.0.write_str(s).is_ok() {
+            return Ok(());
+        }
+        self.flush();
+        if self.0.write_str(s).is_err() {
+            crate::os::write_stderr(s.as_bytes());
+        }
+        Ok(())
     }
 }
 

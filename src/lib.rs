@@ -30,12 +30,16 @@ pub mod loom_model;
 mod options;
 mod os;
 mod pool;
+mod stats;
 mod sync;
 mod tcache;
+mod timeline;
 
 pub use global::TensorPool;
 pub use handle::KindHandle;
 pub use kind::{current_kind, with_kind, KindScope, ParseKindError, TensorKind, NUM_KINDS};
-pub use options::{PoolConfig, DEFAULT_CAPACITY};
+pub use options::{ExitReport, PoolConfig, DEFAULT_CAPACITY};
 pub use os::resident_bytes;
 pub use pool::large::LargeCounters;
+pub use stats::{PoolStats, Stats, COLUMNS as STATS_COLUMNS};
+pub use timeline::{Sample, Timeline, TIMELINE_CAPACITY};

@@ -15,6 +15,10 @@ pub struct PoolConfig {
     pub capacity: [usize; NUM_KINDS],
     /// Advise transparent huge pages for large blocks of 2 MiB or more.
     pub huge_pages: bool,
+    /// Print the statistics to stderr at process exit.
+    pub exit_report: ExitReport,
+    /// Record the memory timeline (per-kind live and cached bytes at each large-block event).
+    pub timeline: bool,
 }
 
 impl PoolConfig {
@@ -23,7 +27,21 @@ impl PoolConfig {
         Self {
             capacity: [DEFAULT_CAPACITY; NUM_KINDS],
             huge_pages: false,
+            exit_report: ExitReport::Off,
+            timeline: false,
         }
+    }
+
+    /// Print the statistics at exit (`TENSORPOOL_STATS` overrides it).
+    pub const fn with_exit_report(mut self, report: ExitReport) -> Self {
+        self.exit_report = report;
+        self
+    }
+
+    /// Record the memory timeline from the start (`TENSORPOOL_TIMELINE` overrides it).
+    pub const fn with_timeline(mut self, on: bool) -> Self {
+        self.timeline = on;
+        self
     }
 
     /// Set one kind's capacity in bytes.
@@ -48,4 +66,241 @@ impl Default for PoolConfig {
 /// Half of physical memory (the default capacity), or 1 GiB if the OS will not say.
 pub(crate) fn default_capacity() -> usize {
     crate::os::physical_memory().map_or(1 << 30, |b| b / 2)
+}
+
+/// What to print to stderr at process exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ExitReport {
+    /// Nothing.
+    #[default]
+    Off,
+    /// The statistics table and a leak line per kind with bytes still live.
+    Table,
+    /// The statistics as one JSON line.
+    Json,
+}
+
+/// Options from `TENSORPOOL_*` environment variables (read once, without allocating). `None`:
+/// not set, or set to a bad value (a warning was printed and the code's value is kept).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct EnvOptions {
+    pub(crate) capacity: [Option<usize>; NUM_KINDS],
+    pub(crate) huge_pages: Option<bool>,
+    pub(crate) exit_report: Option<ExitReport>,
+    pub(crate) timeline: Option<bool>,
+}
+
+/// Environment variable names for the per-kind capacities, in kind index order.
+const CAPACITY_VARS: [&core::ffi::CStr; NUM_KINDS] = [
+    c"TENSORPOOL_CAPACITY_GENERAL",
+    c"TENSORPOOL_CAPACITY_ATTENTION",
+    c"TENSORPOOL_CAPACITY_KV_CACHE",
+    c"TENSORPOOL_CAPACITY_IMAGE_EMBEDDING",
+    c"TENSORPOOL_CAPACITY_TEXT_EMBEDDING",
+    c"TENSORPOOL_CAPACITY_ACTIVATION",
+];
+
+/// Read every `TENSORPOOL_*` option. `kept_capacity` is what a bad capacity value falls back to
+/// (named in the warning).
+pub(crate) fn read_env(config: &PoolConfig, default_cap: usize) -> EnvOptions {
+    let mut o = EnvOptions::default();
+    let all = read_var(
+        c"TENSORPOOL_CAPACITY",
+        parse_size,
+        "a size such as 512M or 8G",
+        || Kept::Text("the default"),
+    );
+    for (k, var) in CAPACITY_VARS.iter().enumerate() {
+        let code = match config.capacity[k] {
+            DEFAULT_CAPACITY => default_cap,
+            c => c,
+        };
+        let kept = all.unwrap_or(code);
+        o.capacity[k] = read_var(var, parse_size, "a size such as 512M or 8G", || {
+            Kept::Bytes(kept)
+        })
+        .or(all);
+    }
+    o.huge_pages = read_var(c"TENSORPOOL_HUGE_PAGES", parse_bool, "0 or 1", || {
+        Kept::Bool(config.huge_pages)
+    });
+    o.exit_report = read_var(
+        c"TENSORPOOL_STATS",
+        parse_report,
+        "0, 1 (a table) or json",
+        || Kept::Text("no report"),
+    );
+    o.timeline = read_var(c"TENSORPOOL_TIMELINE", parse_bool, "0 or 1", || {
+        Kept::Bool(config.timeline)
+    });
+    o
+}
+
+/// The value a bad setting falls back to, for the warning.
+enum Kept {
+    Bytes(usize),
+    Bool(bool),
+    Text(&'static str),
+}
+
+fn read_var<T>(
+    name: &core::ffi::CStr,
+    parse: fn(&[u8]) -> Option<T>,
+    expected: &str,
+    kept: impl FnOnce() -> Kept,
+) -> Option<T> {
+    let raw = crate::os::getenv(name)?;
+    let v = parse(raw);
+    if v.is_none() {
+        warn_bad(name, raw, expected, kept());
+    }
+    v
+}
+
+/// One line to stderr: the variable, its bad value, what was expected and the value kept.
+fn warn_bad(name: &core::ffi::CStr, raw: &[u8], expected: &str, kept: Kept) {
+    use core::fmt::Write;
+    let mut line = crate::stats::StackStr::<512>::new();
+    let shown = core::str::from_utf8(&raw[..raw.len().min(64)]).unwrap_or("(not UTF-8)");
+    let name = core::str::from_utf8(name.to_bytes()).unwrap_or("");
+    let _ = write!(
+        line,
+        "tensorpool: warning: {name}={shown:?} is not valid (expected {expected}); keeping "
+    );
+    let _ = match kept {
+        Kept::Bytes(b) => write!(line, "{} ({b} bytes)", crate::stats::Bytes(b as u64)),
+        Kept::Bool(b) => write!(line, "{}", u8::from(b)),
+        Kept::Text(t) => write!(line, "{t}"),
+    };
+    let _ = line.write_char('\n');
+    crate::os::write_stderr(line.as_bytes());
+}
+
+/// A byte size: digits, an optional fraction, an optional binary unit (K, M, G, T, with or
+/// without `iB`/`B`, any case). Rejects overflow and empty input.
+pub(crate) fn parse_size(s: &[u8]) -> Option<usize> {
+    let s = trim(s);
+    let split = s
+        .iter()
+        .position(|c| !(c.is_ascii_digit() || *c == b'.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let unit = trim(unit);
+    // Compared in place: this runs on the allocation path, where nothing may allocate.
+    let units: [(&[u8], u32); 5] = [(b"", 0), (b"K", 10), (b"M", 20), (b"G", 30), (b"T", 40)];
+    let shift = units
+        .iter()
+        .find(|&&(p, _)| {
+            [&b""[..], b"B", b"IB"].iter().any(|suffix| {
+                unit.len() == p.len() + suffix.len()
+                    && unit[..p.len()].eq_ignore_ascii_case(p)
+                    && unit[p.len()..].eq_ignore_ascii_case(suffix)
+                    && !(p.is_empty() && *suffix == b"IB")
+            })
+        })?
+        .1;
+    let (int, frac) = match num.iter().position(|&c| c == b'.') {
+        Some(i) => (&num[..i], &num[i + 1..]),
+        None => (num, &b""[..]),
+    };
+    if int.is_empty() || frac.contains(&b'.') || (frac.is_empty() && num.ends_with(b".")) {
+        return None;
+    }
+    let mut v: usize = 0;
+    for &c in int {
+        v = v.checked_mul(10)?.checked_add((c - b'0') as usize)?;
+    }
+    let bytes = v.checked_mul(1usize.checked_shl(shift)?)?;
+    // A fraction of the unit, to 1/1000: (digits << shift) / 10^len, exact for halves etc.
+    let (mut f, mut d) = (0usize, 1usize);
+    for &c in frac.iter().take(3) {
+        f = f * 10 + (c - b'0') as usize;
+        d *= 10;
+    }
+    bytes.checked_add(f.checked_mul(1usize.checked_shl(shift)?)? / d)
+}
+
+/// Whether `s` is one of `words`, ignoring ASCII case (no allocation).
+fn is_one_of(s: &[u8], words: &[&[u8]]) -> bool {
+    words.iter().any(|w| s.eq_ignore_ascii_case(w))
+}
+
+fn parse_bool(s: &[u8]) -> Option<bool> {
+    let s = trim(s);
+    if is_one_of(s, &[b"1", b"true", b"on", b"yes"]) {
+        Some(true)
+    } else if is_one_of(s, &[b"0", b"false", b"off", b"no"]) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+fn parse_report(s: &[u8]) -> Option<ExitReport> {
+    let s = trim(s);
+    if is_one_of(s, &[b"json"]) {
+        return Some(ExitReport::Json);
+    }
+    if is_one_of(s, &[b"table"]) {
+        return Some(ExitReport::Table);
+    }
+    {
+        parse_bool(s).map(|on| {
+            if on {
+                ExitReport::Table
+            } else {
+                ExitReport::Off
+            }
+        })
+    }
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size(b"6M"), Some(6 << 20));
+        assert_eq!(parse_size(b" 2GiB "), Some(2 << 30));
+        assert_eq!(parse_size(b"512k"), Some(512 << 10));
+        assert_eq!(parse_size(b"1.5G"), Some(3 << 29));
+        assert_eq!(parse_size(b"4096"), Some(4096));
+        assert_eq!(parse_size(b"0"), Some(0));
+        for bad in [
+            &b""[..],
+            b"M",
+            b"abc",
+            b"12Q",
+            b"1..5G",
+            b"-1G",
+            b"5.G",
+            b"99999999999999T",
+        ] {
+            assert_eq!(parse_size(bad), None, "{:?}", core::str::from_utf8(bad));
+        }
+    }
+
+    #[test]
+    fn flags_and_reports_parse() {
+        assert_eq!(parse_bool(b"on"), Some(true));
+        assert_eq!(parse_bool(b"0"), Some(false));
+        assert_eq!(parse_bool(b"maybe"), None);
+        assert_eq!(parse_report(b"json"), Some(ExitReport::Json));
+        assert_eq!(parse_report(b"1"), Some(ExitReport::Table));
+        assert_eq!(parse_report(b"0"), Some(ExitReport::Off));
+        assert_eq!(parse_report(b"xml"), None);
+    }
 }

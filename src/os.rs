@@ -191,3 +191,49 @@ pub(crate) fn physical_memory() -> Option<usize> {
     let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
     (pages > 0).then(|| pages as usize * page_size())
 }
+
+/// The value of environment variable `name` (a NUL-terminated name), read without allocating:
+/// a borrow of the process's environment block, which the allocator reads once at start-up,
+/// before any thread could change it.
+pub(crate) fn getenv(name: &core::ffi::CStr) -> Option<&'static [u8]> {
+    // SAFETY: `name` is NUL-terminated; getenv returns null or a NUL-terminated string that lives
+    // as long as the environment entry (the process's lifetime unless someone calls setenv on
+    // this name, which the allocator's start-up read does not race with).
+    unsafe {
+        let p = libc::getenv(name.as_ptr());
+        if p.is_null() {
+            None
+        } else {
+            Some(core::ffi::CStr::from_ptr(p).to_bytes())
+        }
+    }
+}
+
+/// Write all of `bytes` to stderr (no buffering, no allocation); errors are ignored.
+pub(crate) fn write_stderr(mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: writing from a live slice of the given length to fd 2.
+        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        if n <= 0 {
+            return;
+        }
+        bytes = &bytes[n as usize..];
+    }
+}
+
+/// Run `f` at normal process exit (`atexit`). Returns false if it could not be registered.
+pub(crate) fn at_exit(f: extern "C" fn()) -> bool {
+    // SAFETY: `f` is a plain function that lives for the whole program.
+    unsafe { libc::atexit(f) == 0 }
+}
+
+/// Monotonic time in nanoseconds (vDSO: no system call on Linux).
+pub(crate) fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writing into a local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -31,6 +31,41 @@ macro_rules! shared_static {
 }
 pub(crate) use shared_static;
 
+/// A statistics counter written by one thread (the owner of the structure holding it) and read by
+/// any: a relaxed load and store, no read-modify-write, so an update costs what a plain add costs
+/// and touches only the owner's cache line. It orders nothing, so loom builds use core's atomic
+/// as well: loom has nothing to explore in it, and zero bytes are a valid value (thread heaps are
+/// zeroed mappings).
+#[repr(transparent)]
+#[derive(Default)]
+pub(crate) struct Stat(core::sync::atomic::AtomicU64);
+
+impl Stat {
+    /// A zero counter (a template for const initialisers).
+    #[allow(clippy::declare_interior_mutable_const)]
+    pub(crate) const ZERO: Stat = Stat(core::sync::atomic::AtomicU64::new(0));
+
+    /// Add `v` (owner only).
+    #[inline(always)]
+    pub(crate) fn add(&self, v: u64) {
+        let o = core::sync::atomic::Ordering::Relaxed;
+        self.0.store(self.0.load(o).wrapping_add(v), o);
+    }
+
+    /// Subtract `v` (owner only).
+    #[inline(always)]
+    pub(crate) fn sub(&self, v: u64) {
+        let o = core::sync::atomic::Ordering::Relaxed;
+        self.0.store(self.0.load(o).wrapping_sub(v), o);
+    }
+
+    /// The current value (any thread).
+    #[inline]
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(core::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Relax the CPU inside a spin loop (loom needs to see the yield, or it reports a livelock).
 #[inline]
 pub(crate) fn spin_hint() {

@@ -19,13 +19,15 @@ use crate::class::{small_class, NUM_SMALL};
 use crate::kind::NUM_KINDS;
 use crate::os;
 use crate::pool::slab::{self, Block, Page, Segment, SEGMENT_SIZE, SMALL_TAG};
-use crate::sync::{shared_static, AtomicBool, AtomicPtr, AtomicUsize, Ordering, SpinLock};
+use crate::stats::SmallPart;
+use crate::sync::{shared_static, AtomicBool, AtomicPtr, AtomicUsize, Ordering, SpinLock, Stat};
 use core::cell::{Cell, UnsafeCell};
 use core::ptr;
 use crossbeam_utils::CachePadded;
 
-/// Per-kind part of a thread heap.
-#[repr(C)]
+/// Per-kind part of a thread heap. Aligned (so sized) to a power of two, so that a free finds its
+/// kind heap's counters with a shift rather than a multiply.
+#[repr(C, align(2048))]
 pub(crate) struct KindHeap {
     /// Page the fast path pops from, per class; `EMPTY_PAGE` when there is none.
     direct: [*mut Page; NUM_SMALL],
@@ -36,6 +38,25 @@ pub(crate) struct KindHeap {
     /// The heap this belongs to (null only in the static empty kind heap).
     heap: *mut Heap,
     kind: u8,
+    /// This thread's small-block counters for the kind (never written in the static one).
+    stats: SmallCounters,
+}
+
+/// Per thread and kind: small-block counters, written by the owner only (see `Stat`). The fast
+/// paths count one event per allocation and per free, by class, and nothing else: bytes are class
+/// sizes times counts, worked out when a snapshot is taken. (Counting requested bytes and totals
+/// too cost the malloc/free loop a third of its speed.) Remote frees are counted when the owner
+/// takes them back, so a block is live until then.
+#[repr(C)]
+pub(crate) struct SmallCounters {
+    /// Allocations served, per class.
+    allocs: [Stat; NUM_SMALL],
+    /// Frees seen by the owner, per class.
+    frees: [Stat; NUM_SMALL],
+    /// Bytes carved into blocks on this kind's pages (free, live or pending), less retired pages.
+    carved: Stat,
+    /// Requests that needed a page new to this kind heap (the "misses": new memory).
+    new_pages: Stat,
 }
 
 /// A thread's heap.
@@ -53,6 +74,10 @@ pub(crate) struct Heap {
     in_use: AtomicBool,
     /// Next heap in the registry (set before publication, never changed).
     next_heap: *mut Heap,
+    /// Segments this heap mapped from the OS, and unmapped (written by the owner only). Segments
+    /// hold pages of every kind, so they are counted per heap, not per kind.
+    seg_maps: Stat,
+    seg_unmaps: Stat,
 }
 
 /// A wrapper making the static empty structures `Sync`: they are only ever read.
@@ -86,6 +111,12 @@ static EMPTY_KIND_HEAP: ReadOnly<KindHeap> = ReadOnly(KindHeap {
     full: [ptr::null_mut(); NUM_SMALL],
     heap: ptr::null_mut(),
     kind: 0,
+    stats: SmallCounters {
+        allocs: [Stat::ZERO; NUM_SMALL],
+        frees: [Stat::ZERO; NUM_SMALL],
+        carved: Stat::ZERO,
+        new_pages: Stat::ZERO,
+    },
 });
 
 thread_local! {
@@ -212,8 +243,22 @@ unsafe fn pop_direct(kh: *mut KindHeap, class: usize) -> *mut u8 {
         }
         (*page).free = (*b).next;
         (*page).used += 1;
+        count_alloc(kh, class);
         b.cast()
     }
+}
+
+/// Count an allocation in the kind heap's counters (a real kind heap: the static empty one has no
+/// block to hand out).
+#[inline(always)]
+unsafe fn count_alloc(kh: *mut KindHeap, class: usize) {
+    #[cfg(feature = "stats")]
+    // SAFETY: `kh` is the calling thread's own kind heap; `class < NUM_SMALL`.
+    unsafe {
+        (*kh).stats.allocs.get_unchecked(class).add(1);
+    }
+    #[cfg(not(feature = "stats"))]
+    let _ = (kh, class);
 }
 
 /// Allocate a small block of an explicit kind (allocator handles), whatever the thread's tag.
@@ -244,10 +289,11 @@ pub(crate) unsafe fn free_small(seg: *mut Segment, p: *mut u8) {
     // fields are touched only when this thread is the owner.
     unsafe {
         let b = p.cast::<Block>();
-        if (*seg).owner == (*CUR.get()).heap {
-            free_to_page(slab::page_of(seg, p), b);
+        let owner = (*seg).owner;
+        if owner == (*CUR.get()).heap {
+            free_to_page(owner, slab::page_of(seg, p), b);
         } else {
-            free_remote((*seg).owner, b);
+            free_remote(owner, b);
         }
     }
 }
@@ -256,11 +302,21 @@ pub(crate) unsafe fn free_small(seg: *mut Segment, p: *mut u8) {
 /// full list) to the cold path.
 ///
 /// # Safety
-/// The calling thread owns `page`, and `b` is a live block of it.
+/// The calling thread owns `heap` and its `page`, and `b` is a live block of the page.
 #[inline(always)]
-unsafe fn free_to_page(page: *mut Page, b: *mut Block) {
+unsafe fn free_to_page(heap: *mut Heap, page: *mut Page, b: *mut Block) {
     // SAFETY: owner-only access to the page's free list and counters.
     unsafe {
+        #[cfg(feature = "stats")]
+        (*heap)
+            .kinds
+            .get_unchecked((*page).kind as usize)
+            .stats
+            .frees
+            .get_unchecked((*page).class as usize)
+            .add(1);
+        #[cfg(not(feature = "stats"))]
+        let _ = heap;
         (*b).next = (*page).free;
         (*page).free = b;
         (*page).used -= 1;
@@ -330,6 +386,7 @@ pub(crate) unsafe fn refill(kh: *mut KindHeap, class: usize) -> *mut u8 {
         let b = (*page).free;
         (*page).free = (*b).next;
         (*page).used += 1;
+        count_alloc(kh, class);
         b.cast()
     }
 }
@@ -346,7 +403,7 @@ unsafe fn find_page(kh: *mut KindHeap, class: usize) -> *mut Page {
         while !p.is_null() {
             let next = (*p).next;
             if (*p).free.is_null() && (*p).capacity < (*p).reserved {
-                slab::extend(p);
+                carve(kh, p);
             }
             if !(*p).free.is_null() {
                 (*kh).direct[class] = p;
@@ -363,9 +420,24 @@ unsafe fn find_page(kh: *mut KindHeap, class: usize) -> *mut Page {
             return p;
         }
         queue_push(&mut (*kh).queue[class], p);
-        slab::extend(p);
+        (*kh).stats.new_pages.add(1);
+        carve(kh, p);
         (*kh).direct[class] = p;
         p
+    }
+}
+
+/// Carve more blocks on `p` and count them in the kind's counters.
+///
+/// # Safety
+/// The calling thread owns `kh` and its page `p`, which has uncarved blocks.
+unsafe fn carve(kh: *mut KindHeap, p: *mut Page) {
+    // SAFETY: owner-only.
+    unsafe {
+        let before = (*p).capacity;
+        slab::extend(p);
+        let n = ((*p).capacity - before) as u64;
+        (*kh).stats.carved.add(n * (*p).block_size as u64);
     }
 }
 
@@ -400,13 +472,17 @@ unsafe fn retire_page(heap: *mut Heap, kh: *mut KindHeap, page: *mut Page) {
         if (*kh).direct[class] == page {
             (*kh).direct[class] = empty_page();
         }
+        (*kh)
+            .stats
+            .carved
+            .sub((*page).capacity as u64 * (*page).block_size as u64);
         if slab::release_page(page) {
             let seg = slab::segment_of(page.cast());
             segment_unlink(heap, seg);
             if (*heap).spare.is_null() {
                 (*heap).spare = seg;
-            } else {
-                segment_cache_put(seg);
+            } else if !segment_cache_put(seg) {
+                (*heap).seg_unmaps.add(1);
             }
         }
     }
@@ -472,7 +548,7 @@ unsafe fn drain_delayed(heap: *mut Heap) {
         while !b.is_null() {
             let next = (*b).next;
             let seg = slab::segment_of(b.cast());
-            free_to_page(slab::page_of(seg, b.cast()), b);
+            free_to_page(heap, slab::page_of(seg, b.cast()), b);
             b = next;
         }
     }
@@ -494,6 +570,7 @@ unsafe fn new_page(heap: *mut Heap, kind: u8, class: usize) -> *mut Page {
         } else {
             let seg = segment_cache_take();
             if seg.is_null() {
+                (*heap).seg_maps.add(1);
                 os::map_aligned(SEGMENT_SIZE, SEGMENT_SIZE).cast::<Segment>()
             } else {
                 seg
@@ -573,7 +650,8 @@ shared_static! {
     });
 }
 
-fn segment_cache_put(seg: *mut Segment) {
+/// Cache an empty segment, or unmap it if the cache is full; returns whether it was cached.
+fn segment_cache_put(seg: *mut Segment) -> bool {
     // Hand the pages' memory back but keep the address range, so the next heap skips the mmap.
     os::decommit(
         (seg as usize + crate::class::SLAB_SIZE) as *mut u8,
@@ -591,6 +669,7 @@ fn segment_cache_put(seg: *mut Segment) {
     if !kept {
         os::unmap(seg.cast(), SEGMENT_SIZE);
     }
+    kept
 }
 
 fn segment_cache_take() -> *mut Segment {
@@ -769,8 +848,8 @@ pub(crate) unsafe fn abandon(heap: *mut Heap) {
             }
         }
         let spare = core::mem::replace(&mut (*heap).spare, ptr::null_mut());
-        if !spare.is_null() {
-            segment_cache_put(spare);
+        if !spare.is_null() && !segment_cache_put(spare) {
+            (*heap).seg_unmaps.add(1);
         }
         // Release: everything above happens before the adopter's Acquire in `acquire`.
         (*heap).in_use.store(false, Ordering::Release);
@@ -823,7 +902,7 @@ pub(crate) unsafe fn model_free(me: *mut Heap, batch: &mut Pending, p: *mut u8) 
         let seg = slab::segment_of(p);
         let b = p.cast::<Block>();
         if !me.is_null() && (*seg).owner == me {
-            free_to_page(slab::page_of(seg, p), b);
+            free_to_page(me, slab::page_of(seg, p), b);
         } else {
             batch.push((*seg).owner, b);
         }
@@ -979,6 +1058,36 @@ pub(crate) unsafe fn model_release(reg: &Registry) {
 // ---------------------------------------------------------------------------------------------
 // Queries
 // ---------------------------------------------------------------------------------------------
+
+/// Small-block counters of `kind` summed over every thread heap (live and abandoned), and the
+/// segments mapped and unmapped by all heaps. Reads other threads' counters with relaxed loads:
+/// each value is one the owner wrote, the sum a moment's view.
+pub(crate) fn small_totals(kind: usize) -> (SmallPart, u64, u64) {
+    let mut t = SmallPart::default();
+    let (mut maps, mut unmaps) = (0, 0);
+    let mut h = HEAPS.head.load(Ordering::Acquire);
+    while !h.is_null() {
+        // SAFETY: heaps on the registry are never freed. Only the counters (atomics) are
+        // borrowed, never the heap, whose other fields its owner may be writing; `next_heap` was
+        // set before publication and never changes.
+        unsafe {
+            let st = &*ptr::addr_of!((*h).kinds[kind].stats);
+            for c in 0..NUM_SMALL {
+                let (a, f) = (st.allocs[c].get(), st.frees[c].get());
+                let size = crate::class::small_size(c) as u64;
+                t.requests += a;
+                t.granted += a * size;
+                t.freed += f * size;
+            }
+            t.carved += st.carved.get();
+            t.new_pages += st.new_pages.get();
+            maps += (*ptr::addr_of!((*h).seg_maps)).get();
+            unmaps += (*ptr::addr_of!((*h).seg_unmaps)).get();
+            h = ptr::addr_of!((*h).next_heap).read();
+        }
+    }
+    (t, maps, unmaps)
+}
 
 /// Whether the segment is a small-block segment (else it is a large block's header).
 ///

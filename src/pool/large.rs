@@ -145,6 +145,8 @@ pub struct LargeCounters {
     pub peak_live_bytes: u64,
     /// Bytes asked for (before rounding to classes).
     pub requested_bytes: u64,
+    /// Bytes handed out for them (class sizes): `granted - requested` is rounding overhead.
+    pub granted_bytes: u64,
     /// Cached blocks released to the OS (capacity or `trim`).
     pub evictions: u64,
     /// Bytes of those blocks.
@@ -196,6 +198,7 @@ impl KindPool {
                 cached_bytes: 0,
                 peak_live_bytes: 0,
                 requested_bytes: 0,
+                granted_bytes: 0,
                 evictions: 0,
                 evicted_bytes: 0,
                 os_maps: 0,
@@ -403,6 +406,15 @@ impl KindPool {
         chain
     }
 
+    /// Record this kind's bytes in the timeline, if it is on (under the kind's lock, so a kind's
+    /// samples are in the order of its events).
+    #[inline]
+    fn sample(&self, kind: usize) {
+        if crate::timeline::enabled() {
+            crate::timeline::record(kind, self.counters.live_bytes, self.counters.cached_bytes);
+        }
+    }
+
     fn add_live(&mut self, bytes: usize) {
         let c = &mut self.counters;
         c.live_bytes = c.live_bytes.wrapping_add(bytes as u64);
@@ -560,7 +572,10 @@ impl LargePools {
                     let need = ((*h).offset as usize + size).div_ceil(os::PAGE);
                     (*h).used_pages = (*h).used_pages.max(need as u32);
                     p.add_live((*h).size);
+                    p.counters.granted_bytes =
+                        p.counters.granted_bytes.wrapping_add((*h).size as u64);
                 }
+                p.sample(kind);
             }
             h
         });
@@ -646,7 +661,9 @@ impl LargePools {
                 c.misses = c.misses.wrapping_add(1);
             }
             c.recycled_bytes = c.recycled_bytes.wrapping_add(filled as u64);
+            c.granted_bytes = c.granted_bytes.wrapping_add(class_bytes as u64);
             p.add_live(class_bytes);
+            p.sample(kind);
         });
         // SAFETY: `offset + class_bytes <= len`, inside the mapping.
         unsafe { base.add(offset) }
@@ -749,6 +766,7 @@ impl LargePools {
                     c.evicted_bytes = c.evicted_bytes.wrapping_add(released as u64);
                     c.os_unmaps = c.os_unmaps.wrapping_add(1);
                 }
+                p.sample(vkind);
             });
             if refused && !too_many {
                 break;
@@ -775,6 +793,7 @@ impl LargePools {
                 c.evictions = c.evictions.wrapping_add(1);
                 c.evicted_bytes = c.evicted_bytes.wrapping_add(size as u64);
                 c.os_unmaps = c.os_unmaps.wrapping_add(1);
+                p.sample(kind);
             });
         }
     }
@@ -822,7 +841,9 @@ impl LargePools {
                 (*h).released = now;
                 p.counters.live_bytes = p.counters.live_bytes.wrapping_sub((*h).size as u64);
                 p.put(h);
-                p.evict_over_capacity()
+                let chain = p.evict_over_capacity();
+                p.sample(kind);
+                chain
             }
         });
         unmap_chain(chain);
@@ -831,7 +852,7 @@ impl LargePools {
     /// Release every cached block of every kind to the OS. Returns the bytes released.
     pub(crate) fn trim(&self) -> usize {
         let mut total = 0;
-        for pool in &self.kinds {
+        for (kind, pool) in self.kinds.iter().enumerate() {
             let chain = pool.with(|p| {
                 let mut chain: *mut LargeHeader = ptr::null_mut();
                 loop {
@@ -847,6 +868,7 @@ impl LargePools {
                     }
                     chain = h;
                 }
+                p.sample(kind);
                 chain
             });
             unmap_chain(chain);
@@ -913,6 +935,7 @@ impl LargePools {
         self.kinds[kind].with(|p| {
             p.counters.live_bytes = p.counters.live_bytes.wrapping_sub(size as u64);
             p.add_live(new_class);
+            p.sample(kind);
         });
         // SAFETY: the block keeps its offset in the (possibly moved) mapping.
         unsafe { base.add(offset) }

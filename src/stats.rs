@@ -1,0 +1,448 @@
+//! Statistics: where the memory went, per tensor kind.
+//!
+//! `TensorPool::stats()` assembles a snapshot from counters that already exist for other reasons
+//! or cost the fast path nothing shared:
+//! - large blocks: each kind's `LargeCounters`, updated under the kind's lock, which every large
+//!   operation takes anyway (exact);
+//! - small blocks: per thread and kind, written by the owning thread only with a plain add
+//!   (`sync::Stat`), summed over all thread heaps when a snapshot is taken (each counter exact;
+//!   the sum is a moment's view while other threads run);
+//! - hard limits: the handles' per-kind accounts.
+//!
+//! Nothing here allocates: the snapshot is a plain value, `Display` and `write_json` format
+//! through `core::fmt`, so the exit report can run inside the allocator.
+
+use crate::kind::{TensorKind, NUM_KINDS};
+use crate::pool::large::LargeCounters;
+use core::fmt::{self, Write as _};
+
+/// One pool's statistics: a kind's, or a sum over kinds.
+///
+/// Definitions:
+/// - a *request* is one allocation; a *hit* is one served from memory the pool already held (a
+///   block on a thread heap's pages, a cached large block, or pages recycled from other cached
+///   blocks); a *miss* needed new memory (a small request that took a new slab page, or a large
+///   block mapped fresh);
+/// - *live* bytes are handed out and not freed (block sizes); *cached* bytes are freed large
+///   blocks kept mapped; *hot* bytes are free small blocks on the thread heaps' pages, reused
+///   next (the thread caches);
+/// - *utilization* is `live / (live + cached + hot)`: the share of the memory the pool holds
+///   that is in use;
+/// - *overhead* is `(granted - requested) / requested` over large blocks: rounding to size
+///   classes and alignment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Allocations served.
+    pub requests: u64,
+    /// Requests served from memory the pool held.
+    pub hits: u64,
+    /// Requests that needed new memory.
+    pub misses: u64,
+    /// Large requests served by moving another cached block's pages (counted in `hits` too).
+    pub recycled: u64,
+    /// Bytes handed out and not yet freed.
+    pub live_bytes: u64,
+    /// Freed large-block bytes kept mapped for reuse.
+    pub cached_bytes: u64,
+    /// Free small-block bytes on the thread heaps' pages.
+    pub hot_bytes: u64,
+    /// Highest live large-block bytes seen (per kind; a sum of kinds sums their peaks).
+    pub peak_live_bytes: u64,
+    /// Large-block bytes asked for. (Small blocks' requested sizes are not counted: doing so on
+    /// the fast path cost a third of the malloc/free loop's speed; their rounding is bounded by
+    /// the class spacing.)
+    pub requested_bytes: u64,
+    /// Large-block bytes handed out for them (class sizes).
+    pub granted_bytes: u64,
+    /// Cached blocks released to the OS (capacity, `trim`, recycling remainders).
+    pub evictions: u64,
+    /// Bytes of those blocks.
+    pub evicted_bytes: u64,
+    /// Mappings made for large blocks.
+    pub os_maps: u64,
+    /// Mappings released.
+    pub os_unmaps: u64,
+    /// Large allocations that left live bytes above the kind's soft capacity.
+    pub over_capacity: u64,
+    /// Requests refused by a handle's hard limit.
+    pub limit_refusals: u64,
+    /// Bytes held through limited handles.
+    pub limited_bytes: u64,
+}
+
+impl PoolStats {
+    /// Hits per request, 0 to 1 (1 when there were no requests).
+    pub fn hit_rate(&self) -> f64 {
+        if self.requests == 0 {
+            1.0
+        } else {
+            self.hits as f64 / self.requests as f64
+        }
+    }
+
+    /// Granted bytes beyond the requested ones, as a percentage of the requested.
+    pub fn overhead_percent(&self) -> f64 {
+        if self.requested_bytes == 0 {
+            0.0
+        } else {
+            self.granted_bytes.saturating_sub(self.requested_bytes) as f64 * 100.0
+                / self.requested_bytes as f64
+        }
+    }
+
+    /// `live / (live + cached + hot)`, 0 to 1 (1 when the pool holds nothing).
+    pub fn utilization(&self) -> f64 {
+        let held = self.live_bytes + self.cached_bytes + self.hot_bytes;
+        if held == 0 {
+            1.0
+        } else {
+            self.live_bytes as f64 / held as f64
+        }
+    }
+
+    fn add(&mut self, o: &PoolStats) {
+        macro_rules! sum {
+            ($($f:ident),*) => { $( self.$f = self.$f.wrapping_add(o.$f); )* };
+        }
+        sum!(
+            requests,
+            hits,
+            misses,
+            recycled,
+            live_bytes,
+            cached_bytes,
+            hot_bytes,
+            peak_live_bytes,
+            requested_bytes,
+            granted_bytes,
+            evictions,
+            evicted_bytes,
+            os_maps,
+            os_unmaps,
+            over_capacity,
+            limit_refusals,
+            limited_bytes
+        );
+    }
+}
+
+/// A snapshot of the allocator's statistics, per kind and in aggregate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// Per kind, indexed by `TensorKind::index`.
+    pub kinds: [PoolStats; NUM_KINDS],
+    /// The general pool (untagged memory): the same as `kinds[0]`.
+    pub general: PoolStats,
+    /// The specialised pools: every kind but `General`, summed.
+    pub specialised: PoolStats,
+    /// All kinds.
+    pub total: PoolStats,
+    /// Slab segments (4 MiB, holding the small blocks of every kind) mapped and unmapped.
+    pub segment_maps: u64,
+    /// See `segment_maps`.
+    pub segment_unmaps: u64,
+    /// The process's resident memory when the snapshot was taken, if the OS said.
+    pub resident_bytes: Option<u64>,
+}
+
+/// What the small path counted for one kind, summed over thread heaps.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct SmallPart {
+    pub(crate) requests: u64,
+    pub(crate) granted: u64,
+    pub(crate) freed: u64,
+    pub(crate) carved: u64,
+    pub(crate) new_pages: u64,
+}
+
+impl Stats {
+    /// Assemble a snapshot from its parts.
+    pub(crate) fn assemble(
+        large: &[LargeCounters; NUM_KINDS],
+        small: &[SmallPart; NUM_KINDS],
+        limits: &[(u64, u64); NUM_KINDS],
+        segments: (u64, u64),
+        resident: Option<u64>,
+    ) -> Stats {
+        let kinds: [PoolStats; NUM_KINDS] = core::array::from_fn(|k| {
+            let (l, s) = (&large[k], &small[k]);
+            let small_live = s.granted.wrapping_sub(s.freed);
+            let small_misses = s.new_pages.min(s.requests);
+            PoolStats {
+                requests: l.requests + s.requests,
+                hits: l.hits + l.recycled + (s.requests - small_misses),
+                misses: l.misses + small_misses,
+                recycled: l.recycled,
+                live_bytes: l.live_bytes + small_live,
+                cached_bytes: l.cached_bytes,
+                hot_bytes: s.carved.saturating_sub(small_live),
+                peak_live_bytes: l.peak_live_bytes,
+                requested_bytes: l.requested_bytes,
+                granted_bytes: l.granted_bytes,
+                evictions: l.evictions,
+                evicted_bytes: l.evicted_bytes,
+                os_maps: l.os_maps,
+                os_unmaps: l.os_unmaps,
+                over_capacity: l.over_capacity,
+                limit_refusals: limits[k].1,
+                limited_bytes: limits[k].0,
+            }
+        });
+        let general = kinds[TensorKind::General.index()];
+        let mut specialised = PoolStats::default();
+        for s in &kinds[1..] {
+            specialised.add(s);
+        }
+        let mut total = general;
+        total.add(&specialised);
+        Stats {
+            kinds,
+            general,
+            specialised,
+            total,
+            segment_maps: segments.0,
+            segment_unmaps: segments.1,
+            resident_bytes: resident,
+        }
+    }
+
+    /// One kind's statistics.
+    pub fn kind(&self, kind: TensorKind) -> &PoolStats {
+        &self.kinds[kind.index()]
+    }
+
+    /// Write the snapshot as one JSON object (no allocation):
+    /// `{"kinds":{"general":{...},...},"general":{...},"specialised":{...},"total":{...},
+    /// "segment_maps":N,"segment_unmaps":N,"resident_bytes":N|null}`. Each pool object has every
+    /// `PoolStats` field plus `hit_rate`, `overhead_percent` and `utilization`.
+    pub fn write_json(&self, w: &mut impl fmt::Write) -> fmt::Result {
+        w.write_str("{\"kinds\":{")?;
+        for (i, k) in TensorKind::ALL.iter().enumerate() {
+            if i > 0 {
+                w.write_char(',')?;
+            }
+            write!(w, "\"{}\":", k.name())?;
+            write_pool_json(w, &self.kinds[i])?;
+        }
+        w.write_str("},\"general\":")?;
+        write_pool_json(w, &self.general)?;
+        w.write_str(",\"specialised\":")?;
+        write_pool_json(w, &self.specialised)?;
+        w.write_str(",\"total\":")?;
+        write_pool_json(w, &self.total)?;
+        write!(
+            w,
+            ",\"segment_maps\":{},\"segment_unmaps\":{},\"resident_bytes\":",
+            self.segment_maps, self.segment_unmaps
+        )?;
+        match self.resident_bytes {
+            Some(r) => write!(w, "{r}}}"),
+            None => w.write_str("null}"),
+        }
+    }
+
+    /// The snapshot as a JSON string (see `write_json`).
+    pub fn to_json(&self) -> String {
+        let mut s = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write_json(&mut s);
+        s
+    }
+}
+
+fn write_pool_json(w: &mut impl fmt::Write, p: &PoolStats) -> fmt::Result {
+    write!(
+        w,
+        "{{\"requests\":{},\"hits\":{},\"misses\":{},\"recycled\":{},\"live_bytes\":{},\
+         \"cached_bytes\":{},\"hot_bytes\":{},\"peak_live_bytes\":{},\"requested_bytes\":{},\
+         \"granted_bytes\":{},\"evictions\":{},\"evicted_bytes\":{},\"os_maps\":{},\
+         \"os_unmaps\":{},\"over_capacity\":{},\"limit_refusals\":{},\"limited_bytes\":{},\
+         \"hit_rate\":{:.6},\"overhead_percent\":{:.4},\"utilization\":{:.6}}}",
+        p.requests,
+        p.hits,
+        p.misses,
+        p.recycled,
+        p.live_bytes,
+        p.cached_bytes,
+        p.hot_bytes,
+        p.peak_live_bytes,
+        p.requested_bytes,
+        p.granted_bytes,
+        p.evictions,
+        p.evicted_bytes,
+        p.os_maps,
+        p.os_unmaps,
+        p.over_capacity,
+        p.limit_refusals,
+        p.limited_bytes,
+        p.hit_rate(),
+        p.overhead_percent(),
+        p.utilization()
+    )
+}
+
+/// Bytes in binary units, padded as the formatter asks (no allocation).
+#[derive(Clone, Copy)]
+pub(crate) struct Bytes(pub(crate) u64);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = StackStr::<24>::new();
+        let b = self.0;
+        let r = if b < 1024 {
+            write!(buf, "{b} B")
+        } else {
+            let (v, unit) = [("KiB", 1u64 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)]
+                .iter()
+                .rev()
+                .find(|&&(_, d)| b >= d)
+                .map(|&(u, d)| (b as f64 / d as f64, u))
+                .unwrap_or((b as f64, "B"));
+            write!(buf, "{v:.1} {unit}")
+        };
+        r?;
+        f.pad(buf.as_str())
+    }
+}
+
+/// A fixed-size string on the stack.
+pub(crate) struct StackStr<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> StackStr<N> {
+    pub(crate) const fn new() -> Self {
+        Self {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+    pub(crate) fn as_str(&self) -> &str {
+        // Only whole `&str`s are ever appended.
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+    pub(crate) fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+impl<const N: usize> fmt::Write for StackStr<N> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        if end > N {
+            return Err(fmt::Error);
+        }
+        self.buf[self.len..end].copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+/// Percentage with one decimal, padded (no allocation).
+struct Pct(f64);
+
+impl fmt::Display for Pct {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = StackStr::<16>::new();
+        write!(buf, "{:.1}%", self.0 * 100.0)?;
+        f.pad(buf.as_str())
+    }
+}
+
+/// The table's columns, in order (names as printed in the header).
+pub const COLUMNS: [&str; 13] = [
+    "pool",
+    "requests",
+    "hit rate",
+    "live",
+    "cached",
+    "hot",
+    "peak live",
+    "overhead",
+    "evicted",
+    "maps",
+    "unmaps",
+    "over cap",
+    "refused",
+];
+
+fn write_row(f: &mut fmt::Formatter<'_>, name: &str, p: &PoolStats) -> fmt::Result {
+    writeln!(
+        f,
+        "{:<16} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>6} {:>6} {:>8} {:>7}",
+        name,
+        p.requests,
+        Pct(p.hit_rate()),
+        Bytes(p.live_bytes),
+        Bytes(p.cached_bytes),
+        Bytes(p.hot_bytes),
+        Bytes(p.peak_live_bytes),
+        Pct(p.overhead_percent() / 100.0),
+        Bytes(p.evicted_bytes),
+        p.os_maps,
+        p.os_unmaps,
+        p.over_capacity,
+        p.limit_refusals,
+    )
+}
+
+impl fmt::Display for Stats {
+    /// An aligned table: one row per kind, then the general pool, the specialised pools and the
+    /// total, then utilization and resident memory.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &COLUMNS;
+        writeln!(
+            f,
+            "{:<16} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>6} {:>6} {:>8} {:>7}",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12]
+        )?;
+        for (k, p) in TensorKind::ALL.iter().zip(&self.kinds) {
+            write_row(f, k.name(), p)?;
+        }
+        writeln!(f, "{:-<133}", "")?;
+        write_row(f, "general pool", &self.general)?;
+        write_row(f, "specialised", &self.specialised)?;
+        write_row(f, "total", &self.total)?;
+        write!(
+            f,
+            "utilization {} (live / (live + cached + hot)); slab segments mapped {}, unmapped {}",
+            Pct(self.total.utilization()),
+            self.segment_maps,
+            self.segment_unmaps
+        )?;
+        if let Some(r) = self.resident_bytes {
+            write!(f, "; resident {}", Bytes(r))?;
+        }
+        writeln!(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_format_and_pad() {
+        let mut s = StackStr::<64>::new();
+        fmt::Write::write_fmt(&mut s, format_args!("[{:>9}]", Bytes(1536))).unwrap();
+        assert_eq!(s.as_str(), "[  1.5 KiB]");
+        s.clear();
+        fmt::Write::write_fmt(&mut s, format_args!("{}", Bytes(3 << 30))).unwrap();
+        assert_eq!(s.as_str(), "3.0 GiB");
+        s.clear();
+        fmt::Write::write_fmt(&mut s, format_args!("{}", Bytes(17))).unwrap();
+        assert_eq!(s.as_str(), "17 B");
+    }
+
+    #[test]
+    fn rates_are_defined_when_empty() {
+        let p = PoolStats::default();
+        assert_eq!(p.hit_rate(), 1.0);
+        assert_eq!(p.overhead_percent(), 0.0);
+        assert_eq!(p.utilization(), 1.0);
+    }
+}

@@ -1,0 +1,376 @@
+//! The memory timeline: per-kind live and cached large-block bytes, sampled at every large-block
+//! allocation and free into a fixed ring buffer, exported as CSV or as an SVG chart.
+//!
+//! Large blocks are the tensors, and each of their events already takes its kind's lock, so a
+//! sample costs little beside it: the kind's two values are published to a per-kind mirror and
+//! the mirrors are copied into the next ring slot. Small blocks are not sampled (too frequent,
+//! and not where tensor memory goes). Recording allocates nothing; exporting (called by the user)
+//! does. The ring and mirrors are plain process-wide statistics, not synchronisation, so they use
+//! core's atomics in every build (loom has nothing to explore in them).
+
+use crate::kind::{TensorKind, NUM_KINDS};
+use core::fmt::Write as _;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+/// Samples the ring holds; older ones are overwritten.
+pub const TIMELINE_CAPACITY: usize = 8192;
+
+struct Slot {
+    t_ns: AtomicU64,
+    live: [AtomicU64; NUM_KINDS],
+    cached: [AtomicU64; NUM_KINDS],
+}
+
+#[allow(clippy::declare_interior_mutable_const)] // templates for the static arrays below
+const Z: AtomicU64 = AtomicU64::new(0);
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY: Slot = Slot {
+    t_ns: Z,
+    live: [Z; NUM_KINDS],
+    cached: [Z; NUM_KINDS],
+};
+
+static RING: [Slot; TIMELINE_CAPACITY] = [EMPTY; TIMELINE_CAPACITY];
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+static ON: AtomicBool = AtomicBool::new(false);
+static START_NS: AtomicU64 = AtomicU64::new(0);
+static LIVE: [AtomicU64; NUM_KINDS] = [Z; NUM_KINDS];
+/// Least time between samples (0: every event), and when the last one was taken.
+static INTERVAL_NS: AtomicU64 = AtomicU64::new(0);
+static LAST_NS: AtomicU64 = AtomicU64::new(0);
+static CACHED: [AtomicU64; NUM_KINDS] = [Z; NUM_KINDS];
+
+/// Whether recording is on (one relaxed load on each large-block event).
+#[inline]
+pub(crate) fn enabled() -> bool {
+    ON.load(Relaxed)
+}
+
+/// Start recording (clears the ring), at most one sample per `interval_ns` (0: every event).
+pub(crate) fn start(interval_ns: u64) {
+    NEXT.store(0, Relaxed);
+    INTERVAL_NS.store(interval_ns, Relaxed);
+    let now = crate::os::now_ns();
+    START_NS.store(now, Relaxed);
+    LAST_NS.store(0, Relaxed);
+    ON.store(true, Relaxed);
+}
+
+/// Stop recording; the samples stay.
+pub(crate) fn stop() {
+    ON.store(false, Relaxed);
+}
+
+/// Record that `kind` now has `live` and `cached` large-block bytes.
+pub(crate) fn record(kind: usize, live: u64, cached: u64) {
+    LIVE[kind].store(live, Relaxed);
+    CACHED[kind].store(cached, Relaxed);
+    let t = crate::os::now_ns().saturating_sub(START_NS.load(Relaxed));
+    let interval = INTERVAL_NS.load(Relaxed);
+    if interval > 0 {
+        // One sample per interval: the first event after it elapses takes it.
+        let last = LAST_NS.load(Relaxed);
+        if t < last.saturating_add(interval)
+            || LAST_NS
+                .compare_exchange(last, t.max(1), Relaxed, Relaxed)
+                .is_err()
+        {
+            return;
+        }
+    }
+    let i = NEXT.fetch_add(1, Relaxed) % TIMELINE_CAPACITY;
+    let s = &RING[i];
+    s.t_ns.store(t, Relaxed);
+    for k in 0..NUM_KINDS {
+        s.live[k].store(LIVE[k].load(Relaxed), Relaxed);
+        s.cached[k].store(CACHED[k].load(Relaxed), Relaxed);
+    }
+}
+
+/// One sample of the timeline.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sample {
+    /// Nanoseconds since recording started.
+    pub t_ns: u64,
+    /// Live large-block bytes per kind (indexed by `TensorKind::index`).
+    pub live: [u64; NUM_KINDS],
+    /// Cached large-block bytes per kind.
+    pub cached: [u64; NUM_KINDS],
+}
+
+/// The recorded samples, oldest first (the last `TIMELINE_CAPACITY` events).
+#[derive(Clone, Debug, Default)]
+pub struct Timeline {
+    /// The samples.
+    pub samples: Vec<Sample>,
+    /// Events recorded in all, including those the ring overwrote.
+    pub events: usize,
+}
+
+/// Copy the ring out. A sample being written meanwhile may mix two events' values.
+pub(crate) fn snapshot() -> Timeline {
+    let n = NEXT.load(Relaxed);
+    let first = n.saturating_sub(TIMELINE_CAPACITY);
+    let samples = (first..n)
+        .map(|i| {
+            let s = &RING[i % TIMELINE_CAPACITY];
+            Sample {
+                t_ns: s.t_ns.load(Relaxed),
+                live: core::array::from_fn(|k| s.live[k].load(Relaxed)),
+                cached: core::array::from_fn(|k| s.cached[k].load(Relaxed)),
+            }
+        })
+        .collect();
+    Timeline { samples, events: n }
+}
+
+/// Fill colours per kind (colour-blind-safe palette, Okabe-Ito).
+const COLOURS: [&str; NUM_KINDS] = [
+    "#999999", "#E69F00", "#0072B2", "#009E73", "#CC79A7", "#D55E00",
+];
+
+impl Timeline {
+    /// CSV: `t_ms`, then `live_<kind>` and `cached_<kind>` for every kind, in bytes.
+    pub fn to_csv(&self) -> String {
+        let mut s = String::from("t_ms");
+        for k in TensorKind::ALL {
+            let _ = write!(s, ",live_{}", k.name());
+        }
+        for k in TensorKind::ALL {
+            let _ = write!(s, ",cached_{}", k.name());
+        }
+        s.push('\n');
+        for x in &self.samples {
+            let _ = write!(s, "{:.3}", x.t_ns as f64 / 1e6);
+            for v in x.live.iter().chain(&x.cached) {
+                let _ = write!(s, ",{v}");
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    /// An SVG chart, `width` x `height` pixels: live bytes stacked by kind over time (areas), the
+    /// live + cached total as a dashed line, labelled axes and a legend.
+    pub fn to_svg(&self, title: &str, width: u32, height: u32) -> String {
+        let (w, h) = (width.max(320) as f64, height.max(200) as f64);
+        let (left, right, top, bottom) = (80.0, 170.0, 40.0, 50.0);
+        let (pw, ph) = (w - left - right, h - top - bottom);
+        // Two samples per pixel column at most: in each bucket the one with the most live bytes,
+        // so peaks survive.
+        let cols = (2.0 * pw) as usize;
+        if self.samples.len() > cols {
+            let n = self.samples.len();
+            let samples = (0..cols)
+                .filter_map(|c| {
+                    self.samples[c * n / cols..(c + 1) * n / cols]
+                        .iter()
+                        .max_by_key(|s| s.live.iter().sum::<u64>())
+                        .copied()
+                })
+                .collect();
+            let thin = Timeline {
+                samples,
+                events: self.events,
+            };
+            return thin.to_svg(title, width, height);
+        }
+        let t_max = self.samples.last().map_or(1, |s| s.t_ns.max(1)) as f64;
+        let total = |s: &Sample| s.live.iter().chain(&s.cached).sum::<u64>();
+        let y_max_raw = self.samples.iter().map(total).max().unwrap_or(0).max(1) as f64;
+        let mib = (1u64 << 20) as f64;
+        let step_mib = nice_step(y_max_raw / mib / 5.0);
+        let y_max = ((y_max_raw / mib / step_mib).ceil() * step_mib).max(step_mib) * mib;
+        let x = |t: u64| left + t as f64 / t_max * pw;
+        let y = |b: f64| top + ph - b / y_max * ph;
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
+             viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+             <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+             <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">{}</text>\n",
+            left + pw / 2.0,
+            escape(title)
+        );
+        // Stacked areas, bottom kind first: each polygon runs along its top edge forwards and
+        // along the previous top edge backwards (steps: a value holds until the next event).
+        let n = self.samples.len();
+        let mut below = vec![0u64; n];
+        for (k, colour) in COLOURS.iter().enumerate() {
+            if self.samples.iter().all(|x| x.live[k] == 0) {
+                continue;
+            }
+            let tops: Vec<u64> = (0..n).map(|i| below[i] + self.samples[i].live[k]).collect();
+            let mut pts = String::new();
+            step_path(&mut pts, &self.samples, &tops, &x, &y, false);
+            step_path(&mut pts, &self.samples, &below, &x, &y, true);
+            let _ = writeln!(
+                s,
+                "<polygon points=\"{pts}\" fill=\"{colour}\" fill-opacity=\"0.85\" stroke=\"none\"/>"
+            );
+            below = tops;
+        }
+        let totals: Vec<u64> = self.samples.iter().map(total).collect();
+        let mut pts = String::new();
+        step_path(&mut pts, &self.samples, &totals, &x, &y, false);
+        let _ = writeln!(
+            s,
+            "<polyline points=\"{pts}\" fill=\"none\" stroke=\"black\" stroke-width=\"1.2\" \
+             stroke-dasharray=\"5,3\"/>"
+        );
+        // Axes, ticks and labels.
+        let _ = writeln!(
+            s,
+            "<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
+             <line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>",
+            top + ph,
+            left + pw,
+            top + ph,
+            top + ph
+        );
+        let mut v = 0.0;
+        while v <= y_max / mib + 1e-9 {
+            let yy = y(v * mib);
+            let _ = writeln!(
+                s,
+                "<line x1=\"{}\" y1=\"{yy}\" x2=\"{left}\" y2=\"{yy}\" stroke=\"black\"/>\
+                 <line x1=\"{left}\" y1=\"{yy}\" x2=\"{}\" y2=\"{yy}\" stroke=\"#dddddd\"/>\
+                 <text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
+                left - 4.0,
+                left + pw,
+                left - 7.0,
+                yy + 4.0,
+                fmt_num(v)
+            );
+            v += step_mib;
+        }
+        let t_ms = t_max / 1e6;
+        let t_step = nice_step(t_ms / 6.0);
+        let mut t = 0.0;
+        while t <= t_ms + 1e-9 {
+            let xx = left + t / t_ms * pw;
+            let _ = writeln!(
+                s,
+                "<line x1=\"{xx}\" y1=\"{}\" x2=\"{xx}\" y2=\"{}\" stroke=\"black\"/>\
+                 <text x=\"{xx}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+                top + ph,
+                top + ph + 4.0,
+                top + ph + 18.0,
+                fmt_num(t)
+            );
+            t += t_step;
+        }
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">time since recording started (ms)</text>\n\
+             <text x=\"18\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 18 {})\">\
+             large-block bytes (MiB)</text>",
+            left + pw / 2.0,
+            h - 10.0,
+            top + ph / 2.0,
+            top + ph / 2.0
+        );
+        // Legend: top kind first, as stacked.
+        let lx = left + pw + 15.0;
+        let mut ly = top + 10.0;
+        for k in (0..NUM_KINDS).rev() {
+            let _ = writeln!(
+                s,
+                "<rect x=\"{lx}\" y=\"{}\" width=\"14\" height=\"14\" fill=\"{}\"/>\
+                 <text x=\"{}\" y=\"{}\">live {}</text>",
+                ly - 11.0,
+                COLOURS[k],
+                lx + 20.0,
+                ly,
+                TensorKind::ALL[k].name()
+            );
+            ly += 20.0;
+        }
+        let _ = writeln!(
+            s,
+            "<line x1=\"{lx}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\" \
+             stroke-dasharray=\"5,3\"/><text x=\"{}\" y=\"{ly}\">live + cached</text>\n</svg>",
+            ly - 4.0,
+            lx + 14.0,
+            ly - 4.0,
+            lx + 20.0
+        );
+        s
+    }
+}
+
+/// Append the points of a step line through `(t_i, v_i)` (reversed: from the last sample back).
+fn step_path(
+    out: &mut String,
+    samples: &[Sample],
+    v: &[u64],
+    x: &impl Fn(u64) -> f64,
+    y: &impl Fn(f64) -> f64,
+    reverse: bool,
+) {
+    let n = samples.len();
+    let mut push = |t: u64, b: u64| {
+        let _ = write!(out, "{:.1},{:.1} ", x(t), y(b as f64));
+    };
+    if !reverse {
+        for i in 0..n {
+            if i > 0 {
+                push(samples[i].t_ns, v[i - 1]);
+            }
+            push(samples[i].t_ns, v[i]);
+        }
+    } else {
+        for i in (0..n).rev() {
+            push(samples[i].t_ns, v[i]);
+            if i > 0 {
+                push(samples[i].t_ns, v[i - 1]);
+            }
+        }
+    }
+}
+
+/// A round axis step (1, 2 or 5 times a power of ten) near `raw`.
+fn nice_step(raw: f64) -> f64 {
+    if raw <= 0.0 || !raw.is_finite() {
+        return 1.0;
+    }
+    let p = 10f64.powf(raw.log10().floor());
+    let m = raw / p;
+    p * if m <= 1.0 {
+        1.0
+    } else if m <= 2.0 {
+        2.0
+    } else if m <= 5.0 {
+        5.0
+    } else {
+        10.0
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{}", v.round() as i64)
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_are_round() {
+        assert_eq!(nice_step(0.7), 1.0);
+        assert_eq!(nice_step(1.7), 2.0);
+        assert_eq!(nice_step(37.0), 50.0);
+        assert_eq!(nice_step(0.0), 1.0);
+    }
+}
