@@ -130,6 +130,10 @@ fn child(alloc: &str, mode: &str) {
         trace.ids()
     ];
     let base_rss = status_bytes("VmRSS:");
+    let report = std::env::var("TRACE_REPORT").ok();
+    if let (Backend::Pool(p), Some(_)) = (&backend, &report) {
+        p.start_timeline_every(std::time::Duration::from_micros(100));
+    }
     let mut line = format!("RESULT {alloc} {mode}");
     for _ in 0..REQUESTS {
         let t0 = Instant::now();
@@ -154,10 +158,21 @@ fn child(alloc: &str, mode: &str) {
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         line += &format!(" {ms:.3} {}", minor_faults() - f0);
     }
-    if let (Backend::Pool(p), Ok(_)) = (&backend, std::env::var("TRACE_COUNTERS")) {
-        for k in TensorKind::ALL {
-            eprintln!("{k:?}: {:?}", p.large_counters(k));
-        }
+    if let (Backend::Pool(p), Some(dir)) = (&backend, &report) {
+        // TRACE_REPORT=DIR: the statistics table and the memory timeline of this child.
+        p.stop_timeline();
+        let stats = p.stats();
+        let tl = p.timeline();
+        let title = format!("tensorpool, tensor trace ({mode} mode): {REQUESTS} requests");
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(format!("{dir}/trace-{mode}-stats.txt"), stats.to_string()).unwrap();
+        std::fs::write(format!("{dir}/trace-{mode}-timeline.csv"), tl.to_csv()).unwrap();
+        std::fs::write(
+            format!("{dir}/trace-{mode}-timeline.svg"),
+            tl.to_svg(&title, 900, 420),
+        )
+        .unwrap();
+        eprintln!("{stats}");
     }
     let hwm = status_bytes("VmHWM:");
     let maps = std::fs::read_to_string("/proc/self/maps")
