@@ -96,6 +96,7 @@ static EMPTY_PAGE: ReadOnly<Page> = ReadOnly(Page {
     class: 0,
     kind: 0,
     in_full: false,
+    is_direct: false,
     in_use: false,
     next: ptr::null_mut(),
     prev: ptr::null_mut(),
@@ -320,7 +321,8 @@ unsafe fn free_to_page(heap: *mut Heap, page: *mut Page, b: *mut Block) {
         (*b).next = (*page).free;
         (*page).free = b;
         (*page).used -= 1;
-        if ((*page).used == 0) | (*page).in_full {
+        // The direct page emptying is the common case of a malloc/free loop: nothing to do.
+        if (((*page).used == 0) & !(*page).is_direct) | (*page).in_full {
             page_freed_cold(page);
         }
     }
@@ -406,7 +408,7 @@ unsafe fn find_page(kh: *mut KindHeap, class: usize) -> *mut Page {
                 carve(kh, p);
             }
             if !(*p).free.is_null() {
-                (*kh).direct[class] = p;
+                set_direct(kh, class, p);
                 return p;
             }
             queue_unlink(&mut (*kh).queue[class], p);
@@ -416,14 +418,34 @@ unsafe fn find_page(kh: *mut KindHeap, class: usize) -> *mut Page {
         }
         let p = new_page((*kh).heap, (*kh).kind, class);
         if p.is_null() {
-            (*kh).direct[class] = empty_page();
+            set_direct(kh, class, empty_page());
             return p;
         }
         queue_push(&mut (*kh).queue[class], p);
         (*kh).stats.new_pages.add(1);
         carve(kh, p);
-        (*kh).direct[class] = p;
+        set_direct(kh, class, p);
         p
+    }
+}
+
+/// Make `p` the kind heap's direct page for `class` (the static empty page for none), keeping
+/// the pages' `is_direct` flags, which let a local free skip the cold path when the direct page
+/// empties.
+///
+/// # Safety
+/// The calling thread owns `kh`; `p` is one of its pages of `class` or the static empty page.
+unsafe fn set_direct(kh: *mut KindHeap, class: usize, p: *mut Page) {
+    // SAFETY: owner-only; the static empty page is never written.
+    unsafe {
+        let old = (*kh).direct[class];
+        if old != empty_page() {
+            (*old).is_direct = false;
+        }
+        if p != empty_page() {
+            (*p).is_direct = true;
+        }
+        (*kh).direct[class] = p;
     }
 }
 
@@ -470,7 +492,7 @@ unsafe fn retire_page(heap: *mut Heap, kh: *mut KindHeap, page: *mut Page) {
         let class = (*page).class as usize;
         queue_unlink(&mut (*kh).queue[class], page);
         if (*kh).direct[class] == page {
-            (*kh).direct[class] = empty_page();
+            set_direct(kh, class, empty_page());
         }
         (*kh)
             .stats
@@ -836,7 +858,7 @@ pub(crate) unsafe fn abandon(heap: *mut Heap) {
         for k in 0..NUM_KINDS {
             let kh = ptr::addr_of_mut!((*heap).kinds[k]);
             for class in 0..NUM_SMALL {
-                (*kh).direct[class] = empty_page();
+                set_direct(kh, class, empty_page());
                 let mut p = (*kh).queue[class];
                 while !p.is_null() {
                     let next = (*p).next;

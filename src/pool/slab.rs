@@ -48,6 +48,8 @@ pub(crate) struct Page {
     pub(crate) kind: u8,
     /// Whether the page is on its heap's full list.
     pub(crate) in_full: bool,
+    /// Whether the page is its kind heap's direct page for its class.
+    pub(crate) is_direct: bool,
     /// Whether the page is in use (false: free slot of the segment).
     pub(crate) in_use: bool,
     /// Links in the heap's queue (or full list) for this page's kind and class.
@@ -145,6 +147,7 @@ pub(crate) unsafe fn take_page(seg: *mut Segment, kind: u8, class: usize) -> *mu
         (*page).class = class as u8;
         (*page).kind = kind;
         (*page).in_full = false;
+        (*page).is_direct = false;
         (*page).in_use = true;
         (*page).next = ptr::null_mut();
         (*page).prev = ptr::null_mut();
