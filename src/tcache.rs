@@ -957,6 +957,10 @@ pub struct Census {
     pub pages: usize,
     /// Segments owned (the spare included).
     pub segments: usize,
+    /// Allocations and owner-seen frees counted by the statistics (all kinds and classes).
+    pub allocs: u64,
+    /// See `allocs`.
+    pub frees: u64,
 }
 
 /// Count what `heap` holds and check its structure: each page's `used + |free| == carved`, free
@@ -1026,6 +1030,10 @@ pub(crate) unsafe fn model_census(heap: *mut Heap) -> Census {
             seg = (*seg).next;
         }
         assert!(listed.is_empty(), "a listed page is not in use");
+        for kh in &(*heap).kinds {
+            c.allocs += kh.stats.allocs.iter().map(Stat::get).sum::<u64>();
+            c.frees += kh.stats.frees.iter().map(Stat::get).sum::<u64>();
+        }
         if !(*heap).spare.is_null() {
             c.segments += 1;
         }

@@ -81,6 +81,7 @@ fn remote_frees_while_owner_allocates() {
         let after = unsafe { h.census() };
         assert_eq!((after.used, after.delayed), (0, 0), "{after:?}");
         assert_eq!(after.free, after.carved, "{after:?}");
+        assert_eq!((after.allocs, after.frees), (8, 8), "{after:?}");
     });
 }
 
@@ -172,6 +173,10 @@ fn owner_exits_while_others_free() {
             let c = unsafe { g.census() };
             assert_eq!((c.used, c.delayed), (0, 0), "{c:?}");
             assert_eq!(c.free, c.carved, "{c:?}");
+            assert_eq!(
+                c.allocs, c.frees,
+                "counted frees differ from allocations: {c:?}"
+            );
         }
     });
 }
