@@ -131,6 +131,8 @@ fn producer_consumer(a: &'static (dyn GlobalAlloc + Sync)) {
 /// been allocated by the other thread.
 fn larson(a: &'static (dyn GlobalAlloc + Sync)) {
     const SLOTS: usize = 2000;
+    /// A slot some thread is working on (never a real block: blocks are at least 8-aligned).
+    const HELD: *mut u8 = std::ptr::without_provenance_mut(1);
     let slots: Arc<Vec<(AtomicPtr<u8>, AtomicUsize)>> = Arc::new(
         (0..SLOTS)
             .map(|_| (AtomicPtr::new(std::ptr::null_mut()), AtomicUsize::new(8)))
@@ -146,15 +148,19 @@ fn larson(a: &'static (dyn GlobalAlloc + Sync)) {
                     let p = unsafe { a.alloc(Layout::from_size_align_unchecked(size, 8)) };
                     unsafe { *p = size as u8 };
                     let (sp, ss) = &slots[r.next() as usize % SLOTS];
-                    // Take the slot (spin while the other thread holds it), put ours in.
+                    // Take the slot: swap in the HELD marker (spin while the other thread holds
+                    // it); the size is only touched by the holder. Put ours in, then release.
+                    // (An earlier protocol let both threads take an empty slot at once, so a
+                    // block was later freed with the other's size: jemalloc's sized free then
+                    // corrupted its heap and once hung this benchmark.)
                     let old = loop {
-                        let old = sp.swap(std::ptr::null_mut(), Ordering::AcqRel);
-                        if !old.is_null() || ss.load(Ordering::Acquire) == 8 {
+                        let old = sp.swap(HELD, Ordering::AcqRel);
+                        if old != HELD {
                             break old;
                         }
                         std::hint::spin_loop();
                     };
-                    let old_size = ss.swap(size, Ordering::AcqRel);
+                    let old_size = ss.swap(size, Ordering::Relaxed);
                     if !old.is_null() {
                         unsafe { a.dealloc(old, Layout::from_size_align_unchecked(old_size, 8)) };
                     }

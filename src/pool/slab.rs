@@ -52,6 +52,8 @@ pub(crate) struct Page {
     pub(crate) is_direct: bool,
     /// Whether the page is in use (false: free slot of the segment).
     pub(crate) in_use: bool,
+    /// `kind * NUM_SMALL + class`: where the owner heap counts this page's frees.
+    pub(crate) stat_index: u16,
     /// Links in the heap's queue (or full list) for this page's kind and class.
     pub(crate) next: *mut Page,
     pub(crate) prev: *mut Page,
@@ -74,6 +76,8 @@ pub(crate) struct Segment {
 }
 
 const _: () = assert!(PAGES_PER_SEGMENT == 64);
+const _: () = assert!(core::mem::size_of::<Page>() == 48);
+const _: () = assert!(crate::kind::NUM_KINDS * crate::class::NUM_SMALL <= u16::MAX as usize);
 const _: () = assert!(core::mem::size_of::<Segment>() <= SLAB_SIZE);
 
 /// The segment holding `p` (any address inside a small block).
@@ -149,6 +153,7 @@ pub(crate) unsafe fn take_page(seg: *mut Segment, kind: u8, class: usize) -> *mu
         (*page).in_full = false;
         (*page).is_direct = false;
         (*page).in_use = true;
+        (*page).stat_index = (kind as usize * crate::class::NUM_SMALL + class) as u16;
         (*page).next = ptr::null_mut();
         (*page).prev = ptr::null_mut();
         page
