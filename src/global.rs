@@ -126,6 +126,18 @@ impl TensorPool {
         LARGE.kinds[kind.index()].with(|p| p.capacity = bytes);
     }
 
+    /// The cache topology the allocator budgets for, and where it came from: Linux sysfs with
+    /// any `TENSORPOOL_L1D` / `_L2` / `_L3` / `_LINE` / `_CORES` / `_THREADS` overrides, or the
+    /// i5-10210U preset where sysfs says nothing. Worked out once, without allocating.
+    pub fn topology(
+        &self,
+    ) -> (
+        crate::topology::CacheTopology,
+        crate::topology::TopologySource,
+    ) {
+        crate::topology::current()
+    }
+
     /// One kind's soft capacity in bytes (after configuration: the code's value or the
     /// environment's).
     pub fn capacity(&self, kind: TensorKind) -> usize {

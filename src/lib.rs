@@ -33,7 +33,9 @@ mod pool;
 mod stats;
 mod sync;
 mod tcache;
+mod tiles;
 mod timeline;
+mod topology;
 
 pub use global::TensorPool;
 pub use handle::KindHandle;
@@ -42,4 +44,6 @@ pub use options::{ExitReport, PoolConfig, DEFAULT_CAPACITY};
 pub use os::resident_bytes;
 pub use pool::large::LargeCounters;
 pub use stats::{PoolStats, Stats, COLUMNS as STATS_COLUMNS};
+pub use tiles::{plan_matmul, plan_tiles, round_to_line, MatmulBlocks, PlanError, TilePlan};
 pub use timeline::{Sample, Timeline, TIMELINE_CAPACITY};
+pub use topology::{CacheTopology, TopologyError, TopologySource};

@@ -139,6 +139,7 @@ pub(crate) fn read_env(config: &PoolConfig, default_cap: usize) -> EnvOptions {
 /// The value a bad setting falls back to, for the warning.
 enum Kept {
     Bytes(usize),
+    Count(usize),
     Bool(bool),
     Text(&'static str),
 }
@@ -169,6 +170,7 @@ fn warn_bad(name: &core::ffi::CStr, raw: &[u8], expected: &str, kept: Kept) {
     );
     let _ = match kept {
         Kept::Bytes(b) => write!(line, "{} ({b} bytes)", crate::stats::Bytes(b as u64)),
+        Kept::Count(n) => write!(line, "{n}"),
         Kept::Bool(b) => write!(line, "{}", u8::from(b)),
         Kept::Text(t) => write!(line, "{t}"),
     };
@@ -265,6 +267,70 @@ fn trim(s: &[u8]) -> &[u8] {
         .rposition(|c| !c.is_ascii_whitespace())
         .map_or(start, |e| e + 1);
     &s[start..end]
+}
+
+/// Apply `TENSORPOOL_L1D`, `_L2`, `_L3`, `_LINE` (sizes), `_CORES` and `_THREADS` (counts) to a
+/// detected or preset topology. A value that does not parse, or that would make the topology
+/// absurd (see `CacheTopology::is_plausible`), is ignored with a warning naming what is kept.
+pub(crate) fn apply_topology_overrides(t: &mut crate::topology::CacheTopology) {
+    type Field = fn(&mut crate::topology::CacheTopology) -> &mut usize;
+    let vars: [(&core::ffi::CStr, Field, bool); 6] = [
+        (c"TENSORPOOL_L1D", |t| &mut t.l1d, true),
+        (c"TENSORPOOL_L2", |t| &mut t.l2, true),
+        (c"TENSORPOOL_L3", |t| &mut t.l3, true),
+        (c"TENSORPOOL_LINE", |t| &mut t.line, true),
+        (c"TENSORPOOL_CORES", |t| &mut t.cores, false),
+        (c"TENSORPOOL_THREADS", |t| &mut t.threads, false),
+    ];
+    for (name, field, is_size) in vars {
+        let kept = *field(t);
+        let (parse, expected): (Parser, &str) = if is_size {
+            (parse_size, "a size such as 6M")
+        } else {
+            (parse_count, "a whole number")
+        };
+        let Some(v) = read_var(name, parse, expected, || {
+            if is_size {
+                Kept::Bytes(kept)
+            } else {
+                Kept::Count(kept)
+            }
+        }) else {
+            continue;
+        };
+        let threads = t.threads;
+        *field(t) = v;
+        if name == c"TENSORPOOL_CORES" {
+            // More cores than the detected threads: each core has at least one thread.
+            t.threads = t.threads.max(v);
+        }
+        if !t.is_plausible() {
+            *field(t) = kept;
+            t.threads = threads;
+            let raw = crate::os::getenv(name).unwrap_or(b"");
+            let kept = if is_size {
+                Kept::Bytes(kept)
+            } else {
+                Kept::Count(kept)
+            };
+            warn_bad(name, raw, "a value a real cache could have", kept);
+        }
+    }
+}
+
+type Parser = fn(&[u8]) -> Option<usize>;
+
+/// A count: digits only, at least 1.
+fn parse_count(s: &[u8]) -> Option<usize> {
+    let s = trim(s);
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut v: usize = 0;
+    for &c in s {
+        v = v.checked_mul(10)?.checked_add((c - b'0') as usize)?;
+    }
+    (v > 0).then_some(v)
 }
 
 #[cfg(test)]

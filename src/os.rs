@@ -237,3 +237,29 @@ pub(crate) fn now_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+/// Read the file at `dir` + "/" + `name` into `buf` (no allocation: the path is built on the
+/// stack); the bytes read, or `None` if the path is too long or the file cannot be read.
+pub(crate) fn read_small_file<'a>(dir: &[u8], name: &[u8], buf: &'a mut [u8]) -> Option<&'a [u8]> {
+    let mut path = [0u8; 512];
+    let len = dir.len() + 1 + name.len();
+    if len >= path.len() {
+        return None;
+    }
+    path[..dir.len()].copy_from_slice(dir);
+    path[dir.len()] = b'/';
+    path[dir.len() + 1..len].copy_from_slice(name);
+    // SAFETY: `path` is NUL-terminated (zeroed beyond `len`); the fd is checked and closed.
+    let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: reading into a live buffer of the given length from our own fd.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: closing the fd opened above.
+    unsafe { libc::close(fd) };
+    if n < 0 {
+        return None;
+    }
+    Some(&buf[..n as usize])
+}

@@ -128,12 +128,14 @@ fn counters_are_exact_across_threads() {
             }
             drop(batch);
         }
-        done.wait();
     });
+    // The freer's exit publishes its last batch of remote frees; only then may the owners
+    // allocate again and take them back.
+    freer.join().unwrap();
+    done.wait();
     for t in owners {
         t.join().unwrap();
     }
-    freer.join().unwrap();
     let after = ALLOC.stats().kinds[kind.index()];
     // Under the tag: per thread N boxes + 2 vectors' buffers + 4096 boxes + one more buffer.
     let per_thread = N + 2 + 4096 + 1;
