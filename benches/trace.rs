@@ -121,7 +121,7 @@ fn child(alloc: &str, mode: &str) {
             "decay setting not applied"
         );
     }
-    let mut slots: Vec<(*mut u8, Layout, TensorKind)> = vec![
+    let mut slots: Slots = vec![
         (
             std::ptr::null_mut(),
             Layout::new::<u8>(),
@@ -138,22 +138,22 @@ fn child(alloc: &str, mode: &str) {
     for _ in 0..REQUESTS {
         let t0 = Instant::now();
         let f0 = minor_faults();
-        for ev in &trace.events {
-            match *ev {
-                Event::Alloc { id, kind, bytes } => {
-                    let layout = Layout::from_size_align(bytes, ALIGN).unwrap();
-                    let p = backend.alloc(kind, layout);
-                    assert!(!p.is_null() && p as usize % ALIGN == 0);
-                    touch(p, bytes, full, id as u8);
-                    slots[id] = (p, layout, kind);
-                }
-                Event::Free { id } => {
-                    let (p, layout, kind) = slots[id];
-                    // SAFETY: `p` was allocated by this backend with this layout and kind.
-                    unsafe { backend.free(kind, p, layout) };
-                }
-                Event::Phase(_) => {}
+        // The decode phase (Phase(2) to Phase(3)) runs in its own function, so a profiler can
+        // measure it alone: `valgrind --tool=callgrind --toggle-collect='*decode_phase*'`.
+        let evs = &trace.events;
+        let mut i = 0;
+        while i < evs.len() {
+            if let Event::Phase(2) = evs[i] {
+                let end = evs[i..]
+                    .iter()
+                    .position(|e| matches!(e, Event::Phase(3)))
+                    .map_or(evs.len(), |j| i + j);
+                decode_phase(&evs[i..end], &backend, &mut slots, full);
+                i = end;
+                continue;
             }
+            replay(&evs[i], &backend, &mut slots, full);
+            i += 1;
         }
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         line += &format!(" {ms:.3} {}", minor_faults() - f0);
@@ -181,6 +181,36 @@ fn child(alloc: &str, mode: &str) {
         .count();
     line += &format!(" {hwm} {base_rss} {} {maps}", trace.peak_live);
     println!("{line}");
+}
+
+type Slots = Vec<(*mut u8, Layout, TensorKind)>;
+
+/// Replay one event of the trace.
+#[inline(always)]
+fn replay(ev: &Event, backend: &Backend, slots: &mut Slots, full: bool) {
+    match *ev {
+        Event::Alloc { id, kind, bytes } => {
+            let layout = Layout::from_size_align(bytes, ALIGN).unwrap();
+            let p = backend.alloc(kind, layout);
+            assert!(!p.is_null() && p as usize % ALIGN == 0);
+            touch(p, bytes, full, id as u8);
+            slots[id] = (p, layout, kind);
+        }
+        Event::Free { id } => {
+            let (p, layout, kind) = slots[id];
+            // SAFETY: `p` was allocated by this backend with this layout and kind.
+            unsafe { backend.free(kind, p, layout) };
+        }
+        Event::Phase(_) => {}
+    }
+}
+
+/// The decode steps of one request (see the loop in `child`).
+#[inline(never)]
+fn decode_phase(evs: &[Event], backend: &Backend, slots: &mut Slots, full: bool) {
+    for ev in evs {
+        replay(ev, backend, slots, full);
+    }
 }
 
 /// One child's figures.
