@@ -134,8 +134,16 @@ fn child(alloc: &str, mode: &str) {
     if let (Backend::Pool(p), Some(_)) = (&backend, &report) {
         p.start_timeline_every(std::time::Duration::from_micros(100));
     }
+    // TRACE_TOUCH=decode: outside the decode phase, allocate and free without touching memory,
+    // so a cache simulator's data accesses are the decode phase's (for cachegrind, which cannot
+    // restrict itself to one function).
+    let decode_only = std::env::var("TRACE_TOUCH").is_ok_and(|v| v == "decode");
+    let requests: usize = std::env::var("TRACE_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(REQUESTS);
     let mut line = format!("RESULT {alloc} {mode}");
-    for _ in 0..REQUESTS {
+    for _ in 0..requests {
         let t0 = Instant::now();
         let f0 = minor_faults();
         // The decode phase (Phase(2) to Phase(3)) runs in its own function, so a profiler can
@@ -152,7 +160,11 @@ fn child(alloc: &str, mode: &str) {
                 i = end;
                 continue;
             }
-            replay(&evs[i], &backend, &mut slots, full);
+            if decode_only {
+                replay_untouched(&evs[i], &backend, &mut slots);
+            } else {
+                replay(&evs[i], &backend, &mut slots, full);
+            }
             i += 1;
         }
         let ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -202,6 +214,19 @@ fn replay(ev: &Event, backend: &Backend, slots: &mut Slots, full: bool) {
             unsafe { backend.free(kind, p, layout) };
         }
         Event::Phase(_) => {}
+    }
+}
+
+/// Replay an event without touching the block (allocator work only).
+fn replay_untouched(ev: &Event, backend: &Backend, slots: &mut Slots) {
+    match *ev {
+        Event::Alloc { id, kind, bytes } => {
+            let layout = Layout::from_size_align(bytes, ALIGN).unwrap();
+            let p = backend.alloc(kind, layout);
+            assert!(!p.is_null());
+            slots[id] = (p, layout, kind);
+        }
+        _ => replay(ev, backend, slots, false),
     }
 }
 
