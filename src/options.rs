@@ -257,7 +257,8 @@ fn parse_report(s: &[u8]) -> Option<ExitReport> {
     }
 }
 
-fn trim(s: &[u8]) -> &[u8] {
+/// `s` without surrounding ASCII whitespace.
+pub(crate) fn trim(s: &[u8]) -> &[u8] {
     let start = s
         .iter()
         .position(|c| !c.is_ascii_whitespace())
@@ -322,15 +323,23 @@ type Parser = fn(&[u8]) -> Option<usize>;
 
 /// A count: digits only, at least 1.
 fn parse_count(s: &[u8]) -> Option<usize> {
+    parse_uint(s).filter(|&v| v > 0)
+}
+
+/// A decimal number with nothing else but surrounding whitespace; `None` on overflow.
+pub(crate) fn parse_uint(s: &[u8]) -> Option<usize> {
     let s = trim(s);
-    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+    if s.is_empty() {
         return None;
     }
     let mut v: usize = 0;
     for &c in s {
+        if !c.is_ascii_digit() {
+            return None;
+        }
         v = v.checked_mul(10)?.checked_add((c - b'0') as usize)?;
     }
-    (v > 0).then_some(v)
+    Some(v)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! lazily on an allocation path. Parsing takes any root directory, so tests run it on sysfs-like
 //! fixtures.
 
+use crate::options::{parse_uint, trim};
 use crate::os;
 use core::sync::atomic::{AtomicU8, Ordering};
 
@@ -219,33 +220,6 @@ fn join<'a>(buf: &'a mut [u8; 256], root: &str, middle: &[u8], index: u8) -> Opt
         }
     }
     Some(&buf[..n])
-}
-
-fn trim(s: &[u8]) -> &[u8] {
-    let start = s
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(s.len());
-    let end = s
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &s[start..end]
-}
-
-fn parse_uint(s: &[u8]) -> Option<usize> {
-    let s = trim(s);
-    if s.is_empty() {
-        return None;
-    }
-    let mut v: usize = 0;
-    for &c in s {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        v = v.checked_mul(10)?.checked_add((c - b'0') as usize)?;
-    }
-    Some(v)
 }
 
 /// The kernel writes cache sizes as `48K`, `2048K`, `32768K` (and some kernels `1M`).
