@@ -15,6 +15,9 @@ use std::sync::Arc;
 use std::time::Instant;
 use tensorpool::TensorPool;
 use tikv_jemallocator::Jemalloc;
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::Rng;
 
 static TP: TensorPool = TensorPool::new();
 static MI: MiMalloc = MiMalloc;
@@ -30,16 +33,6 @@ fn alloc_by(name: &str) -> &'static (dyn GlobalAlloc + Sync) {
         "mimalloc" => &MI,
         "jemalloc" => &JE,
         _ => panic!("unknown allocator {name}"),
-    }
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
     }
 }
 

@@ -2,8 +2,8 @@
 //! the table's columns, options from the environment and the exit report, on the global path.
 
 use allocator_api2::alloc::{Allocator, Layout};
-use std::process::Command;
 use tensorpool::{with_kind, PoolStats, Stats, TensorKind, TensorPool, STATS_COLUMNS};
+mod common;
 
 #[global_allocator]
 static ALLOC: TensorPool = TensorPool::new();
@@ -232,24 +232,7 @@ fn child_entry() {
 }
 
 fn run_child(env: &[(&str, &str)]) -> (String, String) {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "child_entry",
-        "--nocapture",
-        "--test-threads",
-        "1",
-    ])
-    .env("TENSORPOOL_TEST_CHILD", "1");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "child failed: {out:?}");
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::run_child_test("child_entry", env)
 }
 
 #[test]

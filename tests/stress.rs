@@ -2,19 +2,11 @@
 //! are freed by another thread than the one that allocated them.
 use std::sync::mpsc;
 use tensorpool::TensorPool;
+mod common;
+use common::Rng;
 
 #[global_allocator]
 static ALLOC: TensorPool = TensorPool::new();
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 fn make(size: usize, tag: u64) -> Vec<u8> {
     let mut v = Vec::with_capacity(size);

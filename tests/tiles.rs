@@ -2,22 +2,11 @@
 //! matmul blocks within budget; line-rounding; every invalid input answered by an error.
 
 use tensorpool::{plan_matmul, plan_tiles, round_to_line, PlanError, TensorPool};
+mod common;
+use common::Rng;
 
 #[global_allocator]
 static ALLOC: TensorPool = TensorPool::new();
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> usize {
-        (self.next() % n) as usize
-    }
-}
 
 #[test]
 fn random_plans_cover_exactly_without_overlap_within_budget() {

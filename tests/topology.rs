@@ -3,8 +3,8 @@
 //! the environment in a child process.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use tensorpool::{CacheTopology, TensorPool, TopologyError, TopologySource};
+mod common;
 
 #[global_allocator]
 static ALLOC: TensorPool = TensorPool::new();
@@ -172,21 +172,7 @@ fn child_prints_topology() {
 }
 
 fn child(env: &[(&str, &str)]) -> (Vec<usize>, String) {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "child_prints_topology",
-        "--nocapture",
-        "--test-threads",
-        "1",
-    ])
-    .env("TENSORPOOL_TEST_CHILD", "1");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (stdout, stderr) = common::run_child_test("child_prints_topology", env);
     let line = stdout
         .lines()
         .find(|l| l.starts_with("TOPO: "))
@@ -198,7 +184,7 @@ fn child(env: &[(&str, &str)]) -> (Vec<usize>, String) {
         .take(6)
         .map(|v| v.parse().unwrap())
         .collect();
-    (nums, String::from_utf8_lossy(&out.stderr).into_owned())
+    (nums, stderr)
 }
 
 #[test]

@@ -252,17 +252,7 @@ impl KindPool {
     /// Cache a freed block as the most recently released.
     unsafe fn put(&mut self, h: *mut LargeHeader) {
         // SAFETY: `h` is a live block of this kind being freed; it joins both lists.
-        unsafe {
-            (*h).lru_prev = ptr::null_mut();
-            (*h).lru_next = self.lru_head;
-            if self.lru_head.is_null() {
-                self.lru_tail = h;
-            } else {
-                (*self.lru_head).lru_prev = h;
-            }
-            self.lru_head = h;
-            self.put_in_class(h);
-        }
+        unsafe { self.link_after(h, ptr::null_mut()) }
     }
 
     /// Return what recycling left of a victim to where its release clock puts it: usually the
@@ -275,7 +265,18 @@ impl KindPool {
             while !after.is_null() && (*after).released < (*h).released {
                 after = (*after).lru_prev;
             }
-            // Link `h` just after `after` (towards the tail), or at the head if none is newer.
+            self.link_after(h, after);
+        }
+    }
+
+    /// Link `h` into the release-order list just after `after` (towards the tail), or at the
+    /// head when `after` is null, and onto its class list.
+    ///
+    /// # Safety
+    /// `h` is a block of this kind off every list; `after` is null or on the list.
+    unsafe fn link_after(&mut self, h: *mut LargeHeader, after: *mut LargeHeader) {
+        // SAFETY: the caller's contract; list members are ours under the lock.
+        unsafe {
             let next = if after.is_null() {
                 self.lru_head
             } else {
