@@ -5,7 +5,8 @@
 //! reported, with its ratio to the best of the other three (below 1.0: tensorpool is faster).
 //! Peak resident memory is measured per allocator in child processes (`--child ALLOC WORKLOAD`).
 //!
-//! Run: `cargo bench --bench core` (`-- --quick` for fewer rounds).
+//! Run: `cargo bench --bench core` (`-- --quick` for fewer rounds, `-- --only NAME` for the
+//! workloads whose name contains NAME).
 
 use mimalloc::MiMalloc;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -205,13 +206,56 @@ fn false_sharing(a: &'static (dyn GlobalAlloc + Sync)) {
     }
 }
 
+/// Tensor-sized blocks: a window of 4 live blocks of 20 KiB to 1 MiB (a layer's activations),
+/// free the oldest, allocate the next, write one byte per page (so memory handed back to the OS
+/// and faulted in again shows).
+fn tensor_blocks(a: &dyn GlobalAlloc, seed: u64, steps: usize) {
+    let mut r = Rng(seed);
+    let ls: Vec<Layout> = (0..64)
+        .map(|_| {
+            let size = 20 * 1024 + r.below(1004) * 1024;
+            Layout::from_size_align(size, 64).unwrap()
+        })
+        .collect();
+    let mut ring: [(*mut u8, Layout); 4] = [(std::ptr::null_mut(), ls[0]); 4];
+    for (step, l) in ls.iter().cycle().take(steps).enumerate() {
+        let slot = &mut ring[step % 4];
+        unsafe {
+            if !slot.0.is_null() {
+                a.dealloc(slot.0, slot.1);
+            }
+            let p = a.alloc(*l);
+            for off in (0..l.size()).step_by(4096) {
+                *p.add(off) = step as u8;
+            }
+            *slot = (black_box(p), *l);
+        }
+    }
+    for (p, l) in ring {
+        unsafe { a.dealloc(p, l) };
+    }
+}
+
+fn tensor_blocks_2t(a: &'static (dyn GlobalAlloc + Sync)) {
+    let hs: Vec<_> = (0..2u64)
+        .map(|t| std::thread::spawn(move || tensor_blocks(a, 7 + t, 100_000)))
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+}
+
 type Workload = fn(&'static (dyn GlobalAlloc + Sync));
-const WORKLOADS: [(&str, Workload); 5] = [
+const WORKLOADS: [(&str, Workload); 7] = [
     ("pairs 8..1024 (1M)", |a| pairs(a)),
     ("window of 1,000 live (1M)", |a| window(a)),
     ("producer/consumer (1M)", producer_consumer),
     ("larson-like, 2 threads (1M)", larson),
     ("false sharing, 2 threads", false_sharing),
+    ("tensor blocks 20K-1M (200k)", |a| {
+        tensor_blocks(a, 5, 200_000)
+    }),
+    ("tensor blocks, 2 threads", tensor_blocks_2t),
 ];
 
 /// Peak resident memory of a child process running one workload under one allocator. The child
@@ -257,7 +301,14 @@ fn main() {
         "{:<30} {:>11} {:>11} {:>11} {:>11} {:>7}   peak RSS KiB (tp / sys / mi / je)",
         "workload", "tensorpool", "system", "mimalloc", "jemalloc", "ratio"
     );
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1));
     for (w, (name, f)) in WORKLOADS.iter().enumerate() {
+        if only.is_some_and(|o| !name.contains(o.as_str())) {
+            continue;
+        }
         let mut times = [[0f64; 16]; 4];
         #[allow(clippy::needless_range_loop)]
         for r in 0..rounds {

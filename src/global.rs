@@ -7,17 +7,13 @@
 
 use crate::kind::{TensorKind, NUM_KINDS};
 use crate::options::{ExitReport, PoolConfig};
-use crate::pool::large::{self, LargeCounters, LargeHeader, LargePools, LARGE_TAG};
+use crate::pool::large::{self, LargeCounters, LargeHeader, LARGE, LARGE_TAG};
 use crate::pool::slab;
 use crate::sync::{shared_static, AtomicBool, Ordering};
 use crate::tcache;
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
 
-shared_static! {
-    /// The process-wide large-block pools.
-    pub(crate) static LARGE: LargePools = LargePools::new(usize::MAX);
-}
 shared_static! {
     /// Whether fork handlers are registered.
     static PROCESS_INIT: AtomicBool = AtomicBool::new(false);
@@ -89,6 +85,11 @@ impl TensorPool {
             EXIT_REPORT.store(report as u8, core::sync::atomic::Ordering::Relaxed);
             crate::os::at_exit(exit_report);
         }
+        let (topology, _) = crate::topology::current();
+        crate::budget::set_limit(
+            env.thread_cache.unwrap_or(self.config.thread_cache),
+            &topology,
+        );
         if env.timeline.unwrap_or(self.config.timeline) {
             crate::timeline::start(0);
         }
@@ -145,9 +146,29 @@ impl TensorPool {
         LARGE.kinds[kind.index()].with(|p| p.capacity)
     }
 
-    /// Release every cached block of every kind to the OS. Returns the bytes released.
+    /// Release every cached block of every kind to the OS, the calling thread's hot cache
+    /// included. Returns the bytes released. (Other threads' hot caches stay: they are theirs
+    /// alone, and bounded by the thread-cache limit; a thread's exit sends its cache back to the
+    /// pools.)
     pub fn trim(&self) -> usize {
+        tcache::hot_flush();
         LARGE.trim()
+    }
+
+    /// The L3 budget as applied: the topology, each core's share of the last-level cache, the
+    /// thread-cache limit, and the bytes in thread caches now (see `L3Budget`). Allocates
+    /// nothing.
+    pub fn budget(&self) -> crate::budget::L3Budget {
+        self.init();
+        let (topology, _) = crate::topology::current();
+        let hot = core::array::from_fn(|k| tcache::small_totals(k).0.hot_bytes);
+        crate::budget::L3Budget {
+            topology,
+            share: topology.l3_share(),
+            thread_limit: crate::budget::limit(),
+            hot_bytes: hot,
+            thread_hot_bytes: tcache::hot_bytes_here() as u64,
+        }
     }
 
     /// Counters of one kind's large-block pool.
@@ -164,7 +185,7 @@ impl TensorPool {
     /// lock briefly and reads every thread heap's counters; allocates nothing.
     pub fn stats(&self) -> crate::stats::Stats {
         let large = self.all_large_counters();
-        let mut small = [crate::stats::SmallPart::default(); NUM_KINDS];
+        let mut small = [crate::stats::HeapPart::default(); NUM_KINDS];
         let mut segments = (0, 0);
         for (k, s) in small.iter_mut().enumerate() {
             let (part, maps, unmaps) = tcache::small_totals(k);
@@ -234,6 +255,13 @@ impl TensorPool {
         if !CONFIGURED.load(Ordering::Relaxed) {
             self.configure();
         }
+        let Some(class_bytes) = crate::class::large_size(size) else {
+            return ptr::null_mut();
+        };
+        let p = tcache::hot_take(kind, size, class_bytes, align);
+        if !p.is_null() {
+            return p;
+        }
         LARGE.alloc(kind, size, align)
     }
 
@@ -250,7 +278,10 @@ impl TensorPool {
                 tcache::free_small(seg, p);
             } else {
                 debug_assert_eq!(*(seg as *const usize), LARGE_TAG);
-                LARGE.free(seg.cast::<LargeHeader>());
+                let h = seg.cast::<LargeHeader>();
+                if !tcache::hot_put(h) {
+                    LARGE.free(h);
+                }
             }
         }
     }

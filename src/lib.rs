@@ -20,6 +20,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
+mod budget;
 mod class;
 mod global;
 mod handle;
@@ -37,6 +38,7 @@ mod tiles;
 mod timeline;
 mod topology;
 
+pub use budget::{L3Budget, THREAD_CACHE_AUTO, THREAD_CACHE_MAX};
 pub use global::TensorPool;
 pub use handle::KindHandle;
 pub use kind::{current_kind, with_kind, KindScope, ParseKindError, TensorKind, NUM_KINDS};

@@ -19,6 +19,9 @@ pub struct PoolConfig {
     pub exit_report: ExitReport,
     /// Record the memory timeline (per-kind live and cached bytes at each large-block event).
     pub timeline: bool,
+    /// Bytes each thread's cache of freed large blocks may hold (0: no thread cache);
+    /// `THREAD_CACHE_AUTO` takes each core's share of L3, at most `THREAD_CACHE_MAX`.
+    pub thread_cache: usize,
 }
 
 impl PoolConfig {
@@ -29,7 +32,15 @@ impl PoolConfig {
             huge_pages: false,
             exit_report: ExitReport::Off,
             timeline: false,
+            thread_cache: crate::budget::THREAD_CACHE_AUTO,
         }
+    }
+
+    /// Set the thread-cache limit in bytes (0 turns thread caching of large blocks off;
+    /// `TENSORPOOL_THREAD_CACHE` overrides it).
+    pub const fn with_thread_cache(mut self, bytes: usize) -> Self {
+        self.thread_cache = bytes;
+        self
     }
 
     /// Print the statistics at exit (`TENSORPOOL_STATS` overrides it).
@@ -88,6 +99,7 @@ pub(crate) struct EnvOptions {
     pub(crate) huge_pages: Option<bool>,
     pub(crate) exit_report: Option<ExitReport>,
     pub(crate) timeline: Option<bool>,
+    pub(crate) thread_cache: Option<usize>,
 }
 
 /// Environment variable names for the per-kind capacities, in kind index order.
@@ -133,6 +145,15 @@ pub(crate) fn read_env(config: &PoolConfig, default_cap: usize) -> EnvOptions {
     o.timeline = read_var(c"TENSORPOOL_TIMELINE", parse_bool, "0 or 1", || {
         Kept::Bool(config.timeline)
     });
+    o.thread_cache = read_var(
+        c"TENSORPOOL_THREAD_CACHE",
+        parse_size,
+        "a size such as 1536K or 0",
+        || match config.thread_cache {
+            crate::budget::THREAD_CACHE_AUTO => Kept::Text("the L3 share per core"),
+            b => Kept::Bytes(b),
+        },
+    );
     o
 }
 

@@ -24,8 +24,9 @@ use core::fmt::{self, Write as _};
 ///   blocks); a *miss* needed new memory (a small request that took a new slab page, or a large
 ///   block mapped fresh);
 /// - *live* bytes are handed out and not freed (block sizes); *cached* bytes are freed large
-///   blocks kept mapped; *hot* bytes are free small blocks on the thread heaps' pages, reused
-///   next (the thread caches);
+///   blocks kept mapped in the kind's shared pool; *hot* bytes are the thread caches: free small
+///   blocks on the thread heaps' pages and freed large blocks in the threads' hot caches (see
+///   `L3Budget`), reused next by the thread that freed them;
 /// - *utilization* is `live / (live + cached + hot)`: the share of the memory the pool holds
 ///   that is in use;
 /// - *overhead* is `(granted - requested) / requested` over large blocks: rounding to size
@@ -44,9 +45,10 @@ pub struct PoolStats {
     pub live_bytes: u64,
     /// Freed large-block bytes kept mapped for reuse.
     pub cached_bytes: u64,
-    /// Free small-block bytes on the thread heaps' pages.
+    /// Free small-block bytes on the thread heaps' pages, and large blocks in thread caches.
     pub hot_bytes: u64,
-    /// Highest live large-block bytes seen (per kind; a sum of kinds sums their peaks).
+    /// Highest live large-block bytes seen, blocks in thread caches included (per kind; a sum
+    /// of kinds sums their peaks).
     pub peak_live_bytes: u64,
     /// Large-block bytes asked for. (Small blocks' requested sizes are not counted: doing so on
     /// the fast path cost a third of the malloc/free loop's speed; their rounding is bounded by
@@ -145,21 +147,26 @@ pub struct Stats {
     pub resident_bytes: Option<u64>,
 }
 
-/// What the small path counted for one kind, summed over thread heaps.
+/// What the thread heaps counted for one kind, summed over heaps: the small path, and the hot
+/// caches of large blocks (whose blocks the large pools still count as live).
 #[derive(Clone, Copy, Default)]
-pub(crate) struct SmallPart {
+pub(crate) struct HeapPart {
     pub(crate) requests: u64,
     pub(crate) granted: u64,
     pub(crate) freed: u64,
     pub(crate) carved: u64,
     pub(crate) new_pages: u64,
+    pub(crate) hot_bytes: u64,
+    pub(crate) hot_hits: u64,
+    pub(crate) hot_requested: u64,
+    pub(crate) hot_granted: u64,
 }
 
 impl Stats {
     /// Assemble a snapshot from its parts.
     pub(crate) fn assemble(
         large: &[LargeCounters; NUM_KINDS],
-        small: &[SmallPart; NUM_KINDS],
+        small: &[HeapPart; NUM_KINDS],
         limits: &[(u64, u64); NUM_KINDS],
         segments: (u64, u64),
         resident: Option<u64>,
@@ -169,16 +176,16 @@ impl Stats {
             let small_live = s.granted.wrapping_sub(s.freed);
             let small_misses = s.new_pages.min(s.requests);
             PoolStats {
-                requests: l.requests + s.requests,
-                hits: l.hits + l.recycled + (s.requests - small_misses),
+                requests: l.requests + s.requests + s.hot_hits,
+                hits: l.hits + l.recycled + (s.requests - small_misses) + s.hot_hits,
                 misses: l.misses + small_misses,
                 recycled: l.recycled,
-                live_bytes: l.live_bytes + small_live,
+                live_bytes: l.live_bytes.saturating_sub(s.hot_bytes) + small_live,
                 cached_bytes: l.cached_bytes,
-                hot_bytes: s.carved.saturating_sub(small_live),
+                hot_bytes: s.carved.saturating_sub(small_live) + s.hot_bytes,
                 peak_live_bytes: l.peak_live_bytes,
-                requested_bytes: l.requested_bytes,
-                granted_bytes: l.granted_bytes,
+                requested_bytes: l.requested_bytes + s.hot_requested,
+                granted_bytes: l.granted_bytes + s.hot_granted,
                 evictions: l.evictions,
                 evicted_bytes: l.evicted_bytes,
                 os_maps: l.os_maps,

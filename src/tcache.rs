@@ -15,11 +15,12 @@
 //! `pthread` key destructor, never a Rust TLS destructor, which could allocate) returns its empty
 //! pages and marks the heap free for the next new thread to adopt, live blocks and all.
 
+use crate::budget::HotCache;
 use crate::class::{small_class, NUM_SMALL};
 use crate::kind::NUM_KINDS;
 use crate::os;
 use crate::pool::slab::{self, Block, Page, Segment, SEGMENT_SIZE, SMALL_TAG};
-use crate::stats::SmallPart;
+use crate::stats::HeapPart;
 use crate::sync::{shared_static, AtomicBool, AtomicPtr, AtomicUsize, Ordering, SpinLock, Stat};
 use core::cell::{Cell, UnsafeCell};
 use core::ptr;
@@ -80,6 +81,8 @@ pub(crate) struct Heap {
     /// counter with one load from the page it already has in hand. (Indexing per kind heap took
     /// two loads and a shift first, and the late store address cost a malloc/free loop 25 %.)
     frees: [Stat; NUM_KINDS * NUM_SMALL],
+    /// The thread's cache of freed large blocks (see `budget`).
+    hot: HotCache,
 }
 
 /// A wrapper making the static empty structures `Sync`: they are only ever read.
@@ -279,6 +282,70 @@ pub(crate) fn alloc_small_kind(kind: usize, class: usize) -> *mut u8 {
             return alloc_small_kind(kind, class);
         }
         pop_or_slow(ptr::addr_of_mut!((*heap).kinds[kind]), class)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Large blocks through the thread's hot cache (see `budget`)
+// ---------------------------------------------------------------------------------------------
+
+/// A large block of `kind` for a request of `size` bytes (class `class_bytes`) from the calling
+/// thread's hot cache, or null (the class bypasses the cache, or no match).
+#[inline]
+pub(crate) fn hot_take(kind: usize, size: usize, class_bytes: usize, align: usize) -> *mut u8 {
+    if class_bytes > crate::budget::limit() {
+        return ptr::null_mut();
+    }
+    // SAFETY: `CUR` always points at a valid kind heap; a non-null heap is this thread's own.
+    unsafe {
+        let mut heap = (*CUR.get()).heap;
+        if heap.is_null() {
+            // A thread making only large requests still gets a hot cache to free into.
+            heap = init_thread();
+            if heap.is_null() {
+                return ptr::null_mut();
+            }
+        }
+        (*heap).hot.take(kind, size, class_bytes, align)
+    }
+}
+
+/// Free a large block into the calling thread's hot cache; false if it bypasses the cache (the
+/// caller frees it to its pool).
+///
+/// # Safety
+/// `h` is the header of a live large block, freed by this call if it returns true.
+#[inline]
+pub(crate) unsafe fn hot_put(h: *mut crate::pool::large::LargeHeader) -> bool {
+    let limit = crate::budget::limit();
+    // SAFETY: as in `hot_take`; the caller's contract covers `h`.
+    unsafe {
+        let heap = (*CUR.get()).heap;
+        !heap.is_null() && limit > 0 && (*heap).hot.put(h, limit)
+    }
+}
+
+/// Send the calling thread's hot cache back to the pools (`trim`).
+pub(crate) fn hot_flush() {
+    // SAFETY: as in `hot_take`.
+    unsafe {
+        let heap = (*CUR.get()).heap;
+        if !heap.is_null() {
+            (*heap).hot.flush();
+        }
+    }
+}
+
+/// Bytes in the calling thread's hot cache.
+pub(crate) fn hot_bytes_here() -> usize {
+    // SAFETY: as in `hot_take`.
+    unsafe {
+        let heap = (*CUR.get()).heap;
+        if heap.is_null() {
+            0
+        } else {
+            (*heap).hot.bytes()
+        }
     }
 }
 
@@ -854,6 +921,7 @@ pub(crate) unsafe fn abandon(heap: *mut Heap) {
     // SAFETY: owner-only access until the final store hands the heap over.
     unsafe {
         drain_delayed(heap);
+        (*heap).hot.flush();
         for k in 0..NUM_KINDS {
             let kh = ptr::addr_of_mut!((*heap).kinds[k]);
             for class in 0..NUM_SMALL {
@@ -1091,8 +1159,8 @@ pub(crate) unsafe fn model_release(reg: &Registry) {
 /// Small-block counters of `kind` summed over every thread heap (live and abandoned), and the
 /// segments mapped and unmapped by all heaps. Reads other threads' counters with relaxed loads:
 /// each value is one the owner wrote, the sum a moment's view.
-pub(crate) fn small_totals(kind: usize) -> (SmallPart, u64, u64) {
-    let mut t = SmallPart::default();
+pub(crate) fn small_totals(kind: usize) -> (HeapPart, u64, u64) {
+    let mut t = HeapPart::default();
     let (mut maps, mut unmaps) = (0, 0);
     let mut h = HEAPS.head.load(Ordering::Acquire);
     while !h.is_null() {
@@ -1109,6 +1177,11 @@ pub(crate) fn small_totals(kind: usize) -> (SmallPart, u64, u64) {
                 t.granted += a * size;
                 t.freed += f * size;
             }
+            let hot = &*ptr::addr_of!((*h).hot.counters[kind]);
+            t.hot_bytes += hot.bytes.get();
+            t.hot_hits += hot.hits.get();
+            t.hot_requested += hot.requested.get();
+            t.hot_granted += hot.granted.get();
             t.carved += st.carved.get();
             t.new_pages += st.new_pages.get();
             maps += (*ptr::addr_of!((*h).seg_maps)).get();

@@ -3,10 +3,11 @@
 //! Its own binary, and only this test touches the TextEmbedding kind, so the counters are exact.
 use allocator_api2::alloc::Allocator;
 use std::alloc::Layout;
-use tensorpool::{TensorKind, TensorPool};
+use tensorpool::{PoolConfig, TensorKind, TensorPool};
 
+// The shared pools' own behaviour is under test: no thread cache in front of them.
 #[global_allocator]
-static ALLOC: TensorPool = TensorPool::new();
+static ALLOC: TensorPool = TensorPool::with_config(PoolConfig::new().with_thread_cache(0));
 
 const MIB: usize = 1 << 20;
 const KIND: TensorKind = TensorKind::TextEmbedding;

@@ -2,10 +2,11 @@
 //! cached blocks (any class, any kind) by moving them, so it neither faults nor grows resident
 //! memory, and the block it gets is fully usable.
 use std::alloc::{GlobalAlloc, Layout};
-use tensorpool::{with_kind, TensorKind, TensorPool};
+use tensorpool::{with_kind, PoolConfig, TensorKind, TensorPool};
 
+// The shared pools' own behaviour is under test: no thread cache in front of them.
 #[global_allocator]
-static ALLOC: TensorPool = TensorPool::new();
+static ALLOC: TensorPool = TensorPool::with_config(PoolConfig::new().with_thread_cache(0));
 
 fn minor_faults() -> u64 {
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };

@@ -24,7 +24,7 @@
 use super::slab::SEGMENT_SIZE;
 use crate::class::{large_index, large_size, NUM_LARGE};
 use crate::os;
-use crate::sync::{AtomicUsize, Ordering, SpinLock};
+use crate::sync::{shared_static, AtomicUsize, Ordering, SpinLock};
 use core::ptr;
 
 /// First word of a large block's header.
@@ -480,10 +480,20 @@ fn unmap_chain(mut h: *mut LargeHeader) {
     }
 }
 
-/// Where the block starts relative to its (segment-aligned) header for an alignment: the first
-/// multiple of `align` past the header, or one segment for alignments of a segment or more.
-fn block_offset(align: usize) -> usize {
-    HEADER.next_multiple_of(align).min(SEGMENT_SIZE)
+/// Cache colours: block starts are spread over this many line offsets within the header's page.
+/// Headers sit on segment (4 MiB) boundaries, so without colours every block would start at
+/// the same offset modulo 4 MiB, and the same lines of all blocks (their starts, and each page's
+/// line at that offset) would compete for one set of every cache level. (jemalloc's
+/// `cache_oblivious` option randomises large-block starts for the same reason.)
+const COLOURS: usize = (os::PAGE - HEADER) / 64;
+
+/// Where the block starts relative to its (segment-aligned) header for an alignment and a colour:
+/// the first multiple of `align` at or past `HEADER + colour` lines, or one segment for
+/// alignments of a segment or more. Alignments of a page or more leave no room for colours.
+fn block_offset(align: usize, colour: usize) -> usize {
+    (HEADER + (colour % COLOURS) * 64)
+        .next_multiple_of(align)
+        .min(SEGMENT_SIZE)
 }
 
 /// Bytes to map for a block of `class_bytes` at `offset`: whole pages.
@@ -524,6 +534,13 @@ pub(crate) struct LargePools {
     pub(crate) huge_pages: crate::sync::AtomicBool,
     /// Release clock: ticks at every free, so cached blocks of all kinds can be ordered.
     clock: AtomicUsize,
+    /// The next fresh block's cache colour (see `COLOURS`).
+    colour: AtomicUsize,
+}
+
+shared_static! {
+    /// The process-wide large-block pools.
+    pub(crate) static LARGE: LargePools = LargePools::new(usize::MAX);
 }
 
 /// Bytes from which huge-page advice applies.
@@ -543,6 +560,7 @@ impl LargePools {
             ],
             huge_pages: crate::sync::AtomicBool::new(false),
             clock: AtomicUsize::new(0),
+            colour: AtomicUsize::new(0),
         }
     }
 
@@ -552,6 +570,7 @@ impl LargePools {
             kinds: core::array::from_fn(|_| SpinLock::new(KindPool::new(capacity))),
             huge_pages: crate::sync::AtomicBool::new(false),
             clock: AtomicUsize::new(0),
+            colour: AtomicUsize::new(0),
         }
     }
 
@@ -591,7 +610,9 @@ impl LargePools {
     /// released cached blocks of any kind where there are some, fresh pages for the rest.
     #[cold]
     fn alloc_fresh(&self, kind: usize, size: usize, class_bytes: usize, align: usize) -> *mut u8 {
-        let offset = block_offset(align);
+        // Colours go round in mapping order: blocks live at the same time get different ones.
+        let colour = self.colour.fetch_add(1, Ordering::Relaxed);
+        let offset = block_offset(align, colour);
         let Some(len) = map_len_for(offset, class_bytes) else {
             return ptr::null_mut();
         };
@@ -1067,6 +1088,36 @@ pub(crate) unsafe fn info(h: *mut LargeHeader) -> (usize, bool) {
     unsafe { ((*h).size, (*h).fresh) }
 }
 
+/// A live block entering a thread's hot cache: its contents are no longer known zero. Returns
+/// its start, usable size and kind.
+///
+/// # Safety
+/// `h` is the header of a live large block.
+pub(crate) unsafe fn prepare_hot(h: *mut LargeHeader) -> (*mut u8, usize, usize) {
+    // SAFETY: the caller guarantees `h` is live, so its header is ours to update.
+    unsafe {
+        (*h).fresh = false;
+        (
+            h.cast::<u8>().add((*h).offset as usize),
+            (*h).size,
+            (*h).kind as usize,
+        )
+    }
+}
+
+/// A block from a thread's hot cache handed out again for a request of `size` bytes: the pages
+/// the request may touch join the block's used prefix (which recycling moves).
+///
+/// # Safety
+/// `h` is the header of a block in the calling thread's hot cache.
+pub(crate) unsafe fn reuse(h: *mut LargeHeader, size: usize) {
+    // SAFETY: the caller guarantees the block is the caller's alone.
+    unsafe {
+        let need = ((*h).offset as usize + size).div_ceil(os::PAGE);
+        (*h).used_pages = (*h).used_pages.max(need as u32);
+    }
+}
+
 /// Kind index of a live large block.
 ///
 /// # Safety
@@ -1083,16 +1134,22 @@ mod tests {
     #[test]
     fn block_offsets() {
         let a = std::hint::black_box(8usize << 20);
-        assert_eq!(block_offset(a), SEGMENT_SIZE);
-        assert_eq!(block_offset(std::hint::black_box(64)), HEADER);
-        for shift in 0..=22 {
-            let align = std::hint::black_box(1usize << shift);
-            let off = block_offset(align);
-            assert!(
-                off >= HEADER && off % align == 0,
-                "align {align}: offset {off}"
-            );
+        assert_eq!(block_offset(a, 3), SEGMENT_SIZE);
+        assert_eq!(block_offset(std::hint::black_box(64), 0), HEADER);
+        assert_eq!(block_offset(64, 1), HEADER + 64);
+        assert_eq!(block_offset(64, COLOURS), HEADER, "colours wrap");
+        for colour in 0..2 * COLOURS {
+            let off = block_offset(64, colour);
+            assert!((HEADER..os::PAGE).contains(&off), "colour {colour}: {off}");
+            for shift in 0..=22 {
+                let align = std::hint::black_box(1usize << shift);
+                let off = block_offset(align, colour);
+                assert!(
+                    off >= HEADER && off % align == 0 && off <= SEGMENT_SIZE,
+                    "align {align}: offset {off}"
+                );
+            }
         }
-        assert_eq!(block_offset(std::hint::black_box(4096)), 4096);
+        assert_eq!(block_offset(std::hint::black_box(4096), 5), 4096);
     }
 }

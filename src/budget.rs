@@ -1,0 +1,257 @@
+//! The L3 budget: each thread's cache of freed large blocks (its hot set), bounded by the thread's
+//! share of the last-level cache, and the budget as users see it (`L3Budget`).
+//!
+//! A large block freed by a thread goes onto that thread's hot cache (no lock, no shared write)
+//! when it is no larger than the thread's limit; the thread's next request of the same kind and
+//! class takes the most recently freed match, whose lines are the likeliest still to be in cache.
+//! While the cache holds more than the limit (or more than `HOT_SLOTS` blocks), its coldest blocks
+//! flow back to their kind's shared pool, where any thread can reuse them, recycling can move
+//! their pages and capacities can evict them. Blocks larger than the limit bypass the cache: they
+//! cannot stay cache-hot anyway.
+//!
+//! The limit is the L3 share per core (`CacheTopology::l3_share`) clamped to `THREAD_CACHE_MAX`,
+//! or what `PoolConfig::with_thread_cache` / `TENSORPOOL_THREAD_CACHE` set. The clamp exists
+//! because a thread cache is memory no other thread can use: a VM that reports its host's whole
+//! L3 as shared by its two vCPUs (this one says 480 MiB) would otherwise let every thread sit on
+//! hundreds of MiB.
+//!
+//! Blocks in hot caches still count as live in their kind's pool (they are handed back there
+//! only when they flow back), so capacities and the timeline see them as live; `stats()` and
+//! `budget()` report them as hot.
+
+use crate::kind::NUM_KINDS;
+use crate::pool::large::{self, LargeHeader};
+use crate::sync::{shared_static, AtomicUsize, Ordering, Stat};
+use crate::topology::CacheTopology;
+
+/// Blocks a thread cache holds at most (so a lookup scans a few cache lines at most).
+pub(crate) const HOT_SLOTS: usize = 32;
+
+/// Largest default thread-cache limit: above any real per-core L3 share we know of (12 MiB on
+/// the biggest cache-stacked server parts is the exception, and can be configured).
+pub const THREAD_CACHE_MAX: usize = 8 << 20;
+
+/// Value of the configured limit meaning "the per-core L3 share, clamped".
+pub const THREAD_CACHE_AUTO: usize = usize::MAX;
+
+shared_static! {
+    /// Each thread cache's byte limit; 0 (before configuration, or when turned off) bypasses.
+    static LIMIT: AtomicUsize = AtomicUsize::new(0);
+}
+
+/// Set the thread-cache limit (at configuration). `THREAD_CACHE_AUTO` derives it from `t`.
+pub(crate) fn set_limit(configured: usize, t: &CacheTopology) {
+    let limit = if configured == THREAD_CACHE_AUTO {
+        t.l3_share().min(THREAD_CACHE_MAX)
+    } else {
+        configured
+    };
+    // Entries record sizes in 32 bits.
+    LIMIT.store(limit.min(u32::MAX as usize), Ordering::Relaxed);
+}
+
+/// The thread-cache limit in force.
+#[inline]
+pub(crate) fn limit() -> usize {
+    LIMIT.load(Ordering::Relaxed)
+}
+
+const fn tag(kind: usize, class_index: usize) -> u16 {
+    ((kind << 8) | class_index) as u16
+}
+
+/// A thread's hot cache of freed large blocks. Lives in the thread's heap (a zeroed mapping, and
+/// all-zero is its empty state); owner-only except the counters, which any thread may read.
+///
+/// Slots are unordered; a free stamp orders them. A lookup compares all the tags at once (one
+/// cache line of them, which the compiler vectorises) and takes the matching slot freed last; the
+/// coldest slot is the one with the lowest stamp. Nothing is ever shifted: moving entries cost a
+/// `memmove` per operation, a third of a tensor loop's time.
+#[repr(C)]
+pub(crate) struct HotCache {
+    /// `kind << 8 | large class index` per slot, so a lookup reads no block header.
+    tags: [u16; HOT_SLOTS],
+    /// When each slot was filled (higher is more recent).
+    stamps: [u64; HOT_SLOTS],
+    starts: [*mut u8; HOT_SLOTS],
+    sizes: [u32; HOT_SLOTS],
+    /// Bit `i` set: slot `i` holds a block.
+    full: u32,
+    clock: u64,
+    bytes: usize,
+    pub(crate) counters: [HotCounters; NUM_KINDS],
+}
+
+const _: () = assert!(HOT_SLOTS == u32::BITS as usize);
+
+/// Per kind, written by the cache's owner only.
+#[repr(C)]
+pub(crate) struct HotCounters {
+    /// Bytes cached now.
+    pub(crate) bytes: Stat,
+    /// Requests served from the cache.
+    pub(crate) hits: Stat,
+    /// Bytes those requests asked for, and bytes they were given.
+    pub(crate) requested: Stat,
+    pub(crate) granted: Stat,
+}
+
+impl HotCache {
+    /// Take a cached block of `kind` for a request of `size` bytes (class `class_bytes`) whose
+    /// start is `align`-aligned: of its own class if there is one, else of up to four classes
+    /// larger (as the shared pool does), the most recently freed among the closest; null if
+    /// there is none.
+    #[inline]
+    pub(crate) fn take(
+        &mut self,
+        kind: usize,
+        size: usize,
+        class_bytes: usize,
+        align: usize,
+    ) -> *mut u8 {
+        if self.full == 0 {
+            return core::ptr::null_mut();
+        }
+        let want = tag(kind, crate::class::large_index(class_bytes));
+        let mut matches = 0u32;
+        for (i, &t) in self.tags.iter().enumerate() {
+            // Same kind, class `want` to `want + 4` (large class indexes stay far below 251 in a
+            // cache limited to 4 GiB, so the kind byte cannot carry).
+            matches |= u32::from(t.wrapping_sub(want) <= 4) << i;
+        }
+        matches &= self.full;
+        let mut best: Option<(u16, u64, usize)> = None;
+        while matches != 0 {
+            let i = matches.trailing_zeros() as usize;
+            matches &= matches - 1;
+            let key = (self.tags[i] - want, u64::MAX - self.stamps[i], i);
+            if best.is_none_or(|b| key < b) && (self.starts[i] as usize) % align == 0 {
+                best = Some(key);
+            }
+        }
+        let Some((_, _, i)) = best else {
+            return core::ptr::null_mut();
+        };
+        let (start, got) = (self.starts[i], self.sizes[i] as usize);
+        self.empty(i, kind);
+        // SAFETY: cached blocks are blocks this thread freed and nobody else holds.
+        unsafe { large::reuse(header_of(start), size) };
+        let c = &self.counters[kind];
+        c.hits.add(1);
+        c.requested.add(size as u64);
+        c.granted.add(got as u64);
+        start
+    }
+
+    /// Cache a freed block, sending the coldest blocks back to their pools while over `limit`.
+    /// Returns false (caching nothing) if the block is larger than `limit`.
+    ///
+    /// # Safety
+    /// `h` is the header of a live large block, freed by this call.
+    pub(crate) unsafe fn put(&mut self, h: *mut LargeHeader, limit: usize) -> bool {
+        // SAFETY: the caller's contract.
+        let (start, size, kind) = unsafe { large::prepare_hot(h) };
+        if size > limit {
+            return false;
+        }
+        while self.full == u32::MAX || self.bytes + size > limit {
+            self.flow_back_coldest();
+        }
+        let i = (!self.full).trailing_zeros() as usize;
+        self.clock += 1;
+        self.tags[i] = tag(kind, crate::class::large_index(size));
+        self.stamps[i] = self.clock;
+        self.starts[i] = start;
+        self.sizes[i] = size as u32;
+        self.full |= 1 << i;
+        self.bytes += size;
+        self.counters[kind].bytes.add(size as u64);
+        true
+    }
+
+    /// Send every cached block back to its pool (thread exit, `trim`).
+    pub(crate) fn flush(&mut self) {
+        while self.full != 0 {
+            self.flow_back_coldest();
+        }
+    }
+
+    /// Free slot `i` (holding a block of `kind`).
+    fn empty(&mut self, i: usize, kind: usize) {
+        self.full &= !(1 << i);
+        self.bytes -= self.sizes[i] as usize;
+        self.counters[kind].bytes.sub(self.sizes[i] as u64);
+    }
+
+    fn flow_back_coldest(&mut self) {
+        let mut left = self.full;
+        let mut cold = left.trailing_zeros() as usize;
+        while left != 0 {
+            let i = left.trailing_zeros() as usize;
+            left &= left - 1;
+            if self.stamps[i] < self.stamps[cold] {
+                cold = i;
+            }
+        }
+        let h = header_of(self.starts[cold]);
+        // SAFETY: the slot holds a block this thread cached; its header is valid.
+        let kind = unsafe { large::kind_of(h) };
+        self.empty(cold, kind);
+        // SAFETY: the block is counted live in its pool until this free.
+        unsafe { large::LARGE.free(h) };
+    }
+
+    /// Bytes cached now.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+fn header_of(start: *mut u8) -> *mut LargeHeader {
+    crate::pool::slab::segment_of(start).cast()
+}
+
+/// The L3 budget as the allocator applies it, with the hot bytes at the time it was taken
+/// (`TensorPool::budget`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L3Budget {
+    /// The cache topology in use.
+    pub topology: CacheTopology,
+    /// Each core's share of the last-level cache: the working set one thread can keep in L3.
+    pub share: usize,
+    /// Bytes each thread's cache of freed large blocks may hold; larger blocks bypass it.
+    pub thread_limit: usize,
+    /// Bytes in thread caches now, per kind (`TensorKind::index`), over all threads.
+    pub hot_bytes: [u64; NUM_KINDS],
+    /// Bytes in the calling thread's cache now.
+    pub thread_hot_bytes: u64,
+}
+
+impl L3Budget {
+    /// Whether a working set of `bytes` fits one core's share of the last-level cache.
+    pub fn fits(&self, bytes: usize) -> bool {
+        bytes <= self.share
+    }
+
+    /// Whether tensors of these sizes, each rounded up to whole cache lines, fit one core's
+    /// share together (false on overflow).
+    pub fn fits_all(&self, sizes: &[usize]) -> bool {
+        let line = self.topology.line.max(1);
+        sizes
+            .iter()
+            .try_fold(0usize, |acc, &s| {
+                acc.checked_add(s.checked_next_multiple_of(line)?)
+            })
+            .is_some_and(|total| self.fits(total))
+    }
+
+    /// Bytes of one kind in thread caches.
+    pub fn hot(&self, kind: crate::TensorKind) -> u64 {
+        self.hot_bytes[kind.index()]
+    }
+
+    /// Bytes in thread caches, all kinds.
+    pub fn total_hot(&self) -> u64 {
+        self.hot_bytes.iter().sum()
+    }
+}

@@ -1,0 +1,299 @@
+//! The L3 budget through the public API: each thread's cache of freed large blocks reuses the
+//! most recently freed first, holds at most its limit (the coldest blocks flow back to the shared
+//! pool), lets larger blocks bypass it, goes back to the pools at thread exit and on `trim`, and
+//! the budget says whether a working set fits.
+//!
+//! Tests run in parallel threads and each uses a kind of its own (pool counters are per kind;
+//! hot caches are per thread); only a child process calls `trim`, which would release other
+//! tests' pooled blocks.
+use allocator_api2::alloc::Allocator;
+use std::alloc::Layout;
+use std::ptr::NonNull;
+use tensorpool::{PoolConfig, TensorKind, TensorPool};
+mod common;
+
+const KIB: usize = 1 << 10;
+const MIB: usize = 1 << 20;
+/// The thread-cache limit this binary configures.
+const LIMIT: usize = MIB;
+
+#[global_allocator]
+static ALLOC: TensorPool = TensorPool::with_config(PoolConfig::new().with_thread_cache(LIMIT));
+
+fn in_child() -> bool {
+    std::env::var_os("TENSORPOOL_TEST_CHILD").is_some()
+}
+
+fn fill(p: NonNull<u8>, len: usize, v: u8) {
+    unsafe { p.as_ptr().write_bytes(v, len) };
+}
+
+fn check(p: NonNull<u8>, len: usize, v: u8) {
+    let s = unsafe { std::slice::from_raw_parts(p.as_ptr(), len) };
+    assert!(s.iter().all(|&b| b == v), "contents changed");
+}
+
+#[test]
+fn budget_reports_topology_share_and_limit() {
+    if in_child() {
+        return;
+    }
+    let b = ALLOC.budget();
+    let (t, _) = ALLOC.topology();
+    assert_eq!(b.topology, t);
+    assert_eq!(b.share, t.l3 / t.cores);
+    assert_eq!(b.thread_limit, LIMIT);
+    assert!(b.fits(b.share));
+    assert!(!b.fits(b.share + 1));
+    // Sizes are rounded to whole lines before summing.
+    let line = t.line;
+    assert!(b.fits_all(&[b.share - line, line]));
+    assert!(!b.fits_all(&[b.share - line, 1, 1]));
+    assert!(!b.fits_all(&[usize::MAX, 1]));
+    assert!(b.fits_all(&[]));
+}
+
+#[test]
+fn reuse_is_most_recently_freed_first_without_the_pool() {
+    if in_child() {
+        return;
+    }
+    let kind = TensorKind::Attention;
+    let h = ALLOC.handle(kind);
+    let l = Layout::from_size_align(256 * KIB, 64).unwrap();
+    let a = h.allocate(l).unwrap().cast::<u8>();
+    let b = h.allocate(l).unwrap().cast::<u8>();
+    fill(a, l.size(), 0xa1);
+    fill(b, l.size(), 0xb2);
+    let before = ALLOC.large_counters(kind);
+    unsafe {
+        h.deallocate(a, l);
+        h.deallocate(b, l);
+    }
+    let budget = ALLOC.budget();
+    assert_eq!(budget.thread_hot_bytes, 2 * l.size() as u64);
+    assert!(budget.hot(kind) >= 2 * l.size() as u64);
+    // The frees never reached the shared pool: it still counts both blocks live.
+    let mid = ALLOC.large_counters(kind);
+    assert_eq!(mid.cached_bytes, before.cached_bytes);
+    assert_eq!(mid.live_bytes, before.live_bytes);
+    let s = ALLOC.stats();
+    assert!(s.kind(kind).hot_bytes >= 2 * l.size() as u64);
+
+    let r1 = h.allocate(l).unwrap().cast::<u8>();
+    let r2 = h.allocate(l).unwrap().cast::<u8>();
+    assert_eq!((r1, r2), (b, a), "most recently freed first");
+    check(r1, l.size(), 0xb2);
+    check(r2, l.size(), 0xa1);
+    assert_eq!(ALLOC.budget().thread_hot_bytes, 0);
+    let after = ALLOC.large_counters(kind);
+    assert_eq!(after.requests, before.requests, "no pool request");
+    assert_eq!(after.os_maps, before.os_maps);
+    let s2 = ALLOC.stats();
+    assert_eq!(s2.kind(kind).requests, s.kind(kind).requests + 2);
+    assert_eq!(s2.kind(kind).hits, s.kind(kind).hits + 2);
+    unsafe {
+        h.deallocate(r1, l);
+        h.deallocate(r2, l);
+    }
+}
+
+#[test]
+fn the_coldest_blocks_flow_back_over_the_limit() {
+    if in_child() {
+        return;
+    }
+    let kind = TensorKind::KvCache;
+    let h = ALLOC.handle(kind);
+    let l = Layout::from_size_align(256 * KIB, 64).unwrap();
+    let blocks: Vec<_> = (0..6u8)
+        .map(|i| {
+            let p = h.allocate(l).unwrap().cast::<u8>();
+            fill(p, l.size(), i);
+            p
+        })
+        .collect();
+    let before = ALLOC.large_counters(kind);
+    for &p in &blocks {
+        unsafe { h.deallocate(p, l) };
+    }
+    // 1 MiB holds four: the first two freed (the coldest) went back to the pool.
+    assert_eq!(ALLOC.budget().thread_hot_bytes, LIMIT as u64);
+    let mid = ALLOC.large_counters(kind);
+    assert_eq!(mid.cached_bytes - before.cached_bytes, 2 * l.size() as u64);
+    assert_eq!(before.live_bytes - mid.live_bytes, 2 * l.size() as u64);
+    // Reuse takes the hot ones newest first, then the pool's (also newest first).
+    let again: Vec<_> = (0..6)
+        .map(|_| h.allocate(l).unwrap().cast::<u8>())
+        .collect();
+    let expect: Vec<_> = blocks.iter().rev().copied().collect();
+    assert_eq!(again, expect);
+    for (i, &p) in blocks.iter().enumerate() {
+        check(p, l.size(), i as u8);
+    }
+    for &p in &again {
+        unsafe { h.deallocate(p, l) };
+    }
+}
+
+#[test]
+fn blocks_over_the_limit_bypass_the_thread_cache() {
+    if in_child() {
+        return;
+    }
+    let kind = TensorKind::ImageEmbedding;
+    let h = ALLOC.handle(kind);
+    let l = Layout::from_size_align(2 * MIB, 64).unwrap();
+    let p = h.allocate(l).unwrap().cast::<u8>();
+    fill(p, l.size(), 7);
+    let hot = ALLOC.budget().thread_hot_bytes;
+    let before = ALLOC.large_counters(kind);
+    unsafe { h.deallocate(p, l) };
+    assert_eq!(ALLOC.budget().thread_hot_bytes, hot);
+    let after = ALLOC.large_counters(kind);
+    assert_eq!(after.cached_bytes - before.cached_bytes, l.size() as u64);
+}
+
+#[test]
+fn kinds_and_alignment_are_respected_and_zeroing_holds() {
+    if in_child() {
+        return;
+    }
+    let (ka, kb) = (TensorKind::TextEmbedding, TensorKind::Activation);
+    let l = Layout::from_size_align(128 * KIB, 64).unwrap();
+    let a = ALLOC.handle(ka).allocate(l).unwrap().cast::<u8>();
+    fill(a, l.size(), 0xee);
+    unsafe { ALLOC.handle(ka).deallocate(a, l) };
+    // Another kind does not take it.
+    let b = ALLOC.handle(kb).allocate(l).unwrap().cast::<u8>();
+    assert_ne!(a, b);
+    assert_eq!(unsafe { ALLOC.kind_of(b.as_ptr()) }, kb);
+    // A stricter alignment than the cached block's start does not take it either.
+    let big_align = Layout::from_size_align(128 * KIB, 1 << 21).unwrap();
+    let c = ALLOC.handle(ka).allocate(big_align).unwrap().cast::<u8>();
+    assert_eq!(c.as_ptr() as usize % (1 << 21), 0);
+    // Zeroed allocation of a hot block is zero.
+    let z = ALLOC.handle(ka).allocate_zeroed(l).unwrap().cast::<u8>();
+    assert_eq!(z, a, "the hot block is reused");
+    check(z, l.size(), 0);
+    unsafe {
+        ALLOC.handle(ka).deallocate(z, l);
+        ALLOC.handle(ka).deallocate(c, big_align);
+        ALLOC.handle(kb).deallocate(b, l);
+    }
+}
+
+#[test]
+fn thread_exit_and_trim_send_the_cache_back() {
+    if in_child() {
+        return;
+    }
+    // In a child of its own: other tests' `trim` calls would release the pooled block.
+    common::run_child_test("exit_child", &[]);
+}
+
+#[test]
+fn exit_child() {
+    if !in_child() {
+        return;
+    }
+    let kind = TensorKind::General;
+    let l = Layout::from_size_align(192 * KIB, 64).unwrap();
+    let freed = std::thread::spawn(move || {
+        let h = ALLOC.handle(kind);
+        let p = h.allocate(l).unwrap().cast::<u8>();
+        fill(p, l.size(), 0x5a);
+        unsafe { h.deallocate(p, l) };
+        assert_eq!(ALLOC.budget().thread_hot_bytes, 192 * KIB as u64);
+        p.as_ptr() as usize
+    })
+    .join()
+    .unwrap();
+    // The exited thread's cache went back to the shared pool, where this thread finds it.
+    let h = ALLOC.handle(kind);
+    let p = h.allocate(l).unwrap().cast::<u8>();
+    assert_eq!(p.as_ptr() as usize, freed);
+    check(p, l.size(), 0x5a);
+    unsafe { h.deallocate(p, l) };
+    assert_eq!(ALLOC.budget().thread_hot_bytes, 192 * KIB as u64);
+    let released = ALLOC.trim();
+    assert!(released >= 192 * KIB, "trim released {released}");
+    assert_eq!(ALLOC.budget().thread_hot_bytes, 0);
+}
+
+#[test]
+fn many_threads_reuse_their_own_blocks_with_contents_intact() {
+    if in_child() {
+        return;
+    }
+    let threads: Vec<_> = (0..4u8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let h = ALLOC.handle(TensorKind::Activation);
+                let mut rng = common::Rng(0x9e37_79b9 + t as u64);
+                let mut live: Vec<(NonNull<u8>, Layout, u8)> = Vec::new();
+                for step in 0..2_000u32 {
+                    if live.len() > 6 || (!live.is_empty() && rng.below(2) == 0) {
+                        let (p, l, v) = live.swap_remove(rng.below(live.len() as u64));
+                        check(p, l.size(), v);
+                        unsafe { h.deallocate(p, l) };
+                    } else {
+                        let size = (20 + rng.below(300)) * KIB;
+                        let l = Layout::from_size_align(size, 64).unwrap();
+                        let p = h.allocate(l).unwrap().cast::<u8>();
+                        let v = (step as u8) ^ t;
+                        fill(p, size, v);
+                        live.push((p, l, v));
+                    }
+                    assert!(ALLOC.budget().thread_hot_bytes <= LIMIT as u64);
+                }
+                for (p, l, v) in live {
+                    check(p, l.size(), v);
+                    unsafe { h.deallocate(p, l) };
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+/// Entry point of the environment tests' children.
+#[test]
+fn child_entry() {
+    if !in_child() {
+        return;
+    }
+    let b = ALLOC.budget();
+    println!("limit={}", b.thread_limit);
+    let h = ALLOC.handle(TensorKind::Attention);
+    let l = Layout::from_size_align(64 * KIB, 64).unwrap();
+    let p = h.allocate(l).unwrap();
+    unsafe { h.deallocate(p.cast(), l) };
+    println!("hot={}", ALLOC.budget().thread_hot_bytes);
+}
+
+#[test]
+fn environment_sets_the_limit_and_bad_values_warn() {
+    if in_child() {
+        return;
+    }
+    let (out, _) = common::run_child_test("child_entry", &[("TENSORPOOL_THREAD_CACHE", "0")]);
+    assert!(
+        out.contains("limit=0\n") && out.contains("hot=0\n"),
+        "{out}"
+    );
+    let (out, _) = common::run_child_test("child_entry", &[("TENSORPOOL_THREAD_CACHE", "256K")]);
+    assert!(
+        out.contains("limit=262144\n") && out.contains("hot=65536\n"),
+        "{out}"
+    );
+    let (out, err) = common::run_child_test("child_entry", &[("TENSORPOOL_THREAD_CACHE", "lots")]);
+    assert!(out.contains(&format!("limit={LIMIT}\n")), "{out}");
+    assert!(
+        err.contains("TENSORPOOL_THREAD_CACHE=\"lots\" is not valid")
+            && err.contains("keeping 1.0 MiB (1048576 bytes)"),
+        "{err}"
+    );
+}
