@@ -20,6 +20,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
+pub mod adapter;
 mod budget;
 mod class;
 mod global;
@@ -38,6 +39,7 @@ mod tiles;
 mod timeline;
 mod topology;
 
+pub use adapter::{DType, Tensor, TensorError};
 pub use budget::{L3Budget, THREAD_CACHE_AUTO, THREAD_CACHE_MAX};
 pub use global::TensorPool;
 pub use handle::KindHandle;
