@@ -322,6 +322,59 @@ impl TensorPool {
     }
 }
 
+/// The raw interface a C ABI needs: sizes and alignments as C passes them, blocks freed by
+/// address alone. (Rust code should use `GlobalAlloc` or the handles.)
+impl TensorPool {
+    /// A block of at least `size` bytes (a minimal block for 0) aligned to `align`, zeroed if
+    /// `zeroed`. Null if `align` is not a power of two, the size overflows, or the OS refuses.
+    pub fn alloc_raw(&self, size: usize, align: usize, zeroed: bool) -> *mut u8 {
+        let Ok(layout) = Layout::from_size_align(size.max(1), align) else {
+            return ptr::null_mut();
+        };
+        // SAFETY: a valid layout of non-zero size.
+        unsafe {
+            if zeroed {
+                self.alloc_zeroed(layout)
+            } else {
+                self.alloc(layout)
+            }
+        }
+    }
+
+    /// Free a block by address; null is ignored.
+    ///
+    /// # Safety
+    /// `p` is null or a live block of this allocator, freed once.
+    pub unsafe fn free_raw(&self, p: *mut u8) {
+        if !p.is_null() {
+            // SAFETY: the caller's contract.
+            unsafe { self.free(p) }
+        }
+    }
+
+    /// Resize a block to at least `new_size` bytes (non-zero), keeping its contents up to the
+    /// smaller size; a moved block is aligned to `align`. Null on failure, with `p` untouched.
+    ///
+    /// # Safety
+    /// `p` is a live block of this allocator.
+    pub unsafe fn realloc_raw(&self, p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
+        // SAFETY: `p` is live (the caller's contract); its usable size bounds what is copied.
+        unsafe {
+            let old = self.usable_size(p);
+            let q = self.resize_in_place(p, align, new_size);
+            if !q.is_null() {
+                return q;
+            }
+            let q = self.alloc_raw(new_size, align, false);
+            if !q.is_null() {
+                ptr::copy_nonoverlapping(p, q, old.min(new_size));
+                self.free(p);
+            }
+            q
+        }
+    }
+}
+
 impl Default for TensorPool {
     fn default() -> Self {
         Self::new()

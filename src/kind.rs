@@ -182,6 +182,12 @@ pub fn current_kind() -> TensorKind {
     TensorKind::from_index(crate::tcache::current_kind()).unwrap_or_default()
 }
 
+/// Set the calling thread's kind and return the previous one (for callers that cannot hold a
+/// `KindScope`, such as a C API; restore by setting the returned kind again).
+pub fn set_current_kind(kind: TensorKind) -> TensorKind {
+    TensorKind::from_index(crate::tcache::set_kind(kind.index())).unwrap_or_default()
+}
+
 /// Run `f` with the calling thread's kind set to `kind`; the previous kind is restored afterwards,
 /// also if `f` panics.
 pub fn with_kind<R>(kind: TensorKind, f: impl FnOnce() -> R) -> R {

@@ -43,7 +43,9 @@ pub use adapter::{DType, Tensor, TensorError};
 pub use budget::{L3Budget, THREAD_CACHE_AUTO, THREAD_CACHE_MAX};
 pub use global::TensorPool;
 pub use handle::KindHandle;
-pub use kind::{current_kind, with_kind, KindScope, ParseKindError, TensorKind, NUM_KINDS};
+pub use kind::{
+    current_kind, set_current_kind, with_kind, KindScope, ParseKindError, TensorKind, NUM_KINDS,
+};
 pub use options::{ExitReport, PoolConfig, DEFAULT_CAPACITY};
 pub use os::resident_bytes;
 pub use pool::large::LargeCounters;

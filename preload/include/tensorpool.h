@@ -1,0 +1,54 @@
+/* tensorpool: a memory allocator for ML inference processes, as a C shared library.
+ *
+ * Preload it to replace malloc and friends in any program:
+ *
+ *     LD_PRELOAD=/path/to/libtensorpool_preload.so python3 infer.py
+ *
+ * The library exports malloc, free, calloc, realloc, reallocarray, posix_memalign, aligned_alloc,
+ * memalign, valloc, pvalloc and malloc_usable_size with glibc's semantics and errno values, and
+ * the functions below. TENSORPOOL_* environment variables configure it (see README.md), e.g.
+ * TENSORPOOL_STATS=1 prints the per-kind statistics at exit.
+ */
+#ifndef TENSORPOOL_H
+#define TENSORPOOL_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Tensor kinds: the pools allocations are routed to. */
+enum {
+    TP_KIND_GENERAL = 0,
+    TP_KIND_ATTENTION = 1,
+    TP_KIND_KV_CACHE = 2,
+    TP_KIND_IMAGE_EMBEDDING = 3,
+    TP_KIND_TEXT_EMBEDDING = 4,
+    TP_KIND_ACTIVATION = 5
+};
+
+/* Set the calling thread's kind: its allocations from now on go to that kind's pools. Returns
+ * the previous kind (restore it by setting it again), or -1 for an unknown kind (nothing
+ * changes). */
+int tensorpool_set_kind(int kind);
+
+/* The calling thread's kind. */
+int tensorpool_get_kind(void);
+
+/* The kind a name denotes ("kv_cache", "attention_weights", "image_features", ...), or -1. */
+int tensorpool_kind_from_name(const char *name);
+
+/* Release every cached block to the OS (the calling thread's cache included). Returns the bytes
+ * released. */
+size_t tensorpool_trim(void);
+
+/* Write the statistics to a file descriptor: a table, or one JSON line if json is non-zero.
+ * Returns 0, or -1 with errno set. */
+int tensorpool_write_stats(int fd, int json);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TENSORPOOL_H */

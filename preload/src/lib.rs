@@ -1,0 +1,272 @@
+//! tensorpool as a C shared library (`libtensorpool_preload.so`): the C allocation functions with
+//! glibc's semantics and errno values, for `LD_PRELOAD` under Python, C and C++ inference stacks,
+//! and a small C API (`include/tensorpool.h`) to tag the calling thread's allocations by tensor
+//! kind, trim, and write the statistics to a file descriptor.
+//!
+//! Every function here is a thin translation of C's contract onto `TensorPool`'s raw interface:
+//! sizes of 0, overflowing counts, bad alignments and refusals are answered as glibc answers them
+//! (a unique pointer, `ENOMEM`, `EINVAL`, null), never by aborting.
+//!
+//! Thread-local state is reached through the general-dynamic TLS model (Rust's default for
+//! shared objects), so the library also loads with `dlopen` (no static TLS needed); when it is
+//! preloaded, its TLS is part of every thread's static block, so reaching it never allocates.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+use core::ffi::{c_char, c_int, c_void, CStr};
+use core::ptr;
+use tensorpool::{TensorKind, TensorPool};
+
+/// Rust code inside the library allocates from tensorpool directly.
+#[global_allocator]
+static ALLOC: TensorPool = TensorPool::new();
+
+/// Apply the configuration (`TENSORPOOL_*` options, the exit report) when the library is loaded,
+/// not at the first large allocation: many programs (`git --version`) never make one.
+extern "C" fn load() {
+    ALLOC.init();
+}
+
+#[used]
+#[link_section = ".init_array"]
+static LOAD: extern "C" fn() = load;
+
+/// glibc's `malloc` alignment on x86_64 and aarch64.
+const MIN_ALIGN: usize = 16;
+
+fn set_errno(e: c_int) {
+    // SAFETY: `__errno_location` returns the calling thread's errno slot.
+    unsafe { *libc::__errno_location() = e };
+}
+
+fn page() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as usize
+    } else {
+        4096
+    }
+}
+
+fn alloc(size: usize, align: usize, zeroed: bool) -> *mut c_void {
+    let p = ALLOC.alloc_raw(size, align, zeroed);
+    if p.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    p.cast()
+}
+
+/// C `malloc`.
+#[no_mangle]
+pub extern "C" fn malloc(size: usize) -> *mut c_void {
+    alloc(size, MIN_ALIGN, false)
+}
+
+/// C `free`.
+///
+/// # Safety
+/// `p` is null or a live block from this library.
+#[no_mangle]
+pub unsafe extern "C" fn free(p: *mut c_void) {
+    // SAFETY: the caller's contract.
+    unsafe { ALLOC.free_raw(p.cast()) }
+}
+
+/// C `calloc`: `ENOMEM` when `n * size` overflows.
+#[no_mangle]
+pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
+    match n.checked_mul(size) {
+        Some(total) => alloc(total, MIN_ALIGN, true),
+        None => {
+            set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// C `realloc`: null `p` allocates; size 0 frees `p` and returns null (glibc's behaviour); on
+/// failure `p` is left as it was.
+///
+/// # Safety
+/// `p` is null or a live block from this library.
+#[no_mangle]
+pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+    if p.is_null() {
+        return malloc(size);
+    }
+    if size == 0 {
+        // SAFETY: the caller's contract.
+        unsafe { free(p) };
+        return ptr::null_mut();
+    }
+    // SAFETY: `p` is live (the caller's contract).
+    let q = unsafe { ALLOC.realloc_raw(p.cast(), size, MIN_ALIGN) };
+    if q.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    q.cast()
+}
+
+/// C `reallocarray`: `realloc(p, n * size)` with `ENOMEM` on overflow (leaving `p` alone).
+///
+/// # Safety
+/// As `realloc`.
+#[no_mangle]
+pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> *mut c_void {
+    match n.checked_mul(size) {
+        // SAFETY: the caller's contract.
+        Some(total) => unsafe { realloc(p, total) },
+        None => {
+            set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// C `posix_memalign`: `EINVAL` unless `align` is a power of two multiple of `sizeof(void *)`,
+/// `ENOMEM` on refusal (returned, not set in errno; `*out` untouched on error).
+///
+/// # Safety
+/// `out` is valid for a write.
+#[no_mangle]
+pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
+    if !align.is_power_of_two() || align % core::mem::size_of::<*mut c_void>() != 0 {
+        return libc::EINVAL;
+    }
+    let p = ALLOC.alloc_raw(size, align.max(MIN_ALIGN), false);
+    if p.is_null() {
+        return libc::ENOMEM;
+    }
+    // SAFETY: the caller's contract.
+    unsafe { *out = p.cast() };
+    0
+}
+
+/// C11 `aligned_alloc`: `EINVAL` unless `align` is a power of two (glibc 2.38's rule).
+#[no_mangle]
+pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    if !align.is_power_of_two() {
+        set_errno(libc::EINVAL);
+        return ptr::null_mut();
+    }
+    alloc(size, align.max(MIN_ALIGN), false)
+}
+
+/// `memalign`: an alignment that is not a power of two is rounded up to one, as glibc does;
+/// `EINVAL` if that is impossible.
+#[no_mangle]
+pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+    match align.max(MIN_ALIGN).checked_next_power_of_two() {
+        Some(a) if a <= isize::MAX as usize => alloc(size, a, false),
+        _ => {
+            set_errno(libc::EINVAL);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// `valloc`: page-aligned.
+#[no_mangle]
+pub extern "C" fn valloc(size: usize) -> *mut c_void {
+    alloc(size, page(), false)
+}
+
+/// `pvalloc`: page-aligned, size rounded up to whole pages (one page for 0).
+#[no_mangle]
+pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
+    let pg = page();
+    match size.max(1).checked_next_multiple_of(pg) {
+        Some(s) => alloc(s, pg, false),
+        None => {
+            set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// `malloc_usable_size`: 0 for null.
+///
+/// # Safety
+/// `p` is null or a live block from this library.
+#[no_mangle]
+pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
+    if p.is_null() {
+        0
+    } else {
+        // SAFETY: the caller's contract.
+        unsafe { ALLOC.usable_size(p.cast()) }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tensorpool C API (include/tensorpool.h)
+// ---------------------------------------------------------------------------------------------
+
+/// Set the calling thread's tensor kind (`TP_KIND_*`, 0 to 5) and return the previous one, or
+/// -1 (changing nothing) for an unknown kind. Restore by setting the returned kind again.
+#[no_mangle]
+pub extern "C" fn tensorpool_set_kind(kind: c_int) -> c_int {
+    match usize::try_from(kind).ok().and_then(TensorKind::from_index) {
+        Some(k) => tensorpool::set_current_kind(k).index() as c_int,
+        None => -1,
+    }
+}
+
+/// The calling thread's tensor kind.
+#[no_mangle]
+pub extern "C" fn tensorpool_get_kind() -> c_int {
+    tensorpool::current_kind().index() as c_int
+}
+
+/// The kind a name denotes (`"kv_cache"`, `"attention_weights"`, ... : the spellings
+/// `TensorKind::from_str` accepts), or -1.
+///
+/// # Safety
+/// `name` is null or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn tensorpool_kind_from_name(name: *const c_char) -> c_int {
+    if name.is_null() {
+        return -1;
+    }
+    // SAFETY: the caller's contract.
+    let s = unsafe { CStr::from_ptr(name) };
+    s.to_str()
+        .ok()
+        .and_then(|s| s.parse::<TensorKind>().ok())
+        .map_or(-1, |k| k.index() as c_int)
+}
+
+/// Release every cached block to the OS (see `TensorPool::trim`); returns the bytes released.
+#[no_mangle]
+pub extern "C" fn tensorpool_trim() -> usize {
+    ALLOC.trim()
+}
+
+/// Write the statistics to `fd`: the table, or one JSON line if `json` is non-zero. Returns 0,
+/// or -1 with errno set if the write failed.
+#[no_mangle]
+pub extern "C" fn tensorpool_write_stats(fd: c_int, json: c_int) -> c_int {
+    let s = ALLOC.stats();
+    let text = if json != 0 {
+        let mut j = s.to_json();
+        j.push('\n');
+        j
+    } else {
+        s.to_string()
+    };
+    let mut rest = text.as_bytes();
+    while !rest.is_empty() {
+        // SAFETY: `rest` is a valid buffer of its length.
+        let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
+        if n < 0 {
+            // SAFETY: as in `set_errno`.
+            if unsafe { *libc::__errno_location() } == libc::EINTR {
+                continue;
+            }
+            return -1;
+        }
+        rest = &rest[n as usize..];
+    }
+    0
+}
