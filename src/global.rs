@@ -262,7 +262,7 @@ impl TensorPool {
         if !p.is_null() {
             return p;
         }
-        LARGE.alloc(kind, size, align)
+        LARGE.alloc(kind, size, class_bytes, align)
     }
 
     /// Free a block of any kind.
@@ -358,13 +358,14 @@ impl TensorPool {
     /// # Safety
     /// `p` is a live block of this allocator.
     pub unsafe fn realloc_raw(&self, p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
-        // SAFETY: `p` is live (the caller's contract); its usable size bounds what is copied.
+        // SAFETY: `p` is live (the caller's contract), and still is when the in-place resize
+        // fails; its usable size bounds what is copied.
         unsafe {
-            let old = self.usable_size(p);
             let q = self.resize_in_place(p, align, new_size);
             if !q.is_null() {
                 return q;
             }
+            let old = self.usable_size(p);
             let q = self.alloc_raw(new_size, align, false);
             if !q.is_null() {
                 ptr::copy_nonoverlapping(p, q, old.min(new_size));

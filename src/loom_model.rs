@@ -163,7 +163,10 @@ impl LargePool {
 
     /// Allocate `size` bytes (above the small classes) of `kind`, 64-aligned; null on failure.
     pub fn alloc(&self, kind: usize, size: usize) -> *mut u8 {
-        self.0.alloc(kind, size, 64)
+        match large_size(size) {
+            Some(class_bytes) => self.0.alloc(kind, size, class_bytes, 64),
+            None => core::ptr::null_mut(),
+        }
     }
 
     /// Free a block of these pools.

@@ -574,11 +574,15 @@ impl LargePools {
         }
     }
 
-    /// Allocate a large block of kind `kind`. Null on overflow or OS refusal.
-    pub(crate) fn alloc(&self, kind: usize, size: usize, align: usize) -> *mut u8 {
-        let Some(class_bytes) = large_size(size) else {
-            return ptr::null_mut();
-        };
+    /// Allocate a large block of kind `kind` for `size` bytes, of class `class_bytes`
+    /// (`large_size(size)`, which the caller has already worked out). Null on OS refusal.
+    pub(crate) fn alloc(
+        &self,
+        kind: usize,
+        size: usize,
+        class_bytes: usize,
+        align: usize,
+    ) -> *mut u8 {
         let pool = &self.kinds[kind];
         let hit = pool.with(|p| {
             p.counters.requests = p.counters.requests.wrapping_add(1);
