@@ -5,10 +5,12 @@ use tensorpool::adapter::{
     checked_size, Bf16, LegacyAdapter, PoolManager, Qwen3VlAdapter, Qwen3VlConfig, Workspace, F16,
     TENSOR_ALIGN,
 };
-use tensorpool::{DType, Tensor, TensorError, TensorKind, TensorPool};
+use tensorpool::{DType, PoolConfig, Tensor, TensorError, TensorKind, TensorPool};
 
+// A fixed thread-cache limit, so that which blocks stay in the thread (where no concurrent test's
+// recycling can take them) does not depend on the machine's L3.
 #[global_allocator]
-static ALLOC: TensorPool = TensorPool::new();
+static ALLOC: TensorPool = TensorPool::with_config(PoolConfig::new().with_thread_cache(8 << 20));
 
 fn f32_adapter() -> Qwen3VlAdapter {
     Qwen3VlAdapter::new(Qwen3VlConfig {

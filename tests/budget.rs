@@ -4,8 +4,8 @@
 //! the budget says whether a working set fits.
 //!
 //! Tests run in parallel threads and each uses a kind of its own (pool counters are per kind;
-//! hot caches are per thread); only a child process calls `trim`, which would release other
-//! tests' pooled blocks.
+//! hot caches are per thread). Tests that read the shared pools' contents, or call `trim`, run
+//! alone in a child process: recycling takes cached blocks of any kind.
 use allocator_api2::alloc::Allocator;
 use std::alloc::Layout;
 use std::ptr::NonNull;
@@ -22,6 +22,17 @@ static ALLOC: TensorPool = TensorPool::with_config(PoolConfig::new().with_thread
 
 fn in_child() -> bool {
     std::env::var_os("TENSORPOOL_TEST_CHILD").is_some()
+}
+
+/// For tests that read the shared pools: run test `name` alone in a child process, where no
+/// other test's recycling (which takes cached blocks of any kind) or `trim` can reach its
+/// blocks. True in that child (run the body), false in the parent (the child ran it).
+fn alone(name: &str) -> bool {
+    if in_child() {
+        return true;
+    }
+    common::run_child_test(name, &[]);
+    false
 }
 
 fn fill(p: NonNull<u8>, len: usize, v: u8) {
@@ -100,7 +111,7 @@ fn reuse_is_most_recently_freed_first_without_the_pool() {
 
 #[test]
 fn the_coldest_blocks_flow_back_over_the_limit() {
-    if in_child() {
+    if !alone("the_coldest_blocks_flow_back_over_the_limit") {
         return;
     }
     let kind = TensorKind::KvCache;
@@ -138,7 +149,7 @@ fn the_coldest_blocks_flow_back_over_the_limit() {
 
 #[test]
 fn blocks_over_the_limit_bypass_the_thread_cache() {
-    if in_child() {
+    if !alone("blocks_over_the_limit_bypass_the_thread_cache") {
         return;
     }
     let kind = TensorKind::ImageEmbedding;
@@ -185,16 +196,7 @@ fn kinds_and_alignment_are_respected_and_zeroing_holds() {
 
 #[test]
 fn thread_exit_and_trim_send_the_cache_back() {
-    if in_child() {
-        return;
-    }
-    // In a child of its own: other tests' `trim` calls would release the pooled block.
-    common::run_child_test("exit_child", &[]);
-}
-
-#[test]
-fn exit_child() {
-    if !in_child() {
+    if !alone("thread_exit_and_trim_send_the_cache_back") {
         return;
     }
     let kind = TensorKind::General;
