@@ -20,7 +20,7 @@
 //! `budget()` report them as hot.
 
 use crate::kind::NUM_KINDS;
-use crate::pool::large::{self, LargeHeader};
+use crate::pool::large::{self, Extent};
 use crate::sync::{shared_static, AtomicUsize, Ordering, Stat};
 use crate::topology::CacheTopology;
 
@@ -74,7 +74,12 @@ pub(crate) struct HotCache {
     /// When each slot was filled (higher is more recent).
     stamps: [u64; HOT_SLOTS],
     starts: [*mut u8; HOT_SLOTS],
+    /// The blocks' descriptors (for the arena when a block flows back).
+    descs: [*mut Extent; HOT_SLOTS],
+    /// Usable bytes of each block (what a request may use).
     sizes: [u32; HOT_SLOTS],
+    /// Bytes each block holds (whole pages, as the arena counts them live).
+    held: [u32; HOT_SLOTS],
     /// Bit `i` set: slot `i` holds a block.
     full: u32,
     clock: u64,
@@ -97,22 +102,17 @@ pub(crate) struct HotCounters {
 }
 
 impl HotCache {
-    /// Take a cached block of `kind` for a request of `size` bytes (class `class_bytes`) whose
-    /// start is `align`-aligned: of its own class if there is one, else of up to four classes
-    /// larger (as the shared pool does), the most recently freed among the closest; null if
-    /// there is none.
+    /// Take a cached block of `kind` for a request of `size` bytes whose start is
+    /// `align`-aligned: of its own class if there is one, else of up to four classes larger,
+    /// the most recently freed among the closest; null if there is none.
     #[inline]
-    pub(crate) fn take(
-        &mut self,
-        kind: usize,
-        size: usize,
-        class_bytes: usize,
-        align: usize,
-    ) -> *mut u8 {
+    pub(crate) fn take(&mut self, kind: usize, size: usize, align: usize) -> *mut u8 {
         if self.full == 0 {
             return core::ptr::null_mut();
         }
-        let want = tag(kind, crate::class::large_index(class_bytes));
+        // Tags hold the class at or below each block's size, so the request's own (rounded
+        // down) class finds blocks of exactly its size; `sizes` then confirms the fit.
+        let want = tag(kind, class_below(size));
         let mut matches = 0u32;
         for (i, &t) in self.tags.iter().enumerate() {
             // Same kind, class `want` to `want + 4` (large class indexes stay far below 251 in a
@@ -125,17 +125,19 @@ impl HotCache {
             let i = matches.trailing_zeros() as usize;
             matches &= matches - 1;
             let key = (self.tags[i] - want, u64::MAX - self.stamps[i], i);
-            if best.is_none_or(|b| key < b) && (self.starts[i] as usize) % align == 0 {
+            let fits = self.sizes[i] as usize >= size && (self.starts[i] as usize) % align == 0;
+            if fits && best.is_none_or(|b| key < b) {
                 best = Some(key);
             }
         }
         let Some((_, _, i)) = best else {
             return core::ptr::null_mut();
         };
-        let (start, got) = (self.starts[i], self.sizes[i] as usize);
+        let (start, got) = (self.starts[i], self.held[i] as usize);
+        let e = self.descs[i];
         self.empty(i, kind);
         // SAFETY: cached blocks are blocks this thread freed and nobody else holds.
-        unsafe { large::reuse(header_of(start), size) };
+        unsafe { large::reuse(e) };
         let c = &self.counters[kind];
         c.hits.add(1);
         c.requested.add(size as u64);
@@ -147,25 +149,29 @@ impl HotCache {
     /// Returns false (caching nothing) if the block is larger than `limit`.
     ///
     /// # Safety
-    /// `h` is the header of a live large block, freed by this call.
-    pub(crate) unsafe fn put(&mut self, h: *mut LargeHeader, limit: usize) -> bool {
+    /// `e` is the descriptor of a live large block, freed by this call if it returns true.
+    pub(crate) unsafe fn put(&mut self, e: *mut Extent, limit: usize) -> bool {
         // SAFETY: the caller's contract.
-        let (start, size, kind) = unsafe { large::prepare_hot(h) };
-        if size > limit {
+        let (start, usable, bytes, kind) = unsafe { large::block_info(e) };
+        if bytes > limit {
             return false;
         }
-        while self.full == u32::MAX || self.bytes + size > limit {
+        // SAFETY: as above.
+        unsafe { large::prepare_hot(e) };
+        while self.full == u32::MAX || self.bytes + bytes > limit {
             self.flow_back_coldest();
         }
         let i = (!self.full).trailing_zeros() as usize;
         self.clock += 1;
-        self.tags[i] = tag(kind, crate::class::large_index(size));
+        self.tags[i] = tag(kind, class_below(usable));
         self.stamps[i] = self.clock;
         self.starts[i] = start;
-        self.sizes[i] = size as u32;
+        self.descs[i] = e;
+        self.sizes[i] = usable as u32;
+        self.held[i] = bytes as u32;
         self.full |= 1 << i;
-        self.bytes += size;
-        self.counters[kind].bytes.add(size as u64);
+        self.bytes += bytes;
+        self.counters[kind].bytes.add(bytes as u64);
         true
     }
 
@@ -179,8 +185,8 @@ impl HotCache {
     /// Free slot `i` (holding a block of `kind`).
     fn empty(&mut self, i: usize, kind: usize) {
         self.full &= !(1 << i);
-        self.bytes -= self.sizes[i] as usize;
-        self.counters[kind].bytes.sub(self.sizes[i] as u64);
+        self.bytes -= self.held[i] as usize;
+        self.counters[kind].bytes.sub(self.held[i] as u64);
     }
 
     fn flow_back_coldest(&mut self) {
@@ -193,12 +199,12 @@ impl HotCache {
                 cold = i;
             }
         }
-        let h = header_of(self.starts[cold]);
-        // The tag has the kind: no need to read the (likely cold) header before the free does.
+        let e = self.descs[cold];
+        // The tag has the kind: no need to read the (likely cold) descriptor before the free.
         let kind = (self.tags[cold] >> 8) as usize;
         self.empty(cold, kind);
-        // SAFETY: the block is counted live in its pool until this free.
-        unsafe { large::LARGE.free(h) };
+        // SAFETY: the block is counted live in the arena until this free.
+        unsafe { large::ARENA.free(e) };
     }
 
     /// Bytes cached now.
@@ -207,8 +213,9 @@ impl HotCache {
     }
 }
 
-fn header_of(start: *mut u8) -> *mut LargeHeader {
-    crate::pool::slab::segment_of(start).cast()
+/// The index of the large class at or below `bytes` (a whole number of pages or more).
+fn class_below(bytes: usize) -> usize {
+    crate::class::large_index(bytes.next_multiple_of(crate::os::PAGE))
 }
 
 /// The L3 budget as the allocator applies it, with the hot bytes at the time it was taken

@@ -77,25 +77,12 @@ pub(crate) fn small_size(c: usize) -> usize {
     SMALL_CLASSES[c] as usize
 }
 
-/// Large classes are page multiples, four per power of two (in pages). Returns the class's byte
-/// size for a request of `size` bytes, or `None` on overflow.
-pub(crate) fn large_size(size: usize) -> Option<usize> {
-    let pages = size.checked_add(crate::os::PAGE - 1)? / crate::os::PAGE;
-    let rounded = if pages <= 8 {
-        pages
-    } else {
-        // Keep the top three bits: steps of 2^(k-2) pages between 2^k and 2^(k+1).
-        let shift = usize::BITS - 1 - pages.leading_zeros() - 2;
-        let step = 1usize << shift;
-        pages.checked_add(step - 1)? & !(step - 1)
-    };
-    rounded.checked_mul(crate::os::PAGE)
-}
-
-/// Index of the large class of byte size `class_bytes` (as returned by `large_size`), used to pick
-/// a free list. Dense: consecutive classes get consecutive indices.
-pub(crate) fn large_index(class_bytes: usize) -> usize {
-    let pages = class_bytes / crate::os::PAGE;
+/// Index of the large class at or below `bytes`: classes are page counts, every count up to 8
+/// and then four per power of two (steps of `2^(k-2)` pages between `2^k` and `2^(k+1)`), so
+/// indices are dense and a class spans at most a quarter of its size. Thread caches group blocks
+/// by it.
+pub(crate) fn large_index(bytes: usize) -> usize {
+    let pages = bytes / crate::os::PAGE;
     if pages <= 8 {
         return pages;
     }
@@ -104,9 +91,6 @@ pub(crate) fn large_index(class_bytes: usize) -> usize {
     let j = (pages >> step_shift) - 4; // 0..4 (pages == 2^(k+1) rounds into the next k)
     8 + (k - 3) * 4 + j
 }
-
-/// Number of large-class indices (enough for any address-space-sized block).
-pub(crate) const NUM_LARGE: usize = 8 + (usize::BITS as usize - 3) * 4 + 4;
 
 #[cfg(test)]
 mod tests {
@@ -143,26 +127,21 @@ mod tests {
     }
 
     #[test]
-    fn large_classes_bound_waste_and_index_densely() {
-        let mut last_idx = None;
-        let mut last_size = 0;
-        let mut size = SMALL_MAX + 1;
-        while size < (1usize << 40) {
-            let c = large_size(size).unwrap();
-            assert!(c >= size && c % crate::os::PAGE == 0);
-            assert!((c - size) as f64 <= size as f64 * 0.25 + crate::os::PAGE as f64);
-            let idx = large_index(c);
-            assert!(idx < NUM_LARGE);
-            if c != last_size {
-                if let Some(li) = last_idx {
-                    assert_eq!(idx, li + 1, "class {c} after {last_size}");
-                }
-                last_idx = Some(idx);
-                last_size = c;
+    fn large_indices_are_dense_and_classes_narrow() {
+        let mut first = 0; // first page count of the current index
+        let mut last_idx = large_index(5 * crate::os::PAGE);
+        for pages in 6..(1usize << 22) {
+            let idx = large_index(pages * crate::os::PAGE);
+            assert!(idx == last_idx || idx == last_idx + 1, "{pages} pages");
+            if idx != last_idx {
+                first = pages;
+                last_idx = idx;
             }
-            assert_eq!(large_size(c), Some(c), "classes are fixed points");
-            size = c + 1;
+            // Every page count of one index is within a quarter of the index's first.
+            assert!(
+                first == 0 || (pages - first) * 4 < first.max(8),
+                "{pages} after {first}"
+            );
         }
-        assert_eq!(large_size(usize::MAX), None);
     }
 }

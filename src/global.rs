@@ -7,7 +7,8 @@
 
 use crate::kind::{TensorKind, NUM_KINDS};
 use crate::options::{ExitReport, PoolConfig};
-use crate::pool::large::{self, LargeCounters, LargeHeader, LARGE, LARGE_TAG};
+use crate::pagemap;
+use crate::pool::large::{self, ArenaCounters, LargeCounters, ARENA};
 use crate::pool::slab;
 use crate::sync::{shared_static, AtomicBool, Ordering};
 use crate::tcache;
@@ -65,21 +66,22 @@ impl TensorPool {
         if CONFIGURED.swap(true, Ordering::AcqRel) {
             return false;
         }
-        let default = crate::options::default_capacity();
-        let env = crate::options::read_env(&self.config, default);
-        for (k, &cap) in self.config.capacity.iter().enumerate() {
-            let code = if cap == crate::options::DEFAULT_CAPACITY {
-                default
-            } else {
-                cap
-            };
-            let cap = env.capacity[k].unwrap_or(code);
-            LARGE.kinds[k].with(|p| p.capacity = cap);
-        }
-        LARGE.huge_pages.store(
-            env.huge_pages.unwrap_or(self.config.huge_pages),
-            Ordering::Relaxed,
-        );
+        let env = crate::options::read_env(&self.config);
+        ARENA.with(|s| {
+            for (k, &cap) in self.config.capacity.iter().enumerate() {
+                let code = if cap == crate::options::DEFAULT_CAPACITY {
+                    large::AUTO
+                } else {
+                    cap
+                };
+                s.capacity[k] = env.capacity[k].unwrap_or(code);
+            }
+            s.huge_pages = env.huge_pages.unwrap_or(self.config.huge_pages);
+            s.lazy_purge = env.lazy_purge.unwrap_or(self.config.lazy_purge);
+            s.decay.set_ms(env.decay_ms.unwrap_or(self.config.decay_ms));
+        });
+        let background = env.background.unwrap_or(self.config.background);
+        crate::background::configure(background);
         let report = env.exit_report.unwrap_or(self.config.exit_report);
         if report != ExitReport::Off {
             EXIT_REPORT.store(report as u8, core::sync::atomic::Ordering::Relaxed);
@@ -120,11 +122,40 @@ impl TensorPool {
         crate::timeline::snapshot()
     }
 
-    /// Change one kind's soft capacity (live + cached large-block bytes) at run time. Cached blocks
-    /// over the new capacity are released at the kind's next allocation or free.
+    /// Change one kind's soft capacity (live + cached large-block bytes) at run time:
+    /// `DEFAULT_CAPACITY` lets the kind follow the workload again. Cached memory over the new
+    /// capacity is returned to the OS at the kind's next free.
     pub fn set_capacity(&self, kind: TensorKind, bytes: usize) {
         self.init();
-        LARGE.kinds[kind.index()].with(|p| p.capacity = bytes);
+        let cap = if bytes == crate::options::DEFAULT_CAPACITY {
+            large::AUTO
+        } else {
+            bytes
+        };
+        ARENA.with(|s| s.capacity[kind.index()] = cap);
+    }
+
+    /// Change the decay time at run time: freed memory idle for `ms` milliseconds goes back to
+    /// the OS (`0`: at every free; negative: never). Returns the previous value.
+    pub fn set_decay_ms(&self, ms: i64) -> i64 {
+        self.init();
+        let ms = ms.max(large::DECAY_NEVER);
+        ARENA.with(|s| {
+            let old = s.decay.ms();
+            s.decay.set_ms(ms);
+            old
+        })
+    }
+
+    /// Whether the background decay thread is running (see `PoolConfig::with_background`).
+    pub fn background_running(&self) -> bool {
+        crate::background::running()
+    }
+
+    /// The decay time in force (milliseconds; negative: never).
+    pub fn decay_ms(&self) -> i64 {
+        self.init();
+        ARENA.with(|s| s.decay.ms())
     }
 
     /// The cache topology the allocator budgets for, and where it came from: Linux sysfs with
@@ -139,20 +170,26 @@ impl TensorPool {
         crate::topology::current()
     }
 
-    /// One kind's soft capacity in bytes (after configuration: the code's value or the
-    /// environment's).
+    /// One kind's configured soft capacity in bytes (the code's value or the environment's), or
+    /// `usize::MAX` while the kind follows the workload (the default: see `PoolConfig`).
     pub fn capacity(&self, kind: TensorKind) -> usize {
         self.init();
-        LARGE.kinds[kind.index()].with(|p| p.capacity)
+        ARENA.with(|s| s.capacity[kind.index()])
     }
 
-    /// Release every cached block of every kind to the OS, the calling thread's hot cache
-    /// included. Returns the bytes released. (Other threads' hot caches stay: they are theirs
-    /// alone, and bounded by the thread-cache limit; a thread's exit sends its cache back to the
-    /// pools.)
+    /// Return every cached page of every kind to the OS, the calling thread's hot cache
+    /// included, and unmap the address space left wholly free. Returns the bytes released.
+    /// (Other threads' hot caches stay: they are theirs alone, and bounded by the thread-cache
+    /// limit; a thread's exit sends its cache back.)
     pub fn trim(&self) -> usize {
         tcache::hot_flush();
-        LARGE.trim()
+        ARENA.trim()
+    }
+
+    /// Let decay catch up now (what the background thread does, and every allocator call that
+    /// runs a slow path): memory idle for a whole decay period goes back to the OS.
+    pub fn collect(&self) {
+        ARENA.tick();
     }
 
     /// The L3 budget as applied: the topology, each core's share of the last-level cache, the
@@ -171,14 +208,20 @@ impl TensorPool {
         }
     }
 
-    /// Counters of one kind's large-block pool.
+    /// Counters of one kind's large blocks.
     pub fn large_counters(&self, kind: TensorKind) -> LargeCounters {
-        LARGE.kinds[kind.index()].with(|p| p.counters)
+        self.all_large_counters()[kind.index()]
     }
 
-    /// Counters of all kinds' large-block pools, indexed by `TensorKind::index`.
+    /// Counters of all kinds' large blocks, indexed by `TensorKind::index`.
     pub fn all_large_counters(&self) -> [LargeCounters; NUM_KINDS] {
-        core::array::from_fn(|k| LARGE.kinds[k].with(|p| p.counters))
+        ARENA.with(|s| s.kind_counters())
+    }
+
+    /// Counters of the arena all large blocks and segments come from: mapped, dirty and clean
+    /// bytes, regions (mappings), purges, recoveries.
+    pub fn arena_counters(&self) -> ArenaCounters {
+        ARENA.with(|s| s.arena_counters())
     }
 
     /// A snapshot of the statistics, per kind and in aggregate (see `Stats`). Takes each kind's
@@ -204,6 +247,7 @@ impl TensorPool {
             &small,
             &limits,
             segments,
+            self.arena_counters(),
             crate::os::resident_bytes().map(|r| r as u64),
         )
     }
@@ -213,15 +257,16 @@ impl TensorPool {
     /// # Safety
     /// `p` is a live block allocated by a `TensorPool`.
     pub unsafe fn usable_size(&self, p: *mut u8) -> usize {
-        let seg = slab::segment_of(p);
-        // SAFETY: `p` is live, so its segment header is readable and tagged.
-        unsafe {
-            if tcache::is_small(seg) {
-                tcache::small_usable(seg, p)
-            } else {
-                large::info(seg.cast()).0
-            }
+        if pagemap::is_small(p) {
+            // SAFETY: `p` is a live small block.
+            return unsafe { tcache::small_usable(slab::segment_of(p), p) };
         }
+        let e = ARENA.lookup(p);
+        if e.is_null() {
+            invalid_free(p, "malloc_usable_size");
+        }
+        // SAFETY: `e` is the live block at `p`.
+        unsafe { large::usable(e, p) }
     }
 
     /// Kind of the pool that owns a live block.
@@ -229,14 +274,16 @@ impl TensorPool {
     /// # Safety
     /// `p` is a live block allocated by a `TensorPool`.
     pub unsafe fn kind_of(&self, p: *mut u8) -> TensorKind {
-        let seg = slab::segment_of(p);
-        // SAFETY: `p` is live, so its segment header is readable and tagged.
-        let k = unsafe {
-            if tcache::is_small(seg) {
-                tcache::small_kind(seg, p)
-            } else {
-                large::kind_of(seg.cast())
+        let k = if pagemap::is_small(p) {
+            // SAFETY: `p` is a live small block.
+            unsafe { tcache::small_kind(slab::segment_of(p), p) }
+        } else {
+            let e = ARENA.lookup(p);
+            if e.is_null() {
+                return TensorKind::General;
             }
+            // SAFETY: `e` is the live block at `p`.
+            unsafe { large::kind_of(e) }
         };
         TensorKind::from_index(k).unwrap_or(TensorKind::General)
     }
@@ -255,14 +302,18 @@ impl TensorPool {
         if !CONFIGURED.load(Ordering::Relaxed) {
             self.configure();
         }
-        let Some(class_bytes) = crate::class::large_size(size) else {
-            return ptr::null_mut();
-        };
-        let p = tcache::hot_take(kind, size, class_bytes, align);
+        let p = tcache::hot_take(kind, size, align);
         if !p.is_null() {
             return p;
         }
-        LARGE.alloc(kind, size, class_bytes, align)
+        let p = ARENA.alloc(kind, size, align);
+        if !p.is_null() {
+            return p;
+        }
+        // The arena released everything free and still failed: give back this thread's hot
+        // cache too and try a last time.
+        tcache::hot_flush();
+        ARENA.alloc(kind, size, align)
     }
 
     /// Free a block of any kind.
@@ -271,19 +322,30 @@ impl TensorPool {
     /// `p` is a live block allocated by a `TensorPool`.
     #[inline]
     pub(crate) unsafe fn free(&self, p: *mut u8) {
-        let seg = slab::segment_of(p);
-        // SAFETY: `p` is live; its header tells small from large.
+        if pagemap::is_small(p) {
+            // SAFETY: `p` is a live small block of its segment.
+            unsafe { tcache::free_small(slab::segment_of(p), p) };
+        } else {
+            // SAFETY: the caller's contract.
+            unsafe { self.free_large(p) };
+        }
+    }
+
+    /// # Safety
+    /// As for `free`.
+    #[inline(never)]
+    unsafe fn free_large(&self, p: *mut u8) {
+        let e = ARENA.lookup(p);
+        if e.is_null() {
+            invalid_free(p, "free");
+        }
+        // SAFETY: `e` is the live block at `p`, freed once by this call.
         unsafe {
-            if tcache::is_small(seg) {
-                tcache::free_small(seg, p);
-            } else {
-                debug_assert_eq!(*(seg as *const usize), LARGE_TAG);
-                let h = seg.cast::<LargeHeader>();
-                if !tcache::hot_put(h) {
-                    LARGE.free(h);
-                }
+            if !tcache::hot_put(e) {
+                ARENA.free(e);
             }
         }
+        crate::background::poke();
     }
 
     /// Grow or shrink in place if possible; null if the caller must move the block.
@@ -293,22 +355,58 @@ impl TensorPool {
     pub(crate) unsafe fn resize_in_place(
         &self,
         p: *mut u8,
-        align: usize,
+        _align: usize,
         new_size: usize,
     ) -> *mut u8 {
-        let seg = slab::segment_of(p);
-        // SAFETY: `p` is live; its header tells small from large.
-        unsafe {
-            if tcache::is_small(seg) {
-                let usable = tcache::small_usable(seg, p);
-                if new_size <= usable && (new_size > usable / 2 || usable <= 64) {
-                    return p;
-                }
-                ptr::null_mut()
-            } else {
-                LARGE.realloc(seg.cast(), p, new_size, align)
+        if pagemap::is_small(p) {
+            // SAFETY: `p` is a live small block.
+            let usable = unsafe { tcache::small_usable(slab::segment_of(p), p) };
+            if new_size <= usable && (new_size > usable / 2 || usable <= 64) {
+                return p;
+            }
+            return ptr::null_mut();
+        }
+        let e = ARENA.lookup(p);
+        if e.is_null() {
+            invalid_free(p, "realloc");
+        }
+        // A large block shrinking into the small classes moves (a few KiB copied).
+        // SAFETY: `e` is the live block at `p`, held by the caller.
+        if new_size > crate::class::SMALL_MAX && unsafe { ARENA.resize(e, p, new_size) } {
+            p
+        } else {
+            ptr::null_mut()
+        }
+    }
+
+    /// Move a live block to a new one of `new_size` bytes of the same kind, copying `keep`
+    /// bytes; null (with `p` untouched) on failure.
+    ///
+    /// # Safety
+    /// `p` is a live block of at least `keep` bytes; `align` is a valid alignment.
+    unsafe fn realloc_move(
+        &self,
+        p: *mut u8,
+        keep: usize,
+        new_size: usize,
+        align: usize,
+    ) -> *mut u8 {
+        let Ok(layout) = Layout::from_size_align(new_size, align) else {
+            return ptr::null_mut();
+        };
+        // A block keeps its kind when it grows, whatever the thread's tag is now: a KV cache
+        // grown outside its scope stays a KV cache.
+        // SAFETY: `p` is live.
+        let kind = unsafe { self.kind_of(p) }.index();
+        let q = self.alloc_kind(kind, layout);
+        if !q.is_null() {
+            // SAFETY: both blocks are live and distinct; `keep` fits both.
+            unsafe {
+                ptr::copy_nonoverlapping(p, q, keep.min(new_size));
+                self.free(p);
             }
         }
+        q
     }
 
     /// Whether a live block is known to be zero-filled (fresh from the OS).
@@ -316,10 +414,29 @@ impl TensorPool {
     /// # Safety
     /// `p` is a live block allocated by a `TensorPool`.
     unsafe fn is_fresh(&self, p: *mut u8) -> bool {
-        let seg = slab::segment_of(p);
-        // SAFETY: `p` is live.
-        unsafe { !tcache::is_small(seg) && large::info(seg.cast()).1 }
+        if pagemap::is_small(p) {
+            return false;
+        }
+        let e = ARENA.lookup(p);
+        // SAFETY: a non-null `e` is the live block at `p`.
+        !e.is_null() && unsafe { large::is_zero(e) }
     }
+}
+
+/// An address that is not a live block of ours reached `free`, `realloc` or a size query: stop
+/// the process before the allocator's state is corrupted (the block was never ours, or it was
+/// freed already). Writes one line to stderr and aborts.
+#[cold]
+#[inline(never)]
+pub(crate) fn invalid_free(p: *mut u8, what: &str) -> ! {
+    use core::fmt::Write;
+    let mut line = crate::stats::StackStr::<160>::new();
+    let _ = writeln!(
+        line,
+        "tensorpool: {what}({p:p}): not a live block of this allocator (invalid pointer or double free); aborting"
+    );
+    crate::os::write_stderr(line.as_bytes());
+    crate::os::abort()
 }
 
 /// The raw interface a C ABI needs: sizes and alignments as C passes them, blocks freed by
@@ -366,12 +483,7 @@ impl TensorPool {
                 return q;
             }
             let old = self.usable_size(p);
-            let q = self.alloc_raw(new_size, align, false);
-            if !q.is_null() {
-                ptr::copy_nonoverlapping(p, q, old.min(new_size));
-                self.free(p);
-            }
-            q
+            self.realloc_move(p, old, new_size, align)
         }
     }
 }
@@ -419,19 +531,8 @@ unsafe impl GlobalAlloc for TensorPool {
         if !q.is_null() {
             return q;
         }
-        let Ok(new_layout) = Layout::from_size_align(new_size, align) else {
-            return ptr::null_mut();
-        };
-        // SAFETY: a valid non-zero layout (the caller guarantees new_size > 0).
-        let q = unsafe { self.alloc(new_layout) };
-        if !q.is_null() {
-            // SAFETY: both blocks are live and distinct; we copy what both can hold.
-            unsafe {
-                ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
-                self.free(p);
-            }
-        }
-        q
+        // SAFETY: `p` is live with `layout.size()` bytes (the caller's contract).
+        unsafe { self.realloc_move(p, layout.size(), new_size, align) }
     }
 }
 
@@ -501,19 +602,17 @@ pub(crate) fn ensure_process_init() {
 /// not exist in it.
 unsafe extern "C" fn fork_prepare() {
     tcache::lock_all();
-    for k in &LARGE.kinds {
-        k.raw_lock();
-    }
+    ARENA.raw_lock();
 }
 
 unsafe extern "C" fn fork_parent() {
-    for k in LARGE.kinds.iter().rev() {
-        k.raw_unlock();
-    }
+    ARENA.raw_unlock();
     tcache::unlock_all();
 }
 
 unsafe extern "C" fn fork_child() {
     // SAFETY: same as in the parent: we hold every lock and release it.
-    unsafe { fork_parent() }
+    unsafe { fork_parent() };
+    // The parent's background thread does not exist in the child.
+    crate::background::after_fork_child();
 }

@@ -21,6 +21,7 @@
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
 pub mod adapter;
+mod background;
 mod budget;
 mod class;
 mod global;
@@ -29,8 +30,10 @@ mod kind;
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod loom_model;
+mod meta;
 mod options;
 mod os;
+mod pagemap;
 mod pool;
 mod stats;
 mod sync;
@@ -40,6 +43,7 @@ mod timeline;
 mod topology;
 
 pub use adapter::{DType, Tensor, TensorError};
+pub use background::defer_background_thread;
 pub use budget::{L3Budget, THREAD_CACHE_AUTO, THREAD_CACHE_MAX};
 pub use global::TensorPool;
 pub use handle::KindHandle;
@@ -48,7 +52,7 @@ pub use kind::{
 };
 pub use options::{ExitReport, PoolConfig, DEFAULT_CAPACITY};
 pub use os::resident_bytes;
-pub use pool::large::LargeCounters;
+pub use pool::large::{ArenaCounters, LargeCounters};
 pub use stats::{PoolStats, Stats, COLUMNS as STATS_COLUMNS};
 pub use tiles::{plan_matmul, plan_tiles, round_to_line, MatmulBlocks, PlanError, TilePlan};
 pub use timeline::{Sample, Timeline, TIMELINE_CAPACITY};

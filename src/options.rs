@@ -3,15 +3,17 @@
 
 use crate::kind::{TensorKind, NUM_KINDS};
 
-/// Capacity value meaning "the default": half of physical memory, per kind.
+/// Capacity value meaning "the default": the kind keeps no fixed number and the arena's memory
+/// follows the workload (cached memory is bounded by the recent peak of live bytes).
 pub const DEFAULT_CAPACITY: usize = 0;
 
 /// Process-wide allocator configuration, applied when the allocator first serves a large block
 /// (or at `TensorPool::init`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolConfig {
-    /// Soft capacity per kind on live + cached large-block bytes; over it, least recently
-    /// released cached blocks go back to the OS. `DEFAULT_CAPACITY` picks half of physical memory.
+    /// Soft capacity per kind on live + cached large-block bytes; over it, the kind's least
+    /// recently released cached memory goes back to the OS (a request is never refused for it).
+    /// `DEFAULT_CAPACITY`: no fixed number; cached memory follows the workload.
     pub capacity: [usize; NUM_KINDS],
     /// Advise transparent huge pages for large blocks of 2 MiB or more.
     pub huge_pages: bool,
@@ -22,6 +24,14 @@ pub struct PoolConfig {
     /// Bytes each thread's cache of freed large blocks may hold (0: no thread cache);
     /// `THREAD_CACHE_AUTO` takes each core's share of L3, at most `THREAD_CACHE_MAX`.
     pub thread_cache: usize,
+    /// Milliseconds freed memory stays resident for reuse before it goes back to the OS
+    /// (`0`: at every free; negative: never).
+    pub decay_ms: i64,
+    /// Run a background thread that lets decay return an idle process's memory.
+    pub background: bool,
+    /// Return memory with `MADV_FREE` (taken by the kernel only under pressure, and counted as
+    /// resident until then) instead of `MADV_DONTNEED`.
+    pub lazy_purge: bool,
 }
 
 impl PoolConfig {
@@ -33,7 +43,28 @@ impl PoolConfig {
             exit_report: ExitReport::Off,
             timeline: false,
             thread_cache: crate::budget::THREAD_CACHE_AUTO,
+            decay_ms: crate::pool::large::DEFAULT_DECAY_MS,
+            background: false,
+            lazy_purge: false,
         }
+    }
+
+    /// Set the decay time in milliseconds (`TENSORPOOL_DECAY_MS` overrides it).
+    pub const fn with_decay_ms(mut self, ms: i64) -> Self {
+        self.decay_ms = if ms < 0 { -1 } else { ms };
+        self
+    }
+
+    /// Run the background decay thread (`TENSORPOOL_BACKGROUND` overrides it).
+    pub const fn with_background(mut self, on: bool) -> Self {
+        self.background = on;
+        self
+    }
+
+    /// Purge with `MADV_FREE` instead of `MADV_DONTNEED` (`TENSORPOOL_PURGE` overrides it).
+    pub const fn with_lazy_purge(mut self, on: bool) -> Self {
+        self.lazy_purge = on;
+        self
     }
 
     /// Set the thread-cache limit in bytes (0 turns thread caching of large blocks off;
@@ -74,11 +105,6 @@ impl Default for PoolConfig {
     }
 }
 
-/// Half of physical memory (the default capacity), or 1 GiB if the OS will not say.
-pub(crate) fn default_capacity() -> usize {
-    crate::os::physical_memory().map_or(1 << 30, |b| b / 2)
-}
-
 /// What to print to stderr at process exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ExitReport {
@@ -100,6 +126,9 @@ pub(crate) struct EnvOptions {
     pub(crate) exit_report: Option<ExitReport>,
     pub(crate) timeline: Option<bool>,
     pub(crate) thread_cache: Option<usize>,
+    pub(crate) decay_ms: Option<i64>,
+    pub(crate) background: Option<bool>,
+    pub(crate) lazy_purge: Option<bool>,
 }
 
 /// Environment variable names for the per-kind capacities, in kind index order.
@@ -112,27 +141,38 @@ const CAPACITY_VARS: [&core::ffi::CStr; NUM_KINDS] = [
     c"TENSORPOOL_CAPACITY_ACTIVATION",
 ];
 
-/// Read every `TENSORPOOL_*` option. `kept_capacity` is what a bad capacity value falls back to
-/// (named in the warning).
-pub(crate) fn read_env(config: &PoolConfig, default_cap: usize) -> EnvOptions {
+/// Read every `TENSORPOOL_*` option; a bad value is warned about and the code's value kept.
+pub(crate) fn read_env(config: &PoolConfig) -> EnvOptions {
     let mut o = EnvOptions::default();
     let all = read_var(
         c"TENSORPOOL_CAPACITY",
         parse_size,
         "a size such as 512M or 8G",
-        || Kept::Text("the default"),
+        || Kept::Text("the default (following the workload)"),
     );
     for (k, var) in CAPACITY_VARS.iter().enumerate() {
-        let code = match config.capacity[k] {
-            DEFAULT_CAPACITY => default_cap,
-            c => c,
+        let kept = match all.unwrap_or(config.capacity[k]) {
+            DEFAULT_CAPACITY => Kept::Text("the default (following the workload)"),
+            c => Kept::Bytes(c),
         };
-        let kept = all.unwrap_or(code);
-        o.capacity[k] = read_var(var, parse_size, "a size such as 512M or 8G", || {
-            Kept::Bytes(kept)
-        })
-        .or(all);
+        o.capacity[k] = read_var(var, parse_size, "a size such as 512M or 8G", || kept).or(all);
     }
+    o.decay_ms = read_var(
+        c"TENSORPOOL_DECAY_MS",
+        parse_decay,
+        "milliseconds, 0 (at once) or -1 (never)",
+        || Kept::Millis(config.decay_ms),
+    );
+    o.background = read_var(c"TENSORPOOL_BACKGROUND", parse_bool, "0 or 1", || {
+        Kept::Bool(config.background)
+    });
+    o.lazy_purge = read_var(c"TENSORPOOL_PURGE", parse_purge, "dontneed or free", || {
+        Kept::Text(if config.lazy_purge {
+            "free"
+        } else {
+            "dontneed"
+        })
+    });
     o.huge_pages = read_var(c"TENSORPOOL_HUGE_PAGES", parse_bool, "0 or 1", || {
         Kept::Bool(config.huge_pages)
     });
@@ -162,6 +202,7 @@ enum Kept {
     Bytes(usize),
     Count(usize),
     Bool(bool),
+    Millis(i64),
     Text(&'static str),
 }
 
@@ -193,6 +234,7 @@ fn warn_bad(name: &core::ffi::CStr, raw: &[u8], expected: &str, kept: Kept) {
         Kept::Bytes(b) => write!(line, "{} ({b} bytes)", crate::stats::Bytes(b as u64)),
         Kept::Count(n) => write!(line, "{n}"),
         Kept::Bool(b) => write!(line, "{}", u8::from(b)),
+        Kept::Millis(ms) => write!(line, "{ms}"),
         Kept::Text(t) => write!(line, "{t}"),
     };
     let _ = line.write_char('\n');
@@ -246,6 +288,27 @@ pub(crate) fn parse_size(s: &[u8]) -> Option<usize> {
 /// Whether `s` is one of `words`, ignoring ASCII case (no allocation).
 fn is_one_of(s: &[u8], words: &[&[u8]]) -> bool {
     words.iter().any(|w| s.eq_ignore_ascii_case(w))
+}
+
+/// A decay time: `-1` (never) or a whole number of milliseconds.
+fn parse_decay(s: &[u8]) -> Option<i64> {
+    let s = trim(s);
+    if s == b"-1" {
+        return Some(-1);
+    }
+    parse_uint(s).and_then(|v| i64::try_from(v).ok())
+}
+
+/// How to purge: `dontneed` (false) or `free` (true), any case.
+fn parse_purge(s: &[u8]) -> Option<bool> {
+    let s = trim(s);
+    if is_one_of(s, &[b"dontneed", b"madv_dontneed"]) {
+        Some(false)
+    } else if is_one_of(s, &[b"free", b"madv_free"]) {
+        Some(true)
+    } else {
+        None
+    }
 }
 
 fn parse_bool(s: &[u8]) -> Option<bool> {
@@ -398,5 +461,14 @@ mod tests {
         assert_eq!(parse_report(b"1"), Some(ExitReport::Table));
         assert_eq!(parse_report(b"0"), Some(ExitReport::Off));
         assert_eq!(parse_report(b"xml"), None);
+        assert_eq!(parse_decay(b"-1"), Some(-1));
+        assert_eq!(parse_decay(b" 250 "), Some(250));
+        assert_eq!(parse_decay(b"0"), Some(0));
+        for bad in [&b"-2"[..], b"1.5", b"ten", b"", b"99999999999999999999"] {
+            assert_eq!(parse_decay(bad), None);
+        }
+        assert_eq!(parse_purge(b"FREE"), Some(true));
+        assert_eq!(parse_purge(b"dontneed"), Some(false));
+        assert_eq!(parse_purge(b"never"), None);
     }
 }

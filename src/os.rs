@@ -68,16 +68,6 @@ pub(crate) fn unmap(p: *mut u8, len: usize) {
     }
 }
 
-/// Give the physical pages of a range back while keeping the range mapped; the next touch reads
-/// zeros (MADV_DONTNEED, so resident memory drops at once, unlike MADV_FREE).
-pub(crate) fn decommit(p: *mut u8, len: usize) {
-    debug_assert!(p as usize % PAGE == 0 && len % PAGE == 0);
-    // SAFETY: the range is mapped, owned by the caller, and holds no live data.
-    unsafe {
-        libc::madvise(p.cast(), len, libc::MADV_DONTNEED);
-    }
-}
-
 /// Ask for transparent huge pages on a range (the kernel here runs THP in `madvise` mode).
 pub(crate) fn advise_huge(p: *mut u8, len: usize) {
     // SAFETY: advice on a mapped range owned by the caller; it never changes contents.
@@ -86,31 +76,44 @@ pub(crate) fn advise_huge(p: *mut u8, len: usize) {
     }
 }
 
-/// Grow the mapping at `p` from `old` to `new` bytes without moving it. `false` if the virtual
-/// range after it is taken.
-pub(crate) fn grow_in_place(p: *mut u8, old: usize, new: usize) -> bool {
-    // SAFETY: `p..p+old` is a mapping the caller owns; without MREMAP_MAYMOVE the kernel either
-    // extends it in place or fails and leaves it untouched.
-    let r = unsafe { libc::mremap(p.cast(), old, new, 0) };
-    r != libc::MAP_FAILED
-}
-
-/// Move the pages of the mapping `p..p+old` to `dst`, growing it to `new` bytes, without copying
-/// data (the kernel moves page-table entries). `dst..dst+new` must be a range the caller reserved;
-/// it is replaced. `false` leaves both ranges as they were.
-pub(crate) fn move_to(p: *mut u8, old: usize, new: usize, dst: *mut u8) -> bool {
-    // SAFETY: the source is the caller's mapping, the destination a reservation of the caller's
-    // that MREMAP_FIXED replaces atomically; on failure nothing changes.
-    let r = unsafe {
-        libc::mremap(
-            p.cast(),
-            old,
-            new,
-            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-            dst,
+/// Map `len` bytes (a multiple of `PAGE`) of fresh, zeroed, read-write memory at `hint` if that
+/// range is free, else wherever the kernel chooses; null on failure. The hint is only a
+/// preference (no `MAP_FIXED`): nothing already mapped is ever replaced.
+pub(crate) fn map_near(hint: *mut u8, len: usize) -> *mut u8 {
+    debug_assert!(len % PAGE == 0 && len > 0);
+    // SAFETY: an anonymous private mapping without MAP_FIXED never replaces an existing one; the
+    // result is checked against MAP_FAILED.
+    let p = unsafe {
+        libc::mmap(
+            hint.cast(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
         )
     };
-    r != libc::MAP_FAILED
+    if p == libc::MAP_FAILED {
+        ptr::null_mut()
+    } else {
+        p.cast()
+    }
+}
+
+/// Give the physical pages of a range back to the OS while keeping the range mapped (which
+/// splits no mapping). With `lazy` the kernel takes them only under memory pressure
+/// (`MADV_FREE`: the pages stay in the resident count until then, and their contents are
+/// undefined); otherwise at once (`MADV_DONTNEED`: the next touch reads zeros). Returns whether
+/// the kernel accepted the advice.
+pub(crate) fn purge(p: *mut u8, len: usize, lazy: bool) -> bool {
+    debug_assert!(p as usize % PAGE == 0 && len % PAGE == 0);
+    let advice = if lazy {
+        libc::MADV_FREE
+    } else {
+        libc::MADV_DONTNEED
+    };
+    // SAFETY: the range is mapped, owned by the caller and holds no live data.
+    unsafe { libc::madvise(p.cast(), len, advice) == 0 }
 }
 
 /// The size of a page as the OS reports it.
@@ -185,13 +188,6 @@ pub fn resident_bytes() -> Option<usize> {
     Some(pages * page_size())
 }
 
-/// Physical memory in bytes.
-pub(crate) fn physical_memory() -> Option<usize> {
-    // SAFETY: sysconf has no preconditions.
-    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
-    (pages > 0).then(|| pages as usize * page_size())
-}
-
 /// The value of environment variable `name` (a NUL-terminated name), read without allocating:
 /// a borrow of the process's environment block, which the allocator reads once at start-up,
 /// before any thread could change it.
@@ -221,10 +217,58 @@ pub(crate) fn write_stderr(mut bytes: &[u8]) {
     }
 }
 
+/// Stop the process with SIGABRT (after a message: the caller writes it).
+pub(crate) fn abort() -> ! {
+    // SAFETY: abort has no preconditions and does not return.
+    unsafe { libc::abort() }
+}
+
 /// Run `f` at normal process exit (`atexit`). Returns false if it could not be registered.
 pub(crate) fn at_exit(f: extern "C" fn()) -> bool {
     // SAFETY: `f` is a plain function that lives for the whole program.
     unsafe { libc::atexit(f) == 0 }
+}
+
+/// Monotonic time in nanoseconds at the kernel tick's resolution (a few milliseconds; vDSO, a
+/// few nanoseconds a call): the clock of decay, where milliseconds are the unit.
+pub(crate) fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writing into a local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Sleep for `ns` nanoseconds (interrupted sleeps end early; callers loop anyway).
+pub(crate) fn sleep_ns(ns: u64) {
+    let ts = libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: a valid timespec; the remainder pointer may be null.
+    unsafe { libc::nanosleep(&ts, ptr::null_mut()) };
+}
+
+/// Start a detached thread running `f(null)` with a small stack. Returns whether it started.
+/// `pthread_create` may call `malloc` (for its thread-local storage), so callers must hold no
+/// allocator lock.
+pub(crate) fn spawn_detached(f: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void) -> bool {
+    // SAFETY: the attribute object is initialised before use and destroyed after; the thread
+    // function is a plain function that lives for the whole program.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        if libc::pthread_attr_init(&mut attr) != 0 {
+            return false;
+        }
+        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        libc::pthread_attr_setstacksize(&mut attr, 256 << 10);
+        let mut tid: libc::pthread_t = 0;
+        let r = libc::pthread_create(&mut tid, &attr, f, ptr::null_mut());
+        libc::pthread_attr_destroy(&mut attr);
+        r == 0
+    }
 }
 
 /// Monotonic time in nanoseconds (vDSO: no system call on Linux).

@@ -13,7 +13,7 @@
 //! through `core::fmt`, so the exit report can run inside the allocator.
 
 use crate::kind::{TensorKind, NUM_KINDS};
-use crate::pool::large::LargeCounters;
+use crate::pool::large::{ArenaCounters, LargeCounters};
 use core::fmt::{self, Write as _};
 
 /// One pool's statistics: a kind's, or a sum over kinds.
@@ -23,10 +23,10 @@ use core::fmt::{self, Write as _};
 ///   block on a thread heap's pages, a cached large block, or pages recycled from other cached
 ///   blocks); a *miss* needed new memory (a small request that took a new slab page, or a large
 ///   block mapped fresh);
-/// - *live* bytes are handed out and not freed (block sizes); *cached* bytes are freed large
-///   blocks kept mapped in the kind's shared pool; *hot* bytes are the thread caches: free small
-///   blocks on the thread heaps' pages and freed large blocks in the threads' hot caches (see
-///   `L3Budget`), reused next by the thread that freed them;
+/// - *live* bytes are handed out and not freed (block sizes); *cached* bytes are freed large-block
+///   memory still resident in the arena, counted under the kind that released it; *hot* bytes
+///   are the thread caches: free small blocks on the thread heaps' pages and freed large blocks in
+///   the threads' hot caches (see `L3Budget`), reused next by the thread that freed them;
 /// - *utilization* is `live / (live + cached + hot)`: the share of the memory the pool holds
 ///   that is in use;
 /// - *overhead* is `(granted - requested) / requested` over large blocks: rounding to size
@@ -39,11 +39,11 @@ pub struct PoolStats {
     pub hits: u64,
     /// Requests that needed new memory.
     pub misses: u64,
-    /// Large requests served by moving another cached block's pages (counted in `hits` too).
+    /// Large requests served from memory another kind released (counted in `hits` too).
     pub recycled: u64,
     /// Bytes handed out and not yet freed.
     pub live_bytes: u64,
-    /// Freed large-block bytes kept mapped for reuse.
+    /// Freed large-block bytes kept resident for reuse.
     pub cached_bytes: u64,
     /// Free small-block bytes on the thread heaps' pages, and large blocks in thread caches.
     pub hot_bytes: u64,
@@ -56,15 +56,11 @@ pub struct PoolStats {
     pub requested_bytes: u64,
     /// Large-block bytes handed out for them (class sizes).
     pub granted_bytes: u64,
-    /// Cached blocks released to the OS (capacity, `trim`, recycling remainders).
+    /// Purges of cached memory (decay, the workload bound, a capacity, `trim`).
     pub evictions: u64,
-    /// Bytes of those blocks.
+    /// Bytes they returned to the OS.
     pub evicted_bytes: u64,
-    /// Mappings made for large blocks.
-    pub os_maps: u64,
-    /// Mappings released.
-    pub os_unmaps: u64,
-    /// Large allocations that left live bytes above the kind's soft capacity.
+    /// Large allocations that left live + cached bytes above the kind's configured capacity.
     pub over_capacity: u64,
     /// Requests refused by a handle's hard limit.
     pub limit_refusals: u64,
@@ -119,8 +115,6 @@ impl PoolStats {
             granted_bytes,
             evictions,
             evicted_bytes,
-            os_maps,
-            os_unmaps,
             over_capacity,
             limit_refusals,
             limited_bytes
@@ -139,10 +133,13 @@ pub struct Stats {
     pub specialised: PoolStats,
     /// All kinds.
     pub total: PoolStats,
-    /// Slab segments (4 MiB, holding the small blocks of every kind) mapped and unmapped.
+    /// Slab segments (4 MiB, holding the small blocks of every kind) taken from the arena and
+    /// given back.
     pub segment_maps: u64,
     /// See `segment_maps`.
     pub segment_unmaps: u64,
+    /// The arena every large block and segment lives in.
+    pub arena: ArenaCounters,
     /// The process's resident memory when the snapshot was taken, if the OS said.
     pub resident_bytes: Option<u64>,
 }
@@ -169,6 +166,7 @@ impl Stats {
         small: &[HeapPart; NUM_KINDS],
         limits: &[(u64, u64); NUM_KINDS],
         segments: (u64, u64),
+        arena: ArenaCounters,
         resident: Option<u64>,
     ) -> Stats {
         let kinds: [PoolStats; NUM_KINDS] = core::array::from_fn(|k| {
@@ -177,7 +175,7 @@ impl Stats {
             let small_misses = s.new_pages.min(s.requests);
             PoolStats {
                 requests: l.requests + s.requests + s.hot_hits,
-                hits: l.hits + l.recycled + (s.requests - small_misses) + s.hot_hits,
+                hits: l.hits + (s.requests - small_misses) + s.hot_hits,
                 misses: l.misses + small_misses,
                 recycled: l.recycled,
                 live_bytes: l.live_bytes.saturating_sub(s.hot_bytes) + small_live,
@@ -188,8 +186,6 @@ impl Stats {
                 granted_bytes: l.granted_bytes + s.hot_granted,
                 evictions: l.evictions,
                 evicted_bytes: l.evicted_bytes,
-                os_maps: l.os_maps,
-                os_unmaps: l.os_unmaps,
                 over_capacity: l.over_capacity,
                 limit_refusals: limits[k].1,
                 limited_bytes: limits[k].0,
@@ -209,6 +205,7 @@ impl Stats {
             total,
             segment_maps: segments.0,
             segment_unmaps: segments.1,
+            arena,
             resident_bytes: resident,
         }
     }
@@ -239,9 +236,11 @@ impl Stats {
         write_pool_json(w, &self.total)?;
         write!(
             w,
-            ",\"segment_maps\":{},\"segment_unmaps\":{},\"resident_bytes\":",
+            ",\"segment_maps\":{},\"segment_unmaps\":{},",
             self.segment_maps, self.segment_unmaps
         )?;
+        write_arena_json(w, &self.arena)?;
+        w.write_str(",\"resident_bytes\":")?;
         match self.resident_bytes {
             Some(r) => write!(w, "{r}}}"),
             None => w.write_str("null}"),
@@ -257,13 +256,45 @@ impl Stats {
     }
 }
 
+fn write_arena_json(w: &mut impl fmt::Write, a: &ArenaCounters) -> fmt::Result {
+    write!(
+        w,
+        "\"arena\":{{\"mapped_bytes\":{},\"regions\":{},\"chunk_maps\":{},\"unmaps\":{},\
+         \"dirty_bytes\":{},\"clean_bytes\":{},\"segment_bytes\":{},\"live_bytes\":{},\
+         \"purges\":{},\"purged_bytes\":{},\"decay_purged_bytes\":{},\
+         \"bound_purged_bytes\":{},\"capacity_purged_bytes\":{},\"recoveries\":{},\
+         \"extents\":{},\"meta_bytes\":{},\"recent_peak_bytes\":{},\"bound_bytes\":{},\
+         \"grown_in_place\":{},\"shrunk_in_place\":{}}}",
+        a.mapped_bytes,
+        a.regions,
+        a.chunk_maps,
+        a.unmaps,
+        a.dirty_bytes,
+        a.clean_bytes,
+        a.segment_bytes,
+        a.live_bytes,
+        a.purges,
+        a.purged_bytes,
+        a.decay_purged_bytes,
+        a.bound_purged_bytes,
+        a.capacity_purged_bytes,
+        a.recoveries,
+        a.extents,
+        a.meta_bytes,
+        a.recent_peak_bytes,
+        a.bound_bytes,
+        a.grown_in_place,
+        a.shrunk_in_place
+    )
+}
+
 fn write_pool_json(w: &mut impl fmt::Write, p: &PoolStats) -> fmt::Result {
     write!(
         w,
         "{{\"requests\":{},\"hits\":{},\"misses\":{},\"recycled\":{},\"live_bytes\":{},\
          \"cached_bytes\":{},\"hot_bytes\":{},\"peak_live_bytes\":{},\"requested_bytes\":{},\
-         \"granted_bytes\":{},\"evictions\":{},\"evicted_bytes\":{},\"os_maps\":{},\
-         \"os_unmaps\":{},\"over_capacity\":{},\"limit_refusals\":{},\"limited_bytes\":{},\
+         \"granted_bytes\":{},\"evictions\":{},\"evicted_bytes\":{},\
+         \"over_capacity\":{},\"limit_refusals\":{},\"limited_bytes\":{},\
          \"hit_rate\":{:.6},\"overhead_percent\":{:.4},\"utilization\":{:.6}}}",
         p.requests,
         p.hits,
@@ -277,8 +308,6 @@ fn write_pool_json(w: &mut impl fmt::Write, p: &PoolStats) -> fmt::Result {
         p.granted_bytes,
         p.evictions,
         p.evicted_bytes,
-        p.os_maps,
-        p.os_unmaps,
         p.over_capacity,
         p.limit_refusals,
         p.limited_bytes,
@@ -361,7 +390,7 @@ impl fmt::Display for Pct {
 }
 
 /// The table's columns, in order (names as printed in the header).
-pub const COLUMNS: [&str; 13] = [
+pub const COLUMNS: [&str; 11] = [
     "pool",
     "requests",
     "hit rate",
@@ -370,9 +399,7 @@ pub const COLUMNS: [&str; 13] = [
     "hot",
     "peak live",
     "overhead",
-    "evicted",
-    "maps",
-    "unmaps",
+    "returned",
     "over cap",
     "refused",
 ];
@@ -380,7 +407,7 @@ pub const COLUMNS: [&str; 13] = [
 fn write_row(f: &mut fmt::Formatter<'_>, name: &str, p: &PoolStats) -> fmt::Result {
     writeln!(
         f,
-        "{:<16} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>6} {:>6} {:>8} {:>7}",
+        "{:<16} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>8} {:>7}",
         name,
         p.requests,
         Pct(p.hit_rate()),
@@ -390,8 +417,6 @@ fn write_row(f: &mut fmt::Formatter<'_>, name: &str, p: &PoolStats) -> fmt::Resu
         Bytes(p.peak_live_bytes),
         Pct(p.overhead_percent() / 100.0),
         Bytes(p.evicted_bytes),
-        p.os_maps,
-        p.os_unmaps,
         p.over_capacity,
         p.limit_refusals,
     )
@@ -404,19 +429,19 @@ impl fmt::Display for Stats {
         let c = &COLUMNS;
         writeln!(
             f,
-            "{:<16} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>6} {:>6} {:>8} {:>7}",
-            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12]
+            "{:<16} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>8} {:>7}",
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8], c[9], c[10]
         )?;
         for (k, p) in TensorKind::ALL.iter().zip(&self.kinds) {
             write_row(f, k.name(), p)?;
         }
-        writeln!(f, "{:-<133}", "")?;
+        writeln!(f, "{:-<119}", "")?;
         write_row(f, "general pool", &self.general)?;
         write_row(f, "specialised", &self.specialised)?;
         write_row(f, "total", &self.total)?;
         write!(
             f,
-            "utilization {} (live / (live + cached + hot)); slab segments mapped {}, unmapped {}",
+            "utilization {} (live / (live + cached + hot)); slab segments taken {}, returned {}",
             Pct(self.total.utilization()),
             self.segment_maps,
             self.segment_unmaps
@@ -424,7 +449,25 @@ impl fmt::Display for Stats {
         if let Some(r) = self.resident_bytes {
             write!(f, "; resident {}", Bytes(r))?;
         }
-        writeln!(f)
+        let a = &self.arena;
+        writeln!(
+            f,
+            "\narena: {} mapped in {} regions ({} chunks mapped, {} ranges unmapped); \
+             dirty {}, clean {}, segments {}; returned to the OS {} (decay {}, bound {}, \
+             capacity {}); recoveries {}",
+            Bytes(a.mapped_bytes),
+            a.regions,
+            a.chunk_maps,
+            a.unmaps,
+            Bytes(a.dirty_bytes),
+            Bytes(a.clean_bytes),
+            Bytes(a.segment_bytes),
+            Bytes(a.purged_bytes),
+            Bytes(a.decay_purged_bytes),
+            Bytes(a.bound_purged_bytes),
+            Bytes(a.capacity_purged_bytes),
+            a.recoveries
+        )
     }
 }
 

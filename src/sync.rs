@@ -12,6 +12,15 @@ pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
+/// Atomics that loom does not model, in every build: statistics, and tables that are written
+/// under a modelled lock and read only by a thread that a modelled handoff (the block's pointer
+/// passed through the program's own synchronisation) already orders after the write. Modelling
+/// them would only multiply loom's state space (the small-segment bitmap alone has a million
+/// words), and zero bytes are a valid value for each, so they can live in zeroed memory.
+pub(crate) mod plain {
+    pub(crate) use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, AtomicUsize};
+}
+
 /// Declare a process-wide static of shared state. Normal builds get a plain `static` (its
 /// initialiser must be const); loom builds get a `loom::lazy_static`, because loom's atomics
 /// cannot be built in a const context and each model execution must start from fresh state.

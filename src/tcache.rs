@@ -19,7 +19,8 @@ use crate::budget::HotCache;
 use crate::class::{small_class, NUM_SMALL};
 use crate::kind::NUM_KINDS;
 use crate::os;
-use crate::pool::slab::{self, Block, Page, Segment, SEGMENT_SIZE, SMALL_TAG};
+use crate::pool::large::{Extent, ARENA};
+use crate::pool::slab::{self, Block, Page, Segment, SEGMENT_SIZE};
 use crate::stats::HeapPart;
 use crate::sync::{shared_static, AtomicBool, AtomicPtr, AtomicUsize, Ordering, SpinLock, Stat};
 use core::cell::{Cell, UnsafeCell};
@@ -73,8 +74,8 @@ pub(crate) struct Heap {
     in_use: AtomicBool,
     /// Next heap in the registry (set before publication, never changed).
     next_heap: *mut Heap,
-    /// Segments this heap mapped from the OS, and unmapped (written by the owner only). Segments
-    /// hold pages of every kind, so they are counted per heap, not per kind.
+    /// Segments this heap took from the arena, and gave back (written by the owner only).
+    /// Segments hold pages of every kind, so they are counted per heap, not per kind.
     seg_maps: Stat,
     seg_unmaps: Stat,
     /// Frees seen by the owner, per (kind, class), at each page's `stat_index`: a free finds its
@@ -289,11 +290,11 @@ pub(crate) fn alloc_small_kind(kind: usize, class: usize) -> *mut u8 {
 // Large blocks through the thread's hot cache (see `budget`)
 // ---------------------------------------------------------------------------------------------
 
-/// A large block of `kind` for a request of `size` bytes (class `class_bytes`) from the calling
-/// thread's hot cache, or null (the class bypasses the cache, or no match).
+/// A large block of `kind` for a request of `size` bytes from the calling thread's hot cache, or
+/// null (the size bypasses the cache, or no match).
 #[inline]
-pub(crate) fn hot_take(kind: usize, size: usize, class_bytes: usize, align: usize) -> *mut u8 {
-    if class_bytes > crate::budget::limit() {
+pub(crate) fn hot_take(kind: usize, size: usize, align: usize) -> *mut u8 {
+    if size > crate::budget::limit() {
         return ptr::null_mut();
     }
     // SAFETY: `CUR` always points at a valid kind heap; a non-null heap is this thread's own.
@@ -306,22 +307,22 @@ pub(crate) fn hot_take(kind: usize, size: usize, class_bytes: usize, align: usiz
                 return ptr::null_mut();
             }
         }
-        (*heap).hot.take(kind, size, class_bytes, align)
+        (*heap).hot.take(kind, size, align)
     }
 }
 
 /// Free a large block into the calling thread's hot cache; false if it bypasses the cache (the
-/// caller frees it to its pool).
+/// caller frees it to the arena).
 ///
 /// # Safety
-/// `h` is the header of a live large block, freed by this call if it returns true.
+/// `e` is the descriptor of a live large block, freed by this call if it returns true.
 #[inline]
-pub(crate) unsafe fn hot_put(h: *mut crate::pool::large::LargeHeader) -> bool {
+pub(crate) unsafe fn hot_put(e: *mut Extent) -> bool {
     let limit = crate::budget::limit();
-    // SAFETY: as in `hot_take`; the caller's contract covers `h`.
+    // SAFETY: as in `hot_take`; the caller's contract covers `e`.
     unsafe {
         let heap = (*CUR.get()).heap;
-        !heap.is_null() && limit > 0 && (*heap).hot.put(h, limit)
+        !heap.is_null() && limit > 0 && (*heap).hot.put(e, limit)
     }
 }
 
@@ -352,7 +353,7 @@ pub(crate) fn hot_bytes_here() -> usize {
 /// Free a small block.
 ///
 /// # Safety
-/// `p` is a live small block (its segment carries `SMALL_TAG`).
+/// `p` is a live small block of segment `seg` (`pagemap::is_small(p)`).
 #[inline(always)]
 pub(crate) unsafe fn free_small(seg: *mut Segment, p: *mut u8) {
     // SAFETY: `p` is live, so its segment and page descriptor are valid; the page's owner-only
@@ -447,6 +448,8 @@ pub(crate) unsafe fn refill(kh: *mut KindHeap, class: usize) -> *mut u8 {
     // SAFETY: owner-only access to the heap (the caller's contract).
     unsafe {
         drain_delayed((*kh).heap);
+        // The slow path runs regularly: the arena's decay heartbeat rides on it.
+        ARENA.tick();
         let page = find_page(kh, class);
         if page.is_null() {
             return ptr::null_mut();
@@ -569,8 +572,9 @@ unsafe fn retire_page(heap: *mut Heap, kh: *mut KindHeap, page: *mut Page) {
             segment_unlink(heap, seg);
             if (*heap).spare.is_null() {
                 (*heap).spare = seg;
-            } else if !segment_cache_put(seg) {
+            } else {
                 (*heap).seg_unmaps.add(1);
+                ARENA.segment_free(seg.cast());
             }
         }
     }
@@ -656,13 +660,8 @@ unsafe fn new_page(heap: *mut Heap, kind: u8, class: usize) -> *mut Page {
         let seg = if !(*heap).spare.is_null() {
             core::mem::replace(&mut (*heap).spare, ptr::null_mut())
         } else {
-            let seg = segment_cache_take();
-            if seg.is_null() {
-                (*heap).seg_maps.add(1);
-                os::map_aligned(SEGMENT_SIZE, SEGMENT_SIZE).cast::<Segment>()
-            } else {
-                seg
-            }
+            (*heap).seg_maps.add(1);
+            ARENA.segment_alloc(SEGMENT_SIZE).cast::<Segment>()
         };
         if seg.is_null() {
             return ptr::null_mut();
@@ -716,59 +715,6 @@ unsafe fn queue_unlink(head: &mut *mut Page, p: *mut Page) {
         (*p).next = ptr::null_mut();
         (*p).prev = ptr::null_mut();
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Segment cache (shared): empty segments, decommitted, ready for any heap.
-// ---------------------------------------------------------------------------------------------
-
-const SEGMENT_CACHE_MAX: usize = 8;
-
-struct SegmentCache {
-    segs: [*mut Segment; SEGMENT_CACHE_MAX],
-    len: usize,
-}
-// SAFETY: the cached segments are empty mappings owned by the cache; access is under its lock.
-unsafe impl Send for SegmentCache {}
-
-shared_static! {
-    static SEGMENT_CACHE: SpinLock<SegmentCache> = SpinLock::new(SegmentCache {
-        segs: [ptr::null_mut(); SEGMENT_CACHE_MAX],
-        len: 0,
-    });
-}
-
-/// Cache an empty segment, or unmap it if the cache is full; returns whether it was cached.
-fn segment_cache_put(seg: *mut Segment) -> bool {
-    // Hand the pages' memory back but keep the address range, so the next heap skips the mmap.
-    os::decommit(
-        (seg as usize + crate::class::SLAB_SIZE) as *mut u8,
-        SEGMENT_SIZE - crate::class::SLAB_SIZE,
-    );
-    let kept = SEGMENT_CACHE.with(|c| {
-        if c.len < SEGMENT_CACHE_MAX {
-            c.segs[c.len] = seg;
-            c.len += 1;
-            true
-        } else {
-            false
-        }
-    });
-    if !kept {
-        os::unmap(seg.cast(), SEGMENT_SIZE);
-    }
-    kept
-}
-
-fn segment_cache_take() -> *mut Segment {
-    SEGMENT_CACHE.with(|c| {
-        if c.len == 0 {
-            ptr::null_mut()
-        } else {
-            c.len -= 1;
-            c.segs[c.len]
-        }
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -937,8 +883,9 @@ pub(crate) unsafe fn abandon(heap: *mut Heap) {
             }
         }
         let spare = core::mem::replace(&mut (*heap).spare, ptr::null_mut());
-        if !spare.is_null() && !segment_cache_put(spare) {
+        if !spare.is_null() {
             (*heap).seg_unmaps.add(1);
+            ARENA.segment_free(spare.cast());
         }
         // Release: everything above happens before the adopter's Acquire in `acquire`.
         (*heap).in_use.store(false, Ordering::Release);
@@ -948,12 +895,10 @@ pub(crate) unsafe fn abandon(heap: *mut Heap) {
 /// Take every lock of the small path (fork preparation).
 pub(crate) fn lock_all() {
     EXIT_KEY_LOCK.raw_lock();
-    SEGMENT_CACHE.raw_lock();
 }
 
 /// Release what `lock_all` took.
 pub(crate) fn unlock_all() {
-    SEGMENT_CACHE.raw_unlock();
     EXIT_KEY_LOCK.raw_unlock();
 }
 
@@ -1122,7 +1067,8 @@ pub(crate) unsafe fn model_census(heap: *mut Heap) -> Census {
     c
 }
 
-/// Unmap every heap of `reg`, their segments and the shared segment cache (end of a model).
+/// Unmap every heap of `reg` and return their segments to the arena (end of a model; the
+/// arena itself goes with the model's execution).
 ///
 /// # Safety
 /// No block of these heaps is in use and no thread touches them any more.
@@ -1137,18 +1083,15 @@ pub(crate) unsafe fn model_release(reg: &Registry) {
             let mut seg = (*h).segments;
             while !seg.is_null() {
                 let n = (*seg).next;
-                os::unmap(seg.cast(), SEGMENT_SIZE);
+                ARENA.segment_free(seg.cast());
                 seg = n;
             }
             if !(*h).spare.is_null() {
-                os::unmap((*h).spare.cast(), SEGMENT_SIZE);
+                ARENA.segment_free((*h).spare.cast());
             }
             os::unmap(h.cast(), len);
             h = next;
         }
-    }
-    while let Some(seg) = core::ptr::NonNull::new(segment_cache_take()) {
-        os::unmap(seg.as_ptr().cast(), SEGMENT_SIZE);
     }
 }
 
@@ -1190,16 +1133,6 @@ pub(crate) fn small_totals(kind: usize) -> (HeapPart, u64, u64) {
         }
     }
     (t, maps, unmaps)
-}
-
-/// Whether the segment is a small-block segment (else it is a large block's header).
-///
-/// # Safety
-/// `seg` is `segment_of(p)` for a live block `p`.
-#[inline(always)]
-pub(crate) unsafe fn is_small(seg: *mut Segment) -> bool {
-    // SAFETY: both headers start with their tag word.
-    unsafe { (*seg).tag == SMALL_TAG }
 }
 
 /// Usable size of a live small block.

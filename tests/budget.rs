@@ -3,9 +3,13 @@
 //! pool), lets larger blocks bypass it, goes back to the pools at thread exit and on `trim`, and
 //! the budget says whether a working set fits.
 //!
-//! Tests run in parallel threads and each uses a kind of its own (pool counters are per kind;
-//! hot caches are per thread). Tests that read the shared pools' contents, or call `trim`, run
-//! alone in a child process: recycling takes cached blocks of any kind.
+//! Tests run in parallel threads and each uses a kind of its own (counters are per kind; hot
+//! caches are per thread). Tests that read the arena's contents, or call `trim`, run alone in a
+//! child process: the arena serves any kind from any kind's freed memory.
+//!
+//! A block holds whole pages (its usable bytes plus its cache colour, the offset of its start in
+//! its first page); thread caches and the arena count those bytes, read here from the
+//! `granted_bytes` counter around each allocation.
 use allocator_api2::alloc::Allocator;
 use std::alloc::Layout;
 use std::ptr::NonNull;
@@ -33,6 +37,13 @@ fn alone(name: &str) -> bool {
     }
     common::run_child_test(name, &[]);
     false
+}
+
+/// Allocate `l` through `h`, returning the block and the bytes it holds.
+fn alloc_held(h: tensorpool::KindHandle, l: Layout) -> (NonNull<u8>, u64) {
+    let g0 = ALLOC.large_counters(h.kind()).granted_bytes;
+    let p = h.allocate(l).unwrap().cast::<u8>();
+    (p, ALLOC.large_counters(h.kind()).granted_bytes - g0)
 }
 
 fn fill(p: NonNull<u8>, len: usize, v: u8) {
@@ -72,8 +83,12 @@ fn reuse_is_most_recently_freed_first_without_the_pool() {
     let kind = TensorKind::Attention;
     let h = ALLOC.handle(kind);
     let l = Layout::from_size_align(256 * KIB, 64).unwrap();
-    let a = h.allocate(l).unwrap().cast::<u8>();
-    let b = h.allocate(l).unwrap().cast::<u8>();
+    let (a, ha) = alloc_held(h, l);
+    let (b, hb) = alloc_held(h, l);
+    assert!(
+        ha >= l.size() as u64 && ha <= (l.size() + 4096) as u64,
+        "{ha}"
+    );
     fill(a, l.size(), 0xa1);
     fill(b, l.size(), 0xb2);
     let before = ALLOC.large_counters(kind);
@@ -82,14 +97,14 @@ fn reuse_is_most_recently_freed_first_without_the_pool() {
         h.deallocate(b, l);
     }
     let budget = ALLOC.budget();
-    assert_eq!(budget.thread_hot_bytes, 2 * l.size() as u64);
-    assert!(budget.hot(kind) >= 2 * l.size() as u64);
+    assert_eq!(budget.thread_hot_bytes, ha + hb);
+    assert!(budget.hot(kind) >= ha + hb);
     // The frees never reached the shared pool: it still counts both blocks live.
     let mid = ALLOC.large_counters(kind);
     assert_eq!(mid.cached_bytes, before.cached_bytes);
     assert_eq!(mid.live_bytes, before.live_bytes);
     let s = ALLOC.stats();
-    assert!(s.kind(kind).hot_bytes >= 2 * l.size() as u64);
+    assert!(s.kind(kind).hot_bytes >= ha + hb);
 
     let r1 = h.allocate(l).unwrap().cast::<u8>();
     let r2 = h.allocate(l).unwrap().cast::<u8>();
@@ -99,7 +114,7 @@ fn reuse_is_most_recently_freed_first_without_the_pool() {
     assert_eq!(ALLOC.budget().thread_hot_bytes, 0);
     let after = ALLOC.large_counters(kind);
     assert_eq!(after.requests, before.requests, "no pool request");
-    assert_eq!(after.os_maps, before.os_maps);
+    assert_eq!(after.misses, before.misses);
     let s2 = ALLOC.stats();
     assert_eq!(s2.kind(kind).requests, s.kind(kind).requests + 2);
     assert_eq!(s2.kind(kind).hits, s.kind(kind).hits + 2);
@@ -116,32 +131,43 @@ fn the_coldest_blocks_flow_back_over_the_limit() {
     }
     let kind = TensorKind::KvCache;
     let h = ALLOC.handle(kind);
-    let l = Layout::from_size_align(256 * KIB, 64).unwrap();
+    // Four of these fit the 1 MiB limit (each holds at most one page more), five do not.
+    let l = Layout::from_size_align(240 * KIB, 64).unwrap();
     let blocks: Vec<_> = (0..6u8)
         .map(|i| {
-            let p = h.allocate(l).unwrap().cast::<u8>();
+            let (p, held) = alloc_held(h, l);
             fill(p, l.size(), i);
-            p
+            (p, held)
         })
         .collect();
     let before = ALLOC.large_counters(kind);
-    for &p in &blocks {
+    for &(p, _) in &blocks {
         unsafe { h.deallocate(p, l) };
     }
-    // 1 MiB holds four: the first two freed (the coldest) went back to the pool.
-    assert_eq!(ALLOC.budget().thread_hot_bytes, LIMIT as u64);
+    // The first two freed (the coldest) went back to the arena.
+    let hot: u64 = blocks[2..].iter().map(|b| b.1).sum();
+    let cold: u64 = blocks[..2].iter().map(|b| b.1).sum();
+    assert_eq!(ALLOC.budget().thread_hot_bytes, hot);
     let mid = ALLOC.large_counters(kind);
-    assert_eq!(mid.cached_bytes - before.cached_bytes, 2 * l.size() as u64);
-    assert_eq!(before.live_bytes - mid.live_bytes, 2 * l.size() as u64);
-    // Reuse takes the hot ones newest first, then the pool's (also newest first).
+    assert_eq!(mid.cached_bytes - before.cached_bytes, cold);
+    assert_eq!(before.live_bytes - mid.live_bytes, cold);
+    // Reuse takes the hot ones newest first, then memory the arena kept resident: no fresh
+    // pages at all.
     let again: Vec<_> = (0..6)
         .map(|_| h.allocate(l).unwrap().cast::<u8>())
         .collect();
-    let expect: Vec<_> = blocks.iter().rev().copied().collect();
-    assert_eq!(again, expect);
-    for (i, &p) in blocks.iter().enumerate() {
+    let expect: Vec<_> = blocks[2..].iter().rev().map(|b| b.0).collect();
+    assert_eq!(again[..4], expect[..]);
+    let after = ALLOC.large_counters(kind);
+    assert_eq!(after.misses, mid.misses, "served from resident memory");
+    assert_eq!(after.hits - mid.hits, 2);
+    for (i, &(p, _)) in blocks.iter().enumerate().skip(2) {
         check(p, l.size(), i as u8);
     }
+    let mut starts: Vec<_> = again.iter().map(|p| p.as_ptr() as usize).collect();
+    starts.sort();
+    starts.dedup();
+    assert_eq!(starts.len(), 6, "a block handed out twice");
     for &p in &again {
         unsafe { h.deallocate(p, l) };
     }
@@ -201,26 +227,30 @@ fn thread_exit_and_trim_send_the_cache_back() {
     }
     let kind = TensorKind::General;
     let l = Layout::from_size_align(192 * KIB, 64).unwrap();
-    let freed = std::thread::spawn(move || {
+    let held = std::thread::spawn(move || {
         let h = ALLOC.handle(kind);
-        let p = h.allocate(l).unwrap().cast::<u8>();
+        let (p, held) = alloc_held(h, l);
         fill(p, l.size(), 0x5a);
         unsafe { h.deallocate(p, l) };
-        assert_eq!(ALLOC.budget().thread_hot_bytes, 192 * KIB as u64);
-        p.as_ptr() as usize
+        assert_eq!(ALLOC.budget().thread_hot_bytes, held);
+        held
     })
     .join()
     .unwrap();
-    // The exited thread's cache went back to the shared pool, where this thread finds it.
+    // The exited thread's cache went back to the arena, where this thread's request of the
+    // same size takes it: resident memory, no fresh pages.
+    let c = ALLOC.large_counters(kind);
+    assert!(c.cached_bytes >= held, "{c:?}");
     let h = ALLOC.handle(kind);
-    let p = h.allocate(l).unwrap().cast::<u8>();
-    assert_eq!(p.as_ptr() as usize, freed);
-    check(p, l.size(), 0x5a);
+    let (p, held2) = alloc_held(h, l);
+    assert_eq!(ALLOC.large_counters(kind).misses, c.misses);
+    fill(p, l.size(), 0x6b);
     unsafe { h.deallocate(p, l) };
-    assert_eq!(ALLOC.budget().thread_hot_bytes, 192 * KIB as u64);
+    assert_eq!(ALLOC.budget().thread_hot_bytes, held2);
     let released = ALLOC.trim();
     assert!(released >= 192 * KIB, "trim released {released}");
     assert_eq!(ALLOC.budget().thread_hot_bytes, 0);
+    assert_eq!(ALLOC.large_counters(kind).cached_bytes, 0);
 }
 
 #[test]
@@ -271,9 +301,10 @@ fn child_entry() {
     println!("limit={}", b.thread_limit);
     let h = ALLOC.handle(TensorKind::Attention);
     let l = Layout::from_size_align(64 * KIB, 64).unwrap();
-    let p = h.allocate(l).unwrap();
-    unsafe { h.deallocate(p.cast(), l) };
+    let (p, held) = alloc_held(h, l);
+    unsafe { h.deallocate(p, l) };
     println!("hot={}", ALLOC.budget().thread_hot_bytes);
+    println!("held={held}");
 }
 
 #[test]
@@ -287,8 +318,12 @@ fn environment_sets_the_limit_and_bad_values_warn() {
         "{out}"
     );
     let (out, _) = common::run_child_test("child_entry", &[("TENSORPOOL_THREAD_CACHE", "256K")]);
+    let held = out
+        .lines()
+        .find_map(|l| l.strip_prefix("held="))
+        .expect("held line");
     assert!(
-        out.contains("limit=262144\n") && out.contains("hot=65536\n"),
+        out.contains("limit=262144\n") && out.contains(&format!("hot={held}\n")),
         "{out}"
     );
     let (out, err) = common::run_child_test("child_entry", &[("TENSORPOOL_THREAD_CACHE", "lots")]);

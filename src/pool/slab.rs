@@ -1,12 +1,11 @@
 //! Segments and slab pages: where small blocks live.
 //!
-//! A segment is a `SEGMENT_SIZE`-aligned mapping owned by one thread heap. Its first slab page holds
-//! the header (segment fields and the descriptors of all pages); the other pages each serve one
-//! (kind, size class). The owner of any block is found from its address alone:
-//! `segment = (ptr - 1) & !(SEGMENT_SIZE - 1)`, `page = (ptr - segment) >> SLAB_SHIFT`.
-//! (`ptr - 1` rather than `ptr` lets a large block with an alignment of a whole segment or more
-//! place its header exactly one segment below itself; small blocks never start at a segment's
-//! first byte, so for them the two are the same.)
+//! A segment is a `SEGMENT_SIZE`-aligned extent of the arena owned by one thread heap, marked in
+//! the page map's small-segment bitmap while it is. Its first slab page holds the header
+//! (segment fields and the descriptors of all pages); the other pages each serve one (kind, size
+//! class). The owner of any block is found from its address alone, once the bitmap has said the
+//! address is a small block's: `segment = ptr & !(SEGMENT_SIZE - 1)`,
+//! `page = (ptr - segment) >> SLAB_SHIFT`.
 //!
 //! Per page invariant: `used + |free| + |remote| + |delayed blocks of this page| +
 //! (reserved - capacity) == reserved`, where `capacity` counts blocks carved so far. `used` is the
@@ -19,9 +18,6 @@ use core::ptr;
 pub(crate) const SEGMENT_SIZE: usize = 4 << 20;
 /// Slab pages per segment, the first holding the header.
 pub(crate) const PAGES_PER_SEGMENT: usize = SEGMENT_SIZE / SLAB_SIZE;
-
-/// First word of a segment header.
-pub(crate) const SMALL_TAG: usize = 0x7e45_0a11_5e60_0001;
 
 /// A free block: its first word links to the next.
 #[repr(C)]
@@ -62,8 +58,6 @@ pub(crate) struct Page {
 /// Segment header, at the segment's first byte.
 #[repr(C)]
 pub(crate) struct Segment {
-    /// `SMALL_TAG`; large blocks have `LARGE_TAG` at the same place.
-    pub(crate) tag: usize,
     /// The thread heap owning every page (heaps are recycled, never freed, so this stays valid).
     pub(crate) owner: *mut crate::tcache::Heap,
     /// Next segment of the same heap.
@@ -80,10 +74,12 @@ const _: () = assert!(core::mem::size_of::<Page>() == 48);
 const _: () = assert!(crate::kind::NUM_KINDS * crate::class::NUM_SMALL <= u16::MAX as usize);
 const _: () = assert!(core::mem::size_of::<Segment>() <= SLAB_SIZE);
 
+const _: () = assert!(SEGMENT_SIZE == 1 << crate::pagemap::GRANULE_SHIFT);
+
 /// The segment holding `p` (any address inside a small block).
 #[inline(always)]
 pub(crate) fn segment_of(p: *mut u8) -> *mut Segment {
-    ((p as usize).wrapping_sub(1) & !(SEGMENT_SIZE - 1)) as *mut Segment
+    (p as usize & !(SEGMENT_SIZE - 1)) as *mut Segment
 }
 
 /// The page descriptor of the small block at `p`.
@@ -111,15 +107,16 @@ pub(crate) unsafe fn page_start(page: *mut Page) -> *mut u8 {
     (seg + idx * SLAB_SIZE) as *mut u8
 }
 
-/// Initialise a freshly mapped segment for `owner`.
+/// Initialise a segment taken from the arena for `owner`.
 ///
 /// # Safety
-/// `seg` is a fresh `SEGMENT_SIZE`-aligned mapping of `SEGMENT_SIZE` bytes (zero-filled).
+/// `seg` is a `SEGMENT_SIZE`-aligned extent of `SEGMENT_SIZE` bytes that nothing else uses (its
+/// bytes may be anything: the arena reuses freed memory).
 pub(crate) unsafe fn init_segment(seg: *mut Segment, owner: *mut crate::tcache::Heap) {
-    // SAFETY: the mapping is ours and zeroed, so writing the header fields is sound; the zeroed
-    // page descriptors already read as "not in use".
+    // SAFETY: the extent is ours; zeroing the header makes every page descriptor read as "not
+    // in use" before the fields are written.
     unsafe {
-        (*seg).tag = SMALL_TAG;
+        ptr::write_bytes(seg.cast::<u8>(), 0, core::mem::size_of::<Segment>());
         (*seg).owner = owner;
         (*seg).next = ptr::null_mut();
         (*seg).free_mask = !1u64;

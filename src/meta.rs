@@ -1,0 +1,105 @@
+//! Metadata memory: extent descriptors, page-map nodes and region records, carved from mappings
+//! of their own, never from the memory they describe.
+//!
+//! Keeping metadata out of band means a free extent's pages are never touched by the allocator:
+//! once purged they stay non-resident until a block is placed there (an in-band header would
+//! fault a zero page back in on every look at a purged extent), and no user write past a
+//! block's end can reach the allocator's own records.
+//!
+//! A `Meta` is a bump allocator over `CHUNK`-sized zeroed mappings. Its owner serialises access
+//! (it lives inside the arena's lock) and recycles what it no longer needs on its own free lists;
+//! nothing is ever returned to the OS while the arena lives. Invariant:
+//! `cur <= end` and `[cur, end)` is zeroed, unused memory of the newest chunk.
+
+use crate::os;
+
+/// Bytes mapped at a time.
+const CHUNK: usize = 1 << 20;
+
+/// Chunks recorded for release when the owner is dropped (loom models build one arena per
+/// execution); more chunks than this are leaked, which only a test could notice.
+const MAX_CHUNKS: usize = 64;
+
+pub(crate) struct Meta {
+    /// Next free byte of the newest chunk.
+    cur: usize,
+    /// End of the newest chunk.
+    end: usize,
+    /// Bytes mapped for metadata so far.
+    pub(crate) mapped: usize,
+    /// Every chunk mapped (the first `MAX_CHUNKS`), for `release_all`.
+    chunks: [(usize, usize); MAX_CHUNKS],
+    nchunks: usize,
+}
+
+impl Meta {
+    pub(crate) const fn new() -> Self {
+        Self {
+            cur: 0,
+            end: 0,
+            mapped: 0,
+            chunks: [(0, 0); MAX_CHUNKS],
+            nchunks: 0,
+        }
+    }
+
+    /// `size` bytes aligned to `align` (a power of two at most `os::PAGE`), zeroed; null when the
+    /// OS refuses memory.
+    pub(crate) fn alloc(&mut self, size: usize, align: usize) -> *mut u8 {
+        debug_assert!(align.is_power_of_two() && align <= os::PAGE);
+        let start = (self.cur + align - 1) & !(align - 1);
+        if self.cur != 0 && start + size <= self.end {
+            self.cur = start + size;
+            return start as *mut u8;
+        }
+        let len = size.next_multiple_of(os::PAGE).max(CHUNK);
+        let p = os::map(len);
+        if p.is_null() {
+            return p;
+        }
+        self.mapped += len;
+        if self.nchunks < MAX_CHUNKS {
+            self.chunks[self.nchunks] = (p as usize, len);
+            self.nchunks += 1;
+        }
+        self.cur = p as usize + size;
+        self.end = p as usize + len;
+        debug_assert!(self.cur <= self.end);
+        p
+    }
+
+    /// Unmap every chunk (the owner's end of life; nothing allocated here may be used after).
+    #[cfg(loom)]
+    pub(crate) fn release_all(&mut self) {
+        for &(p, len) in &self.chunks[..self.nchunks] {
+            os::unmap(p as *mut u8, len);
+        }
+        self.nchunks = 0;
+        self.cur = 0;
+        self.end = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocations_are_aligned_zeroed_and_disjoint() {
+        let mut m = Meta::new();
+        for i in 0..20_000 {
+            let size = 8 + (i * 37) % 500;
+            let p = m.alloc(size, 64);
+            assert!(!p.is_null());
+            assert_eq!(p as usize % 64, 0);
+            // SAFETY: a fresh block of `size` bytes.
+            let s = unsafe { core::slice::from_raw_parts_mut(p, size) };
+            assert!(s.iter().all(|&b| b == 0));
+            s.fill(0xAB);
+        }
+        assert!(m.mapped >= CHUNK);
+        let big = m.alloc(3 * CHUNK, 64);
+        assert!(!big.is_null());
+        assert!(m.mapped >= 4 * CHUNK);
+    }
+}

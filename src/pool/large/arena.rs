@@ -1,0 +1,1894 @@
+//! The extent arena: the address space every large block and every small-block segment is carved
+//! from.
+//!
+//! **Chunks and regions.** Memory comes from the OS in chunks (64 MiB at first, doubling up to
+//! 1 GiB, or what one request needs), 2 MiB-aligned so huge pages stay possible, mapped
+//! read-write once and never split by `mprotect` or `mremap`. Each new chunk is asked for just
+//! below the lowest one (a hint, never `MAP_FIXED`), so consecutive chunks usually touch: the
+//! kernel then merges them into one mapping, and the arena treats touching chunks as one
+//! *region*, in which free extents coalesce across the old chunk boundary. The process's mapping
+//! count is therefore the number of regions, not of blocks.
+//!
+//! **Extents.** A region is tiled by extents (see `extent`): live blocks, segments, and free
+//! extents, which are *dirty* (resident, kept for reuse) or *clean* (never touched, or purged).
+//! Free extents of one state coalesce with their free neighbours of the same state at every free,
+//! so the free space is a few large extents, whichever kinds released them. A request takes the lowest-addressed dirty extent
+//! that fits (`tree`), splitting off what it does not need, and only when no dirty extent fits
+//! does it take clean pages, which fault. Blocks of every kind share the arena: a KV cache's
+//! freed pages serve the next activation without moving a page. Accounting stays per kind and
+//! exact: each dirty extent records how many of its bytes each kind released (`shares`), merges
+//! add them, and a request or a purge takes its own kind's share first.
+//!
+//! **Returning memory.** Dirty pages go back to the OS with `MADV_DONTNEED` (`MADV_FREE` as an
+//! option), which splits no mapping: by decay, when they were idle for a whole period; by the
+//! bound (see `decay`) when fresh pages would take `live + dirty` past the recent peak; by a
+//! kind's configured capacity; and at `trim`. Purging happens outside the lock: the extents are
+//! marked `Busy`, the lock is dropped for the system call, and they come back clean. When the OS
+//! refuses a chunk, `recover` unmaps every free extent of every kind (dirty and clean, address
+//! space included) and the request is tried once more before it fails.
+//!
+//! Invariants (checked by `census`): per region, extents tile `[base, end)` in address order;
+//! every free extent is in the tree of its state, every dirty one on the release-order list,
+//! sorted by `released`; no two free neighbours share a state; a dirty extent's shares sum to
+//! its size and `attr_bytes[a]` is the sum of share `a`; `live + dirty.bytes + clean.bytes +
+//! busy == mapped`.
+
+use super::decay::Decay;
+use super::extent::{Extent, State, ATTRS};
+use super::tree::Tree;
+use super::LargeCounters;
+use crate::kind::NUM_KINDS;
+use crate::meta::Meta;
+use crate::os::{self, PAGE};
+use crate::pagemap::{self, PageMap};
+use crate::sync::plain::AtomicU64;
+use crate::sync::SpinLock;
+use core::ptr;
+use core::sync::atomic::Ordering::Relaxed;
+
+/// The attribution of dirty memory that was a small-block segment.
+pub(crate) const SLAB: usize = NUM_KINDS;
+
+/// First chunk size; each new chunk doubles it up to `CHUNK_MAX`. (Loom models keep it small.)
+const CHUNK_MIN: usize = if cfg!(loom) { 4 << 20 } else { 64 << 20 };
+const CHUNK_MAX: usize = 1 << 30;
+/// Chunks start on this boundary (the huge-page size).
+const CHUNK_ALIGN: usize = 2 << 20;
+
+/// Blocks below this size start at a rotating cache colour within their first page.
+const COLOUR_MAX: usize = 2 << 20;
+/// Colours: line offsets within the first page.
+const COLOURS: usize = PAGE / 64;
+
+/// A shrink in place gives back the tail once it is at least this large.
+const SHRINK_MIN: usize = 64 << 10;
+
+/// Capacity value meaning "follow the workload" (no configured number).
+pub(crate) const AUTO: usize = usize::MAX;
+
+/// Counters of the arena as a whole (exact: kept under its lock).
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct ArenaCounters {
+    /// Bytes mapped for blocks and segments (chunks, less what was unmapped).
+    pub mapped_bytes: u64,
+    /// Regions: contiguous mapped ranges, each one kernel mapping.
+    pub regions: u64,
+    /// Chunks mapped.
+    pub chunk_maps: u64,
+    /// Free ranges unmapped (recovery, `trim`).
+    pub unmaps: u64,
+    /// Bytes of free extents whose pages may be resident.
+    pub dirty_bytes: u64,
+    /// Bytes of free extents that are not resident.
+    pub clean_bytes: u64,
+    /// Bytes of small-block segments held by thread heaps.
+    pub segment_bytes: u64,
+    /// Bytes of large blocks handed out (thread caches included).
+    pub live_bytes: u64,
+    /// Purges (system calls), all causes.
+    pub purges: u64,
+    /// Bytes they returned to the OS.
+    pub purged_bytes: u64,
+    /// Of those bytes: by decay (idle for a whole period, or at once with a decay of 0).
+    pub decay_purged_bytes: u64,
+    /// By the bound that follows the workload's recent peak.
+    pub bound_purged_bytes: u64,
+    /// By a kind's configured capacity.
+    pub capacity_purged_bytes: u64,
+    /// Times the OS refused memory and the arena released everything free to retry.
+    pub recoveries: u64,
+    /// Extent descriptors in use (live, segments and free extents).
+    pub extents: u64,
+    /// Bytes mapped for metadata (descriptors, page map).
+    pub meta_bytes: u64,
+    /// The recent peak of live bytes (blocks and segments).
+    pub recent_peak_bytes: u64,
+    /// The bound that peak sets on `live + dirty` before fresh pages make the arena purge.
+    pub bound_bytes: u64,
+    /// Large blocks grown in place by `realloc` (into a free neighbour).
+    pub grown_in_place: u64,
+    /// Large blocks shrunk in place (their tail given back).
+    pub shrunk_in_place: u64,
+}
+
+/// A contiguous mapped range tiled by extents.
+struct Region {
+    base: usize,
+    end: usize,
+    first: *mut Extent,
+    last: *mut Extent,
+    next: *mut Region,
+}
+
+/// A release-order list: `head` most recently released, `tail` least.
+#[derive(Clone, Copy)]
+struct Lru {
+    head: *mut Extent,
+    tail: *mut Extent,
+}
+
+/// What an extent is taken for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Use {
+    /// A large block of a kind.
+    Block(usize),
+    /// A small-block segment (aligned to its size).
+    Segment,
+}
+
+impl Use {
+    /// The attribution whose dirty share it takes first.
+    fn attr(self) -> usize {
+        match self {
+            Use::Block(k) => k,
+            Use::Segment => SLAB,
+        }
+    }
+}
+
+/// Why dirty memory was purged (for the counters).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    Decay,
+    Bound,
+    Capacity,
+    Trim,
+}
+
+/// What a step under the lock asks the caller to do once the lock is dropped.
+enum Step {
+    Done(*mut Extent),
+    /// Purge this chain of `Busy` extents, then try again.
+    Purge(*mut Extent),
+    /// Map a chunk of at least this many bytes, then try again.
+    Grow(usize),
+    /// No descriptor or page-map node could be had.
+    NoMeta,
+    /// The request can never be served (its size overflows).
+    Fail,
+}
+
+/// The arena's state, behind its lock.
+pub(crate) struct ArenaState {
+    dirty: Tree,
+    clean: Tree,
+    /// Dirty extents in release order.
+    lru: Lru,
+    /// Dirty bytes per attribution (the kinds' `cached_bytes`, and returned segments).
+    attr_bytes: [u64; ATTRS],
+    /// Unused descriptors, linked through `next`.
+    spare: *mut Extent,
+    spares: usize,
+    regions: *mut Region,
+    spare_regions: *mut Region,
+    meta: Meta,
+    /// Per-kind counters (`cached_bytes` is filled from `attr_bytes` when read).
+    pub(crate) kinds: [LargeCounters; NUM_KINDS],
+    pub(crate) totals: ArenaCounters,
+    /// Live block and segment bytes (what the bound compares with its peak).
+    live: u64,
+    /// Bytes of extents out for purging or unmapping.
+    busy: u64,
+    clock: u64,
+    colour: usize,
+    chunk_next: usize,
+    /// Per kind: a configured soft capacity on live + cached bytes, or `AUTO`.
+    pub(crate) capacity: [usize; NUM_KINDS],
+    pub(crate) decay: Decay,
+    /// Purge with `MADV_FREE` rather than `MADV_DONTNEED`.
+    pub(crate) lazy_purge: bool,
+    /// Advise huge pages on new chunks and align blocks of 2 MiB or more to 2 MiB.
+    pub(crate) huge_pages: bool,
+}
+
+// SAFETY: the raw pointers are descriptors and regions owned by the arena, touched only under its
+// lock (or, for a live block, by the thread holding it).
+unsafe impl Send for ArenaState {}
+
+/// The arena: its state behind a lock, and the page map read without it.
+pub(crate) struct Arena {
+    state: SpinLock<ArenaState>,
+    pub(crate) map: PageMap,
+    /// When decay is next due (a copy of `Decay::due_at`, so the heartbeat needs no lock).
+    due: AtomicU64,
+}
+
+#[cfg(not(loom))]
+#[inline]
+fn now() -> u64 {
+    os::coarse_now_ns()
+}
+/// Loom models do not model time: decay is driven by `Arena::tick_at`.
+#[cfg(loom)]
+#[inline]
+fn now() -> u64 {
+    0
+}
+
+impl ArenaState {
+    const fn new() -> Self {
+        Self {
+            dirty: Tree::new(),
+            clean: Tree::new(),
+            lru: Lru {
+                head: ptr::null_mut(),
+                tail: ptr::null_mut(),
+            },
+            attr_bytes: [0; ATTRS],
+            spare: ptr::null_mut(),
+            spares: 0,
+            regions: ptr::null_mut(),
+            spare_regions: ptr::null_mut(),
+            meta: Meta::new(),
+            kinds: [LargeCounters::ZERO; NUM_KINDS],
+            totals: ArenaCounters {
+                mapped_bytes: 0,
+                regions: 0,
+                chunk_maps: 0,
+                unmaps: 0,
+                dirty_bytes: 0,
+                clean_bytes: 0,
+                segment_bytes: 0,
+                live_bytes: 0,
+                purges: 0,
+                purged_bytes: 0,
+                decay_purged_bytes: 0,
+                bound_purged_bytes: 0,
+                capacity_purged_bytes: 0,
+                recoveries: 0,
+                extents: 0,
+                meta_bytes: 0,
+                recent_peak_bytes: 0,
+                bound_bytes: 0,
+                grown_in_place: 0,
+                shrunk_in_place: 0,
+            },
+            live: 0,
+            busy: 0,
+            clock: 0,
+            colour: 0,
+            chunk_next: CHUNK_MIN,
+            capacity: [AUTO; NUM_KINDS],
+            decay: Decay::new(super::decay::DEFAULT_MS),
+            lazy_purge: false,
+            huge_pages: false,
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Descriptors and regions
+    // -----------------------------------------------------------------------------------------
+
+    /// Make sure `n` spare descriptors and two spare region records exist (so that a step
+    /// never fails half-way). False when metadata cannot be mapped.
+    fn reserve(&mut self, n: usize) -> bool {
+        while self.spares < n {
+            let e = self
+                .meta
+                .alloc(core::mem::size_of::<Extent>(), 64)
+                .cast::<Extent>();
+            if e.is_null() {
+                return false;
+            }
+            // SAFETY: fresh, zeroed, aligned metadata memory of the descriptor's size.
+            unsafe {
+                e.write(Extent::EMPTY);
+                (*e).next = self.spare;
+            }
+            self.spare = e;
+            self.spares += 1;
+        }
+        for _ in 0..2 {
+            if self.spare_regions.is_null() {
+                let r = self
+                    .meta
+                    .alloc(core::mem::size_of::<Region>(), 8)
+                    .cast::<Region>();
+                if r.is_null() {
+                    return false;
+                }
+                // SAFETY: fresh metadata memory of the record's size.
+                unsafe {
+                    r.write(Region {
+                        base: 0,
+                        end: 0,
+                        first: ptr::null_mut(),
+                        last: ptr::null_mut(),
+                        next: ptr::null_mut(),
+                    })
+                };
+                self.spare_regions = r;
+            } else {
+                break;
+            }
+        }
+        self.totals.meta_bytes = self.meta.mapped as u64;
+        true
+    }
+
+    /// A descriptor from the spares (`reserve` made sure there is one).
+    fn new_desc(&mut self) -> *mut Extent {
+        let e = self.spare;
+        debug_assert!(!e.is_null(), "descriptor reserve exhausted");
+        // SAFETY: spares are unused descriptors owned by the arena.
+        unsafe {
+            self.spare = (*e).next;
+            e.write(Extent::EMPTY);
+        }
+        self.spares -= 1;
+        self.totals.extents += 1;
+        e
+    }
+
+    fn free_desc(&mut self, e: *mut Extent) {
+        // SAFETY: `e` is off every tree, list and region; it is ours to recycle.
+        unsafe {
+            e.write(Extent::EMPTY);
+            (*e).next = self.spare;
+        }
+        self.spare = e;
+        self.spares += 1;
+        self.totals.extents -= 1;
+    }
+
+    fn new_region(&mut self, base: usize, end: usize, first: *mut Extent, last: *mut Extent) {
+        let r = if self.spare_regions.is_null() {
+            self.meta
+                .alloc(core::mem::size_of::<Region>(), 8)
+                .cast::<Region>()
+        } else {
+            let r = self.spare_regions;
+            // SAFETY: spare records are ours.
+            self.spare_regions = unsafe { (*r).next };
+            r
+        };
+        debug_assert!(!r.is_null(), "region reserve exhausted");
+        // SAFETY: a record owned by the arena.
+        unsafe {
+            r.write(Region {
+                base,
+                end,
+                first,
+                last,
+                next: self.regions,
+            });
+        }
+        self.regions = r;
+        self.totals.regions += 1;
+    }
+
+    /// The region holding address `a`.
+    fn region_of(&self, a: usize) -> *mut Region {
+        let mut r = self.regions;
+        // SAFETY: region records are ours.
+        unsafe {
+            while !r.is_null() && !((*r).base <= a && a < (*r).end) {
+                r = (*r).next;
+            }
+        }
+        debug_assert!(!r.is_null(), "address {a:#x} in no region");
+        r
+    }
+
+    fn drop_region(&mut self, dead: *mut Region) {
+        let mut pp: *mut *mut Region = &mut self.regions;
+        // SAFETY: region records are ours; `dead` is on the list.
+        unsafe {
+            while *pp != dead {
+                pp = &mut (**pp).next;
+            }
+            *pp = (*dead).next;
+            (*dead).next = self.spare_regions;
+        }
+        self.spare_regions = dead;
+        self.totals.regions -= 1;
+    }
+
+    /// Link `n` just after `x` in address order (`n` covers what follows `x`).
+    ///
+    /// # Safety
+    /// Both are our descriptors; `n` is on no list; `n.base == x.end()`.
+    unsafe fn link_after(&mut self, x: *mut Extent, n: *mut Extent) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            debug_assert_eq!((*n).base, (*x).end());
+            let next = (*x).next;
+            (*n).prev = x;
+            (*n).next = next;
+            (*x).next = n;
+            if next.is_null() {
+                (*self.region_of((*x).base)).last = n;
+            } else {
+                (*next).prev = n;
+            }
+        }
+    }
+
+    /// `keep` absorbs its next neighbour `gone`, which leaves the address list (its descriptor
+    /// is recycled by the caller).
+    ///
+    /// # Safety
+    /// `gone == keep.next`; neither is in a tree or on a list the caller has not dealt with.
+    unsafe fn absorb_next(&mut self, keep: *mut Extent, gone: *mut Extent) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            debug_assert_eq!((*keep).next, gone);
+            let next = (*gone).next;
+            (*keep).size += (*gone).size;
+            (*keep).next = next;
+            if next.is_null() {
+                (*self.region_of((*keep).base)).last = keep;
+            } else {
+                (*next).prev = keep;
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Release-order lists
+    // -----------------------------------------------------------------------------------------
+
+    /// Make `e` the most recently released dirty extent.
+    unsafe fn lru_push(&mut self, e: *mut Extent) {
+        // SAFETY: `e` is a dirty extent on no list.
+        unsafe {
+            let l = &mut self.lru;
+            (*e).lru_prev = ptr::null_mut();
+            (*e).lru_next = l.head;
+            if l.head.is_null() {
+                l.tail = e;
+            } else {
+                (*l.head).lru_prev = e;
+            }
+            l.head = e;
+        }
+    }
+
+    unsafe fn lru_unlink(&mut self, e: *mut Extent) {
+        // SAFETY: `e` is on the list.
+        unsafe {
+            let l = &mut self.lru;
+            let (p, n) = ((*e).lru_prev, (*e).lru_next);
+            if p.is_null() {
+                l.head = n;
+            } else {
+                (*p).lru_next = n;
+            }
+            if n.is_null() {
+                l.tail = p;
+            } else {
+                (*n).lru_prev = p;
+            }
+            (*e).lru_prev = ptr::null_mut();
+            (*e).lru_next = ptr::null_mut();
+        }
+    }
+
+    /// Put `t` on the list right after `e` (towards older), with `e`'s release clock.
+    unsafe fn lru_insert_after(&mut self, e: *mut Extent, t: *mut Extent) {
+        // SAFETY: `e` is on the list, `t` on none.
+        unsafe {
+            let n = (*e).lru_next;
+            (*t).lru_prev = e;
+            (*t).lru_next = n;
+            (*e).lru_next = t;
+            if n.is_null() {
+                self.lru.tail = t;
+            } else {
+                (*n).lru_prev = t;
+            }
+        }
+    }
+
+    /// The least recently released dirty extent holding bytes of `attr` (any, for `None`).
+    fn oldest(&self, attr: Option<usize>) -> *mut Extent {
+        let mut e = self.lru.tail;
+        if let Some(a) = attr {
+            // SAFETY: list members are our dirty extents.
+            unsafe {
+                while !e.is_null() && (*e).shares[a] == 0 {
+                    e = (*e).lru_prev;
+                }
+            }
+        }
+        e
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Free extents
+    // -----------------------------------------------------------------------------------------
+
+    fn tree(&mut self, s: State) -> &mut Tree {
+        if s == State::Dirty {
+            &mut self.dirty
+        } else {
+            &mut self.clean
+        }
+    }
+
+    /// Shares `c` leave the dirty set.
+    fn unattribute(&mut self, c: &[u64; ATTRS]) {
+        for (t, &b) in self.attr_bytes.iter_mut().zip(c) {
+            *t -= b;
+        }
+    }
+
+    /// Add a freed extent to the dirty set as released by `attr`, coalescing with dirty
+    /// neighbours (their shares add up; the merged extent is the most recently released).
+    ///
+    /// # Safety
+    /// `e` is our extent, in no tree or list, in its region's address list.
+    unsafe fn put_dirty(&mut self, e: *mut Extent, attr: usize) {
+        // SAFETY: the caller's contract; neighbours are our extents.
+        unsafe {
+            self.clock += 1;
+            (*e).set_state(State::Dirty);
+            (*e).zero = false;
+            (*e).released = self.clock;
+            (*e).shares = [0; ATTRS];
+            (*e).shares[attr] = (*e).size as u64;
+            self.attr_bytes[attr] += (*e).size as u64;
+            let mut e = e;
+            let l = (*e).prev;
+            if !l.is_null() && (*l).state() == State::Dirty {
+                let old = (*l).size;
+                self.lru_unlink(l);
+                add_shares(&mut (*l).shares, &(*e).shares);
+                self.absorb_next(l, e);
+                self.free_desc(e);
+                self.dirty.resized(l, old);
+                (*l).released = self.clock;
+                self.lru_push(l);
+                e = l;
+            } else {
+                self.dirty.insert(e);
+                self.lru_push(e);
+            }
+            let r = (*e).next;
+            if !r.is_null() && (*r).state() == State::Dirty {
+                self.dirty.remove(r);
+                self.lru_unlink(r);
+                let old = (*e).size;
+                add_shares(&mut (*e).shares, &(*r).shares);
+                self.absorb_next(e, r);
+                self.free_desc(r);
+                self.dirty.resized(e, old);
+            }
+        }
+    }
+
+    /// Add an extent to the clean set, coalescing with clean neighbours.
+    ///
+    /// # Safety
+    /// As for `put_dirty`; `zero` says whether its bytes read as zero.
+    unsafe fn put_clean(&mut self, e: *mut Extent, zero: bool) {
+        // SAFETY: the caller's contract; neighbours are our extents.
+        unsafe {
+            (*e).set_state(State::Clean);
+            (*e).kind = 0;
+            (*e).zero = zero;
+            let mut e = e;
+            let l = (*e).prev;
+            if !l.is_null() && (*l).state() == State::Clean {
+                let old = (*l).size;
+                (*l).zero &= zero;
+                self.absorb_next(l, e);
+                self.free_desc(e);
+                self.clean.resized(l, old);
+                e = l;
+            } else {
+                self.clean.insert(e);
+            }
+            let r = (*e).next;
+            if !r.is_null() && (*r).state() == State::Clean {
+                self.clean.remove(r);
+                let old = (*e).size;
+                (*e).zero &= (*r).zero;
+                self.absorb_next(e, r);
+                self.free_desc(r);
+                self.clean.resized(e, old);
+            }
+        }
+    }
+
+    /// Cut `[a, a + need)` out of free extent `f` and return it as an extent of its own, off
+    /// every tree and list (its state still `f`'s), with the shares it takes from a dirty `f`
+    /// (`first`'s share first). What is left of `f` stays free in place.
+    ///
+    /// # Safety
+    /// `f` is a free extent of ours containing `[a, a + need)`; two spare descriptors exist.
+    unsafe fn carve(
+        &mut self,
+        f: *mut Extent,
+        a: usize,
+        need: usize,
+        first: usize,
+    ) -> (*mut Extent, [u64; ATTRS]) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let st = (*f).state();
+            let (base, end) = ((*f).base, (*f).end());
+            debug_assert!(st.is_free() && base <= a && a + need <= end);
+            let (head, tail) = (a - base, end - (a + need));
+            let dirty = st == State::Dirty;
+            let taken = if dirty {
+                let c = (*f).take_shares(need as u64, first);
+                self.unattribute(&c);
+                c
+            } else {
+                [0; ATTRS]
+            };
+            // The tail's shares come out of what is left (own kind last: it stays near).
+            let tail_shares = if dirty && tail > 0 {
+                (*f).take_shares(tail as u64, (first + 1) % ATTRS)
+            } else {
+                [0; ATTRS]
+            };
+            let e = if head > 0 {
+                let old = (*f).size;
+                (*f).size = head;
+                self.tree(st).resized(f, old);
+                let e = self.new_desc();
+                (*e).base = a;
+                (*e).size = need;
+                (*e).zero = (*f).zero;
+                (*e).set_state(st);
+                self.link_after(f, e);
+                e
+            } else {
+                self.tree(st).remove(f);
+                (*f).size = need;
+                f
+            };
+            if tail > 0 {
+                let t = self.new_desc();
+                (*t).base = a + need;
+                (*t).size = tail;
+                (*t).zero = (*f).zero;
+                (*t).released = (*f).released;
+                (*t).shares = tail_shares;
+                (*t).set_state(st);
+                // `e` covers what precedes the tail (and may still be `f`).
+                self.link_after(e, t);
+                self.tree(st).insert(t);
+                if dirty {
+                    // The tail keeps `f`'s place in release order.
+                    self.lru_insert_after(f, t);
+                }
+            }
+            if dirty && head == 0 {
+                self.lru_unlink(f);
+            }
+            (*e).shares = [0; ATTRS];
+            (e, taken)
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Taking and releasing
+    // -----------------------------------------------------------------------------------------
+
+    /// Where a block of `size` bytes aligned to `align` starts in its extent, the extent's size,
+    /// and the alignment the extent needs.
+    fn placement(&mut self, u: Use, size: usize, align: usize) -> Option<(usize, usize, usize)> {
+        let (off, ealign) = match u {
+            Use::Segment => (0, size),
+            Use::Block(_) if align >= PAGE => (0, align),
+            Use::Block(_) => {
+                let ealign = if self.huge_pages && size >= CHUNK_ALIGN {
+                    CHUNK_ALIGN
+                } else {
+                    PAGE
+                };
+                let off = if size < COLOUR_MAX {
+                    self.colour = self.colour.wrapping_add(1);
+                    ((self.colour % COLOURS) * 64).next_multiple_of(align) % PAGE
+                } else {
+                    0
+                };
+                (off, ealign)
+            }
+        };
+        let need = off.checked_add(size)?.checked_next_multiple_of(PAGE)?;
+        Some((off, need, ealign))
+    }
+
+    /// One attempt at a request, under the lock.
+    fn try_take(&mut self, map: &PageMap, u: Use, size: usize, align: usize, now: u64) -> Step {
+        if !self.reserve(4) {
+            return Step::NoMeta;
+        }
+        let chain = self.advance(now);
+        if !chain.is_null() {
+            return Step::Purge(chain);
+        }
+        let Some((off, need, ealign)) = self.placement(u, size, align) else {
+            return Step::Fail;
+        };
+        // Make sure the page map can record the block before anything is cut.
+        let (f, a) = self.dirty.first_fit(need, ealign);
+        if !f.is_null() {
+            if !map.prepare(a, &mut self.meta) {
+                return Step::NoMeta;
+            }
+            // SAFETY: `f` is a dirty extent holding `[a, a + need)`; spares are reserved.
+            let (e, taken) = unsafe { self.carve(f, a, need, u.attr()) };
+            self.decay.note_dirty(self.dirty.bytes as u64);
+            // SAFETY: `e` is ours, off every list.
+            return Step::Done(unsafe { self.hand_out(map, e, u, off, size, &taken) });
+        }
+        // Fresh pages: first keep the kind within its configured capacity, and `live + dirty`
+        // within the bound.
+        if let Use::Block(k) = u {
+            let cap = self.capacity[k];
+            let held = self.kinds[k].live_bytes + self.attr_bytes[k] + need as u64;
+            if cap != AUTO && held > cap as u64 && self.attr_bytes[k] > 0 {
+                let chain = self.take_dirty(held - cap as u64, Some(k), Cause::Capacity);
+                if !chain.is_null() {
+                    return Step::Purge(chain);
+                }
+            }
+        }
+        let live = self.live + need as u64;
+        let bound = self.decay.bound(live);
+        let excess = (live + self.dirty.bytes as u64).saturating_sub(bound);
+        if excess > 0 && self.dirty.bytes > 0 {
+            let chain = self.take_dirty(excess, None, Cause::Bound);
+            if !chain.is_null() {
+                return Step::Purge(chain);
+            }
+        }
+        let (f, a) = self.clean.first_fit(need, ealign);
+        if f.is_null() {
+            return match need.checked_add(ealign - PAGE) {
+                Some(b) => Step::Grow(b),
+                None => Step::Fail,
+            };
+        }
+        if !map.prepare(a, &mut self.meta) {
+            return Step::NoMeta;
+        }
+        // SAFETY: as above, from the clean tree.
+        let (e, taken) = unsafe { self.carve(f, a, need, u.attr()) };
+        // SAFETY: `e` is ours, off every list.
+        Step::Done(unsafe { self.hand_out(map, e, u, off, size, &taken) })
+    }
+
+    /// Turn a carved extent into a live block or segment and count it; `taken` is the dirty
+    /// memory it took, by the kind that released it.
+    ///
+    /// # Safety
+    /// `e` is ours, off every tree and list, in state Dirty or Clean; `map.prepare` succeeded
+    /// for its base.
+    unsafe fn hand_out(
+        &mut self,
+        map: &PageMap,
+        e: *mut Extent,
+        u: Use,
+        off: usize,
+        size: usize,
+        taken: &[u64; ATTRS],
+    ) -> *mut Extent {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let fresh = (*e).state() == State::Clean;
+            (*e).zero &= fresh;
+            let bytes = (*e).size;
+            self.live += bytes as u64;
+            self.decay.note_live(self.live);
+            for (from, &b) in taken.iter().enumerate().take(NUM_KINDS) {
+                if Use::Block(from) != u {
+                    self.kinds[from].donated_bytes += b;
+                }
+            }
+            match u {
+                Use::Segment => {
+                    (*e).set_state(State::Segment);
+                    (*e).kind = SLAB as u8;
+                    self.totals.segment_bytes += bytes as u64;
+                    map.set((*e).base, e.cast());
+                    pagemap::set_small((*e).base as *const u8, true);
+                }
+                Use::Block(kind) => {
+                    (*e).kind = kind as u8;
+                    (*e).start.store((*e).base + off, Relaxed);
+                    (*e).set_state(State::Live);
+                    map.set((*e).base, e.cast());
+                    self.totals.live_bytes += bytes as u64;
+                    let cap = self.capacity[kind];
+                    let cached = self.attr_bytes[kind];
+                    let c = &mut self.kinds[kind];
+                    c.requests += 1;
+                    c.requested_bytes += size as u64;
+                    c.granted_bytes += bytes as u64;
+                    c.live_bytes += bytes as u64;
+                    c.peak_live_bytes = c.peak_live_bytes.max(c.live_bytes);
+                    if fresh {
+                        c.misses += 1;
+                    } else {
+                        c.hits += 1;
+                        let foreign: u64 = bytes as u64 - taken[kind];
+                        if foreign > 0 {
+                            c.recycled += 1;
+                            c.recycled_bytes += foreign;
+                        }
+                    }
+                    if cap != AUTO && self.kinds[kind].live_bytes + cached > cap as u64 {
+                        self.kinds[kind].over_capacity += 1;
+                    }
+                    self.sample(kind);
+                }
+            }
+            e
+        }
+    }
+
+    /// A live block or segment comes back. Returns a chain of extents to purge.
+    ///
+    /// # Safety
+    /// `e` is our live (or hot) block or segment.
+    unsafe fn release(&mut self, e: *mut Extent, now: u64) -> *mut Extent {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let bytes = (*e).size as u64;
+            let attr = match (*e).state() {
+                State::Segment => {
+                    pagemap::set_small((*e).base as *const u8, false);
+                    self.totals.segment_bytes -= bytes;
+                    SLAB
+                }
+                _ => {
+                    let k = (*e).kind as usize;
+                    (*e).start.store(0, Relaxed);
+                    self.kinds[k].live_bytes -= bytes;
+                    self.totals.live_bytes -= bytes;
+                    k
+                }
+            };
+            self.live -= bytes;
+            let mut chain = ptr::null_mut();
+            if self.decay.immediate() {
+                (*e).set_state(State::Busy);
+                (*e).lru_next = ptr::null_mut();
+                self.busy += bytes;
+                let mut c = [0; ATTRS];
+                c[attr] = bytes;
+                self.count_purge(&c, Cause::Decay);
+                chain = e;
+            } else {
+                self.put_dirty(e, attr);
+                if attr < NUM_KINDS && self.capacity[attr] != AUTO {
+                    let held = self.kinds[attr].live_bytes + self.attr_bytes[attr];
+                    let over = held.saturating_sub(self.capacity[attr] as u64);
+                    if over > 0 {
+                        chain = self.take_dirty(over, Some(attr), Cause::Capacity);
+                    }
+                }
+            }
+            if attr < NUM_KINDS {
+                self.sample(attr);
+            }
+            let more = self.advance(now);
+            concat(chain, more)
+        }
+    }
+
+    /// Take at least `bytes` (page-rounded) of the least recently released dirty memory (holding
+    /// bytes of `attr`, or any) out of the dirty set, as a chain of `Busy` extents to purge. A
+    /// larger extent gives its high end and keeps its low end dirty (blocks are placed low
+    /// first).
+    fn take_dirty(&mut self, bytes: u64, attr: Option<usize>, cause: Cause) -> *mut Extent {
+        let mut chain: *mut Extent = ptr::null_mut();
+        let mut taken = 0u64;
+        while taken < bytes {
+            let x = self.oldest(attr);
+            if x.is_null() || !self.reserve(2) {
+                break;
+            }
+            let want = (bytes - taken).min(usize::MAX as u64) as usize;
+            let want = want.checked_next_multiple_of(PAGE).unwrap_or(usize::MAX);
+            let first = attr.unwrap_or(0);
+            // SAFETY: `x` is our dirty extent; spares are reserved.
+            let (y, c) = unsafe {
+                if (*x).size > want {
+                    self.carve(x, (*x).end() - want, want, first)
+                } else {
+                    let c = (*x).shares;
+                    self.dirty.remove(x);
+                    self.lru_unlink(x);
+                    self.unattribute(&c);
+                    (x, c)
+                }
+            };
+            // SAFETY: `y` is ours and off every tree and list.
+            unsafe {
+                (*y).set_state(State::Busy);
+                (*y).shares = [0; ATTRS];
+                (*y).lru_next = chain;
+                let n = (*y).size as u64;
+                self.busy += n;
+                self.count_purge(&c, cause);
+                taken += n;
+            }
+            chain = y;
+        }
+        self.decay.note_dirty(self.dirty.bytes as u64);
+        if cause == Cause::Decay {
+            self.decay.purged(taken);
+        }
+        chain
+    }
+
+    /// Count a purge of memory released by the kinds in `c`.
+    fn count_purge(&mut self, c: &[u64; ATTRS], cause: Cause) {
+        let bytes: u64 = c.iter().sum();
+        let t = &mut self.totals;
+        t.purges += 1;
+        t.purged_bytes += bytes;
+        match cause {
+            Cause::Decay => t.decay_purged_bytes += bytes,
+            Cause::Bound => t.bound_purged_bytes += bytes,
+            Cause::Capacity => t.capacity_purged_bytes += bytes,
+            Cause::Trim => {}
+        }
+        for (k, &b) in c.iter().enumerate().take(NUM_KINDS) {
+            if b > 0 {
+                self.kinds[k].evictions += 1;
+                self.kinds[k].evicted_bytes += b;
+            }
+        }
+    }
+
+    /// Move the decay clocks; a chain of idle dirty memory to purge, or null.
+    fn advance(&mut self, now: u64) -> *mut Extent {
+        let idle = self.decay.advance(now, self.dirty.bytes as u64, self.live);
+        if idle == 0 {
+            return ptr::null_mut();
+        }
+        self.take_dirty(idle, None, Cause::Decay)
+    }
+
+    /// Purged extents come back clean.
+    ///
+    /// # Safety
+    /// `chain` links `Busy` extents of ours through `lru_next`.
+    unsafe fn finish_purge(&mut self, mut chain: *mut Extent) {
+        let zero = !self.lazy_purge;
+        // SAFETY: the caller's contract.
+        unsafe {
+            while !chain.is_null() {
+                let next = (*chain).lru_next;
+                (*chain).lru_next = ptr::null_mut();
+                self.busy -= (*chain).size as u64;
+                self.put_clean(chain, zero);
+                chain = next;
+            }
+        }
+    }
+
+    /// Timeline sample of one kind (under the lock, so a kind's samples are in event order).
+    #[inline]
+    fn sample(&self, kind: usize) {
+        if crate::timeline::enabled() {
+            crate::timeline::record(kind, self.kinds[kind].live_bytes, self.attr_bytes[kind]);
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Chunks
+    // -----------------------------------------------------------------------------------------
+
+    /// Where to ask for the next chunk of `len` bytes: just below the lowest region.
+    fn hint(&self, len: usize) -> usize {
+        let mut low = usize::MAX;
+        let mut r = self.regions;
+        // SAFETY: region records are ours.
+        unsafe {
+            while !r.is_null() {
+                low = low.min((*r).base);
+                r = (*r).next;
+            }
+        }
+        if low == usize::MAX || low < len {
+            0
+        } else {
+            (low - len) & !(CHUNK_ALIGN - 1)
+        }
+    }
+
+    /// Add a freshly mapped chunk as clean memory, merging it with a region it touches.
+    fn add_chunk(&mut self, p: usize, len: usize) {
+        let e = self.new_desc();
+        // SAFETY: `e` is a fresh descriptor; region records and extents are ours.
+        unsafe {
+            (*e).base = p;
+            (*e).size = len;
+            let end = p + len;
+            let mut below: *mut Region = ptr::null_mut(); // ends where the chunk starts
+            let mut above: *mut Region = ptr::null_mut(); // starts where the chunk ends
+            let mut r = self.regions;
+            while !r.is_null() {
+                if (*r).end == p {
+                    below = r;
+                }
+                if (*r).base == end {
+                    above = r;
+                }
+                r = (*r).next;
+            }
+            match (below.is_null(), above.is_null()) {
+                (true, true) => self.new_region(p, end, e, e),
+                (false, true) => {
+                    let last = (*below).last;
+                    (*last).next = e;
+                    (*e).prev = last;
+                    (*below).last = e;
+                    (*below).end = end;
+                }
+                (true, false) => {
+                    let first = (*above).first;
+                    (*first).prev = e;
+                    (*e).next = first;
+                    (*above).first = e;
+                    (*above).base = p;
+                }
+                (false, false) => {
+                    let (last, first) = ((*below).last, (*above).first);
+                    (*last).next = e;
+                    (*e).prev = last;
+                    (*first).prev = e;
+                    (*e).next = first;
+                    (*below).last = (*above).last;
+                    (*below).end = (*above).end;
+                    self.drop_region(above);
+                }
+            }
+            self.put_clean(e, true);
+        }
+        self.totals.mapped_bytes += len as u64;
+        self.totals.chunk_maps += 1;
+        self.chunk_next = (self.chunk_next * 2).min(CHUNK_MAX);
+    }
+
+    /// Take free extents out of their region for unmapping: every free extent when `all`,
+    /// else the clean ones that fill a region alone. Returns a `Busy` chain.
+    fn take_for_unmap(&mut self, all: bool) -> *mut Extent {
+        let mut chain: *mut Extent = ptr::null_mut();
+        let mut r = self.regions;
+        // SAFETY: regions and extents are ours; each region is split or dropped around what is
+        // taken, so the tiling holds for what stays.
+        unsafe {
+            while !r.is_null() {
+                let next_r = (*r).next;
+                let mut e = (*r).first;
+                while !e.is_null() {
+                    let next = (*e).next;
+                    let st = (*e).state();
+                    let whole = (*e).prev.is_null() && next.is_null();
+                    if (all && st.is_free()) || (st == State::Clean && whole) {
+                        if !self.reserve(0) {
+                            return chain;
+                        }
+                        if st == State::Dirty {
+                            self.dirty.remove(e);
+                            self.lru_unlink(e);
+                            let c = (*e).shares;
+                            self.unattribute(&c);
+                            (*e).shares = [0; ATTRS];
+                        } else {
+                            self.clean.remove(e);
+                        }
+                        self.cut_out(e);
+                        (*e).set_state(State::Busy);
+                        self.busy += (*e).size as u64;
+                        (*e).lru_next = chain;
+                        chain = e;
+                    }
+                    e = next;
+                }
+                r = next_r;
+            }
+        }
+        self.decay.note_dirty(self.dirty.bytes as u64);
+        chain
+    }
+
+    /// Remove `e` from its region's address list, splitting or dropping the region.
+    ///
+    /// # Safety
+    /// `e` is ours and in its region's list.
+    unsafe fn cut_out(&mut self, e: *mut Extent) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let r = self.region_of((*e).base);
+            let (p, n) = ((*e).prev, (*e).next);
+            match (p.is_null(), n.is_null()) {
+                (true, true) => self.drop_region(r),
+                (true, false) => {
+                    (*n).prev = ptr::null_mut();
+                    (*r).first = n;
+                    (*r).base = (*e).end();
+                }
+                (false, true) => {
+                    (*p).next = ptr::null_mut();
+                    (*r).last = p;
+                    (*r).end = (*e).base;
+                }
+                (false, false) => {
+                    (*p).next = ptr::null_mut();
+                    (*n).prev = ptr::null_mut();
+                    let (old_end, old_last) = ((*r).end, (*r).last);
+                    (*r).end = (*e).base;
+                    (*r).last = p;
+                    self.new_region((*e).end(), old_end, n, old_last);
+                }
+            }
+            (*e).prev = ptr::null_mut();
+            (*e).next = ptr::null_mut();
+        }
+    }
+
+    /// Unmapped extents are forgotten.
+    ///
+    /// # Safety
+    /// `chain` links `Busy` extents of ours, cut out of their regions, through `lru_next`.
+    unsafe fn finish_unmap(&mut self, mut chain: *mut Extent) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            while !chain.is_null() {
+                let next = (*chain).lru_next;
+                let n = (*chain).size as u64;
+                self.busy -= n;
+                self.totals.mapped_bytes -= n;
+                self.totals.unmaps += 1;
+                self.free_desc(chain);
+                chain = next;
+            }
+        }
+    }
+
+    /// Counters of every kind, with `cached_bytes` filled in.
+    pub(crate) fn kind_counters(&self) -> [LargeCounters; NUM_KINDS] {
+        core::array::from_fn(|k| {
+            let mut c = self.kinds[k];
+            c.cached_bytes = self.attr_bytes[k];
+            c
+        })
+    }
+
+    /// The arena's own counters, with the derived ones filled in.
+    pub(crate) fn arena_counters(&self) -> ArenaCounters {
+        let mut t = self.totals;
+        t.dirty_bytes = self.dirty.bytes as u64;
+        t.clean_bytes = self.clean.bytes as u64;
+        t.recent_peak_bytes = self.decay.peak().max(self.live);
+        t.bound_bytes = self.decay.bound(self.live);
+        t
+    }
+}
+
+fn add_shares(to: &mut [u64; ATTRS], from: &[u64; ATTRS]) {
+    for (t, &f) in to.iter_mut().zip(from) {
+        *t += f;
+    }
+}
+
+/// Append chain `b` to chain `a` (both through `lru_next`).
+fn concat(a: *mut Extent, b: *mut Extent) -> *mut Extent {
+    if a.is_null() {
+        return b;
+    }
+    let mut t = a;
+    // SAFETY: chain members are `Busy` extents owned by the caller.
+    unsafe {
+        while !(*t).lru_next.is_null() {
+            t = (*t).lru_next;
+        }
+        (*t).lru_next = b;
+    }
+    a
+}
+
+impl Arena {
+    #[cfg(not(loom))]
+    pub(crate) const fn new() -> Self {
+        Self {
+            state: SpinLock::new(ArenaState::new()),
+            map: PageMap::new(),
+            due: AtomicU64::new(u64::MAX),
+        }
+    }
+    #[cfg(loom)]
+    pub(crate) fn new() -> Self {
+        Self {
+            state: SpinLock::new(ArenaState::new()),
+            map: PageMap::new(),
+            due: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Take the lock without a guard (fork preparation); pairs with `raw_unlock`.
+    pub(crate) fn raw_lock(&self) {
+        self.state.raw_lock();
+    }
+
+    pub(crate) fn raw_unlock(&self) {
+        self.state.raw_unlock();
+    }
+
+    /// Run `f` on the state under the lock (configuration, counters).
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut ArenaState) -> R) -> R {
+        self.state.with(|s| {
+            let r = f(s);
+            self.due.store(s.decay.due_at(), Relaxed);
+            r
+        })
+    }
+
+    /// Take an extent for `u` of `size` bytes at alignment `align`: dirty memory first, then
+    /// clean, then a new chunk; when the OS refuses, release everything free and try once more.
+    /// Null when that fails too.
+    pub(crate) fn take(&self, u: Use, size: usize, align: usize) -> *mut Extent {
+        let t = now();
+        let mut recovered = false;
+        loop {
+            let step = self.with(|s| s.try_take(&self.map, u, size, align, t));
+            match step {
+                Step::Done(e) => return e,
+                Step::Purge(chain) => self.purge(chain),
+                Step::Fail => return ptr::null_mut(),
+                Step::Grow(bytes) if self.grow(bytes) => {}
+                Step::Grow(_) | Step::NoMeta => {
+                    if recovered {
+                        return ptr::null_mut();
+                    }
+                    self.recover();
+                    recovered = true;
+                }
+            }
+        }
+    }
+
+    /// Allocate a large block of `kind`: its first byte, or null.
+    pub(crate) fn alloc(&self, kind: usize, size: usize, align: usize) -> *mut u8 {
+        let e = self.take(Use::Block(kind), size, align);
+        if e.is_null() {
+            return ptr::null_mut();
+        }
+        // SAFETY: `e` is a live block we just made.
+        unsafe { (*e).start.load(Relaxed) as *mut u8 }
+    }
+
+    /// A small-block segment (`size` bytes aligned to `size`), or null.
+    pub(crate) fn segment_alloc(&self, size: usize) -> *mut u8 {
+        let e = self.take(Use::Segment, size, size);
+        if e.is_null() {
+            return ptr::null_mut();
+        }
+        // SAFETY: `e` is a segment extent we just made.
+        unsafe { (*e).base as *mut u8 }
+    }
+
+    /// Return a segment taken with `segment_alloc` (no block of it live or pending anywhere).
+    ///
+    /// # Safety
+    /// `seg` came from `segment_alloc` and is not used after this call.
+    pub(crate) unsafe fn segment_free(&self, seg: *mut u8) {
+        let e = self.map.get(seg as usize).cast::<Extent>();
+        // SAFETY: the page map records every segment's descriptor at its base.
+        debug_assert!(!e.is_null() && unsafe { (*e).state() } == State::Segment);
+        // SAFETY: as above.
+        unsafe { self.free(e) }
+    }
+
+    /// The descriptor of the live large block starting at `p`, or null if `p` is not the start
+    /// of one (never dereferences `p`).
+    #[inline]
+    pub(crate) fn lookup(&self, p: *mut u8) -> *mut Extent {
+        let e = self.map.get(p as usize).cast::<Extent>();
+        if e.is_null() {
+            return e;
+        }
+        // SAFETY: page-map values are descriptors, which are never unmapped; the fields read
+        // are atomics, so a racing update (a bad pointer's) is not a data race.
+        unsafe {
+            if (*e).start.load(Relaxed) == p as usize && (*e).state() == State::Live {
+                e
+            } else {
+                ptr::null_mut()
+            }
+        }
+    }
+
+    /// Free a live (or hot) block, or a segment.
+    ///
+    /// # Safety
+    /// `e` is a live block's or segment's descriptor, freed once.
+    pub(crate) unsafe fn free(&self, e: *mut Extent) {
+        let t = now();
+        // SAFETY: the caller's contract.
+        let chain = self.with(|s| unsafe { s.release(e, t) });
+        self.purge(chain);
+    }
+
+    /// Purge a chain of `Busy` extents outside the lock, then return them as clean memory.
+    fn purge(&self, chain: *mut Extent) {
+        if chain.is_null() {
+            return;
+        }
+        let lazy = self.with(|s| s.lazy_purge);
+        let mut e = chain;
+        while !e.is_null() {
+            // SAFETY: `Busy` extents are ours alone until `finish_purge`.
+            unsafe {
+                os::purge((*e).base as *mut u8, (*e).size, lazy);
+                e = (*e).lru_next;
+            }
+        }
+        // SAFETY: the chain is the one taken under the lock.
+        self.with(|s| unsafe { s.finish_purge(chain) });
+    }
+
+    /// Map a chunk of at least `bytes` (outside the lock) and add it. False if the OS refuses.
+    fn grow(&self, bytes: usize) -> bool {
+        let Some(min) = bytes.checked_next_multiple_of(CHUNK_ALIGN) else {
+            return false;
+        };
+        let want = self.with(|s| s.chunk_next).max(min);
+        for len in [want, min] {
+            let hint = self.with(|s| s.hint(len));
+            let p = map_chunk(hint, len);
+            if !p.is_null() {
+                return self.with(|s| {
+                    if s.huge_pages {
+                        os::advise_huge(p, len);
+                    }
+                    if s.reserve(1) {
+                        s.add_chunk(p as usize, len);
+                        true
+                    } else {
+                        os::unmap(p, len);
+                        false
+                    }
+                });
+            }
+            if len == min {
+                break;
+            }
+        }
+        false
+    }
+
+    /// The OS refused memory: unmap every free extent (dirty and clean, so that both memory
+    /// and address space go back), to try once more.
+    pub(crate) fn recover(&self) {
+        let chain = self.with(|s| {
+            s.totals.recoveries += 1;
+            s.take_for_unmap(true)
+        });
+        self.unmap_chain(chain);
+    }
+
+    fn unmap_chain(&self, chain: *mut Extent) {
+        if chain.is_null() {
+            return;
+        }
+        let mut e = chain;
+        while !e.is_null() {
+            // SAFETY: `Busy` extents cut out of their regions are ours alone.
+            unsafe {
+                os::unmap((*e).base as *mut u8, (*e).size);
+                e = (*e).lru_next;
+            }
+        }
+        // SAFETY: the chain is the one taken under the lock.
+        self.with(|s| unsafe { s.finish_unmap(chain) });
+    }
+
+    /// Return every dirty page to the OS and unmap the regions left wholly free. Returns the
+    /// dirty bytes purged.
+    pub(crate) fn trim(&self) -> usize {
+        let (chain, bytes) = self.with(|s| {
+            let b = s.dirty.bytes;
+            (s.take_dirty(u64::MAX, None, Cause::Trim), b)
+        });
+        self.purge(chain);
+        let chain = self.with(|s| s.take_for_unmap(false));
+        self.unmap_chain(chain);
+        bytes
+    }
+
+    /// The decay heartbeat: cheap when nothing is due (one clock read, one load).
+    #[inline]
+    pub(crate) fn tick(&self) {
+        let t = now();
+        if t >= self.due.load(Relaxed) {
+            self.tick_at(t);
+        }
+    }
+
+    /// Advance decay to time `t` (ns) and purge what has been idle for a whole period.
+    pub(crate) fn tick_at(&self, t: u64) {
+        let chain = self.with(|s| s.advance(t));
+        self.purge(chain);
+    }
+
+    /// Resize the live block `e` (starting at `p`) in place to `new_size` bytes: shrink by
+    /// giving back its tail, or grow into a free neighbour. Returns whether it did.
+    ///
+    /// # Safety
+    /// `e` is the descriptor of the live block at `p`, held by the caller.
+    pub(crate) unsafe fn resize(&self, e: *mut Extent, p: *mut u8, new_size: usize) -> bool {
+        let t = now();
+        let (ok, chain) = self.with(|s| {
+            // SAFETY: the caller's contract; neighbours are the arena's, under its lock.
+            unsafe {
+                let start = p as usize;
+                let Some(end) = start
+                    .checked_add(new_size)
+                    .and_then(|x| x.checked_next_multiple_of(PAGE))
+                else {
+                    return (false, ptr::null_mut());
+                };
+                let cur_end = (*e).end();
+                if end <= cur_end {
+                    if cur_end - end >= SHRINK_MIN && s.reserve(2) {
+                        let kind = (*e).kind as usize;
+                        let tail = s.new_desc();
+                        (*tail).base = end;
+                        (*tail).size = cur_end - end;
+                        (*e).size = end - (*e).base;
+                        s.link_after(e, tail);
+                        let n = (*tail).size as u64;
+                        s.kinds[kind].live_bytes -= n;
+                        s.totals.live_bytes -= n;
+                        s.live -= n;
+                        s.totals.shrunk_in_place += 1;
+                        s.put_dirty(tail, kind);
+                        s.sample(kind);
+                    }
+                    return (true, s.advance(t));
+                }
+                let grow = end - cur_end;
+                let n = (*e).next;
+                if n.is_null() || !(*n).state().is_free() || (*n).size < grow || !s.reserve(2) {
+                    return (false, ptr::null_mut());
+                }
+                let (piece, _) = s.carve(n, (*n).base, grow, (*e).kind as usize);
+                s.absorb_next(e, piece);
+                s.free_desc(piece);
+                (*e).zero = false;
+                let kind = (*e).kind as usize;
+                s.live += grow as u64;
+                s.decay.note_live(s.live);
+                s.decay.note_dirty(s.dirty.bytes as u64);
+                s.totals.live_bytes += grow as u64;
+                s.totals.grown_in_place += 1;
+                let c = &mut s.kinds[kind];
+                c.live_bytes += grow as u64;
+                c.granted_bytes += grow as u64;
+                c.peak_live_bytes = c.peak_live_bytes.max(c.live_bytes);
+                s.sample(kind);
+                (true, ptr::null_mut())
+            }
+        });
+        self.purge(chain);
+        ok
+    }
+}
+
+/// Map a chunk of `len` bytes aligned to `CHUNK_ALIGN`, at `hint` if possible. Null on refusal.
+fn map_chunk(hint: usize, len: usize) -> *mut u8 {
+    if hint != 0 {
+        let p = os::map_near(hint as *mut u8, len);
+        if p.is_null() {
+            return p;
+        }
+        if p as usize % CHUNK_ALIGN == 0 && (p as usize + len) >> pagemap::ADDR_BITS == 0 {
+            return p;
+        }
+        os::unmap(p, len);
+    }
+    let p = os::map_aligned(len, CHUNK_ALIGN);
+    if !p.is_null() && (p as usize + len) >> pagemap::ADDR_BITS != 0 {
+        os::unmap(p, len);
+        return ptr::null_mut();
+    }
+    p
+}
+
+#[cfg(loom)]
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // A model's arena goes away with its execution: unmap its regions and metadata.
+        self.state.with(|s| {
+            let mut r = s.regions;
+            // SAFETY: region records are ours; nothing uses the arena any more.
+            unsafe {
+                while !r.is_null() {
+                    os::unmap((*r).base as *mut u8, (*r).end - (*r).base);
+                    r = (*r).next;
+                }
+            }
+            s.meta.release_all();
+        });
+    }
+}
+
+/// What a census of the arena found (see `ArenaState::census`).
+#[cfg(any(test, loom, feature = "check"))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Regions and the extents tiling them.
+    pub regions: usize,
+    /// Extents by state.
+    pub live: usize,
+    /// See `live`.
+    pub segments: usize,
+    /// See `live`.
+    pub dirty: usize,
+    /// See `live`.
+    pub clean: usize,
+    /// Bytes of live blocks (hot ones included) and segments.
+    pub live_bytes: u64,
+    /// Bytes of dirty and clean extents.
+    pub dirty_bytes: u64,
+    /// See `dirty_bytes`.
+    pub clean_bytes: u64,
+    /// Bytes mapped.
+    pub mapped_bytes: u64,
+}
+
+#[cfg(any(test, loom, feature = "check"))]
+impl ArenaState {
+    /// Check every invariant in the module docs and return what the arena holds. Panics (a
+    /// test's or model's assertion) on a violation; call with nothing `Busy`.
+    pub(crate) fn census(&self, map: &PageMap) -> Census {
+        let mut c = Census::default();
+        let mut shares = [0u64; ATTRS];
+        let mut lru_count = 0usize;
+        // SAFETY: regions and extents are ours; the caller holds the lock.
+        unsafe {
+            let mut r = self.regions;
+            while !r.is_null() {
+                c.regions += 1;
+                c.mapped_bytes += ((*r).end - (*r).base) as u64;
+                let mut e = (*r).first;
+                let mut prev: *mut Extent = ptr::null_mut();
+                let mut at = (*r).base;
+                while !e.is_null() {
+                    assert_eq!((*e).prev, prev, "broken address back link");
+                    assert_eq!((*e).base, at, "extents do not tile the region");
+                    assert!((*e).size > 0 && (*e).size % PAGE == 0);
+                    let st = (*e).state();
+                    if !prev.is_null() && st.is_free() {
+                        assert_ne!((*prev).state(), st, "two free neighbours of one state");
+                    }
+                    match st {
+                        State::Live | State::Hot => {
+                            c.live += 1;
+                            c.live_bytes += (*e).size as u64;
+                            let start = (*e).start.load(Relaxed);
+                            assert!(start >= (*e).base && start < (*e).base + PAGE);
+                            assert_eq!(map.get(start).cast::<Extent>(), e, "page map entry");
+                        }
+                        State::Segment => {
+                            c.segments += 1;
+                            c.live_bytes += (*e).size as u64;
+                            assert!(pagemap::is_small((*e).base as *const u8));
+                        }
+                        State::Dirty => {
+                            c.dirty += 1;
+                            c.dirty_bytes += (*e).size as u64;
+                            assert_eq!((*e).shares.iter().sum::<u64>(), (*e).size as u64);
+                            add_shares(&mut shares, &(*e).shares);
+                        }
+                        State::Clean => {
+                            c.clean += 1;
+                            c.clean_bytes += (*e).size as u64;
+                        }
+                        State::Busy | State::Unused => panic!("census with an extent {st:?}"),
+                    }
+                    at = (*e).end();
+                    prev = e;
+                    e = (*e).next;
+                }
+                assert_eq!(at, (*r).end, "extents stop short of the region's end");
+                assert_eq!(prev, (*r).last, "region's last extent");
+                r = (*r).next;
+            }
+            let mut e = self.lru.head;
+            let mut newer = u64::MAX;
+            let mut p: *mut Extent = ptr::null_mut();
+            while !e.is_null() {
+                assert_eq!((*e).lru_prev, p, "broken release-order back link");
+                assert_eq!((*e).state(), State::Dirty, "a non-dirty extent on the list");
+                assert!((*e).released <= newer, "release order broken");
+                newer = (*e).released;
+                lru_count += 1;
+                p = e;
+                e = (*e).lru_next;
+            }
+            assert_eq!(p, self.lru.tail, "list tail");
+        }
+        self.dirty.check();
+        self.clean.check();
+        assert_eq!(lru_count, c.dirty, "dirty extents off the list");
+        assert_eq!((self.dirty.count, self.clean.count), (c.dirty, c.clean));
+        assert_eq!(shares, self.attr_bytes, "attribution sums");
+        assert_eq!(self.busy, 0);
+        assert_eq!(c.live_bytes, self.live, "live bytes");
+        assert_eq!(c.mapped_bytes, self.totals.mapped_bytes, "mapped bytes");
+        assert_eq!(
+            c.live_bytes + c.dirty_bytes + c.clean_bytes,
+            c.mapped_bytes,
+            "live + dirty + clean != mapped"
+        );
+        assert_eq!(c.regions as u64, self.totals.regions);
+        let kinds_live: u64 = self.kinds.iter().map(|k| k.live_bytes).sum();
+        assert_eq!(
+            kinds_live + self.totals.segment_bytes,
+            self.live,
+            "kinds' live bytes"
+        );
+        c
+    }
+}
+
+#[cfg(any(test, loom, feature = "check"))]
+impl Arena {
+    /// See `ArenaState::census`.
+    pub(crate) fn census(&self) -> Census {
+        self.with(|s| s.census(&self.map))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::usable;
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    /// The arena tests run one at a time: they read the address-space layout (chunks placed
+    /// together), which other arenas mapping at the same moment would disturb.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn arena() -> (&'static Arena, std::sync::MutexGuard<'static, ()>) {
+        let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        // Each test's arena lives (and keeps its chunks) until the test binary exits.
+        (Box::leak(Box::new(Arena::new())), g)
+    }
+
+    fn fill(p: *mut u8, n: usize, v: u8) {
+        // SAFETY: `p` is a live block of at least `n` bytes.
+        unsafe { p.write_bytes(v, n) };
+    }
+
+    fn check(p: *mut u8, n: usize, v: u8) {
+        // SAFETY: `p` is a live block of at least `n` bytes.
+        let s = unsafe { core::slice::from_raw_parts(p, n) };
+        assert!(s.iter().all(|&b| b == v), "block contents changed");
+    }
+
+    /// Random allocations, frees, resizes, purges and trims with a pattern in every block;
+    /// the census after each step checks the structure.
+    #[test]
+    fn random_operations_keep_every_invariant() {
+        let (a, _serial) = arena();
+        a.with(|s| s.decay.set_ms(-1));
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n) as usize
+        };
+        let mut live: Vec<(*mut u8, usize, u8)> = Vec::new();
+        for step in 0..4000 {
+            match rnd(10) {
+                0..=4 => {
+                    let size = if rnd(8) == 0 {
+                        (rnd(24) + 1) * MIB
+                    } else {
+                        16 * 1024 + rnd(900 * 1024)
+                    };
+                    let align = [64, 64, 4096, 1 << 16, 2 * MIB][rnd(5)];
+                    let kind = rnd(NUM_KINDS as u64);
+                    let p = a.alloc(kind, size, align);
+                    assert!(!p.is_null());
+                    assert_eq!(p as usize % align, 0);
+                    let v = step as u8;
+                    fill(p, size, v);
+                    live.push((p, size, v));
+                }
+                5..=7 if !live.is_empty() => {
+                    let (p, n, v) = live.swap_remove(rnd(live.len() as u64));
+                    check(p, n, v);
+                    let e = a.lookup(p);
+                    assert!(!e.is_null());
+                    // SAFETY: `e` is the live block at `p`, freed once.
+                    unsafe { a.free(e) };
+                    assert!(a.lookup(p).is_null(), "a freed block still looks live");
+                }
+                8 if !live.is_empty() => {
+                    let i = rnd(live.len() as u64);
+                    let (p, n, v) = live[i];
+                    let m = 16 * 1024 + rnd(2 * MIB as u64);
+                    let e = a.lookup(p);
+                    // SAFETY: `e` is the live block at `p`.
+                    if unsafe { a.resize(e, p, m) } {
+                        check(p, n.min(m), v);
+                        fill(p, m, v);
+                        live[i].1 = m;
+                        // SAFETY: as above.
+                        assert!(unsafe { usable(e, p) } >= m);
+                    }
+                }
+                _ => match rnd(3) {
+                    0 => {
+                        a.trim();
+                    }
+                    1 => {
+                        let chain =
+                            a.with(|s| s.take_dirty((rnd(8) * MIB) as u64, None, Cause::Decay));
+                        a.purge(chain);
+                    }
+                    _ => a.recover(),
+                },
+            }
+            let c = a.census();
+            assert_eq!(c.live, live.len(), "step {step}");
+        }
+        for (p, n, v) in live.drain(..) {
+            check(p, n, v);
+            // SAFETY: live, freed once.
+            unsafe { a.free(a.lookup(p)) };
+        }
+        a.trim();
+        let c = a.census();
+        assert_eq!((c.live, c.dirty, c.live_bytes), (0, 0, 0));
+        assert_eq!(c.regions, 0, "trim unmaps regions left wholly free: {c:?}");
+    }
+
+    /// Freed blocks of several kinds coalesce into one dirty extent that serves a larger
+    /// request of another kind without fresh pages; the shares say who released what.
+    #[test]
+    fn coalesced_memory_of_any_kind_serves_any_kind() {
+        let (a, _serial) = arena();
+        a.with(|s| s.decay.set_ms(-1));
+        let blocks: Vec<_> = (0..3).map(|k| a.alloc(k, 3 * MIB, 64)).collect();
+        let base = a.census();
+        for &p in &blocks {
+            // SAFETY: live, freed once.
+            unsafe { a.free(a.lookup(p)) };
+        }
+        let after = a.census();
+        assert_eq!(after.live, base.live - 3);
+        let cached = a.with(|s| s.kind_counters());
+        for c in cached.iter().take(3) {
+            assert!(c.cached_bytes >= 3 * MIB as u64, "{c:?}");
+        }
+        let misses = a.with(|s| s.kinds[5].misses);
+        let q = a.alloc(5, 8 * MIB, 64);
+        assert!(!q.is_null());
+        let k5 = a.with(|s| s.kinds[5]);
+        assert_eq!(k5.misses, misses, "served from coalesced dirty memory");
+        assert!(k5.recycled_bytes >= 8 * MIB as u64);
+        let donated: u64 = a
+            .with(|s| s.kind_counters())
+            .iter()
+            .take(3)
+            .map(|c| c.donated_bytes)
+            .sum();
+        assert!(donated >= 8 * MIB as u64);
+        // SAFETY: live, freed once.
+        unsafe { a.free(a.lookup(q)) };
+        a.census();
+    }
+
+    /// A block grows in place into its free neighbour and shrinks by giving its tail back.
+    #[test]
+    fn blocks_grow_and_shrink_in_place() {
+        let (a, _serial) = arena();
+        a.with(|s| s.decay.set_ms(-1));
+        let p = a.alloc(2, 4 * MIB, 64);
+        let q = a.alloc(2, 4 * MIB, 64);
+        fill(p, 4 * MIB, 7);
+        // SAFETY: live, freed once.
+        unsafe { a.free(a.lookup(q)) };
+        let e = a.lookup(p);
+        // SAFETY: `e` is the live block at `p`.
+        assert!(
+            unsafe { a.resize(e, p, 7 * MIB) },
+            "grows into the freed neighbour"
+        );
+        check(p, 4 * MIB, 7);
+        fill(p, 7 * MIB, 8);
+        assert_eq!(a.with(|s| s.totals.grown_in_place), 1);
+        // SAFETY: as above.
+        assert!(unsafe { a.resize(e, p, MIB) });
+        assert_eq!(a.with(|s| s.totals.shrunk_in_place), 1);
+        // SAFETY: as above.
+        assert!(unsafe { usable(e, p) } < 2 * MIB);
+        check(p, MIB, 8);
+        a.census();
+        // SAFETY: live, freed once.
+        unsafe { a.free(e) };
+        a.census();
+    }
+
+    /// Touching chunks become one region; a request larger than the first chunk gets its own.
+    #[test]
+    fn chunks_that_touch_form_one_region() {
+        let (a, _serial) = arena();
+        a.with(|s| s.decay.set_ms(-1));
+        let ps: Vec<_> = (0..6)
+            .map(|i| a.alloc(i % NUM_KINDS, 30 * MIB, 64))
+            .collect();
+        let c = a.census();
+        let maps = a.with(|s| s.totals.chunk_maps);
+        assert!(maps >= 2, "{maps} chunks");
+        assert!(
+            (c.regions as u64) < maps,
+            "{} regions for {maps} chunks: the hint did not place them together",
+            c.regions
+        );
+        for p in ps {
+            // SAFETY: live, freed once.
+            unsafe { a.free(a.lookup(p)) };
+        }
+        let c = a.census();
+        // Freed blocks coalesce; only the clean tails of chunks separate dirty extents.
+        assert_eq!(c.regions, 1, "{c:?}");
+        assert!(c.dirty <= 2, "{c:?}");
+    }
+
+    /// Decay: memory idle for a whole period goes back; memory in use does not.
+    #[test]
+    fn decay_returns_idle_memory_only() {
+        let (a, _serial) = arena();
+        a.with(|s| s.decay.set_ms(800));
+        const MS: u64 = 1_000_000;
+        // Far ahead of the real clock, which the allocations themselves read.
+        let t0 = os::coarse_now_ns() + 3_600_000 * MS;
+        a.tick_at(t0);
+        let p = a.alloc(1, 20 * MIB, 64);
+        fill(p, 20 * MIB, 1);
+        let q = a.alloc(1, 20 * MIB, 64);
+        // SAFETY: live, freed once.
+        unsafe { a.free(a.lookup(p)) };
+        a.tick_at(t0 + 500 * MS);
+        assert!(a.with(|s| s.dirty.bytes) >= 20 * MIB, "kept for reuse");
+        a.tick_at(t0 + 1_100 * MS);
+        let c = a.with(|s| s.arena_counters());
+        assert!(
+            c.dirty_bytes < MIB as u64,
+            "idle for a period: purged ({c:?})"
+        );
+        assert!(c.decay_purged_bytes >= 20 * MIB as u64);
+        a.census();
+        // SAFETY: live, freed once.
+        unsafe { a.free(a.lookup(q)) };
+    }
+}

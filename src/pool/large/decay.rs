@@ -1,0 +1,260 @@
+//! When cached memory goes back to the OS: decay, and the bound that follows the workload.
+//!
+//! **Decay.** The arena keeps freed pages resident ("dirty") so the next request reuses them
+//! without faults, and returns them once they have been idle for a whole decay period. What
+//! counts as idle is measured, not guessed per extent: the period is cut into `TICKS` ticks, each
+//! tick records the lowest dirty byte count seen during it, and the minimum over the last
+//! `TICKS` ticks is memory that stayed dirty (unused) for the whole period. That many bytes are
+//! purged, least recently released first. (Per-extent ages do not work in an arena: a free that
+//! coalesces into a large idle neighbour would refresh the whole extent's age, so an idle region
+//! with one busy block at its edge would never decay.) jemalloc's `dirty_decay_ms` and
+//! tcmalloc's release rate answer the same question with a smoothed backlog and a rate.
+//!
+//! **Bound.** Without a configured capacity, the memory the arena keeps follows the workload:
+//! `live + dirty` may reach the recent peak of live bytes plus a slack of 1/32 of it (at least
+//! `SLACK_MIN`), and when a request would need fresh pages beyond that, the least recently
+//! released dirty pages are purged first. So a process that once peaked keeps about what it
+//! reuses, resident memory stays within a few percent of the live peak, and a repeated request
+//! (which needs no fresh pages) is never slowed by it. The recent peak is the highest live count
+//! over the last `EPOCHS` epochs of `EPOCH_NS`.
+//!
+//! Everything here is plain arithmetic on times passed in, so it is tested without a clock.
+
+/// Ticks per decay period.
+pub(crate) const TICKS: usize = 8;
+
+/// Epochs over which the recent peak is taken, and their length.
+pub(crate) const EPOCHS: usize = 16;
+pub(crate) const EPOCH_NS: u64 = 1_000_000_000;
+
+/// The least slack the bound allows above the recent peak.
+pub(crate) const SLACK_MIN: u64 = 4 << 20;
+
+/// Decay time meaning "never decay".
+pub(crate) const NEVER: i64 = -1;
+
+/// The decay time used when none is configured (ms). Measured: see README ("Returning memory").
+pub(crate) const DEFAULT_MS: i64 = 1000;
+
+pub(crate) struct Decay {
+    /// Decay time in milliseconds: `NEVER`, 0 (purge at every free) or positive.
+    ms: i64,
+    tick_ns: u64,
+    /// When the current tick ends (0: not started).
+    tick_end: u64,
+    /// Lowest dirty count of each of the last `TICKS` ticks (0 until observed, so nothing is
+    /// purged before a whole period has been seen).
+    ring: [u64; TICKS],
+    pos: usize,
+    /// Lowest dirty count in the current tick.
+    cur_min: u64,
+    epoch_end: u64,
+    peaks: [u64; EPOCHS],
+    ppos: usize,
+    /// Highest live count in the current epoch.
+    cur_peak: u64,
+}
+
+impl Decay {
+    pub(crate) const fn new(ms: i64) -> Self {
+        Self {
+            ms,
+            tick_ns: tick_ns(ms),
+            tick_end: 0,
+            ring: [0; TICKS],
+            pos: 0,
+            cur_min: 0,
+            epoch_end: 0,
+            peaks: [0; EPOCHS],
+            ppos: 0,
+            cur_peak: 0,
+        }
+    }
+
+    /// The decay time in force.
+    pub(crate) fn ms(&self) -> i64 {
+        self.ms
+    }
+
+    /// Change the decay time; the history of idle memory starts again.
+    pub(crate) fn set_ms(&mut self, ms: i64) {
+        self.ms = ms;
+        self.tick_ns = tick_ns(ms);
+        self.tick_end = 0;
+        self.ring = [0; TICKS];
+        self.cur_min = 0;
+    }
+
+    /// Whether frees go back to the OS at once.
+    pub(crate) fn immediate(&self) -> bool {
+        self.ms == 0
+    }
+
+    /// When the next decay step is due (`u64::MAX` when decay never runs).
+    pub(crate) fn due_at(&self) -> u64 {
+        if self.ms <= 0 {
+            u64::MAX
+        } else {
+            self.tick_end
+        }
+    }
+
+    /// Record the dirty count after a change that lowered it (rises cannot lower a minimum).
+    #[inline]
+    pub(crate) fn note_dirty(&mut self, dirty: u64) {
+        self.cur_min = self.cur_min.min(dirty);
+    }
+
+    /// Record the live count after a change that raised it.
+    #[inline]
+    pub(crate) fn note_live(&mut self, live: u64) {
+        self.cur_peak = self.cur_peak.max(live);
+    }
+
+    /// Move the clocks to `now` with `dirty` and `live` bytes now; returns the dirty bytes that
+    /// stayed unused through the whole last decay period (to purge; call `purged` after).
+    pub(crate) fn advance(&mut self, now: u64, dirty: u64, live: u64) -> u64 {
+        self.advance_epochs(now, live);
+        if self.ms <= 0 {
+            return 0;
+        }
+        if self.tick_end == 0 {
+            self.tick_end = now + self.tick_ns;
+            self.cur_min = dirty;
+            return 0;
+        }
+        if now < self.tick_end {
+            return 0;
+        }
+        let done = (now - self.tick_end) / self.tick_ns + 1;
+        for i in 0..done.min(TICKS as u64) {
+            // The tick just ended saw `cur_min`; any later one saw no change, so `dirty`.
+            self.ring[self.pos] = if i == 0 { self.cur_min } else { dirty };
+            self.pos = (self.pos + 1) % TICKS;
+        }
+        self.cur_min = dirty;
+        self.tick_end += done * self.tick_ns;
+        self.ring.iter().copied().min().unwrap_or(0).min(dirty)
+    }
+
+    /// `bytes` of dirty memory were purged: they no longer count as idle.
+    pub(crate) fn purged(&mut self, bytes: u64) {
+        for r in &mut self.ring {
+            *r = r.saturating_sub(bytes);
+        }
+    }
+
+    fn advance_epochs(&mut self, now: u64, live: u64) {
+        if self.epoch_end == 0 {
+            self.epoch_end = now + EPOCH_NS;
+            return;
+        }
+        if now < self.epoch_end {
+            return;
+        }
+        let done = (now - self.epoch_end) / EPOCH_NS + 1;
+        for i in 0..done.min(EPOCHS as u64) {
+            self.peaks[self.ppos] = if i == 0 { self.cur_peak } else { live };
+            self.ppos = (self.ppos + 1) % EPOCHS;
+        }
+        self.cur_peak = live;
+        self.epoch_end += done * EPOCH_NS;
+    }
+
+    /// The highest live count over the recent epochs.
+    pub(crate) fn peak(&self) -> u64 {
+        self.peaks
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(self.cur_peak)
+    }
+
+    /// The most `live + dirty` may reach before fresh pages make the arena purge: the recent
+    /// peak (with `live` counted in) plus its slack.
+    pub(crate) fn bound(&self, live: u64) -> u64 {
+        let peak = self.peak().max(live);
+        peak + (peak / 32).max(SLACK_MIN)
+    }
+}
+
+const fn tick_ns(ms: i64) -> u64 {
+    if ms <= 0 {
+        u64::MAX
+    } else {
+        let ns = (ms as u64).saturating_mul(1_000_000) / TICKS as u64;
+        if ns == 0 {
+            1
+        } else {
+            ns
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn idle_memory_decays_after_one_period_and_busy_memory_does_not() {
+        let mut d = Decay::new(800);
+        let t0 = 5_000 * MS;
+        assert_eq!(d.advance(t0, 0, 0), 0);
+        // 100 MiB freed and left alone: nothing before a whole period, all of it after.
+        let dirty = 100u64 << 20;
+        assert_eq!(d.advance(t0 + 100 * MS, dirty, 0), 0);
+        assert_eq!(d.advance(t0 + 700 * MS, dirty, 0), 0);
+        let idle = d.advance(t0 + 1_000 * MS, dirty, 0);
+        assert_eq!(idle, dirty, "idle for a whole period");
+        d.purged(idle);
+        assert_eq!(d.advance(t0 + 1_200 * MS, 0, 0), 0);
+
+        // Memory reused within every tick never counts as idle.
+        let mut d = Decay::new(800);
+        d.advance(t0, 0, 0);
+        let mut t = t0;
+        for _ in 0..100 {
+            t += 50 * MS;
+            d.note_dirty(0); // reused: the dirty count touched zero in this tick
+            assert_eq!(d.advance(t, dirty, dirty), 0);
+        }
+    }
+
+    #[test]
+    fn never_and_immediate_do_no_window_work() {
+        for ms in [NEVER, 0] {
+            let mut d = Decay::new(ms);
+            for i in 1..100 {
+                assert_eq!(d.advance(i * 1_000 * MS, 1 << 30, 0), 0);
+            }
+            assert_eq!(d.due_at(), u64::MAX);
+        }
+        assert!(Decay::new(0).immediate());
+    }
+
+    #[test]
+    fn the_bound_follows_the_recent_peak() {
+        let mut d = Decay::new(NEVER);
+        let t0 = 10 * EPOCH_NS;
+        d.advance(t0, 0, 0);
+        d.note_live(1 << 30);
+        assert_eq!(d.peak(), 1 << 30);
+        assert_eq!(d.bound(0), (1 << 30) + (1 << 25));
+        assert_eq!(d.bound(2 << 30), (2 << 30) + (1 << 26), "live counts in");
+        // Small peaks keep the minimum slack.
+        let mut s = Decay::new(NEVER);
+        s.advance(t0, 0, 0);
+        s.note_live(1 << 20);
+        assert_eq!(s.bound(0), (1 << 20) + SLACK_MIN);
+        // After `EPOCHS` epochs at a lower level, the old peak is forgotten.
+        let mut t = t0;
+        for _ in 0..=EPOCHS {
+            t += EPOCH_NS;
+            d.advance(t, 0, 64 << 20);
+        }
+        assert_eq!(d.peak(), 64 << 20);
+    }
+}
