@@ -2,19 +2,18 @@
 //! with `--cfg loom`; not part of the public API).
 //!
 //! The models drive the real code: the remote-free batches and delayed lists, heap adoption and
-//! abandonment, the per-kind large pools with eviction, recycling and trim, the handles' limit
-//! accounts and the spin lock. What the global allocator finds through thread-locals (the calling
+//! abandonment, the extent arena (first fit, coalescing, per-kind shares, capacity purges, decay
+//! purges outside the lock, trim), the handles' limit accounts and the spin lock. What the global allocator finds through thread-locals (the calling
 //! thread's heap and batch) is passed explicitly here, because a model's threads are loom's
 //! threads, not the OS threads the thread-locals belong to. Every structure is built fresh per
 //! model execution, never taken from the process-wide statics.
 
-use crate::class::large_size;
-use crate::pool::large::{LargeHeader, LargePools};
+use crate::pool::large::{Arena, ArenaCounters, LargeCounters, AUTO};
 use crate::pool::slab;
 use crate::sync::RawSpinLock;
 use crate::tcache::{self, Heap, Pending};
 
-pub use crate::pool::large::KindCensus;
+pub use crate::pool::large::Census as ArenaCensus;
 pub use crate::tcache::Census;
 
 /// The size class of a small request of `size` bytes (alignment 8).
@@ -147,60 +146,92 @@ impl RemoteBatch {
     }
 }
 
-/// A set of per-kind large-block pools, as the allocator's process-wide one.
-pub struct LargePool(LargePools);
+/// An extent arena, as the allocator's process-wide one, built fresh for one model execution
+/// (its chunks are unmapped when it is dropped). Decay starts off: models drive it with
+/// `set_decay_ms` and `tick_at`, since loom does not model time.
+pub struct LargePool(Arena);
+
+/// What `LargePool::census` returns.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolCensus {
+    /// The arena's structure, checked (see `ArenaState::census`).
+    pub census: ArenaCensus,
+    /// Per-kind counters, `cached_bytes` filled in.
+    pub kinds: [LargeCounters; crate::kind::NUM_KINDS],
+    /// The arena's own counters.
+    pub arena: ArenaCounters,
+}
 
 impl LargePool {
-    /// Pools whose kinds all have soft capacity `capacity` bytes.
+    /// An arena whose kinds all have soft capacity `capacity` bytes (`usize::MAX`: none).
     pub fn new(capacity: usize) -> Self {
-        Self(LargePools::new(capacity))
-    }
-
-    /// The class size a request of `size` bytes is served with.
-    pub fn class_size(size: usize) -> usize {
-        large_size(size).expect("a large size")
+        let a = Arena::new();
+        a.with(|s| {
+            s.capacity = [if capacity == usize::MAX {
+                AUTO
+            } else {
+                capacity
+            }; 6];
+            s.decay.set_ms(-1);
+        });
+        Self(a)
     }
 
     /// Allocate `size` bytes (above the small classes) of `kind`, 64-aligned; null on failure.
     pub fn alloc(&self, kind: usize, size: usize) -> *mut u8 {
-        match large_size(size) {
-            Some(class_bytes) => self.0.alloc(kind, size, class_bytes, 64),
-            None => core::ptr::null_mut(),
-        }
+        self.0.alloc(kind, size, 64)
     }
 
-    /// Free a block of these pools.
+    /// Free a block of this arena (panics if `p` is not one: the model's assertion).
     ///
     /// # Safety
-    /// `p` is a live block of these pools, freed once.
+    /// `p` is a live block of this arena, freed once.
     pub unsafe fn free(&self, p: *mut u8) {
-        // SAFETY: a large block's header is the segment below its first byte.
-        unsafe { self.0.free(slab::segment_of(p).cast::<LargeHeader>()) }
+        let e = self.0.lookup(p);
+        assert!(!e.is_null(), "{p:p} is not a live block");
+        // SAFETY: `e` is the live block at `p`, freed once (the caller's contract).
+        unsafe { self.0.free(e) }
     }
 
-    /// Release every cached block; returns the bytes released.
+    /// Grow or shrink the block at `p` in place; whether it could.
+    ///
+    /// # Safety
+    /// `p` is a live block of this arena held by the caller.
+    pub unsafe fn resize(&self, p: *mut u8, new_size: usize) -> bool {
+        let e = self.0.lookup(p);
+        assert!(!e.is_null(), "{p:p} is not a live block");
+        // SAFETY: the caller's contract.
+        unsafe { self.0.resize(e, p, new_size) }
+    }
+
+    /// Return every dirty page and unmap what is wholly free; the bytes purged.
     pub fn trim(&self) -> usize {
         self.0.trim()
     }
 
     /// Set one kind's soft capacity.
     pub fn set_capacity(&self, kind: usize, bytes: usize) {
-        self.0.set_capacity(kind, bytes);
+        self.0.with(|s| s.capacity[kind] = bytes);
     }
 
-    /// Check every kind's lists and return their contents and counters (panics on a broken
+    /// Set the decay time (milliseconds; negative: never).
+    pub fn set_decay_ms(&self, ms: i64) {
+        self.0.with(|s| s.decay.set_ms(ms));
+    }
+
+    /// Let decay run at time `t_ns` (purging what was idle a whole period, outside the lock).
+    pub fn tick_at(&self, t_ns: u64) {
+        self.0.tick_at(t_ns);
+    }
+
+    /// Check the arena's structure and return it with the counters (panics on a broken
     /// invariant).
-    pub fn census(&self) -> Vec<KindCensus> {
-        self.0.census()
-    }
-}
-
-impl Drop for LargePool {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            return;
+    pub fn census(&self) -> PoolCensus {
+        PoolCensus {
+            census: self.0.census(),
+            kinds: self.0.with(|s| s.kind_counters()),
+            arena: self.0.with(|s| s.arena_counters()),
         }
-        self.0.trim();
     }
 }
 

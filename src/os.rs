@@ -229,6 +229,7 @@ pub(crate) fn at_exit(f: extern "C" fn()) -> bool {
     unsafe { libc::atexit(f) == 0 }
 }
 
+#[cfg_attr(loom, allow(dead_code))] // models drive decay with explicit times
 /// Monotonic time in nanoseconds at the kernel tick's resolution (a few milliseconds; vDSO, a
 /// few nanoseconds a call): the clock of decay, where milliseconds are the unit.
 pub(crate) fn coarse_now_ns() -> u64 {

@@ -82,13 +82,29 @@ struct Node {
 /// levels below are allocated from the arena's metadata on first use. Written under the arena's
 /// lock; read without it (see the module docs for why a lookup needs no lock).
 pub(crate) struct PageMap {
+    #[cfg(not(loom))]
     root: [AtomicPtr<Node>; FANOUT],
+    /// Models build an arena per execution on loom's small coroutine stacks: the root lives on
+    /// the heap there.
+    #[cfg(loom)]
+    root: Box<[AtomicPtr<Node>]>,
 }
 
 impl PageMap {
+    #[cfg(not(loom))]
     pub(crate) const fn new() -> Self {
         Self {
             root: [const { AtomicPtr::new(ptr::null_mut()) }; FANOUT],
+        }
+    }
+
+    #[cfg(loom)]
+    pub(crate) fn new() -> Self {
+        let v: Vec<AtomicPtr<Node>> = (0..FANOUT)
+            .map(|_| AtomicPtr::new(ptr::null_mut()))
+            .collect();
+        Self {
+            root: v.into_boxed_slice(),
         }
     }
 

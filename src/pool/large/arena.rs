@@ -50,7 +50,7 @@ use core::sync::atomic::Ordering::Relaxed;
 pub(crate) const SLAB: usize = NUM_KINDS;
 
 /// First chunk size; each new chunk doubles it up to `CHUNK_MAX`. (Loom models keep it small.)
-const CHUNK_MIN: usize = if cfg!(loom) { 4 << 20 } else { 64 << 20 };
+const CHUNK_MIN: usize = if cfg!(loom) { 16 << 20 } else { 64 << 20 };
 const CHUNK_MAX: usize = 1 << 30;
 /// Chunks start on this boundary (the huge-page size).
 const CHUNK_ALIGN: usize = 2 << 20;

@@ -128,8 +128,13 @@ impl Decay {
         }
         let done = (now - self.tick_end) / self.tick_ns + 1;
         for i in 0..done.min(TICKS as u64) {
-            // The tick just ended saw `cur_min`; any later one saw no change, so `dirty`.
-            self.ring[self.pos] = if i == 0 { self.cur_min } else { dirty };
+            // The tick just ended saw `cur_min`; any later one saw no change, so `dirty`. After
+            // more than a whole period, the tick that saw `cur_min` is outside the window.
+            self.ring[self.pos] = if i == 0 && done <= TICKS as u64 {
+                self.cur_min
+            } else {
+                dirty
+            };
             self.pos = (self.pos + 1) % TICKS;
         }
         self.cur_min = dirty;
@@ -154,7 +159,11 @@ impl Decay {
         }
         let done = (now - self.epoch_end) / EPOCH_NS + 1;
         for i in 0..done.min(EPOCHS as u64) {
-            self.peaks[self.ppos] = if i == 0 { self.cur_peak } else { live };
+            self.peaks[self.ppos] = if i == 0 && done <= EPOCHS as u64 {
+                self.cur_peak
+            } else {
+                live
+            };
             self.ppos = (self.ppos + 1) % EPOCHS;
         }
         self.cur_peak = live;
@@ -221,6 +230,19 @@ mod tests {
             d.note_dirty(0); // reused: the dirty count touched zero in this tick
             assert_eq!(d.advance(t, dirty, dirty), 0);
         }
+    }
+
+    #[test]
+    fn after_a_long_quiet_gap_everything_idle_decays_at_the_next_call() {
+        let mut d = Decay::new(200);
+        let t0 = 5_000 * MS;
+        d.advance(t0, 0, 0);
+        // Busy until the last moment: the dirty count was zero during the current tick.
+        d.note_dirty(0);
+        let dirty = 192u64 << 20;
+        assert_eq!(d.advance(t0 + 10 * MS, dirty, 0), 0);
+        // Nothing for a second (five periods), then one call.
+        assert_eq!(d.advance(t0 + 1_010 * MS, dirty, 0), dirty);
     }
 
     #[test]

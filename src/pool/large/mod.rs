@@ -19,6 +19,8 @@ mod extent;
 mod tree;
 
 pub use arena::ArenaCounters;
+#[cfg(any(test, loom, feature = "check"))]
+pub use arena::Census;
 pub(crate) use arena::{Arena, AUTO};
 pub(crate) use decay::{DEFAULT_MS as DEFAULT_DECAY_MS, NEVER as DECAY_NEVER};
 pub(crate) use extent::{Extent, State};

@@ -279,7 +279,7 @@ impl Tree {
     }
 
     /// Check the invariants in the module docs; panics on a violation (tests and models only).
-    #[cfg(any(test, loom, debug_assertions))]
+    #[cfg(any(test, loom, feature = "check"))]
     pub(crate) fn check(&self) {
         /// Returns (count, bytes, max) of the subtree, checking order within (lo, hi).
         unsafe fn walk(e: *mut Extent, lo: usize, hi: usize) -> (usize, usize, usize) {
