@@ -218,6 +218,15 @@ impl TensorPool {
         ARENA.with(|s| s.kind_counters())
     }
 
+    /// Check every invariant of the arena (extents tiling their regions, runs in the tree, the
+    /// release order, shares and byte equations) and return what it holds. Expensive (a walk of
+    /// all extents under the lock): built only with the `check` feature, for debug tests. Panics
+    /// on a violation.
+    #[cfg(feature = "check")]
+    pub fn check_arena(&self) -> crate::pool::large::Census {
+        ARENA.census()
+    }
+
     /// Counters of the arena all large blocks and segments come from: mapped, dirty and clean
     /// bytes, regions (mappings), purges, recoveries.
     pub fn arena_counters(&self) -> ArenaCounters {

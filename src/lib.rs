@@ -52,6 +52,8 @@ pub use kind::{
 };
 pub use options::{ExitReport, PoolConfig, DEFAULT_CAPACITY};
 pub use os::resident_bytes;
+#[cfg(feature = "check")]
+pub use pool::large::Census as ArenaCensus;
 pub use pool::large::{ArenaCounters, LargeCounters};
 pub use stats::{PoolStats, Stats, COLUMNS as STATS_COLUMNS};
 pub use tiles::{plan_matmul, plan_tiles, round_to_line, MatmulBlocks, PlanError, TilePlan};

@@ -15,6 +15,7 @@
 
 use core::ffi::{c_char, c_int, c_void, CStr};
 use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering};
 use tensorpool::{TensorKind, TensorPool};
 
 /// Rust code inside the library allocates from tensorpool directly.
@@ -23,8 +24,85 @@ static ALLOC: TensorPool = TensorPool::new();
 
 /// Apply the configuration (`TENSORPOOL_*` options, the exit report) when the library is loaded,
 /// not at the first large allocation: many programs (`git --version`) never make one.
+///
+/// A preloaded library is loaded before the program's `main`: the background decay thread (if
+/// `TENSORPOOL_BACKGROUND=1`) must not start until `main` does (see `__libc_start_main` below).
+/// Loaded later with `dlopen`, the program is already in `main`.
 extern "C" fn load() {
+    let preloaded = tensorpool_env_mentions(c"LD_PRELOAD", b"tensorpool");
+    tensorpool::defer_background_thread(preloaded);
     ALLOC.init();
+}
+
+/// Whether the environment variable `name` contains `needle` (read without allocating).
+fn tensorpool_env_mentions(name: &CStr, needle: &[u8]) -> bool {
+    // SAFETY: `name` is NUL-terminated; getenv returns null or a NUL-terminated string.
+    let v = unsafe { libc::getenv(name.as_ptr()) };
+    if v.is_null() {
+        return false;
+    }
+    // SAFETY: as above.
+    let v = unsafe { CStr::from_ptr(v) }.to_bytes();
+    v.windows(needle.len()).any(|w| w == needle)
+}
+
+type MainFn = unsafe extern "C" fn(c_int, *mut *mut c_char, *mut *mut c_char) -> c_int;
+type StartMainFn = unsafe extern "C" fn(
+    MainFn,
+    c_int,
+    *mut *mut c_char,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+) -> c_int;
+
+/// The program's `main`, while our wrapper runs in its place.
+static MAIN: AtomicUsize = AtomicUsize::new(0);
+
+/// glibc's `__libc_start_main`, interposed only to learn when `main` starts: it calls the real
+/// one with `main_started` in place of `main`, which lifts the hold on the background thread and
+/// calls the program's `main` with the same arguments.
+///
+/// # Safety
+/// Called once, by the program's entry code, with the arguments glibc expects.
+#[no_mangle]
+pub unsafe extern "C" fn __libc_start_main(
+    main: MainFn,
+    argc: c_int,
+    argv: *mut *mut c_char,
+    init: *mut c_void,
+    fini: *mut c_void,
+    rtld_fini: *mut c_void,
+    stack_end: *mut c_void,
+) -> c_int {
+    // SAFETY: looking up the next definition of a symbol glibc always defines.
+    let real = unsafe { libc::dlsym(libc::RTLD_NEXT, c"__libc_start_main".as_ptr()) };
+    if real.is_null() {
+        // Not glibc: nothing to wrap, and no way to go on.
+        // SAFETY: abort has no preconditions.
+        unsafe { libc::abort() };
+    }
+    MAIN.store(main as usize, Ordering::Relaxed);
+    // SAFETY: `real` is glibc's `__libc_start_main`, of this signature.
+    unsafe {
+        let real: StartMainFn = core::mem::transmute(real);
+        real(main_started, argc, argv, init, fini, rtld_fini, stack_end)
+    }
+}
+
+/// Runs as the program's `main`.
+unsafe extern "C" fn main_started(
+    argc: c_int,
+    argv: *mut *mut c_char,
+    envp: *mut *mut c_char,
+) -> c_int {
+    tensorpool::defer_background_thread(false);
+    // SAFETY: `MAIN` holds the program's `main`, stored before glibc called us.
+    unsafe {
+        let main: MainFn = core::mem::transmute(MAIN.load(Ordering::Relaxed));
+        main(argc, argv, envp)
+    }
 }
 
 #[used]

@@ -87,6 +87,36 @@ fn same_output(mut make: impl FnMut() -> Command) -> String {
     String::from_utf8_lossy(&pre.stdout).into_owned()
 }
 
+/// `TENSORPOOL_BACKGROUND=1` under the preload library: the thread is not started before `main`
+/// (the library waits for glibc to call `main`), and once started it returns an idle process's
+/// freed memory without any allocator call.
+#[test]
+fn the_background_thread_starts_after_main_and_returns_idle_memory() {
+    let exe = compile("background.c");
+    let out = run(
+        Command::new(&exe)
+            .env("TENSORPOOL_BACKGROUND", "1")
+            .env("TENSORPOOL_DECAY_MS", "200"),
+        true,
+    );
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |name: &str| -> i64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+    };
+    assert_eq!(field("threads_at_main="), 1, "a thread before main: {line}");
+    assert_eq!(field("threads_after="), 2, "{line}");
+    assert!(field("written=") >= 300, "{line}");
+    assert!(field("freed=") >= 300, "kept for reuse at first: {line}");
+    assert!(field("idle=") < 40, "returned while idle: {line}");
+    // Without the option no thread is made, and an idle process keeps its memory.
+    let out = run(Command::new(&exe).env("TENSORPOOL_DECAY_MS", "200"), true);
+    let line = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(line.contains("threads_after=1"), "{line}");
+}
+
 #[test]
 fn multithreaded_c_program_checks_contents_and_contracts() {
     let exe = compile("stress.c");

@@ -34,7 +34,7 @@
 //! busy == mapped`.
 
 use super::decay::Decay;
-use super::extent::{Extent, State, ATTRS};
+use super::extent::{Extent, Prefer, State, ATTRS};
 use super::tree::Tree;
 use super::LargeCounters;
 use crate::kind::NUM_KINDS;
@@ -49,9 +49,29 @@ use core::sync::atomic::Ordering::Relaxed;
 /// The attribution of dirty memory that was a small-block segment.
 pub(crate) const SLAB: usize = NUM_KINDS;
 
-/// First chunk size; each new chunk doubles it up to `CHUNK_MAX`. (Loom models keep it small.)
-const CHUNK_MIN: usize = if cfg!(loom) { 16 << 20 } else { 64 << 20 };
+/// The arena's zones: large blocks, and small-block segments (long-lived, so kept apart, where
+/// they cannot pin holes between blocks). Free extents coalesce only within a zone.
+pub(crate) const BLOCKS: usize = 0;
+pub(crate) const SEGMENTS: usize = 1;
+const ZONES: usize = 2;
+
+/// First chunk size of each zone; each new chunk doubles it up to `CHUNK_MAX`. (Loom models
+/// keep them small.)
+const CHUNK_MIN: [usize; ZONES] = if cfg!(loom) {
+    [16 << 20, 8 << 20]
+} else {
+    [64 << 20, 16 << 20]
+};
 const CHUNK_MAX: usize = 1 << 30;
+
+/// Where the block zone's first chunk is asked for: somewhere in this range (randomised per
+/// process), far below where the kernel puts mappings on its own (top-down from just below the
+/// stack) and above where it puts the program and its heap, so that the zone can grow upwards,
+/// each chunk just above the last. Blocks are placed lowest address first, so growing upwards
+/// keeps the free space of old chunks preferred to new pages, and leaves a block room to grow
+/// in place into the space above it. Where the range is not free (or the address space is
+/// smaller), the kernel places the chunk and the zone grows wherever it can.
+const BLOCK_HINT: (usize, usize) = (0x2000_0000_0000, 0x1000_0000_0000);
 /// Chunks start on this boundary (the huge-page size).
 const CHUNK_ALIGN: usize = 2 << 20;
 
@@ -59,6 +79,8 @@ const CHUNK_ALIGN: usize = 2 << 20;
 const COLOUR_MAX: usize = 2 << 20;
 /// Colours: line offsets within the first page.
 const COLOURS: usize = PAGE / 64;
+/// The largest colour offset.
+const COLOUR_SPAN: usize = (COLOURS - 1) * 64;
 
 /// A shrink in place gives back the tail once it is at least this large.
 const SHRINK_MIN: usize = 64 << 10;
@@ -113,6 +135,7 @@ pub struct ArenaCounters {
 
 /// A contiguous mapped range tiled by extents.
 struct Region {
+    zone: u8,
     base: usize,
     end: usize,
     first: *mut Extent,
@@ -137,6 +160,14 @@ pub(crate) enum Use {
 }
 
 impl Use {
+    /// The zone it is carved from.
+    fn zone(self) -> usize {
+        match self {
+            Use::Block(_) => BLOCKS,
+            Use::Segment => SEGMENTS,
+        }
+    }
+
     /// The attribution whose dirty share it takes first.
     fn attr(self) -> usize {
         match self {
@@ -160,8 +191,8 @@ enum Step {
     Done(*mut Extent),
     /// Purge this chain of `Busy` extents, then try again.
     Purge(*mut Extent),
-    /// Map a chunk of at least this many bytes, then try again.
-    Grow(usize),
+    /// Map a chunk of at least this many bytes for a zone, then try again.
+    Grow(usize, usize),
     /// No descriptor or page-map node could be had.
     NoMeta,
     /// The request can never be served (its size overflows).
@@ -170,8 +201,11 @@ enum Step {
 
 /// The arena's state, behind its lock.
 pub(crate) struct ArenaState {
-    dirty: Tree,
-    clean: Tree,
+    /// Free runs of each zone, by address.
+    runs: [Tree; ZONES],
+    /// Bytes of dirty and of clean extents.
+    dirty_bytes: u64,
+    clean_bytes: u64,
     /// Dirty extents in release order.
     lru: Lru,
     /// Dirty bytes per attribution (the kinds' `cached_bytes`, and returned segments).
@@ -191,7 +225,7 @@ pub(crate) struct ArenaState {
     busy: u64,
     clock: u64,
     colour: usize,
-    chunk_next: usize,
+    chunk_next: [usize; ZONES],
     /// Per kind: a configured soft capacity on live + cached bytes, or `AUTO`.
     pub(crate) capacity: [usize; NUM_KINDS],
     pub(crate) decay: Decay,
@@ -228,8 +262,9 @@ fn now() -> u64 {
 impl ArenaState {
     const fn new() -> Self {
         Self {
-            dirty: Tree::new(),
-            clean: Tree::new(),
+            runs: [Tree::new(), Tree::new()],
+            dirty_bytes: 0,
+            clean_bytes: 0,
             lru: Lru {
                 head: ptr::null_mut(),
                 tail: ptr::null_mut(),
@@ -310,6 +345,7 @@ impl ArenaState {
                 // SAFETY: fresh metadata memory of the record's size.
                 unsafe {
                     r.write(Region {
+                        zone: 0,
                         base: 0,
                         end: 0,
                         first: ptr::null_mut(),
@@ -351,7 +387,14 @@ impl ArenaState {
         self.totals.extents -= 1;
     }
 
-    fn new_region(&mut self, base: usize, end: usize, first: *mut Extent, last: *mut Extent) {
+    fn new_region(
+        &mut self,
+        zone: u8,
+        base: usize,
+        end: usize,
+        first: *mut Extent,
+        last: *mut Extent,
+    ) {
         let r = if self.spare_regions.is_null() {
             self.meta
                 .alloc(core::mem::size_of::<Region>(), 8)
@@ -366,6 +409,7 @@ impl ArenaState {
         // SAFETY: a record owned by the arena.
         unsafe {
             r.write(Region {
+                zone,
                 base,
                 end,
                 first,
@@ -382,7 +426,7 @@ impl ArenaState {
         let mut r = self.regions;
         // SAFETY: region records are ours.
         unsafe {
-            while !r.is_null() && !((*r).base <= a && a < (*r).end) {
+            while !(r.is_null() || ((*r).base <= a && a < (*r).end)) {
                 r = (*r).next;
             }
         }
@@ -515,14 +559,65 @@ impl ArenaState {
     }
 
     // -----------------------------------------------------------------------------------------
-    // Free extents
+    // Free extents and runs
     // -----------------------------------------------------------------------------------------
 
-    fn tree(&mut self, s: State) -> &mut Tree {
-        if s == State::Dirty {
-            &mut self.dirty
-        } else {
-            &mut self.clean
+    /// Whether `e` is a free extent (null is not).
+    ///
+    /// # Safety
+    /// `e` is null or our descriptor.
+    #[inline]
+    unsafe fn is_free(e: *mut Extent) -> bool {
+        // SAFETY: the caller's contract.
+        !e.is_null() && unsafe { (*e).state() }.is_free()
+    }
+
+    /// The first extent of the run holding free extent `e`.
+    ///
+    /// # Safety
+    /// `e` is our free extent.
+    unsafe fn run_head(mut e: *mut Extent) -> *mut Extent {
+        // SAFETY: neighbours are our extents.
+        unsafe {
+            while Self::is_free((*e).prev) {
+                e = (*e).prev;
+            }
+        }
+        e
+    }
+
+    /// Take the run holding free extent `e` out of the tree (before the run changes).
+    ///
+    /// # Safety
+    /// `e` is our free extent, its run in the tree.
+    unsafe fn detach_run(&mut self, e: *mut Extent) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let h = Self::run_head(e);
+            self.runs[(*h).zone as usize].remove(h);
+            (*h).span = 0;
+        }
+    }
+
+    /// Put the run holding `e` (if `e` is free) into the tree, its length measured.
+    ///
+    /// # Safety
+    /// `e` is null or our extent; if free, its run is not in the tree.
+    unsafe fn attach_run(&mut self, e: *mut Extent) {
+        // SAFETY: the caller's contract; run members are our extents.
+        unsafe {
+            if !Self::is_free(e) {
+                return;
+            }
+            let h = Self::run_head(e);
+            let mut span = 0;
+            let mut x = h;
+            while Self::is_free(x) {
+                span += (*x).size;
+                x = (*x).next;
+            }
+            (*h).span = span;
+            self.runs[(*h).zone as usize].insert(h);
         }
     }
 
@@ -534,13 +629,21 @@ impl ArenaState {
     }
 
     /// Add a freed extent to the dirty set as released by `attr`, coalescing with dirty
-    /// neighbours (their shares add up; the merged extent is the most recently released).
+    /// neighbours (their shares add up; the merged extent is the most recently released) and
+    /// joining the run of any free neighbour.
     ///
     /// # Safety
-    /// `e` is our extent, in no tree or list, in its region's address list.
+    /// `e` is our extent, not free, in no list, in its region's address list.
     unsafe fn put_dirty(&mut self, e: *mut Extent, attr: usize) {
         // SAFETY: the caller's contract; neighbours are our extents.
         unsafe {
+            let (l, r) = ((*e).prev, (*e).next);
+            if Self::is_free(l) {
+                self.detach_run(l);
+            }
+            if Self::is_free(r) {
+                self.detach_run(r);
+            }
             self.clock += 1;
             (*e).set_state(State::Dirty);
             (*e).zero = false;
@@ -548,139 +651,173 @@ impl ArenaState {
             (*e).shares = [0; ATTRS];
             (*e).shares[attr] = (*e).size as u64;
             self.attr_bytes[attr] += (*e).size as u64;
+            self.dirty_bytes += (*e).size as u64;
             let mut e = e;
-            let l = (*e).prev;
             if !l.is_null() && (*l).state() == State::Dirty {
-                let old = (*l).size;
                 self.lru_unlink(l);
                 add_shares(&mut (*l).shares, &(*e).shares);
                 self.absorb_next(l, e);
                 self.free_desc(e);
-                self.dirty.resized(l, old);
                 (*l).released = self.clock;
-                self.lru_push(l);
                 e = l;
-            } else {
-                self.dirty.insert(e);
-                self.lru_push(e);
             }
-            let r = (*e).next;
+            self.lru_push(e);
             if !r.is_null() && (*r).state() == State::Dirty {
-                self.dirty.remove(r);
                 self.lru_unlink(r);
-                let old = (*e).size;
                 add_shares(&mut (*e).shares, &(*r).shares);
                 self.absorb_next(e, r);
                 self.free_desc(r);
-                self.dirty.resized(e, old);
             }
+            self.attach_run(e);
         }
     }
 
-    /// Add an extent to the clean set, coalescing with clean neighbours.
+    /// Add an extent to the clean set, coalescing with clean neighbours and joining the run of
+    /// any free neighbour.
     ///
     /// # Safety
     /// As for `put_dirty`; `zero` says whether its bytes read as zero.
     unsafe fn put_clean(&mut self, e: *mut Extent, zero: bool) {
         // SAFETY: the caller's contract; neighbours are our extents.
         unsafe {
+            let (l, r) = ((*e).prev, (*e).next);
+            if Self::is_free(l) {
+                self.detach_run(l);
+            }
+            if Self::is_free(r) {
+                self.detach_run(r);
+            }
             (*e).set_state(State::Clean);
-            (*e).kind = 0;
             (*e).zero = zero;
+            (*e).shares = [0; ATTRS];
+            self.clean_bytes += (*e).size as u64;
             let mut e = e;
-            let l = (*e).prev;
             if !l.is_null() && (*l).state() == State::Clean {
-                let old = (*l).size;
                 (*l).zero &= zero;
                 self.absorb_next(l, e);
                 self.free_desc(e);
-                self.clean.resized(l, old);
                 e = l;
-            } else {
-                self.clean.insert(e);
             }
-            let r = (*e).next;
             if !r.is_null() && (*r).state() == State::Clean {
-                self.clean.remove(r);
-                let old = (*e).size;
                 (*e).zero &= (*r).zero;
                 self.absorb_next(e, r);
                 self.free_desc(r);
-                self.clean.resized(e, old);
             }
+            self.attach_run(e);
         }
     }
 
-    /// Cut `[a, a + need)` out of free extent `f` and return it as an extent of its own, off
-    /// every tree and list (its state still `f`'s), with the shares it takes from a dirty `f`
-    /// (`first`'s share first). What is left of `f` stays free in place.
+    /// Split free extent `x` at `at` (page-aligned, inside it): `x` keeps the low part, and the
+    /// returned extent, of the same state, the high part (a dirty one with the shares `high`
+    /// says, and `x`'s place in release order). The run is unchanged.
     ///
     /// # Safety
-    /// `f` is a free extent of ours containing `[a, a + need)`; two spare descriptors exist.
+    /// `x` is our free extent with `x.base < at < x.end()`; a spare descriptor exists.
+    unsafe fn split(&mut self, x: *mut Extent, at: usize, high: Prefer) -> *mut Extent {
+        // SAFETY: the caller's contract.
+        unsafe {
+            debug_assert!((*x).base < at && at < (*x).end());
+            let st = (*x).state();
+            let y = self.new_desc();
+            (*y).base = at;
+            (*y).size = (*x).end() - at;
+            (*x).size = at - (*x).base;
+            (*y).zero = (*x).zero;
+            (*y).zone = (*x).zone;
+            (*y).released = (*x).released;
+            (*y).set_state(st);
+            if st == State::Dirty {
+                (*y).shares = (*x).take_shares((*y).size as u64, high);
+                self.lru_insert_after(x, y);
+            }
+            self.link_after(x, y);
+            y
+        }
+    }
+
+    /// Take free extent `x` out of the free set: off the release-order list, its shares and
+    /// bytes uncounted, `Busy`. Its run must already be out of the tree.
+    ///
+    /// # Safety
+    /// `x` is our free extent.
+    unsafe fn unfree(&mut self, x: *mut Extent) -> [u64; ATTRS] {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let c = (*x).shares;
+            if (*x).state() == State::Dirty {
+                self.lru_unlink(x);
+                self.unattribute(&c);
+                self.dirty_bytes -= (*x).size as u64;
+            } else {
+                self.clean_bytes -= (*x).size as u64;
+            }
+            (*x).shares = [0; ATTRS];
+            (*x).set_state(State::Busy);
+            c
+        }
+    }
+
+    /// Cut `[a, a + need)` out of the run starting at `h` and return it as one `Busy` extent,
+    /// off every tree and list, with what it took: the dirty bytes by the kind that released
+    /// them (`first`'s share first), the clean (fresh) bytes, and whether all of it reads as
+    /// zero. What is left of the run stays free in place.
+    ///
+    /// # Safety
+    /// `h` is the first extent of a run in the tree holding `[a, a + need)`; three spare
+    /// descriptors exist.
     unsafe fn carve(
         &mut self,
-        f: *mut Extent,
+        h: *mut Extent,
         a: usize,
         need: usize,
         first: usize,
-    ) -> (*mut Extent, [u64; ATTRS]) {
-        // SAFETY: the caller's contract.
+    ) -> (*mut Extent, [u64; ATTRS], u64, bool) {
+        // SAFETY: the caller's contract; run members are our extents.
         unsafe {
-            let st = (*f).state();
-            let (base, end) = ((*f).base, (*f).end());
-            debug_assert!(st.is_free() && base <= a && a + need <= end);
-            let (head, tail) = (a - base, end - (a + need));
-            let dirty = st == State::Dirty;
-            let taken = if dirty {
-                let c = (*f).take_shares(need as u64, first);
-                self.unattribute(&c);
-                c
-            } else {
-                [0; ATTRS]
-            };
-            // The tail's shares come out of what is left (own kind last: it stays near).
-            let tail_shares = if dirty && tail > 0 {
-                (*f).take_shares(tail as u64, (first + 1) % ATTRS)
-            } else {
-                [0; ATTRS]
-            };
-            let e = if head > 0 {
-                let old = (*f).size;
-                (*f).size = head;
-                self.tree(st).resized(f, old);
-                let e = self.new_desc();
-                (*e).base = a;
-                (*e).size = need;
-                (*e).zero = (*f).zero;
-                (*e).set_state(st);
-                self.link_after(f, e);
-                e
-            } else {
-                self.tree(st).remove(f);
-                (*f).size = need;
-                f
-            };
-            if tail > 0 {
-                let t = self.new_desc();
-                (*t).base = a + need;
-                (*t).size = tail;
-                (*t).zero = (*f).zero;
-                (*t).released = (*f).released;
-                (*t).shares = tail_shares;
-                (*t).set_state(st);
-                // `e` covers what precedes the tail (and may still be `f`).
-                self.link_after(e, t);
-                self.tree(st).insert(t);
-                if dirty {
-                    // The tail keeps `f`'s place in release order.
-                    self.lru_insert_after(f, t);
+            debug_assert!((*h).base <= a && a + need <= (*h).base + (*h).span);
+            self.runs[(*h).zone as usize].remove(h);
+            (*h).span = 0;
+            let end = a + need;
+            let mut x = h;
+            while (*x).end() <= a {
+                x = (*x).next;
+            }
+            // The range takes its own kind's share of a split extent first, what stays free the
+            // others' (attribution inside one dirty extent is a convention; residency is exact).
+            if (*x).base < a {
+                x = self.split(x, a, Prefer::Own(first));
+            }
+            let start = x;
+            let mut taken = [0; ATTRS];
+            let mut fresh = 0u64;
+            let mut zero = true;
+            loop {
+                if (*x).end() > end {
+                    self.split(x, end, Prefer::Others(first));
                 }
+                if (*x).state() == State::Clean {
+                    fresh += (*x).size as u64;
+                    zero &= (*x).zero;
+                } else {
+                    zero = false;
+                }
+                let last = (*x).end() == end;
+                let c = self.unfree(x);
+                add_shares(&mut taken, &c);
+                if last {
+                    break;
+                }
+                x = (*x).next;
             }
-            if dirty && head == 0 {
-                self.lru_unlink(f);
+            // One extent for the whole range.
+            while (*start).end() < end {
+                let n = (*start).next;
+                self.absorb_next(start, n);
+                self.free_desc(n);
             }
-            (*e).shares = [0; ATTRS];
-            (e, taken)
+            self.attach_run((*start).prev);
+            self.attach_run((*start).next);
+            (start, taken, fresh, zero)
         }
     }
 
@@ -691,7 +828,7 @@ impl ArenaState {
     /// Where a block of `size` bytes aligned to `align` starts in its extent, the extent's size,
     /// and the alignment the extent needs.
     fn placement(&mut self, u: Use, size: usize, align: usize) -> Option<(usize, usize, usize)> {
-        let (off, ealign) = match u {
+        let (off, ealign): (usize, usize) = match u {
             Use::Segment => (0, size),
             Use::Block(_) if align >= PAGE => (0, align),
             Use::Block(_) => {
@@ -700,13 +837,19 @@ impl ArenaState {
                 } else {
                     PAGE
                 };
-                let off = if size < COLOUR_MAX {
+                if size < COLOUR_MAX {
                     self.colour = self.colour.wrapping_add(1);
-                    ((self.colour % COLOURS) * 64).next_multiple_of(align) % PAGE
-                } else {
-                    0
-                };
-                (off, ealign)
+                    let off = ((self.colour % COLOURS) * 64).next_multiple_of(align) % PAGE;
+                    // Room for the largest colour whatever this one is: blocks of one size
+                    // always take extents of one size, so a freed block's extent fits the next
+                    // block of its size (with colours of their own, they would not, and every
+                    // free would leave a hole one page short).
+                    let need = size
+                        .checked_add(COLOUR_SPAN)?
+                        .checked_next_multiple_of(PAGE)?;
+                    return Some((off, need, ealign));
+                }
+                (0, ealign)
             }
         };
         let need = off.checked_add(size)?.checked_next_multiple_of(PAGE)?;
@@ -725,61 +868,79 @@ impl ArenaState {
         let Some((off, need, ealign)) = self.placement(u, size, align) else {
             return Step::Fail;
         };
-        // Make sure the page map can record the block before anything is cut.
-        let (f, a) = self.dirty.first_fit(need, ealign);
-        if !f.is_null() {
-            if !map.prepare(a, &mut self.meta) {
-                return Step::NoMeta;
-            }
-            // SAFETY: `f` is a dirty extent holding `[a, a + need)`; spares are reserved.
-            let (e, taken) = unsafe { self.carve(f, a, need, u.attr()) };
-            self.decay.note_dirty(self.dirty.bytes as u64);
-            // SAFETY: `e` is ours, off every list.
-            return Step::Done(unsafe { self.hand_out(map, e, u, off, size, &taken) });
+        // The lowest-addressed fit, at its low end (see `BLOCK_HINT` for why).
+        let zone = u.zone();
+        let (h, a) = self.runs[zone].first_fit(need, ealign);
+        if h.is_null() {
+            return match need.checked_add(ealign - PAGE) {
+                Some(b) => Step::Grow(zone, b),
+                None => Step::Fail,
+            };
         }
-        // Fresh pages: first keep the kind within its configured capacity, and `live + dirty`
-        // within the bound.
-        if let Use::Block(k) = u {
-            let cap = self.capacity[k];
-            let held = self.kinds[k].live_bytes + self.attr_bytes[k] + need as u64;
-            if cap != AUTO && held > cap as u64 && self.attr_bytes[k] > 0 {
-                let chain = self.take_dirty(held - cap as u64, Some(k), Cause::Capacity);
+        // SAFETY: `h` is the first extent of a run holding `[a, a + need)`.
+        let fresh = unsafe { Self::clean_in(h, a, need) };
+        if fresh > 0 {
+            // Fresh pages: first keep the kind within its configured capacity, and
+            // `live + dirty` within the bound that follows the workload.
+            if let Use::Block(k) = u {
+                let cap = self.capacity[k];
+                let held = self.kinds[k].live_bytes + self.attr_bytes[k] + fresh;
+                if cap != AUTO && held > cap as u64 && self.attr_bytes[k] > 0 {
+                    let chain = self.take_dirty(held - cap as u64, Some(k), Cause::Capacity);
+                    if !chain.is_null() {
+                        return Step::Purge(chain);
+                    }
+                }
+            }
+            // What stays cached once this takes its dirty part: within the bound?
+            let kept = self.dirty_bytes - (need as u64 - fresh);
+            let excess = kept.saturating_sub(self.decay.cache_bound(None));
+            if excess > 0 {
+                let chain = self.take_dirty(excess, None, Cause::Bound);
                 if !chain.is_null() {
                     return Step::Purge(chain);
                 }
             }
         }
-        let live = self.live + need as u64;
-        let bound = self.decay.bound(live);
-        let excess = (live + self.dirty.bytes as u64).saturating_sub(bound);
-        if excess > 0 && self.dirty.bytes > 0 {
-            let chain = self.take_dirty(excess, None, Cause::Bound);
-            if !chain.is_null() {
-                return Step::Purge(chain);
-            }
-        }
-        let (f, a) = self.clean.first_fit(need, ealign);
-        if f.is_null() {
-            return match need.checked_add(ealign - PAGE) {
-                Some(b) => Step::Grow(b),
-                None => Step::Fail,
-            };
-        }
+        // Make sure the page map can record the block before anything is cut.
         if !map.prepare(a, &mut self.meta) {
             return Step::NoMeta;
         }
-        // SAFETY: as above, from the clean tree.
-        let (e, taken) = unsafe { self.carve(f, a, need, u.attr()) };
+        // SAFETY: `h` heads a run holding `[a, a + need)`; spares are reserved.
+        let (e, taken, fresh, zero) = unsafe { self.carve(h, a, need, u.attr()) };
+        self.decay.note_dirty(self.dirty_bytes);
         // SAFETY: `e` is ours, off every list.
-        Step::Done(unsafe { self.hand_out(map, e, u, off, size, &taken) })
+        Step::Done(unsafe { self.hand_out(map, e, u, off, size, &taken, fresh, zero) })
+    }
+
+    /// Bytes of clean extents within `[a, a + need)` of the run starting at `h` (the pages a
+    /// block placed there would fault in).
+    ///
+    /// # Safety
+    /// `h` heads a run holding the range.
+    unsafe fn clean_in(h: *mut Extent, a: usize, need: usize) -> u64 {
+        let (mut x, end, mut n) = (h, a + need, 0);
+        // SAFETY: run members are our extents.
+        unsafe {
+            while !x.is_null() && (*x).base < end {
+                if (*x).state() == State::Clean {
+                    let lo = (*x).base.max(a);
+                    let hi = (*x).end().min(end);
+                    n += hi.saturating_sub(lo) as u64;
+                }
+                x = (*x).next;
+            }
+        }
+        n
     }
 
     /// Turn a carved extent into a live block or segment and count it; `taken` is the dirty
-    /// memory it took, by the kind that released it.
+    /// memory it took, by the kind that released it, `fresh` the clean bytes, `zero` whether it
+    /// all reads as zero.
     ///
     /// # Safety
-    /// `e` is ours, off every tree and list, in state Dirty or Clean; `map.prepare` succeeded
-    /// for its base.
+    /// `e` is ours, `Busy` off every tree and list; `map.prepare` succeeded for its base.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn hand_out(
         &mut self,
         map: &PageMap,
@@ -788,14 +949,15 @@ impl ArenaState {
         off: usize,
         size: usize,
         taken: &[u64; ATTRS],
+        fresh_bytes: u64,
+        zero: bool,
     ) -> *mut Extent {
         // SAFETY: the caller's contract.
         unsafe {
-            let fresh = (*e).state() == State::Clean;
-            (*e).zero &= fresh;
+            let fresh = fresh_bytes > 0;
+            (*e).zero = zero;
             let bytes = (*e).size;
             self.live += bytes as u64;
-            self.decay.note_live(self.live);
             for (from, &b) in taken.iter().enumerate().take(NUM_KINDS) {
                 if Use::Block(from) != u {
                     self.kinds[from].donated_bytes += b;
@@ -806,6 +968,7 @@ impl ArenaState {
                     (*e).set_state(State::Segment);
                     (*e).kind = SLAB as u8;
                     self.totals.segment_bytes += bytes as u64;
+                    self.decay.note_live(self.live, None);
                     map.set((*e).base, e.cast());
                     pagemap::set_small((*e).base as *const u8, true);
                 }
@@ -823,6 +986,9 @@ impl ArenaState {
                     c.granted_bytes += bytes as u64;
                     c.live_bytes += bytes as u64;
                     c.peak_live_bytes = c.peak_live_bytes.max(c.live_bytes);
+                    let kl = c.live_bytes;
+                    self.decay.note_live(self.live, Some((kind, kl)));
+                    c.fresh_bytes += fresh_bytes;
                     if fresh {
                         c.misses += 1;
                     } else {
@@ -910,20 +1076,19 @@ impl ArenaState {
             let first = attr.unwrap_or(0);
             // SAFETY: `x` is our dirty extent; spares are reserved.
             let (y, c) = unsafe {
-                if (*x).size > want {
-                    self.carve(x, (*x).end() - want, want, first)
+                self.detach_run(x);
+                let y = if (*x).size > want {
+                    self.split(x, (*x).end() - want, Prefer::Own(first))
                 } else {
-                    let c = (*x).shares;
-                    self.dirty.remove(x);
-                    self.lru_unlink(x);
-                    self.unattribute(&c);
-                    (x, c)
-                }
+                    x
+                };
+                let c = self.unfree(y);
+                self.attach_run((*y).prev);
+                self.attach_run((*y).next);
+                (y, c)
             };
             // SAFETY: `y` is ours and off every tree and list.
             unsafe {
-                (*y).set_state(State::Busy);
-                (*y).shares = [0; ATTRS];
                 (*y).lru_next = chain;
                 let n = (*y).size as u64;
                 self.busy += n;
@@ -932,7 +1097,7 @@ impl ArenaState {
             }
             chain = y;
         }
-        self.decay.note_dirty(self.dirty.bytes as u64);
+        self.decay.note_dirty(self.dirty_bytes);
         if cause == Cause::Decay {
             self.decay.purged(taken);
         }
@@ -959,13 +1124,27 @@ impl ArenaState {
         }
     }
 
-    /// Move the decay clocks; a chain of idle dirty memory to purge, or null.
+    /// Move the decay clocks; a chain of dirty memory to purge (idle for a whole period, or
+    /// over the bound now that the recent peak has moved), or null.
     fn advance(&mut self, now: u64) -> *mut Extent {
-        let idle = self.decay.advance(now, self.dirty.bytes as u64, self.live);
-        if idle == 0 {
-            return ptr::null_mut();
+        let mut live = [0; NUM_KINDS + 1];
+        for (l, k) in live.iter_mut().zip(&self.kinds) {
+            *l = k.live_bytes;
         }
-        self.take_dirty(idle, None, Cause::Decay)
+        live[NUM_KINDS] = self.live;
+        let idle = self.decay.advance(now, self.dirty_bytes, &live);
+        let mut chain = if idle > 0 {
+            self.take_dirty(idle, None, Cause::Decay)
+        } else {
+            ptr::null_mut()
+        };
+        let over = self
+            .dirty_bytes
+            .saturating_sub(self.decay.cache_bound(None));
+        if over > 0 {
+            chain = concat(chain, self.take_dirty(over, None, Cause::Bound));
+        }
+        chain
     }
 
     /// Purged extents come back clean.
@@ -998,16 +1177,30 @@ impl ArenaState {
     // Chunks
     // -----------------------------------------------------------------------------------------
 
-    /// Where to ask for the next chunk of `len` bytes: just below the lowest region.
-    fn hint(&self, len: usize) -> usize {
-        let mut low = usize::MAX;
+    /// Where to ask for the next chunk of `len` bytes of `zone`: blocks just above their
+    /// highest region (or, for the first, in `BLOCK_HINT`'s range, at `seed`'s offset);
+    /// segments just below their lowest (the way the kernel itself places mappings), or
+    /// wherever the kernel likes for the first.
+    fn hint(&self, zone: usize, len: usize, seed: u64) -> usize {
+        let (mut low, mut high) = (usize::MAX, 0usize);
         let mut r = self.regions;
         // SAFETY: region records are ours.
         unsafe {
             while !r.is_null() {
-                low = low.min((*r).base);
+                if (*r).zone as usize == zone {
+                    low = low.min((*r).base);
+                    high = high.max((*r).end);
+                }
                 r = (*r).next;
             }
+        }
+        if zone == BLOCKS {
+            if high == 0 {
+                let (base, span) = BLOCK_HINT;
+                let off = (seed as usize % span) & !(CHUNK_MAX - 1);
+                return base + off;
+            }
+            return high;
         }
         if low == usize::MAX || low < len {
             0
@@ -1016,28 +1209,30 @@ impl ArenaState {
         }
     }
 
-    /// Add a freshly mapped chunk as clean memory, merging it with a region it touches.
-    fn add_chunk(&mut self, p: usize, len: usize) {
+    /// Add a freshly mapped chunk of `zone` as clean memory, merging it with a region of the
+    /// zone it touches.
+    fn add_chunk(&mut self, zone: usize, p: usize, len: usize) {
         let e = self.new_desc();
         // SAFETY: `e` is a fresh descriptor; region records and extents are ours.
         unsafe {
             (*e).base = p;
             (*e).size = len;
+            (*e).zone = zone as u8;
             let end = p + len;
             let mut below: *mut Region = ptr::null_mut(); // ends where the chunk starts
             let mut above: *mut Region = ptr::null_mut(); // starts where the chunk ends
             let mut r = self.regions;
             while !r.is_null() {
-                if (*r).end == p {
+                if (*r).zone as usize == zone && (*r).end == p {
                     below = r;
                 }
-                if (*r).base == end {
+                if (*r).zone as usize == zone && (*r).base == end {
                     above = r;
                 }
                 r = (*r).next;
             }
             match (below.is_null(), above.is_null()) {
-                (true, true) => self.new_region(p, end, e, e),
+                (true, true) => self.new_region(zone as u8, p, end, e, e),
                 (false, true) => {
                     let last = (*below).last;
                     (*last).next = e;
@@ -1067,7 +1262,7 @@ impl ArenaState {
         }
         self.totals.mapped_bytes += len as u64;
         self.totals.chunk_maps += 1;
-        self.chunk_next = (self.chunk_next * 2).min(CHUNK_MAX);
+        self.chunk_next[zone] = (self.chunk_next[zone] * 2).min(CHUNK_MAX);
     }
 
     /// Take free extents out of their region for unmapping: every free extent when `all`,
@@ -1089,17 +1284,12 @@ impl ArenaState {
                         if !self.reserve(0) {
                             return chain;
                         }
-                        if st == State::Dirty {
-                            self.dirty.remove(e);
-                            self.lru_unlink(e);
-                            let c = (*e).shares;
-                            self.unattribute(&c);
-                            (*e).shares = [0; ATTRS];
-                        } else {
-                            self.clean.remove(e);
-                        }
+                        self.detach_run(e);
+                        self.unfree(e);
+                        let (p, n) = ((*e).prev, (*e).next);
                         self.cut_out(e);
-                        (*e).set_state(State::Busy);
+                        self.attach_run(p);
+                        self.attach_run(n);
                         self.busy += (*e).size as u64;
                         (*e).lru_next = chain;
                         chain = e;
@@ -1109,7 +1299,7 @@ impl ArenaState {
                 r = next_r;
             }
         }
-        self.decay.note_dirty(self.dirty.bytes as u64);
+        self.decay.note_dirty(self.dirty_bytes);
         chain
     }
 
@@ -1140,7 +1330,7 @@ impl ArenaState {
                     let (old_end, old_last) = ((*r).end, (*r).last);
                     (*r).end = (*e).base;
                     (*r).last = p;
-                    self.new_region((*e).end(), old_end, n, old_last);
+                    self.new_region((*r).zone, (*e).end(), old_end, n, old_last);
                 }
             }
             (*e).prev = ptr::null_mut();
@@ -1179,10 +1369,10 @@ impl ArenaState {
     /// The arena's own counters, with the derived ones filled in.
     pub(crate) fn arena_counters(&self) -> ArenaCounters {
         let mut t = self.totals;
-        t.dirty_bytes = self.dirty.bytes as u64;
-        t.clean_bytes = self.clean.bytes as u64;
-        t.recent_peak_bytes = self.decay.peak().max(self.live);
-        t.bound_bytes = self.decay.bound(self.live);
+        t.dirty_bytes = self.dirty_bytes;
+        t.clean_bytes = self.clean_bytes;
+        t.recent_peak_bytes = self.decay.peak(None).max(self.live);
+        t.bound_bytes = self.decay.cache_bound(None);
         t
     }
 }
@@ -1257,8 +1447,8 @@ impl Arena {
                 Step::Done(e) => return e,
                 Step::Purge(chain) => self.purge(chain),
                 Step::Fail => return ptr::null_mut(),
-                Step::Grow(bytes) if self.grow(bytes) => {}
-                Step::Grow(_) | Step::NoMeta => {
+                Step::Grow(zone, bytes) if self.grow(zone, bytes) => {}
+                Step::Grow(..) | Step::NoMeta => {
                     if recovered {
                         return ptr::null_mut();
                     }
@@ -1349,22 +1539,26 @@ impl Arena {
         self.with(|s| unsafe { s.finish_purge(chain) });
     }
 
-    /// Map a chunk of at least `bytes` (outside the lock) and add it. False if the OS refuses.
-    fn grow(&self, bytes: usize) -> bool {
+    /// Map a chunk of at least `bytes` for `zone` (outside the lock) and add it. False if the
+    /// OS refuses.
+    fn grow(&self, zone: usize, bytes: usize) -> bool {
         let Some(min) = bytes.checked_next_multiple_of(CHUNK_ALIGN) else {
             return false;
         };
-        let want = self.with(|s| s.chunk_next).max(min);
+        let want = self.with(|s| s.chunk_next[zone]).max(min);
+        // A seed for the first block chunk's place: the clock and this stack's address.
+        let seed =
+            (os::now_ns() ^ (&min as *const usize as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         for len in [want, min] {
-            let hint = self.with(|s| s.hint(len));
+            let hint = self.with(|s| s.hint(zone, len, seed));
             let p = map_chunk(hint, len);
             if !p.is_null() {
                 return self.with(|s| {
-                    if s.huge_pages {
+                    if s.huge_pages && zone == BLOCKS {
                         os::advise_huge(p, len);
                     }
                     if s.reserve(1) {
-                        s.add_chunk(p as usize, len);
+                        s.add_chunk(zone, p as usize, len);
                         true
                     } else {
                         os::unmap(p, len);
@@ -1409,7 +1603,7 @@ impl Arena {
     /// dirty bytes purged.
     pub(crate) fn trim(&self) -> usize {
         let (chain, bytes) = self.with(|s| {
-            let b = s.dirty.bytes;
+            let b = s.dirty_bytes as usize;
             (s.take_dirty(u64::MAX, None, Cause::Trim), b)
         });
         self.purge(chain);
@@ -1471,17 +1665,26 @@ impl Arena {
                 }
                 let grow = end - cur_end;
                 let n = (*e).next;
-                if n.is_null() || !(*n).state().is_free() || (*n).size < grow || !s.reserve(2) {
+                // `e` is live, so a free `n` heads its run.
+                if !ArenaState::is_free(n) || (*n).span < grow || !s.reserve(3) {
                     return (false, ptr::null_mut());
                 }
-                let (piece, _) = s.carve(n, (*n).base, grow, (*e).kind as usize);
+                let kind = (*e).kind as usize;
+                let (piece, taken, fresh, _) = s.carve(n, (*n).base, grow, kind);
                 s.absorb_next(e, piece);
                 s.free_desc(piece);
                 (*e).zero = false;
-                let kind = (*e).kind as usize;
+                for (from, &b) in taken.iter().enumerate().take(NUM_KINDS) {
+                    if from != kind {
+                        s.kinds[from].donated_bytes += b;
+                        s.kinds[kind].recycled_bytes += b;
+                    }
+                }
+                s.kinds[kind].fresh_bytes += fresh;
                 s.live += grow as u64;
-                s.decay.note_live(s.live);
-                s.decay.note_dirty(s.dirty.bytes as u64);
+                let kl = s.kinds[kind].live_bytes + grow as u64;
+                s.decay.note_live(s.live, Some((kind, kl)));
+                s.decay.note_dirty(s.dirty_bytes);
                 s.totals.live_bytes += grow as u64;
                 s.totals.grown_in_place += 1;
                 let c = &mut s.kinds[kind];
@@ -1541,6 +1744,8 @@ impl Drop for Arena {
 pub struct Census {
     /// Regions and the extents tiling them.
     pub regions: usize,
+    /// Free runs (maximal sequences of free neighbours).
+    pub runs: usize,
     /// Extents by state.
     pub live: usize,
     /// See `live`.
@@ -1576,13 +1781,29 @@ impl ArenaState {
                 let mut e = (*r).first;
                 let mut prev: *mut Extent = ptr::null_mut();
                 let mut at = (*r).base;
+                // The run being walked: its first extent and the bytes seen so far.
+                let mut run: (*mut Extent, usize) = (ptr::null_mut(), 0);
                 while !e.is_null() {
+                    assert_eq!((*e).zone, (*r).zone, "an extent outside its region's zone");
                     assert_eq!((*e).prev, prev, "broken address back link");
                     assert_eq!((*e).base, at, "extents do not tile the region");
                     assert!((*e).size > 0 && (*e).size % PAGE == 0);
                     let st = (*e).state();
                     if !prev.is_null() && st.is_free() {
                         assert_ne!((*prev).state(), st, "two free neighbours of one state");
+                    }
+                    if st.is_free() {
+                        if run.0.is_null() {
+                            run = (e, 0);
+                            c.runs += 1;
+                        } else {
+                            assert_eq!((*e).span, 0, "a run's later extent has a span");
+                        }
+                        run.1 += (*e).size;
+                    }
+                    if !run.0.is_null() && (!st.is_free() || (*e).next.is_null()) {
+                        assert_eq!((*run.0).span, run.1, "a run's span is not its length");
+                        run = (ptr::null_mut(), 0);
                     }
                     match st {
                         State::Live | State::Hot => {
@@ -1631,10 +1852,20 @@ impl ArenaState {
             }
             assert_eq!(p, self.lru.tail, "list tail");
         }
-        self.dirty.check();
-        self.clean.check();
+        for t in &self.runs {
+            t.check();
+        }
         assert_eq!(lru_count, c.dirty, "dirty extents off the list");
-        assert_eq!((self.dirty.count, self.clean.count), (c.dirty, c.clean));
+        let (count, bytes) = self
+            .runs
+            .iter()
+            .fold((0, 0), |(c, b), t| (c + t.count, b + t.bytes));
+        assert_eq!(count, c.runs, "runs out of the trees");
+        assert_eq!(bytes as u64, c.dirty_bytes + c.clean_bytes, "run spans");
+        assert_eq!(
+            (self.dirty_bytes, self.clean_bytes),
+            (c.dirty_bytes, c.clean_bytes)
+        );
         assert_eq!(shares, self.attr_bytes, "attribution sums");
         assert_eq!(self.busy, 0);
         assert_eq!(c.live_bytes, self.live, "live bytes");
@@ -1819,10 +2050,8 @@ mod tests {
         unsafe { a.free(a.lookup(q)) };
         let e = a.lookup(p);
         // SAFETY: `e` is the live block at `p`.
-        assert!(
-            unsafe { a.resize(e, p, 7 * MIB) },
-            "grows into the freed neighbour"
-        );
+        let grew = unsafe { a.resize(e, p, 7 * MIB) };
+        assert!(grew, "grows into the freed neighbour");
         check(p, 4 * MIB, 7);
         fill(p, 7 * MIB, 8);
         assert_eq!(a.with(|s| s.totals.grown_in_place), 1);
@@ -1879,7 +2108,10 @@ mod tests {
         // SAFETY: live, freed once.
         unsafe { a.free(a.lookup(p)) };
         a.tick_at(t0 + 500 * MS);
-        assert!(a.with(|s| s.dirty.bytes) >= 20 * MIB, "kept for reuse");
+        assert!(
+            a.with(|s| s.dirty_bytes) >= 20 * MIB as u64,
+            "kept for reuse"
+        );
         a.tick_at(t0 + 1_100 * MS);
         let c = a.with(|s| s.arena_counters());
         assert!(

@@ -3,10 +3,11 @@
 //!
 //! Per region (a contiguous mapped range), the extents tile it exactly, linked in address order
 //! through `prev`/`next`: `e.next.base == e.base + e.size` and the first extent starts at the
-//! region's base. A free extent sits in exactly one tree (dirty or clean) and, if dirty, on the
-//! release-order list of its attribution; no two neighbours are free in the same state (they
-//! would have been coalesced), except around a `Busy` extent, which is being purged or unmapped
-//! outside the lock and takes part in nothing until it comes back.
+//! region's base. Free extents are dirty or clean, and no two neighbours are free in the same
+//! state (they would have been coalesced); a maximal sequence of free neighbours is a *run*,
+//! whose first extent is in the arena's tree with the run's length in `span`. Dirty extents are
+//! on the release-order list. A `Busy` extent is being purged or unmapped outside the lock and
+//! takes part in nothing until it comes back.
 
 use crate::sync::plain::{AtomicU8, AtomicUsize};
 use core::ptr;
@@ -64,6 +65,8 @@ pub(crate) struct Extent {
     pub(crate) kind: u8,
     /// Whether every byte is known zero (fresh or purged with `MADV_DONTNEED`).
     pub(crate) zero: bool,
+    /// The arena zone the extent's region belongs to.
+    pub(crate) zone: u8,
     /// Tree priority (a hash of `base`, fixed while the extent is in a tree).
     pub(crate) prio: u32,
     /// First byte (page-aligned).
@@ -73,7 +76,10 @@ pub(crate) struct Extent {
     /// Address neighbours within the region (null at its ends).
     pub(crate) prev: *mut Extent,
     pub(crate) next: *mut Extent,
-    /// Tree links, and the largest `size` in this extent's subtree.
+    /// The first extent of a free run: the run's length (what the tree indexes); 0 for every
+    /// other extent.
+    pub(crate) span: usize,
+    /// Tree links (first extents of runs), and the largest `span` in this extent's subtree.
     pub(crate) left: *mut Extent,
     pub(crate) right: *mut Extent,
     pub(crate) parent: *mut Extent,
@@ -88,21 +94,33 @@ pub(crate) struct Extent {
     pub(crate) shares: [u64; ATTRS],
 }
 
+/// Which shares a split takes first (see `Extent::take_shares`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Prefer {
+    /// This attribution's share first: a request taking its own kind's memory.
+    Own(usize),
+    /// Every other share first: what is left keeps this attribution's.
+    Others(usize),
+}
+
 /// Attributions of dirty memory: the kinds, and returned slab segments.
 pub(crate) const ATTRS: usize = crate::kind::NUM_KINDS + 1;
 
 const _: () = assert!(core::mem::size_of::<Extent>() == 192);
 
 impl Extent {
-    /// An unused descriptor.
+    /// An unused descriptor (a template: every use is a fresh copy).
+    #[allow(clippy::declare_interior_mutable_const)]
     pub(crate) const EMPTY: Extent = Extent {
         start: AtomicUsize::new(0),
         state: AtomicU8::new(State::Unused as u8),
         kind: 0,
         zero: false,
+        zone: 0,
         prio: 0,
         base: 0,
         size: 0,
+        span: 0,
         prev: ptr::null_mut(),
         next: ptr::null_mut(),
         left: ptr::null_mut(),
@@ -132,12 +150,31 @@ impl Extent {
         self.state.store(s as u8, Relaxed);
     }
 
-    /// Remove `bytes` from the shares, `first`'s share first and then the others in index
-    /// order, and return what was removed (its composition).
-    pub(crate) fn take_shares(&mut self, bytes: u64, first: usize) -> [u64; ATTRS] {
+    /// Remove `bytes` from the shares and return what was removed (its composition): `kind`'s
+    /// share first and then the others in index order, or with `Prefer::Others(kind)` the
+    /// others first and `kind`'s last.
+    pub(crate) fn take_shares(&mut self, bytes: u64, order: Prefer) -> [u64; ATTRS] {
         let mut out = [0; ATTRS];
         let mut left = bytes;
-        for a in core::iter::once(first).chain((0..ATTRS).filter(|&a| a != first)) {
+        let (k, own_first) = match order {
+            Prefer::Own(k) => (k, true),
+            Prefer::Others(k) => (k, false),
+        };
+        let others = (0..ATTRS).filter(move |&a| a != k);
+        let seq: [usize; ATTRS] = if own_first {
+            let mut s = [k; ATTRS];
+            for (i, a) in others.enumerate() {
+                s[i + 1] = a;
+            }
+            s
+        } else {
+            let mut s = [k; ATTRS];
+            for (i, a) in others.enumerate() {
+                s[i] = a;
+            }
+            s
+        };
+        for a in seq {
             let t = left.min(self.shares[a]);
             self.shares[a] -= t;
             out[a] = t;

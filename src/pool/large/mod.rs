@@ -19,7 +19,7 @@ mod extent;
 mod tree;
 
 pub use arena::ArenaCounters;
-#[cfg(any(test, loom, feature = "check"))]
+#[cfg(any(loom, feature = "check"))]
 pub use arena::Census;
 pub(crate) use arena::{Arena, AUTO};
 pub(crate) use decay::{DEFAULT_MS as DEFAULT_DECAY_MS, NEVER as DECAY_NEVER};
@@ -37,6 +37,9 @@ pub struct LargeCounters {
     pub hits: u64,
     /// Requests that took clean pages (never touched, or purged): they fault on first touch.
     pub misses: u64,
+    /// Bytes of clean pages handed out (what faults in when touched), blocks grown in place
+    /// included.
+    pub fresh_bytes: u64,
     /// Bytes of blocks handed out and not freed (extent sizes), thread caches included.
     pub live_bytes: u64,
     /// Bytes of dirty free memory this kind released and no request has taken since.
@@ -69,6 +72,7 @@ impl LargeCounters {
         requests: 0,
         hits: 0,
         misses: 0,
+        fresh_bytes: 0,
         live_bytes: 0,
         cached_bytes: 0,
         peak_live_bytes: 0,

@@ -1,17 +1,19 @@
-//! A tree of free extents in address order, for address-ordered first fit.
+//! A tree of free runs in address order, for address-ordered fit.
 //!
-//! A treap (a binary search tree on `base`, a heap on `prio`), each node carrying the largest
-//! `size` in its subtree (`max`). The lowest-addressed extent of at least `n` bytes is then found
-//! by one descent, O(depth): go left while the left subtree holds a fit, stop at a node that
-//! fits, else go right. Why first fit by address rather than best fit by size class: it packs
-//! blocks at the low end of the arena, so the free space left is a few large extents at the top,
-//! and, given the same sequence of requests, it makes the same placements from the same free
-//! space; a repeated inference request therefore lands on the pages the previous one dirtied,
-//! and faults nothing (best fit by class picks among extents by size and can diverge from one
-//! request to the next). Wilson et al.'s survey (1995) measured both with low fragmentation.
+//! The nodes are the first extents of free runs (see `arena`), each spanning `span` bytes. A
+//! treap (a binary search tree on `base`, a heap on `prio`), each node carrying the largest
+//! `span` in its subtree (`max`), so the lowest- or highest-addressed run of at least `n` bytes is
+//! found by one descent, O(depth): towards the wanted end while that subtree holds a fit, stop at
+//! a node that fits, else the other way. Why address order rather than best fit by size class:
+//! it packs blocks at one end of the arena, so the free space left is a few large runs at the
+//! other, and, given the same sequence of requests, it makes the same placements from the same
+//! free space; a repeated inference request therefore lands on the pages the previous one
+//! dirtied, and faults nothing (best fit by class picks among runs by size and can diverge from
+//! one request to the next). Wilson et al.'s survey (1995) measured both with low
+//! fragmentation.
 //!
 //! Invariants (checked by `check` in tests and models): in-order traversal is ascending in
-//! `base`; `prio(parent) >= prio(child)`; `max == max(size, left.max, right.max)`; `parent`
+//! `base`; `prio(parent) >= prio(child)`; `max == max(span, left.max, right.max)`; `parent`
 //! links match; `bytes` and `count` are the sums over the nodes.
 //!
 //! Every function takes raw descriptors; the caller (the arena, under its lock) owns them.
@@ -48,7 +50,7 @@ unsafe fn max_of(e: *mut Extent) -> usize {
 #[inline]
 unsafe fn fix(e: *mut Extent) {
     // SAFETY: the caller's contract.
-    unsafe { (*e).max = (*e).size.max(max_of((*e).left)).max(max_of((*e).right)) }
+    unsafe { (*e).max = (*e).span.max(max_of((*e).left)).max(max_of((*e).right)) }
 }
 
 impl Tree {
@@ -125,7 +127,7 @@ impl Tree {
         }
     }
 
-    /// Insert a free extent.
+    /// Insert a run's first extent (its `span` set).
     ///
     /// # Safety
     /// `e` is a valid descriptor on no tree, with `base` distinct from every node's.
@@ -135,12 +137,12 @@ impl Tree {
             (*e).prio = Extent::prio_for((*e).base);
             (*e).left = ptr::null_mut();
             (*e).right = ptr::null_mut();
-            (*e).max = (*e).size;
+            (*e).max = (*e).span;
             let mut parent = ptr::null_mut::<Extent>();
             let mut cur = self.root;
             while !cur.is_null() {
                 parent = cur;
-                debug_assert_ne!((*cur).base, (*e).base, "two free extents at one address");
+                debug_assert_ne!((*cur).base, (*e).base, "two runs at one address");
                 cur = if (*e).base < (*cur).base {
                     (*cur).left
                 } else {
@@ -160,7 +162,7 @@ impl Tree {
                 self.rotate_up(e);
             }
             self.fix_up((*e).parent);
-            self.bytes += (*e).size;
+            self.bytes += (*e).span;
             self.count += 1;
         }
     }
@@ -189,19 +191,20 @@ impl Tree {
             (*e).parent = ptr::null_mut();
             (*e).left = ptr::null_mut();
             (*e).right = ptr::null_mut();
-            self.bytes -= (*e).size;
+            self.bytes -= (*e).span;
             self.count -= 1;
         }
     }
 
-    /// A node's size changed in place (its base did not): refresh the sums and `max`.
+    /// A node's span changed in place (its base did not): refresh the sums and `max`.
+    #[cfg(test)]
     ///
     /// # Safety
-    /// `e` is a node of this tree; `old` was its size when it was last inserted or resized.
+    /// `e` is a node of this tree; `old` was its span when it was last inserted or resized.
     pub(crate) unsafe fn resized(&mut self, e: *mut Extent, old: usize) {
         // SAFETY: the caller's contract.
         unsafe {
-            self.bytes = self.bytes - old + (*e).size;
+            self.bytes = self.bytes - old + (*e).span;
             self.fix_up(e);
         }
     }
@@ -220,7 +223,7 @@ impl Tree {
                 let l = (*n).left;
                 if !l.is_null() && (*l).max >= need {
                     n = l;
-                } else if (*n).size >= need {
+                } else if (*n).span >= need {
                     return n;
                 } else {
                     // `max >= need` and neither the left subtree nor `n` fits.
@@ -248,7 +251,7 @@ impl Tree {
                     return ptr::null_mut();
                 }
                 if (*p).left == e {
-                    if (*p).size >= need {
+                    if (*p).span >= need {
                         return p;
                     }
                     let r = Self::first_fit_in((*p).right, need);
@@ -269,7 +272,7 @@ impl Tree {
             let mut e = Self::first_fit_in(self.root, need);
             while !e.is_null() {
                 let a = (*e).base.next_multiple_of(align);
-                if a + need <= (*e).end() {
+                if a + need <= (*e).base + (*e).span {
                     return (e, a);
                 }
                 e = Self::next_fit(e, need);
@@ -299,10 +302,10 @@ impl Tree {
                     }
                 }
                 let (lc, lb, lm) = walk((*e).left, lo, (*e).base);
-                let (rc, rb, rm) = walk((*e).right, (*e).end(), hi);
-                let m = (*e).size.max(lm).max(rm);
+                let (rc, rb, rm) = walk((*e).right, (*e).base + (*e).span, hi);
+                let m = (*e).span.max(lm).max(rm);
                 assert_eq!((*e).max, m, "stale subtree max");
-                (lc + rc + 1, lb + rb + (*e).size, m)
+                (lc + rc + 1, lb + rb + (*e).span, m)
             }
         }
         // SAFETY: this tree's nodes.
@@ -319,7 +322,7 @@ mod tests {
     fn node(base: usize, size: usize) -> *mut Extent {
         let mut e = Box::new(Extent::EMPTY);
         e.base = base;
-        e.size = size;
+        e.span = size;
         Box::into_raw(e)
     }
 
@@ -341,25 +344,30 @@ mod tests {
                 0 | 1 => {
                     // Slots of 64 pages keep extents disjoint.
                     let base = rnd(4096) * 64 * P;
-                    if !oracle.contains_key(&base) {
+                    if let std::collections::btree_map::Entry::Vacant(v) = oracle.entry(base) {
                         let size = (rnd(64) + 1) * P;
                         let e = node(base, size);
+                        // SAFETY: a fresh node at an address no node has.
                         unsafe { t.insert(e) };
-                        oracle.insert(base, (size, e));
+                        v.insert((size, e));
                     }
                 }
                 2 => {
                     if let Some((&b, &(_, e))) = oracle.iter().nth(rnd(oracle.len() as u64 + 1)) {
-                        unsafe { t.remove(e) };
+                        // SAFETY: `e` is a node of the tree, made by `node`.
+                        unsafe {
+                            t.remove(e);
+                            drop(Box::from_raw(e));
+                        }
                         oracle.remove(&b);
-                        drop(unsafe { Box::from_raw(e) });
                     }
                 }
                 _ => {
                     if let Some((&b, &(old, e))) = oracle.iter().nth(rnd(oracle.len() as u64 + 1)) {
                         let size = (rnd(64) + 1) * P;
+                        // SAFETY: `e` is a node of the tree whose span was `old`.
                         unsafe {
-                            (*e).size = size;
+                            (*e).span = size;
                             t.resized(e, old);
                         }
                         oracle.insert(b, (size, e));
@@ -384,8 +392,11 @@ mod tests {
         }
         t.check();
         for (_, (_, e)) in oracle {
-            unsafe { t.remove(e) };
-            drop(unsafe { Box::from_raw(e) });
+            // SAFETY: `e` is a node of the tree, made by `node`.
+            unsafe {
+                t.remove(e);
+                drop(Box::from_raw(e));
+            }
         }
         assert_eq!((t.count, t.bytes), (0, 0));
     }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tensorpool::TensorPool;
 use tikv_jemallocator::Jemalloc;
-#[path = "../tests/common/mod.rs"]
+#[path = "../../tests/common/mod.rs"]
 mod common;
 use common::Rng;
 

@@ -11,7 +11,7 @@
 
 // The comparison reads fewer of the outputs than `inference` prints.
 #[allow(dead_code)]
-#[path = "model/mod.rs"]
+#[path = "../../examples/model/mod.rs"]
 mod model;
 
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -1,34 +1,37 @@
 //! Tensor-trace benchmark: a Qwen3-VL-like inference (`common/qwen_trace.rs`) replayed three times
 //! in one process, every tensor allocated under its kind, 64-byte aligned, and touched.
 //!
-//! Each allocator runs in its own child process (`--child ALLOC MODE`), so that page faults and
-//! peak resident memory are its own; the parent runs the children interleaved (every allocator once
-//! per round, the order rotating) and reports medians. Touch modes: `page` writes one byte per 4 KiB
-//! page of every tensor (the cost of faults alone), `full` writes every byte (faults plus the work a
-//! kernel would do). Allocators: tensorpool (through per-kind handles), tensorpool with transparent
-//! huge pages, glibc (`System`), mimalloc, jemalloc, and jemalloc with decay off.
+//! Each configuration runs in its own child process (`--child MODE`), whose global allocator is the
+//! one under test (`tensorpool_bench::Switch`), so that page faults and peak resident memory are its
+//! own; the parent runs the children interleaved (every configuration once per round, the order
+//! rotating) and reports medians. Touch modes: `page` writes one byte per 4 KiB page of every tensor
+//! (the cost of faults alone), `full` writes every byte (faults plus the work a kernel would do).
+//! Configurations (`tensorpool_bench::Config`): tensorpool through per-kind handles (tagged),
+//! tensorpool as the global allocator with nothing tagged (what most users do), glibc, mimalloc,
+//! jemalloc, and jemalloc with decay off; `tensorpool-thp` on request.
 //!
-//! Run: `cargo bench --bench trace` (`-- --rounds N`, `-- --modes page`, `-- --allocs a,b`).
+//! Run: `cargo bench -p tensorpool-bench --bench trace` (`-- --rounds N`, `-- --modes page`,
+//! `-- --allocs a,b`).
 
 #[path = "common/qwen_trace.rs"]
 mod qwen_trace;
 
 use allocator_api2::alloc::Allocator;
-use mimalloc::MiMalloc;
 use qwen_trace::{Event, Model, Trace};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::process::Command;
+use std::alloc::{GlobalAlloc, Layout};
 use std::ptr::NonNull;
 use std::time::Instant;
-use tensorpool::{PoolConfig, TensorKind, TensorPool};
-use tikv_jemallocator::Jemalloc;
+use tensorpool::{TensorKind, TensorPool};
+use tensorpool_bench::{
+    arg_after, median, minor_faults, run_child, status_bytes, Config, Switch, TP,
+};
 
-static TP: TensorPool = TensorPool::new();
-static TP_THP: TensorPool = TensorPool::with_config(PoolConfig::new().with_huge_pages(true));
+#[global_allocator]
+static GLOBAL: Switch = Switch;
 
 const ALLOCS: [&str; 6] = [
     "tensorpool",
-    "tensorpool-thp",
+    "tensorpool-untagged",
     "system",
     "mimalloc",
     "jemalloc",
@@ -40,19 +43,18 @@ const ALIGN: usize = 64;
 
 /// The allocator a child replays with.
 enum Backend {
+    /// Per-kind handles of the tensorpool that is also the global allocator.
     Pool(&'static TensorPool),
+    /// The global allocator, untagged.
     Global(&'static (dyn GlobalAlloc + Sync)),
 }
 
 impl Backend {
-    fn by_name(name: &str) -> Backend {
-        match name {
-            "tensorpool" => Backend::Pool(&TP),
-            "tensorpool-thp" => Backend::Pool(&TP_THP),
-            "system" => Backend::Global(&System),
-            "mimalloc" => Backend::Global(&MiMalloc),
-            "jemalloc" | "jemalloc-nodecay" => Backend::Global(&Jemalloc),
-            _ => panic!("unknown allocator {name}"),
+    fn current() -> Backend {
+        if GLOBAL.name() == "tensorpool" && !Config::untagged() {
+            Backend::Pool(&TP)
+        } else {
+            Backend::Global(&GLOBAL)
         }
     }
 
@@ -78,22 +80,6 @@ impl Backend {
     }
 }
 
-fn minor_faults() -> u64 {
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    ru.ru_minflt as u64
-}
-
-/// A field of /proc/self/status in bytes (VmRSS, VmHWM).
-fn status_bytes(field: &str) -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap();
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 fn touch(p: *mut u8, bytes: usize, full: bool, v: u8) {
     if full {
         unsafe { std::ptr::write_bytes(p, v, bytes) };
@@ -107,17 +93,18 @@ fn touch(p: *mut u8, bytes: usize, full: bool, v: u8) {
 
 /// Replay one request's trace `REQUESTS` times; print per-request times and faults, peak RSS and
 /// the trace's peak live bytes as one `RESULT` line for the parent.
-fn child(alloc: &str, mode: &str) {
+fn child(mode: &str) {
     let trace = Trace::build(&Model::QWEN3_VL, 1);
     let full = mode == "full";
-    let backend = Backend::by_name(alloc);
-    if alloc.starts_with("jemalloc") {
+    let backend = Backend::current();
+    let alloc = GLOBAL.name();
+    if alloc == "jemalloc" {
         // SAFETY: the name is a NUL-terminated jemalloc option of type ssize_t.
         let dirty: isize =
             unsafe { tikv_jemalloc_ctl::raw::read(b"opt.dirty_decay_ms\0") }.unwrap();
         assert_eq!(
             dirty == -1,
-            alloc == "jemalloc-nodecay",
+            std::env::var_os("_RJEM_MALLOC_CONF").is_some(),
             "decay setting not applied"
         );
     }
@@ -168,6 +155,18 @@ fn child(alloc: &str, mode: &str) {
             i += 1;
         }
         let ms = t0.elapsed().as_secs_f64() * 1e3;
+        if std::env::var_os("TRACE_DEBUG").is_some() {
+            let f: Vec<u64> = TP
+                .all_large_counters()
+                .iter()
+                .map(|c| c.fresh_bytes >> 10)
+                .collect();
+            let m: Vec<u64> = TP.all_large_counters().iter().map(|c| c.misses).collect();
+            eprintln!(
+                "fresh KiB per kind {f:?} misses {m:?} arena {:?}",
+                TP.arena_counters()
+            );
+        }
         line += &format!(" {ms:.3} {}", minor_faults() - f0);
     }
     if let (Backend::Pool(p), Some(dir)) = (&backend, &report) {
@@ -262,34 +261,13 @@ fn parse(line: &str) -> Run {
     }
 }
 
-fn run_child(alloc: &str, mode: &str) -> Run {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--child", alloc, mode]);
-    if alloc == "jemalloc-nodecay" {
-        // tikv-jemallocator prefixes its symbols, and so the name of its configuration variable
-        cmd.env("_RJEM_MALLOC_CONF", "dirty_decay_ms:-1,muzzy_decay_ms:-1");
-    }
-    let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().find(|l| l.starts_with("RESULT"));
-    match line {
-        Some(l) if out.status.success() => parse(l),
-        _ => panic!(
-            "child {alloc} {mode} failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+fn run(config: &str, mode: &str) -> Run {
+    let out = run_child(config, &["--child", mode]);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("RESULT"))
+        .unwrap_or_else(|| panic!("no result from {config} {mode}: {out}"));
+    parse(line)
 }
 
 /// Medians over runs of one allocator and mode.
@@ -320,17 +298,10 @@ fn summarise(runs: &[Run]) -> Summary {
     }
 }
 
-fn arg_after(args: &[String], flag: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == flag)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child") {
-        child(&args[i + 1], &args[i + 2]);
+        child(&args[i + 1]);
         return;
     }
     if args.iter().any(|a| a == "--list") {
@@ -356,7 +327,7 @@ fn main() {
         for round in 0..rounds {
             for j in 0..allocs.len() {
                 let i = (j + round) % allocs.len();
-                runs[i].push(run_child(&allocs[i], mode));
+                runs[i].push(run(&allocs[i], mode));
             }
         }
         let sums: Vec<Summary> = runs.iter().map(|r| summarise(r)).collect();
@@ -389,26 +360,37 @@ fn main() {
                 s.maps,
             );
         }
-        if let Some(tp) = allocs.iter().position(|a| a == "tensorpool") {
-            let others: Vec<usize> = (0..allocs.len())
-                .filter(|&i| !allocs[i].starts_with("tensorpool"))
-                .collect();
-            if let Some(&best) = others
-                .iter()
-                .min_by(|&&a, &&b| sums[a].total.partial_cmp(&sums[b].total).unwrap())
-            {
-                let best_later = others
-                    .iter()
-                    .map(|&i| sums[i].later)
-                    .fold(f64::INFINITY, f64::min);
-                println!(
-                    "tensorpool / best other ({}): total {:.2}, requests 2-3 {:.2} (vs best {:.0} ms)",
-                    allocs[best],
-                    sums[tp].total / sums[best].total,
-                    sums[tp].later / best_later,
-                    best_later
-                );
+        let others: Vec<usize> = (0..allocs.len())
+            .filter(|&i| !allocs[i].starts_with("tensorpool"))
+            .collect();
+        for (tp, name) in allocs.iter().enumerate() {
+            if !name.starts_with("tensorpool") {
+                continue;
             }
+            let best_of = |f: &dyn Fn(&Summary) -> f64| -> (f64, usize) {
+                others
+                    .iter()
+                    .map(|&i| (f(&sums[i]), i))
+                    .fold((f64::INFINITY, 0), |a, b| if b.0 < a.0 { b } else { a })
+            };
+            if others.is_empty() {
+                continue;
+            }
+            let (total, bt) = best_of(&|s| s.total);
+            let (later, bl) = best_of(&|s| s.later);
+            let (net, bn) = best_of(&|s| s.net);
+            let s = &sums[tp];
+            println!(
+                "{name} / best other: total {:.2} ({}), requests 2-3 {:.2} ({}), RSS/live {:.3} \
+                 against the lowest {:.3} ({})",
+                s.total / total,
+                allocs[bt],
+                s.later / later,
+                allocs[bl],
+                s.net / s.peak_live,
+                net / s.peak_live,
+                allocs[bn],
+            );
         }
         println!(
             "peak live bytes of the trace: {:.0} MiB; RSS/live = (VmHWM - RSS before replay) / peak \
