@@ -357,14 +357,17 @@ impl TensorPool {
         crate::background::poke();
     }
 
-    /// Grow or shrink in place if possible; null if the caller must move the block.
+    /// Grow or shrink in place if possible; null if the caller must move the block. `old` is
+    /// the size the caller last asked for, where it knows it (C's `realloc` does not): a large
+    /// block gives its tail back only when it really shrinks, below `old` (or, unknown, below
+    /// half its usable size), so that room left for growth is not returned at the next growth.
     ///
     /// # Safety
-    /// `p` is a live block allocated with alignment `align`.
+    /// `p` is a live block of this allocator.
     pub(crate) unsafe fn resize_in_place(
         &self,
         p: *mut u8,
-        _align: usize,
+        old: Option<usize>,
         new_size: usize,
     ) -> *mut u8 {
         if pagemap::is_small(p) {
@@ -379,9 +382,15 @@ impl TensorPool {
         if e.is_null() {
             invalid_free(p, "realloc");
         }
-        // A large block shrinking into the small classes moves (a few KiB copied).
         // SAFETY: `e` is the live block at `p`, held by the caller.
-        if new_size > crate::class::SMALL_MAX && unsafe { ARENA.resize(e, p, new_size) } {
+        let usable = unsafe { large::usable(e, p) };
+        let shrink = match old {
+            Some(o) => new_size < o,
+            None => new_size <= usable / 2,
+        };
+        // A large block shrinking into the small classes moves (a few KiB copied).
+        // SAFETY: as above.
+        if new_size > crate::class::SMALL_MAX && unsafe { ARENA.resize(e, p, new_size, shrink) } {
             p
         } else {
             ptr::null_mut()
@@ -407,7 +416,25 @@ impl TensorPool {
         // grown outside its scope stays a KV cache.
         // SAFETY: `p` is live.
         let kind = unsafe { self.kind_of(p) }.index();
-        let q = self.alloc_kind(kind, layout);
+        // A large block that must move to grow gets room to grow again in place: half its new
+        // size, which costs address space only until it is written. A cache grown a few tokens
+        // at a time (`reserve_exact`) then moves O(log n) times instead of at every step.
+        let room = if new_size > keep && new_size >= GROW_ROOM_MIN {
+            new_size / 2
+        } else {
+            0
+        };
+        let q = match Layout::from_size_align(new_size.saturating_add(room), align) {
+            Ok(roomy) if room > 0 => {
+                let q = self.alloc_kind(kind, roomy);
+                if q.is_null() {
+                    self.alloc_kind(kind, layout)
+                } else {
+                    q
+                }
+            }
+            _ => self.alloc_kind(kind, layout),
+        };
         if !q.is_null() {
             // SAFETY: both blocks are live and distinct; `keep` fits both.
             unsafe {
@@ -431,6 +458,9 @@ impl TensorPool {
         !e.is_null() && unsafe { large::is_zero(e) }
     }
 }
+
+/// Blocks from this size on get room to grow when `realloc` must move them.
+const GROW_ROOM_MIN: usize = 256 << 10;
 
 /// An address that is not a live block of ours reached `free`, `realloc` or a size query: stop
 /// the process before the allocator's state is corrupted (the block was never ours, or it was
@@ -487,7 +517,7 @@ impl TensorPool {
         // SAFETY: `p` is live (the caller's contract), and still is when the in-place resize
         // fails; its usable size bounds what is copied.
         unsafe {
-            let q = self.resize_in_place(p, align, new_size);
+            let q = self.resize_in_place(p, None, new_size);
             if !q.is_null() {
                 return q;
             }
@@ -536,7 +566,7 @@ unsafe impl GlobalAlloc for TensorPool {
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let align = layout.align();
         // SAFETY: `p` is live with alignment `align` (the caller's contract).
-        let q = unsafe { self.resize_in_place(p, align, new_size) };
+        let q = unsafe { self.resize_in_place(p, Some(layout.size()), new_size) };
         if !q.is_null() {
             return q;
         }

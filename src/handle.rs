@@ -173,7 +173,7 @@ impl KindHandle {
             // SAFETY: `ptr` is live with alignment `old.align()`.
             let q = unsafe {
                 self.pool
-                    .resize_in_place(ptr.as_ptr(), old.align(), new.size())
+                    .resize_in_place(ptr.as_ptr(), Some(old.size()), new.size())
             };
             if let Some(q) = NonNull::new(q) {
                 return Ok(self.granted(q, new.size()));

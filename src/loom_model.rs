@@ -201,7 +201,7 @@ impl LargePool {
         let e = self.0.lookup(p);
         assert!(!e.is_null(), "{p:p} is not a live block");
         // SAFETY: the caller's contract.
-        unsafe { self.0.resize(e, p, new_size) }
+        unsafe { self.0.resize(e, p, new_size, false) }
     }
 
     /// Return every dirty page and unmap what is wholly free; the bytes purged.

@@ -154,9 +154,9 @@ fn bad_values_warn_and_keep_the_default() {
         ("TENSORPOOL_BACKGROUND", "maybe"),
         ("TENSORPOOL_PURGE", "sometimes"),
     ]);
-    assert_eq!((ms, bg), (1000, false));
+    assert_eq!((ms, bg), (10_000, false));
     for warning in [
-        "TENSORPOOL_DECAY_MS=\"soon\" is not valid (expected milliseconds, 0 (at once) or -1 (never)); keeping 1000",
+        "TENSORPOOL_DECAY_MS=\"soon\" is not valid (expected milliseconds, 0 (at once) or -1 (never)); keeping 10000",
         "TENSORPOOL_BACKGROUND=\"maybe\" is not valid (expected 0 or 1); keeping 0",
         "TENSORPOOL_PURGE=\"sometimes\" is not valid (expected dontneed or free); keeping dontneed",
     ] {

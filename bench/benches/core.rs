@@ -15,10 +15,8 @@ use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tensorpool::TensorPool;
+use tensorpool_bench::{mappings, minor_faults, status_bytes, Rng};
 use tikv_jemallocator::Jemalloc;
-#[path = "../../tests/common/mod.rs"]
-mod common;
-use common::Rng;
 
 static TP: TensorPool = TensorPool::new();
 static MI: MiMalloc = MiMalloc;
@@ -245,8 +243,26 @@ fn tensor_blocks_2t(a: &'static (dyn GlobalAlloc + Sync)) {
     }
 }
 
+/// Big-block churn: one block live at a time, sizes cycling 1, 6, 2, 24, 4, 64, 8, 16 MiB, every
+/// page written (an allocator that hands big blocks back to the OS faults them all in again).
+fn churn(a: &dyn GlobalAlloc) {
+    const MIB: usize = 1 << 20;
+    for cycle in 0..20u8 {
+        for mib in [1, 6, 2, 24, 4, 64, 8, 16] {
+            let l = Layout::from_size_align(mib * MIB, 64).unwrap();
+            unsafe {
+                let p = a.alloc(l);
+                for off in (0..l.size()).step_by(4096) {
+                    *p.add(off) = cycle;
+                }
+                a.dealloc(black_box(p), l);
+            }
+        }
+    }
+}
+
 type Workload = fn(&'static (dyn GlobalAlloc + Sync));
-const WORKLOADS: [(&str, Workload); 7] = [
+const WORKLOADS: [(&str, Workload); 8] = [
     ("pairs 8..1024 (1M)", |a| pairs(a)),
     ("window of 1,000 live (1M)", |a| window(a)),
     ("producer/consumer (1M)", producer_consumer),
@@ -256,34 +272,31 @@ const WORKLOADS: [(&str, Workload); 7] = [
         tensor_blocks(a, 5, 200_000)
     }),
     ("tensor blocks, 2 threads", tensor_blocks_2t),
+    ("big-block churn 1-64 MiB (160)", |a| churn(a)),
 ];
 
-/// Peak resident memory of a child process running one workload under one allocator. The child
-/// reports its own VmHWM (a child's ru_maxrss would include the parent's high-water mark).
-fn peak_rss_of_child(alloc: &str, w: usize) -> Option<u64> {
+/// Peak resident KiB, minor faults and mappings of a child process running one workload under
+/// one allocator. The child reports its own VmHWM (a child's ru_maxrss would include the
+/// parent's high-water mark), its faults during the workload and its mappings after it.
+fn child_figures(alloc: &str, w: usize) -> Option<(u64, u64, u64)> {
     let exe = std::env::current_exe().ok()?;
     let out = std::process::Command::new(exe)
         .args(["--child", alloc, &w.to_string()])
         .output()
         .ok()?;
-    String::from_utf8(out.stdout).ok()?.trim().parse().ok()
-}
-
-fn vm_hwm_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    let s = String::from_utf8(out.stdout).ok()?;
+    let mut f = s.split_whitespace().map(|v| v.parse::<u64>());
+    Some((f.next()?.ok()?, f.next()?.ok()?, f.next()?.ok()?))
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() >= 4 && args[1] == "--child" {
         let w: usize = args[3].parse().unwrap();
+        let f0 = minor_faults();
         (WORKLOADS[w].1)(alloc_by(&args[2]));
-        println!("{}", vm_hwm_kib());
+        let faults = minor_faults() - f0;
+        println!("{} {faults} {}", status_bytes("VmHWM:") / 1024, mappings());
         return;
     }
     if args.iter().any(|a| a == "--list") {
@@ -298,7 +311,8 @@ fn main() {
         "core benchmark: median of {rounds} interleaved rounds; ratio = tensorpool / best other"
     );
     println!(
-        "{:<30} {:>11} {:>11} {:>11} {:>11} {:>7}   peak RSS KiB (tp / sys / mi / je)",
+        "{:<31} {:>11} {:>11} {:>11} {:>11} {:>6}   each alone in a child (tp / sys / mi / je): \
+         peak RSS KiB; minor faults; mappings",
         "workload", "tensorpool", "system", "mimalloc", "jemalloc", "ratio"
     );
     let only = args
@@ -327,19 +341,25 @@ fn main() {
             })
             .collect();
         let best_other = med[1..].iter().cloned().fold(f64::INFINITY, f64::min);
-        let rss: Vec<String> = NAMES
-            .iter()
-            .map(|n| peak_rss_of_child(n, w).map_or("?".into(), |k| k.to_string()))
-            .collect();
+        let figs: Vec<Option<(u64, u64, u64)>> =
+            NAMES.iter().map(|n| child_figures(n, w)).collect();
+        let col = |i: usize| -> String {
+            figs.iter()
+                .map(|f| f.map_or("?".into(), |f| [f.0, f.1, f.2][i].to_string()))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
         println!(
-            "{:<30} {:>9.2}ms {:>9.2}ms {:>9.2}ms {:>9.2}ms {:>7.2}   {}",
+            "{:<31} {:>9.2}ms {:>9.2}ms {:>9.2}ms {:>9.2}ms {:>6.2}   {}; {}; {}",
             name,
             med[0],
             med[1],
             med[2],
             med[3],
             med[0] / best_other,
-            rss.join(" / ")
+            col(0),
+            col(1),
+            col(2)
         );
     }
 }

@@ -908,7 +908,7 @@ impl ArenaState {
         }
         // SAFETY: `h` heads a run holding `[a, a + need)`; spares are reserved.
         let (e, taken, fresh, zero) = unsafe { self.carve(h, a, need, u.attr()) };
-        self.decay.note_dirty(self.dirty_bytes);
+        self.decay.note(self.dirty_bytes, self.live);
         // SAFETY: `e` is ours, off every list.
         Step::Done(unsafe { self.hand_out(map, e, u, off, size, &taken, fresh, zero) })
     }
@@ -1097,8 +1097,8 @@ impl ArenaState {
             }
             chain = y;
         }
-        self.decay.note_dirty(self.dirty_bytes);
-        if cause == Cause::Decay {
+        self.decay.note(self.dirty_bytes, self.live);
+        if matches!(cause, Cause::Decay | Cause::Bound) {
             self.decay.purged(taken);
         }
         chain
@@ -1132,12 +1132,15 @@ impl ArenaState {
             *l = k.live_bytes;
         }
         live[NUM_KINDS] = self.live;
-        let idle = self.decay.advance(now, self.dirty_bytes, &live);
+        let (idle, over) = self.decay.advance(now, self.dirty_bytes, &live);
         let mut chain = if idle > 0 {
             self.take_dirty(idle, None, Cause::Decay)
         } else {
             ptr::null_mut()
         };
+        if over > 0 {
+            chain = concat(chain, self.take_dirty(over, None, Cause::Bound));
+        }
         let over = self
             .dirty_bytes
             .saturating_sub(self.decay.cache_bound(None));
@@ -1299,7 +1302,7 @@ impl ArenaState {
                 r = next_r;
             }
         }
-        self.decay.note_dirty(self.dirty_bytes);
+        self.decay.note(self.dirty_bytes, self.live);
         chain
     }
 
@@ -1627,12 +1630,19 @@ impl Arena {
         self.purge(chain);
     }
 
-    /// Resize the live block `e` (starting at `p`) in place to `new_size` bytes: shrink by
-    /// giving back its tail, or grow into a free neighbour. Returns whether it did.
+    /// Resize the live block `e` (starting at `p`) in place to `new_size` bytes: grow into a
+    /// free neighbour, or fit as it is, giving back its tail when `shrink` (the caller really
+    /// shrinks the block). Returns whether it did.
     ///
     /// # Safety
     /// `e` is the descriptor of the live block at `p`, held by the caller.
-    pub(crate) unsafe fn resize(&self, e: *mut Extent, p: *mut u8, new_size: usize) -> bool {
+    pub(crate) unsafe fn resize(
+        &self,
+        e: *mut Extent,
+        p: *mut u8,
+        new_size: usize,
+        shrink: bool,
+    ) -> bool {
         let t = now();
         let (ok, chain) = self.with(|s| {
             // SAFETY: the caller's contract; neighbours are the arena's, under its lock.
@@ -1646,7 +1656,7 @@ impl Arena {
                 };
                 let cur_end = (*e).end();
                 if end <= cur_end {
-                    if cur_end - end >= SHRINK_MIN && s.reserve(2) {
+                    if shrink && cur_end - end >= SHRINK_MIN && s.reserve(2) {
                         let kind = (*e).kind as usize;
                         let tail = s.new_desc();
                         (*tail).base = end;
@@ -1684,7 +1694,7 @@ impl Arena {
                 s.live += grow as u64;
                 let kl = s.kinds[kind].live_bytes + grow as u64;
                 s.decay.note_live(s.live, Some((kind, kl)));
-                s.decay.note_dirty(s.dirty_bytes);
+                s.decay.note(s.dirty_bytes, s.live);
                 s.totals.live_bytes += grow as u64;
                 s.totals.grown_in_place += 1;
                 let c = &mut s.kinds[kind];
@@ -1968,7 +1978,7 @@ mod tests {
                     let m = 16 * 1024 + rnd(2 * MIB as u64);
                     let e = a.lookup(p);
                     // SAFETY: `e` is the live block at `p`.
-                    if unsafe { a.resize(e, p, m) } {
+                    if unsafe { a.resize(e, p, m, m < n) } {
                         check(p, n.min(m), v);
                         fill(p, m, v);
                         live[i].1 = m;
@@ -2050,13 +2060,13 @@ mod tests {
         unsafe { a.free(a.lookup(q)) };
         let e = a.lookup(p);
         // SAFETY: `e` is the live block at `p`.
-        let grew = unsafe { a.resize(e, p, 7 * MIB) };
+        let grew = unsafe { a.resize(e, p, 7 * MIB, false) };
         assert!(grew, "grows into the freed neighbour");
         check(p, 4 * MIB, 7);
         fill(p, 7 * MIB, 8);
         assert_eq!(a.with(|s| s.totals.grown_in_place), 1);
         // SAFETY: as above.
-        assert!(unsafe { a.resize(e, p, MIB) });
+        assert!(unsafe { a.resize(e, p, MIB, true) });
         assert_eq!(a.with(|s| s.totals.shrunk_in_place), 1);
         // SAFETY: as above.
         assert!(unsafe { usable(e, p) } < 2 * MIB);

@@ -40,20 +40,85 @@ pub(crate) const SLACK_MIN: u64 = 4 << 20;
 pub(crate) const NEVER: i64 = -1;
 
 /// The decay time used when none is configured (ms). Measured: see README ("Returning memory").
-pub(crate) const DEFAULT_MS: i64 = 1000;
+pub(crate) const DEFAULT_MS: i64 = 10_000;
+
+/// The lowest value a quantity took over a sliding period of `TICKS` ticks: what stayed in
+/// place the whole period.
+struct Window {
+    tick_ns: u64,
+    /// When the current tick ends (0: not started).
+    tick_end: u64,
+    /// The lowest value of each of the last `TICKS` ticks (0 until observed, so nothing counts
+    /// before a whole period has been seen).
+    ring: [u64; TICKS],
+    pos: usize,
+    /// The lowest value in the current tick.
+    cur_min: u64,
+}
+
+impl Window {
+    const fn new(tick_ns: u64) -> Self {
+        Self {
+            tick_ns,
+            tick_end: 0,
+            ring: [0; TICKS],
+            pos: 0,
+            cur_min: 0,
+        }
+    }
+
+    #[inline]
+    fn note(&mut self, v: u64) {
+        self.cur_min = self.cur_min.min(v);
+    }
+
+    /// Move to `now`, where the value is `v`; the minimum over the last whole period once a
+    /// tick has ended (0 otherwise).
+    fn advance(&mut self, now: u64, v: u64) -> u64 {
+        if self.tick_end == 0 {
+            self.tick_end = now + self.tick_ns;
+            self.cur_min = v;
+            return 0;
+        }
+        if now < self.tick_end {
+            return 0;
+        }
+        let done = (now - self.tick_end) / self.tick_ns + 1;
+        for i in 0..done.min(TICKS as u64) {
+            // The tick just ended saw `cur_min`; any later one saw no change, so `v`. After
+            // more than a whole period, the tick that saw `cur_min` is outside the window.
+            self.ring[self.pos] = if i == 0 && done <= TICKS as u64 {
+                self.cur_min
+            } else {
+                v
+            };
+            self.pos = (self.pos + 1) % TICKS;
+        }
+        self.cur_min = v;
+        self.tick_end += done * self.tick_ns;
+        self.ring.iter().copied().min().unwrap_or(0).min(v)
+    }
+
+    /// `bytes` of the quantity went away (purged).
+    fn subtract(&mut self, bytes: u64) {
+        for r in &mut self.ring {
+            *r = r.saturating_sub(bytes);
+        }
+        self.cur_min = self.cur_min.saturating_sub(bytes);
+    }
+}
+
+/// The fast tier's period, at most: memory in excess of the bound that stays so this long goes
+/// back.
+pub(crate) const FAST_MS: i64 = 1000;
 
 pub(crate) struct Decay {
     /// Decay time in milliseconds: `NEVER`, 0 (purge at every free) or positive.
     ms: i64,
-    tick_ns: u64,
-    /// When the current tick ends (0: not started).
-    tick_end: u64,
-    /// Lowest dirty count of each of the last `TICKS` ticks (0 until observed, so nothing is
-    /// purged before a whole period has been seen).
-    ring: [u64; TICKS],
-    pos: usize,
-    /// Lowest dirty count in the current tick.
-    cur_min: u64,
+    /// Dirty bytes over the decay period.
+    slow: Window,
+    /// Dirty bytes in excess of the bound (`live + dirty` over it) over `FAST_MS`.
+    fast: Window,
     epoch_end: u64,
     /// Per epoch, the highest live count of all kinds together and of each (index `NUM_KINDS`
     /// is the total).
@@ -71,11 +136,8 @@ impl Decay {
     pub(crate) const fn new(ms: i64) -> Self {
         Self {
             ms,
-            tick_ns: tick_ns(ms),
-            tick_end: 0,
-            ring: [0; TICKS],
-            pos: 0,
-            cur_min: 0,
+            slow: Window::new(tick_ns(ms)),
+            fast: Window::new(tick_ns(fast_ms(ms))),
             epoch_end: 0,
             peaks: [[0; KINDS1]; EPOCHS],
             ppos: 0,
@@ -91,10 +153,8 @@ impl Decay {
     /// Change the decay time; the history of idle memory starts again.
     pub(crate) fn set_ms(&mut self, ms: i64) {
         self.ms = ms;
-        self.tick_ns = tick_ns(ms);
-        self.tick_end = 0;
-        self.ring = [0; TICKS];
-        self.cur_min = 0;
+        self.slow = Window::new(tick_ns(ms));
+        self.fast = Window::new(tick_ns(fast_ms(ms)));
     }
 
     /// Whether frees go back to the OS at once.
@@ -107,14 +167,15 @@ impl Decay {
         if self.ms <= 0 {
             u64::MAX
         } else {
-            self.tick_end
+            self.slow.tick_end.min(self.fast.tick_end)
         }
     }
 
-    /// Record the dirty count after a change that lowered it (rises cannot lower a minimum).
+    /// Record the dirty and live bytes after a change (each tier keeps its minimum).
     #[inline]
-    pub(crate) fn note_dirty(&mut self, dirty: u64) {
-        self.cur_min = self.cur_min.min(dirty);
+    pub(crate) fn note(&mut self, dirty: u64, live: u64) {
+        self.slow.note(dirty);
+        self.fast.note(self.excess(dirty, live));
     }
 
     /// Record the live counts after a change that raised them: all kinds', and `kind`'s
@@ -127,43 +188,29 @@ impl Decay {
         }
     }
 
-    /// Move the clocks to `now` with `dirty` bytes and the live counts now (`live[NUM_KINDS]` is
-    /// the total); returns the dirty bytes that stayed unused through the whole last decay
-    /// period (to purge; call `purged` after).
-    pub(crate) fn advance(&mut self, now: u64, dirty: u64, live: &[u64; KINDS1]) -> u64 {
-        self.advance_epochs(now, live);
-        if self.ms <= 0 {
-            return 0;
-        }
-        if self.tick_end == 0 {
-            self.tick_end = now + self.tick_ns;
-            self.cur_min = dirty;
-            return 0;
-        }
-        if now < self.tick_end {
-            return 0;
-        }
-        let done = (now - self.tick_end) / self.tick_ns + 1;
-        for i in 0..done.min(TICKS as u64) {
-            // The tick just ended saw `cur_min`; any later one saw no change, so `dirty`. After
-            // more than a whole period, the tick that saw `cur_min` is outside the window.
-            self.ring[self.pos] = if i == 0 && done <= TICKS as u64 {
-                self.cur_min
-            } else {
-                dirty
-            };
-            self.pos = (self.pos + 1) % TICKS;
-        }
-        self.cur_min = dirty;
-        self.tick_end += done * self.tick_ns;
-        self.ring.iter().copied().min().unwrap_or(0).min(dirty)
+    /// How far `live + dirty` is over the bound.
+    fn excess(&self, dirty: u64, live: u64) -> u64 {
+        (live + dirty).saturating_sub(self.cache_bound(None))
     }
 
-    /// `bytes` of dirty memory were purged: they no longer count as idle.
-    pub(crate) fn purged(&mut self, bytes: u64) {
-        for r in &mut self.ring {
-            *r = r.saturating_sub(bytes);
+    /// Move the clocks to `now` with `dirty` bytes and the live counts now (`live[NUM_KINDS]` is
+    /// the total). Returns the dirty bytes that stayed unused through the whole last decay
+    /// period, and the bytes that stayed over the bound through the whole fast period (to
+    /// purge; call `purged` after).
+    pub(crate) fn advance(&mut self, now: u64, dirty: u64, live: &[u64; KINDS1]) -> (u64, u64) {
+        self.advance_epochs(now, live);
+        if self.ms <= 0 {
+            return (0, 0);
         }
+        let idle = self.slow.advance(now, dirty);
+        let over = self.fast.advance(now, self.excess(dirty, live[TOTAL]));
+        (idle, over)
+    }
+
+    /// `bytes` of dirty memory were purged: they no longer count as idle, nor over the bound.
+    pub(crate) fn purged(&mut self, bytes: u64) {
+        self.slow.subtract(bytes);
+        self.fast.subtract(bytes);
     }
 
     fn advance_epochs(&mut self, now: u64, live: &[u64; KINDS1]) {
@@ -207,6 +254,15 @@ impl Decay {
     }
 }
 
+/// The fast tier's period for a decay time: `FAST_MS`, or the decay time if shorter.
+const fn fast_ms(ms: i64) -> i64 {
+    if ms < FAST_MS {
+        ms
+    } else {
+        FAST_MS
+    }
+}
+
 const fn tick_ns(ms: i64) -> u64 {
     if ms <= 0 {
         u64::MAX
@@ -231,15 +287,15 @@ mod tests {
         let z = [0; KINDS1];
         let mut d = Decay::new(800);
         let t0 = 5_000 * MS;
-        assert_eq!(d.advance(t0, 0, &z), 0);
+        assert_eq!(d.advance(t0, 0, &z).0, 0);
         // 100 MiB freed and left alone: nothing before a whole period, all of it after.
         let dirty = 100u64 << 20;
-        assert_eq!(d.advance(t0 + 100 * MS, dirty, &z), 0);
-        assert_eq!(d.advance(t0 + 700 * MS, dirty, &z), 0);
-        let idle = d.advance(t0 + 1_000 * MS, dirty, &z);
+        assert_eq!(d.advance(t0 + 100 * MS, dirty, &z).0, 0);
+        assert_eq!(d.advance(t0 + 700 * MS, dirty, &z).0, 0);
+        let (idle, _) = d.advance(t0 + 1_000 * MS, dirty, &z);
         assert_eq!(idle, dirty, "idle for a whole period");
         d.purged(idle);
-        assert_eq!(d.advance(t0 + 1_200 * MS, 0, &z), 0);
+        assert_eq!(d.advance(t0 + 1_200 * MS, 0, &z).0, 0);
 
         // Memory reused within every tick never counts as idle.
         let mut d = Decay::new(800);
@@ -247,8 +303,8 @@ mod tests {
         let mut t = t0;
         for _ in 0..100 {
             t += 50 * MS;
-            d.note_dirty(0); // reused: the dirty count touched zero in this tick
-            assert_eq!(d.advance(t, dirty, &z), 0);
+            d.note(0, dirty); // reused: the dirty count touched zero in this tick
+            assert_eq!(d.advance(t, dirty, &z).0, 0);
         }
     }
 
@@ -259,11 +315,38 @@ mod tests {
         let t0 = 5_000 * MS;
         d.advance(t0, 0, &z);
         // Busy until the last moment: the dirty count was zero during the current tick.
-        d.note_dirty(0);
+        d.note(0, 0);
         let dirty = 192u64 << 20;
-        assert_eq!(d.advance(t0 + 10 * MS, dirty, &z), 0);
+        assert_eq!(d.advance(t0 + 10 * MS, dirty, &z).0, 0);
         // Nothing for a second (five periods), then one call.
-        assert_eq!(d.advance(t0 + 1_010 * MS, dirty, &z), dirty);
+        assert_eq!(d.advance(t0 + 1_010 * MS, dirty, &z).0, dirty);
+    }
+
+    #[test]
+    fn memory_over_the_bound_goes_back_after_the_fast_period_only() {
+        let mut d = Decay::new(10_000);
+        let t0 = 5_000 * MS;
+        let mut live = [0; KINDS1];
+        d.advance(t0, 0, &live);
+        // A peak of 100 MiB, then 100 MiB live and 60 MiB dirty: 60 - 16 (the slack, at least
+        // `SLACK_MIN`, here a sixteenth... of 160) over the bound.
+        let mib = 1u64 << 20;
+        live[TOTAL] = 100 * mib;
+        d.note_live(100 * mib, None);
+        let dirty = 60 * mib;
+        d.note(dirty, 100 * mib);
+        let over = dirty + 100 * mib - d.cache_bound(None);
+        assert_eq!(d.advance(t0 + 100 * MS, dirty, &live), (0, 0));
+        // Still over after a whole fast period: that much goes, none of the slow tier yet.
+        assert_eq!(d.advance(t0 + 1_400 * MS, dirty, &live), (0, over));
+        // An excess that dipped to zero during the period does not go.
+        let mut e = Decay::new(10_000);
+        e.advance(t0, 0, &live);
+        e.note_live(100 * mib, None);
+        for i in 1..30 {
+            e.note(0, 100 * mib);
+            assert_eq!(e.advance(t0 + i * 100 * MS, dirty, &live).1, 0);
+        }
     }
 
     #[test]
@@ -271,7 +354,7 @@ mod tests {
         for ms in [NEVER, 0] {
             let mut d = Decay::new(ms);
             for i in 1..100 {
-                assert_eq!(d.advance(i * 1_000 * MS, 1 << 30, &[0; KINDS1]), 0);
+                assert_eq!(d.advance(i * 1_000 * MS, 1 << 30, &[0; KINDS1]), (0, 0));
             }
             assert_eq!(d.due_at(), u64::MAX);
         }
