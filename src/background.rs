@@ -13,8 +13,8 @@
 //!   which the library sets at load and clears in its `__libc_start_main` wrapper), since a
 //!   thread created while the program is still being loaded can outlive a `fork` the program
 //!   makes before `main`, or run before the C library is ready;
-//! - after `fork`, the child has no such thread (`after_fork_child` resets the state) and starts
-//!   its own at its next large free.
+//! - after `fork`, the child has no such thread (this module's fork handler resets the state)
+//!   and starts its own at its next large free.
 //!
 //! The thread allocates nothing: it sleeps, reads the clock and purges.
 
@@ -35,6 +35,10 @@ static DEFERRED: AtomicU8 = AtomicU8::new(0);
 /// at its next wake-up.
 pub(crate) fn configure(on: bool) {
     if on {
+        static FORK_HANDLER: AtomicU8 = AtomicU8::new(0);
+        if FORK_HANDLER.swap(1, AcqRel) == 0 {
+            crate::os::at_fork(nothing, nothing, after_fork_child);
+        }
         let _ = STATE.compare_exchange(OFF, WANTED, AcqRel, Relaxed);
     } else {
         STATE.store(OFF, Release);
@@ -81,8 +85,10 @@ fn start() {
     let _ = STATE.compare_exchange(STARTING, next, AcqRel, Relaxed);
 }
 
+unsafe extern "C" fn nothing() {}
+
 /// In a child after `fork`: the parent's thread is not here.
-pub(crate) fn after_fork_child() {
+unsafe extern "C" fn after_fork_child() {
     let s = STATE.load(Relaxed);
     if s == RUNNING || s == STARTING {
         STATE.store(WANTED, Relaxed);

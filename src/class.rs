@@ -1,5 +1,6 @@
-//! Size classes: const tables for small blocks (carved from slab pages) and a formula for large
-//! blocks (each in its own mapping, cached per kind).
+//! Size classes: const tables for small blocks (carved from slab pages), and the large-block
+//! class index the thread caches group blocks by (large blocks themselves are whole pages of the
+//! arena, of any size).
 //!
 //! Small classes below 64 bytes step by 8 or 16; from 64 bytes on every class is a multiple of 64,
 //! so that every block of 64 bytes or more starts on its own cache line (slab pages start on a
@@ -77,6 +78,24 @@ pub(crate) fn small_size(c: usize) -> usize {
     SMALL_CLASSES[c] as usize
 }
 
+/// Blocks of class `c` one slab page holds.
+#[inline]
+pub(crate) fn blocks_per_page(c: usize) -> u32 {
+    (SLAB_SIZE / small_size(c)) as u32
+}
+
+/// The small class for a request, or `None` if it takes the large path.
+#[inline(always)]
+pub(crate) fn class_for(size: usize, align: usize) -> Option<usize> {
+    // `size + align - 1` cannot overflow for a valid Layout (size <= isize::MAX - (align - 1)).
+    let rounded = (size + align - 1) & !(align - 1);
+    if rounded <= SMALL_MAX {
+        Some(small_class(rounded))
+    } else {
+        None
+    }
+}
+
 /// Index of the large class at or below `bytes`: classes are page counts, every count up to 8
 /// and then four per power of two (steps of `2^(k-2)` pages between `2^k` and `2^(k+1)`), so
 /// indices are dense and a class spans at most a quarter of its size. Thread caches group blocks
@@ -95,6 +114,16 @@ pub(crate) fn large_index(bytes: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn class_for_respects_alignment_and_limits() {
+        assert_eq!(class_for(1, 1).map(small_size), Some(8));
+        assert_eq!(class_for(65, 8).map(small_size), Some(128));
+        assert_eq!(class_for(1, 4096).map(small_size), Some(4096));
+        assert_eq!(class_for(16384, 8).map(small_size), Some(16384));
+        assert_eq!(class_for(16385, 8), None);
+        assert_eq!(class_for(8, 32768), None);
+    }
 
     #[test]
     fn every_size_gets_the_smallest_fitting_class() {

@@ -1,24 +1,23 @@
 //! `TensorPool`: the `GlobalAlloc` facade. It routes each request to the small path (thread heaps)
-//! or the large path (per-kind pools), and answers `realloc` in place where it can.
+//! or the large path (the thread's cache of large blocks, then the arena), answers `realloc` in
+//! place where it can, and stops the process at a free of an address that is not a live block.
 //!
-//! All allocator state is process-wide (thread heaps are reached through thread-locals, the large
-//! pools are one static), so every `TensorPool` value is a view of the same allocator; the
-//! configuration of the first value to initialise it is the one applied.
+//! All allocator state is process-wide (thread heaps are reached through thread-locals, the arena
+//! is one static), so every `TensorPool` value is a view of the same allocator; the configuration
+//! of the first value to initialise it is the one applied.
 
+use crate::class::class_for;
+use crate::heap;
 use crate::kind::{TensorKind, NUM_KINDS};
 use crate::options::{ExitReport, PoolConfig};
 use crate::pagemap;
-use crate::pool::large::{self, ArenaCounters, LargeCounters, ARENA};
+use crate::pool::large::{self, ARENA};
 use crate::pool::slab;
+use crate::stats::{ArenaCounters, LargeCounters};
 use crate::sync::{shared_static, AtomicBool, Ordering};
-use crate::tcache;
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
 
-shared_static! {
-    /// Whether fork handlers are registered.
-    static PROCESS_INIT: AtomicBool = AtomicBool::new(false);
-}
 shared_static! {
     /// Whether a configuration has been applied.
     static CONFIGURED: AtomicBool = AtomicBool::new(false);
@@ -62,7 +61,6 @@ impl TensorPool {
     /// environment variables (read here, once, without allocating).
     #[cold]
     fn configure(&self) -> bool {
-        ensure_process_init();
         if CONFIGURED.swap(true, Ordering::AcqRel) {
             return false;
         }
@@ -88,9 +86,9 @@ impl TensorPool {
             crate::os::at_exit(exit_report);
         }
         let (topology, _) = crate::topology::current();
-        crate::budget::set_limit(
+        heap::hot::set_limit(
             env.thread_cache.unwrap_or(self.config.thread_cache),
-            &topology,
+            topology.l3_share(),
         );
         if env.timeline.unwrap_or(self.config.timeline) {
             crate::timeline::start(0);
@@ -179,10 +177,12 @@ impl TensorPool {
 
     /// Return every cached page of every kind to the OS, the calling thread's hot cache
     /// included, and unmap the address space left wholly free. Returns the bytes released.
-    /// (Other threads' hot caches stay: they are theirs alone, and bounded by the thread-cache
-    /// limit; a thread's exit sends its cache back.)
+    /// Before that, the calling thread's heap and every abandoned heap take back the blocks other
+    /// threads freed into them and give their empty pages and segments back. (Other threads'
+    /// heaps and hot caches stay: they are theirs alone, and bounded by the thread-cache limit;
+    /// a thread's exit sends its cache back.)
     pub fn trim(&self) -> usize {
-        tcache::hot_flush();
+        heap::collect();
         ARENA.trim()
     }
 
@@ -198,13 +198,13 @@ impl TensorPool {
     pub fn budget(&self) -> crate::budget::L3Budget {
         self.init();
         let (topology, _) = crate::topology::current();
-        let hot = core::array::from_fn(|k| tcache::small_totals(k).0.hot_bytes);
+        let hot = heap::hot_totals();
         crate::budget::L3Budget {
             topology,
             share: topology.l3_share(),
-            thread_limit: crate::budget::limit(),
+            thread_limit: heap::hot::limit(),
             hot_bytes: hot,
-            thread_hot_bytes: tcache::hot_bytes_here() as u64,
+            thread_hot_bytes: heap::hot_bytes_here() as u64,
         }
     }
 
@@ -227,23 +227,32 @@ impl TensorPool {
         ARENA.census()
     }
 
+    /// Check every invariant of the calling thread's heap (each page's block counts and lists,
+    /// the page lists, the flags of the remote-free handshake, the segments) and return what it
+    /// holds. Expensive (a walk of every block on its pages): built only with the `check`
+    /// feature, for debug tests. Allocates nothing; panics on a violation. `None` if the thread
+    /// has no heap yet.
+    #[cfg(feature = "check")]
+    pub fn check_heap(&self) -> Option<crate::heap::census::Census> {
+        let h = crate::heap::types::current_heap();
+        // SAFETY: the calling thread owns its heap; other threads only prepend to its remote and
+        // delayed lists, which the census reads through their atomics.
+        (!h.is_null()).then(|| unsafe { crate::heap::census::census(h) })
+    }
+
     /// Counters of the arena all large blocks and segments come from: mapped, dirty and clean
     /// bytes, regions (mappings), purges, recoveries.
     pub fn arena_counters(&self) -> ArenaCounters {
         ARENA.with(|s| s.arena_counters())
     }
 
-    /// A snapshot of the statistics, per kind and in aggregate (see `Stats`). Takes each kind's
-    /// lock briefly and reads every thread heap's counters; allocates nothing.
+    /// A snapshot of the statistics, per kind and in aggregate (see `Stats`). Takes the arena's
+    /// lock briefly (counters, and a walk of the slab segments' page descriptors) and reads every
+    /// thread heap's counters; allocates nothing.
     pub fn stats(&self) -> crate::stats::Stats {
         let large = self.all_large_counters();
-        let mut small = [crate::stats::HeapPart::default(); NUM_KINDS];
-        let mut segments = (0, 0);
-        for (k, s) in small.iter_mut().enumerate() {
-            let (part, maps, unmaps) = tcache::small_totals(k);
-            *s = part;
-            segments = (maps, unmaps);
-        }
+        let (small, maps, unmaps) = heap::totals();
+        let segments = (maps, unmaps);
         let limits = core::array::from_fn(|k| {
             let kind = TensorKind::ALL[k];
             (
@@ -268,7 +277,7 @@ impl TensorPool {
     pub unsafe fn usable_size(&self, p: *mut u8) -> usize {
         if pagemap::is_small(p) {
             // SAFETY: `p` is a live small block.
-            return unsafe { tcache::small_usable(slab::segment_of(p), p) };
+            return unsafe { slab::usable(slab::segment_of(p), p) };
         }
         let e = ARENA.lookup(p);
         if e.is_null() {
@@ -285,7 +294,7 @@ impl TensorPool {
     pub unsafe fn kind_of(&self, p: *mut u8) -> TensorKind {
         let k = if pagemap::is_small(p) {
             // SAFETY: `p` is a live small block.
-            unsafe { tcache::small_kind(slab::segment_of(p), p) }
+            unsafe { slab::kind_of(slab::segment_of(p), p) }
         } else {
             let e = ARENA.lookup(p);
             if e.is_null() {
@@ -300,8 +309,8 @@ impl TensorPool {
     /// Allocate under an explicit kind (the handles' entry point). Null on failure.
     #[inline]
     pub(crate) fn alloc_kind(&self, kind: usize, layout: Layout) -> *mut u8 {
-        match tcache::class_for(layout.size(), layout.align()) {
-            Some(c) => tcache::alloc_small_kind(kind, c),
+        match class_for(layout.size(), layout.align()) {
+            Some(c) => heap::alloc_small_kind(kind, c),
             None => self.alloc_large(kind, layout.size(), layout.align()),
         }
     }
@@ -311,7 +320,7 @@ impl TensorPool {
         if !CONFIGURED.load(Ordering::Relaxed) {
             self.configure();
         }
-        let p = tcache::hot_take(kind, size, align);
+        let p = heap::hot_take(kind, size, align);
         if !p.is_null() {
             return p;
         }
@@ -321,7 +330,7 @@ impl TensorPool {
         }
         // The arena released everything free and still failed: give back this thread's hot
         // cache too and try a last time.
-        tcache::hot_flush();
+        heap::hot_flush();
         ARENA.alloc(kind, size, align)
     }
 
@@ -333,7 +342,7 @@ impl TensorPool {
     pub(crate) unsafe fn free(&self, p: *mut u8) {
         if pagemap::is_small(p) {
             // SAFETY: `p` is a live small block of its segment.
-            unsafe { tcache::free_small(slab::segment_of(p), p) };
+            unsafe { heap::free_small(slab::segment_of(p), p) };
         } else {
             // SAFETY: the caller's contract.
             unsafe { self.free_large(p) };
@@ -350,7 +359,7 @@ impl TensorPool {
         }
         // SAFETY: `e` is the live block at `p`, freed once by this call.
         unsafe {
-            if !tcache::hot_put(e) {
+            if !heap::hot_put(e) {
                 ARENA.free(e);
             }
         }
@@ -372,7 +381,7 @@ impl TensorPool {
     ) -> *mut u8 {
         if pagemap::is_small(p) {
             // SAFETY: `p` is a live small block.
-            let usable = unsafe { tcache::small_usable(slab::segment_of(p), p) };
+            let usable = unsafe { slab::usable(slab::segment_of(p), p) };
             if new_size <= usable && (new_size > usable / 2 || usable <= 64) {
                 return p;
             }
@@ -469,7 +478,7 @@ const GROW_ROOM_MIN: usize = 256 << 10;
 #[inline(never)]
 pub(crate) fn invalid_free(p: *mut u8, what: &str) -> ! {
     use core::fmt::Write;
-    let mut line = crate::stats::StackStr::<160>::new();
+    let mut line = crate::text::StackStr::<160>::new();
     let _ = writeln!(
         line,
         "tensorpool: {what}({p:p}): not a live block of this allocator (invalid pointer or double free); aborting"
@@ -540,9 +549,9 @@ impl Default for TensorPool {
 unsafe impl GlobalAlloc for TensorPool {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        match tcache::class_for(layout.size(), layout.align()) {
-            Some(c) => tcache::alloc_small(c),
-            None => self.alloc_large(tcache::current_kind(), layout.size(), layout.align()),
+        match class_for(layout.size(), layout.align()) {
+            Some(c) => heap::alloc_small(c),
+            None => self.alloc_large(heap::tag::current(), layout.size(), layout.align()),
         }
     }
 
@@ -553,7 +562,7 @@ unsafe impl GlobalAlloc for TensorPool {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded contract.
+        // SAFETY: `layout` has a non-zero size (`alloc_zeroed`'s contract is `alloc`'s).
         let p = unsafe { self.alloc(layout) };
         // SAFETY: `p` is a fresh block of at least `layout.size()` bytes.
         if !p.is_null() && !unsafe { self.is_fresh(p) } {
@@ -583,7 +592,7 @@ extern "C" fn exit_report() {
     use core::fmt::Write;
     let mode = EXIT_REPORT.load(core::sync::atomic::Ordering::Relaxed);
     let stats = TensorPool::new().stats();
-    let mut w = StderrWriter(crate::stats::StackStr::new());
+    let mut w = StderrWriter(crate::text::StackStr::new());
     if mode == ExitReport::Json as u8 {
         let _ = stats.write_json(&mut w);
         let _ = w.write_char('\n');
@@ -595,7 +604,7 @@ extern "C" fn exit_report() {
                     w,
                     "tensorpool: still live at exit: {} {} ({} bytes)",
                     k.name(),
-                    crate::stats::Bytes(p.live_bytes),
+                    crate::text::Bytes(p.live_bytes),
                     p.live_bytes
                 );
             }
@@ -605,7 +614,7 @@ extern "C" fn exit_report() {
 }
 
 /// Formats into a stack buffer and writes it to stderr as it fills.
-struct StderrWriter(crate::stats::StackStr<2048>);
+struct StderrWriter(crate::text::StackStr<2048>);
 
 impl StderrWriter {
     fn flush(&mut self) {
@@ -625,33 +634,4 @@ impl core::fmt::Write for StderrWriter {
         }
         Ok(())
     }
-}
-
-/// One-time process set-up: fork handlers.
-pub(crate) fn ensure_process_init() {
-    if PROCESS_INIT.load(Ordering::Acquire) {
-        return;
-    }
-    if !PROCESS_INIT.swap(true, Ordering::AcqRel) {
-        crate::os::at_fork(fork_prepare, fork_parent, fork_child);
-    }
-}
-
-/// Hold every lock across `fork`, so the child never inherits a lock held by a thread that does
-/// not exist in it.
-unsafe extern "C" fn fork_prepare() {
-    tcache::lock_all();
-    ARENA.raw_lock();
-}
-
-unsafe extern "C" fn fork_parent() {
-    ARENA.raw_unlock();
-    tcache::unlock_all();
-}
-
-unsafe extern "C" fn fork_child() {
-    // SAFETY: same as in the parent: we hold every lock and release it.
-    unsafe { fork_parent() };
-    // The parent's background thread does not exist in the child.
-    crate::background::after_fork_child();
 }

@@ -234,7 +234,8 @@ unsafe impl Allocator for KindHandle {
     }
 
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        // SAFETY: forwarded contract.
+        // SAFETY: `Allocator::deallocate`'s contract: `ptr` is a live block of this handle with
+        // `layout`, which is what `raw_deallocate` requires.
         unsafe { self.raw_deallocate(ptr, layout) };
         if self.limited() {
             self.credit(layout.size());
@@ -251,7 +252,8 @@ unsafe impl Allocator for KindHandle {
         if self.limited() {
             self.charge(extra)?;
         }
-        // SAFETY: forwarded contract.
+        // SAFETY: `Allocator::grow`'s contract: `ptr` is live with `old`, and `new` is at least
+        // as large, which is what `resize` requires.
         let r = unsafe { self.resize(ptr, old, new) };
         if r.is_err() && self.limited() {
             self.credit(extra);
@@ -266,11 +268,13 @@ unsafe impl Allocator for KindHandle {
         new: Layout,
     ) -> Result<NonNull<[u8]>, AllocError> {
         if new.size() == 0 {
-            // SAFETY: forwarded contract.
+            // SAFETY: `Allocator::shrink`'s contract: `ptr` is live with `old`; it is not used
+            // after this free.
             unsafe { self.deallocate(ptr, old) };
             return Ok(dangling(new));
         }
-        // SAFETY: forwarded contract; shrinking never needs a charge.
+        // SAFETY: `Allocator::shrink`'s contract: `ptr` is live with `old` and `new` is no
+        // larger, which is what `resize` requires; shrinking never needs a charge.
         let r = unsafe { self.resize(ptr, old, new) };
         if r.is_ok() && self.limited() {
             self.credit(old.size() - new.size());

@@ -1,4 +1,6 @@
-//! Tensor kinds: what a block is for, which decides the pool it lives in.
+//! Tensor kinds: what a block is for, which decides the pages it lives on and the account its
+//! bytes are counted in. (The calling thread's current kind, and scopes that set it, are in
+//! `heap::tag`.)
 
 use core::fmt;
 use core::str::FromStr;
@@ -6,8 +8,9 @@ use core::str::FromStr;
 /// Number of tensor kinds.
 pub const NUM_KINDS: usize = 6;
 
-/// The kind of tensor a block holds. Each kind has its own slab pages and its own pool of cached
-/// large blocks, so kinds never share memory and statistics can be told apart.
+/// The kind of tensor a block holds. Each kind has its own slab pages in every thread heap, and
+/// its own account of large-block bytes (live, cached, peak, capacity), so statistics can be told
+/// apart; large blocks of all kinds share one arena, so a kind's freed pages can serve another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 #[repr(u8)]
 pub enum TensorKind {
@@ -174,50 +177,5 @@ mod tests {
             e.contains("\"weights\"") && e.contains("kv_cache") && e.contains("attention"),
             "{e}"
         );
-    }
-}
-
-/// The calling thread's current tensor kind: global allocations made now go to its pools.
-pub fn current_kind() -> TensorKind {
-    TensorKind::from_index(crate::tcache::current_kind()).unwrap_or_default()
-}
-
-/// Set the calling thread's kind and return the previous one (for callers that cannot hold a
-/// `KindScope`, such as a C API; restore by setting the returned kind again).
-pub fn set_current_kind(kind: TensorKind) -> TensorKind {
-    TensorKind::from_index(crate::tcache::set_kind(kind.index())).unwrap_or_default()
-}
-
-/// Run `f` with the calling thread's kind set to `kind`; the previous kind is restored afterwards,
-/// also if `f` panics.
-pub fn with_kind<R>(kind: TensorKind, f: impl FnOnce() -> R) -> R {
-    let _scope = KindScope::enter(kind);
-    f()
-}
-
-/// A scope in which the calling thread's global allocations go to one kind's pools. Scopes nest;
-/// dropping one (also while unwinding) restores the kind that was current when it was entered.
-#[must_use = "the kind is restored when the scope is dropped"]
-#[derive(Debug)]
-pub struct KindScope {
-    prev: TensorKind,
-    // The tag is per thread: a scope must end on the thread that entered it.
-    _not_send: core::marker::PhantomData<*const ()>,
-}
-
-impl KindScope {
-    /// Make `kind` the calling thread's current kind until the scope is dropped.
-    pub fn enter(kind: TensorKind) -> Self {
-        let prev = crate::tcache::set_kind(kind.index());
-        Self {
-            prev: TensorKind::from_index(prev).unwrap_or_default(),
-            _not_send: core::marker::PhantomData,
-        }
-    }
-}
-
-impl Drop for KindScope {
-    fn drop(&mut self) {
-        crate::tcache::set_kind(self.prev.index());
     }
 }

@@ -1,10 +1,16 @@
 //! tensorpool: a memory allocator for ML inference processes.
 //!
 //! `TensorPool` is a `#[global_allocator]` that routes every request by size class and by tensor
-//! kind into per-kind pools: small blocks come from per-thread slab pages, large (tensor) blocks
-//! from per-kind pools that keep freed blocks mapped for reuse and give the least recently released
-//! ones back to the OS under a capacity. Every block of 64 bytes or more starts on a 64-byte cache
-//! line.
+//! kind: small blocks come from per-thread slab pages, one page per (kind, class); large (tensor)
+//! blocks from one extent arena shared by every kind, with per-kind accounting, that keeps freed
+//! memory resident for reuse and returns it to the OS when it stays unused (decay, a bound that
+//! follows the workload, per-kind capacities). Every block of 64 bytes or more starts on a 64-byte
+//! cache line.
+//!
+//! Modules, lowest layer first (each uses only those above it in this list): `os`, `sync`,
+//! `text`, `tiles`; `class`, `kind`, `meta`, `env`; `topology`, `options`, `stats`, `pagemap`,
+//! `timeline`; `pool` (`slab`, `large`); `heap`, `background`; `budget`, `global`; `handle`,
+//! `adapter`. `.ci/module_cycles.py` checks that no import runs back up.
 //!
 //! ```no_run
 //! use tensorpool::TensorPool;
@@ -24,8 +30,10 @@ pub mod adapter;
 mod background;
 mod budget;
 mod class;
+mod env;
 mod global;
 mod handle;
+mod heap;
 mod kind;
 #[cfg(loom)]
 #[doc(hidden)]
@@ -37,24 +45,25 @@ mod pagemap;
 mod pool;
 mod stats;
 mod sync;
-mod tcache;
+mod text;
 mod tiles;
 mod timeline;
 mod topology;
 
 pub use adapter::{DType, Tensor, TensorError};
 pub use background::defer_background_thread;
-pub use budget::{L3Budget, THREAD_CACHE_AUTO, THREAD_CACHE_MAX};
+pub use budget::L3Budget;
 pub use global::TensorPool;
 pub use handle::KindHandle;
-pub use kind::{
-    current_kind, set_current_kind, with_kind, KindScope, ParseKindError, TensorKind, NUM_KINDS,
-};
-pub use options::{ExitReport, PoolConfig, DEFAULT_CAPACITY};
+#[cfg(feature = "check")]
+pub use heap::census::Census as HeapCensus;
+pub use heap::tag::{current_kind, set_current_kind, with_kind, KindScope};
+pub use kind::{ParseKindError, TensorKind, NUM_KINDS};
+pub use options::{ExitReport, PoolConfig, DEFAULT_CAPACITY, THREAD_CACHE_AUTO, THREAD_CACHE_MAX};
 pub use os::resident_bytes;
 #[cfg(feature = "check")]
 pub use pool::large::Census as ArenaCensus;
-pub use pool::large::{ArenaCounters, LargeCounters};
+pub use stats::{ArenaCounters, LargeCounters};
 pub use stats::{PoolStats, Stats, COLUMNS as STATS_COLUMNS};
 pub use tiles::{plan_matmul, plan_tiles, round_to_line, MatmulBlocks, PlanError, TilePlan};
 pub use timeline::{Sample, Timeline, TIMELINE_CAPACITY};

@@ -1,35 +1,45 @@
 //! Hidden entry points to the concurrent core for the loom models in `loom-tests/` (built only
-//! with `--cfg loom`; not part of the public API).
+//! with `--cfg loom`; not part of the public API): the bridge between the models and the
+//! allocator's internals, so that no production file carries model hooks.
 //!
-//! The models drive the real code: the remote-free batches and delayed lists, heap adoption and
-//! abandonment, the extent arena (first fit, coalescing, per-kind shares, capacity purges, decay
-//! purges outside the lock, trim), the handles' limit accounts and the spin lock. What the global allocator finds through thread-locals (the calling
-//! thread's heap and batch) is passed explicitly here, because a model's threads are loom's
-//! threads, not the OS threads the thread-locals belong to. Every structure is built fresh per
-//! model execution, never taken from the process-wide statics.
+//! The models drive the real code: remote frees onto pages (batched per page, with the
+//! full-page notice), the owner's refills and collection, heap adoption and abandonment, the
+//! extent arena (first fit, coalescing, per-kind shares, capacity purges, decay purges outside
+//! the lock, trim), the handles' limit accounts and the spin lock. What the global allocator
+//! finds through thread-locals (the calling thread's heap and batch) is passed explicitly here,
+//! because a model's threads are loom's threads, not the OS threads the thread-locals belong to.
+//! Every structure is built fresh per model execution, never taken from the process-wide
+//! statics.
 
-use crate::pool::large::{Arena, ArenaCounters, LargeCounters, AUTO};
-use crate::pool::slab;
-use crate::sync::RawSpinLock;
-use crate::tcache::{self, Heap, Pending};
+use crate::class::class_for;
+use crate::heap::registry::{self, heap_bytes};
+use crate::heap::remote::Batch;
+use crate::heap::types::Heap;
+use crate::heap::{census, pages, pop};
+use crate::os;
+use crate::pool::large::{Arena, ARENA, AUTO};
+use crate::pool::slab::{self, Block};
+use crate::stats::{ArenaCounters, LargeCounters};
+use crate::sync::{Ordering, RawSpinLock};
 
+pub use crate::heap::census::Census;
 pub use crate::pool::large::Census as ArenaCensus;
-pub use crate::tcache::Census;
 
 /// The size class of a small request of `size` bytes (alignment 8).
 fn small_class(size: usize) -> usize {
-    tcache::class_for(size, 8).expect("a small size")
+    class_for(size, 8).expect("a small size")
 }
 
 /// A registry of thread heaps, as the allocator's process-wide one. Dropping it unmaps every heap
-/// and segment it made, so all blocks must be freed (or forgotten) first.
-pub struct Registry(tcache::Registry);
+/// and gives every segment it made back to the arena, so all blocks must be freed (or forgotten)
+/// first.
+pub struct Registry(registry::Registry);
 
 impl Registry {
     /// An empty registry.
     #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
-        Self(tcache::Registry::new())
+        Self(registry::Registry::new())
     }
 
     /// Adopt an abandoned heap or make a new one, as a starting thread does.
@@ -47,8 +57,25 @@ impl Drop for Registry {
         if std::thread::panicking() {
             return;
         }
-        // SAFETY: the model is over: its threads are joined and its blocks freed.
-        unsafe { tcache::model_release(&self.0) }
+        let mut h = self.0.head.load(Ordering::Acquire);
+        // SAFETY: the model is over: its threads are joined and its blocks freed, so no heap or
+        // segment is in use.
+        unsafe {
+            while !h.is_null() {
+                let next = (*h).next_heap;
+                let mut seg = (*h).segments;
+                while !seg.is_null() {
+                    let n = (*seg).next;
+                    ARENA.segment_free(seg.cast());
+                    seg = n;
+                }
+                if !(*h).spare.is_null() {
+                    ARENA.segment_free((*h).spare.cast());
+                }
+                os::unmap(h.cast(), heap_bytes());
+                h = next;
+            }
+        }
     }
 }
 
@@ -64,33 +91,54 @@ unsafe impl Send for HeapRef {}
 unsafe impl Sync for HeapRef {}
 
 impl HeapRef {
-    /// Allocate a small block of `size` bytes under `kind` (owner only): the fast pop, else the
-    /// slow path, which first takes back the blocks other threads freed.
+    /// Allocate a small block of `size` bytes under `kind` (owner only): the fast pop from the
+    /// direct page, else the slow path proper (`pages::refill`), which takes back full pages
+    /// other threads freed into and collects a dry page's remote frees.
     ///
     /// # Safety
     /// The calling thread owns the heap.
     pub unsafe fn alloc(self, kind: usize, size: usize) -> *mut u8 {
-        // SAFETY: forwarded contract.
-        unsafe { tcache::model_alloc(self.0, kind, small_class(size)) }
+        let class = small_class(size);
+        // SAFETY: the calling thread owns the heap, so its direct pages and their free lists.
+        unsafe {
+            let kh = core::ptr::addr_of_mut!((*self.0).kinds[kind]);
+            let b = pop((*kh).direct[class]);
+            if !b.is_null() {
+                return b;
+            }
+            let page = pages::refill(kh, class);
+            assert!(!page.is_null(), "the OS refused a segment");
+            pop(page)
+        }
     }
 
     /// Free `p` as the thread owning this heap: a local free if the heap owns `p`, else into
-    /// `batch`.
+    /// `batch`, as `heap::free_small` does.
     ///
     /// # Safety
     /// The calling thread owns the heap; `p` is a live small block, freed once.
     pub unsafe fn free(self, batch: &mut RemoteBatch, p: *mut u8) {
-        // SAFETY: forwarded contract.
-        unsafe { tcache::model_free(self.0, &mut batch.0, p) }
+        // SAFETY: `p` is live, so its segment and page are; the page is this thread's to touch
+        // only if this heap owns it.
+        unsafe {
+            let seg = slab::segment_of(p);
+            let page = slab::page_of(seg, p);
+            if (*seg).owner == self.0.cast() {
+                crate::heap::free_local(page, p.cast::<Block>());
+            } else {
+                batch.0.push(page, p.cast::<Block>());
+            }
+        }
     }
 
-    /// Take back the blocks other threads freed (owner only).
+    /// Take back every remote free and give empty pages back (owner only), as thread exit and
+    /// `trim` do.
     ///
     /// # Safety
     /// The calling thread owns the heap.
     pub unsafe fn collect(self) {
-        // SAFETY: forwarded contract.
-        unsafe { tcache::model_collect(self.0) }
+        // SAFETY: the calling thread owns the heap.
+        unsafe { pages::collect_all(self.0) }
     }
 
     /// Leave the heap for adoption, as a thread's exit does.
@@ -98,17 +146,17 @@ impl HeapRef {
     /// # Safety
     /// The calling thread owns the heap and uses it no more.
     pub unsafe fn abandon(self) {
-        // SAFETY: forwarded contract.
-        unsafe { tcache::abandon(self.0) }
+        // SAFETY: the calling thread owns the heap and leaves it.
+        unsafe { registry::abandon(self.0) }
     }
 
     /// Count and check what the heap holds (panics on a broken invariant).
     ///
     /// # Safety
-    /// No thread uses the heap during the call.
+    /// The calling thread owns the heap, or no thread uses it during the call.
     pub unsafe fn census(self) -> Census {
-        // SAFETY: forwarded contract.
-        unsafe { tcache::model_census(self.0) }
+        // SAFETY: the census' own contract, which is the caller's.
+        unsafe { census::census(self.0) }
     }
 
     /// The heap owning small block `p`.
@@ -117,18 +165,18 @@ impl HeapRef {
     /// `p` is a live small block.
     pub unsafe fn owner_of(p: *mut u8) -> HeapRef {
         // SAFETY: a live small block's segment header names its owner.
-        HeapRef(unsafe { (*slab::segment_of(p)).owner })
+        HeapRef(unsafe { (*slab::segment_of(p)).owner.cast() })
     }
 }
 
-/// A thread's batch of frees of other heaps' blocks.
-pub struct RemoteBatch(Pending);
+/// A thread's batch of frees of other heaps' blocks (one chain per destination page).
+pub struct RemoteBatch(Batch);
 
 impl RemoteBatch {
     /// An empty batch.
     #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
-        Self(Pending::new())
+        Self(Batch::new())
     }
 
     /// Free `p`, owned by another heap, into the batch (as a thread with no heap of its own).
@@ -136,11 +184,14 @@ impl RemoteBatch {
     /// # Safety
     /// `p` is a live small block, freed once.
     pub unsafe fn free(&mut self, p: *mut u8) {
-        // SAFETY: forwarded contract (a null heap owns nothing).
-        unsafe { tcache::model_free(core::ptr::null_mut(), &mut self.0, p) }
+        // SAFETY: `p` is live, so its segment and page descriptor are.
+        unsafe {
+            let seg = slab::segment_of(p);
+            self.0.push(slab::page_of(seg, p), p.cast::<Block>());
+        }
     }
 
-    /// Publish the batch to the blocks' owners.
+    /// Publish the batch onto the blocks' pages.
     pub fn flush(&mut self) {
         self.0.flush();
     }

@@ -1,11 +1,25 @@
 //! Configuration: `PoolConfig` for code (const-constructible, so it can configure a
 //! `#[global_allocator]` static).
 
+use crate::env::{read_var, Kept};
 use crate::kind::{TensorKind, NUM_KINDS};
+use crate::text::{is_one_of, parse_size, parse_uint, trim};
 
 /// Capacity value meaning "the default": the kind keeps no fixed number and the arena's memory
 /// follows the workload (cached memory is bounded by the recent peak of live bytes).
 pub const DEFAULT_CAPACITY: usize = 0;
+
+/// Largest default thread-cache limit: above any real per-core L3 share we know of (12 MiB on
+/// the biggest cache-stacked server parts is the exception, and can be configured).
+pub const THREAD_CACHE_MAX: usize = 8 << 20;
+
+/// Thread-cache limit meaning "the per-core L3 share, at most `THREAD_CACHE_MAX`".
+pub const THREAD_CACHE_AUTO: usize = usize::MAX;
+
+/// The default decay time: jemalloc's `dirty_decay_ms` default too, and long enough that an
+/// inference request of a few seconds finds the previous one's pages still resident (measured:
+/// see README, "Returning memory").
+pub(crate) const DEFAULT_DECAY_MS: i64 = 10_000;
 
 /// Process-wide allocator configuration, applied when the allocator first serves a large block
 /// (or at `TensorPool::init`).
@@ -42,8 +56,8 @@ impl PoolConfig {
             huge_pages: false,
             exit_report: ExitReport::Off,
             timeline: false,
-            thread_cache: crate::budget::THREAD_CACHE_AUTO,
-            decay_ms: crate::pool::large::DEFAULT_DECAY_MS,
+            thread_cache: THREAD_CACHE_AUTO,
+            decay_ms: DEFAULT_DECAY_MS,
             background: false,
             lazy_purge: false,
         }
@@ -190,104 +204,11 @@ pub(crate) fn read_env(config: &PoolConfig) -> EnvOptions {
         parse_size,
         "a size such as 1536K or 0",
         || match config.thread_cache {
-            crate::budget::THREAD_CACHE_AUTO => Kept::Text("the L3 share per core"),
+            THREAD_CACHE_AUTO => Kept::Text("the L3 share per core"),
             b => Kept::Bytes(b),
         },
     );
     o
-}
-
-/// The value a bad setting falls back to, for the warning.
-enum Kept {
-    Bytes(usize),
-    Count(usize),
-    Bool(bool),
-    Millis(i64),
-    Text(&'static str),
-}
-
-fn read_var<T>(
-    name: &core::ffi::CStr,
-    parse: fn(&[u8]) -> Option<T>,
-    expected: &str,
-    kept: impl FnOnce() -> Kept,
-) -> Option<T> {
-    let raw = crate::os::getenv(name)?;
-    let v = parse(raw);
-    if v.is_none() {
-        warn_bad(name, raw, expected, kept());
-    }
-    v
-}
-
-/// One line to stderr: the variable, its bad value, what was expected and the value kept.
-fn warn_bad(name: &core::ffi::CStr, raw: &[u8], expected: &str, kept: Kept) {
-    use core::fmt::Write;
-    let mut line = crate::stats::StackStr::<512>::new();
-    let shown = core::str::from_utf8(&raw[..raw.len().min(64)]).unwrap_or("(not UTF-8)");
-    let name = core::str::from_utf8(name.to_bytes()).unwrap_or("");
-    let _ = write!(
-        line,
-        "tensorpool: warning: {name}={shown:?} is not valid (expected {expected}); keeping "
-    );
-    let _ = match kept {
-        Kept::Bytes(b) => write!(line, "{} ({b} bytes)", crate::stats::Bytes(b as u64)),
-        Kept::Count(n) => write!(line, "{n}"),
-        Kept::Bool(b) => write!(line, "{}", u8::from(b)),
-        Kept::Millis(ms) => write!(line, "{ms}"),
-        Kept::Text(t) => write!(line, "{t}"),
-    };
-    let _ = line.write_char('\n');
-    crate::os::write_stderr(line.as_bytes());
-}
-
-/// A byte size: digits, an optional fraction, an optional binary unit (K, M, G, T, with or
-/// without `iB`/`B`, any case). Rejects overflow and empty input.
-pub(crate) fn parse_size(s: &[u8]) -> Option<usize> {
-    let s = trim(s);
-    let split = s
-        .iter()
-        .position(|c| !(c.is_ascii_digit() || *c == b'.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let unit = trim(unit);
-    // Compared in place: this runs on the allocation path, where nothing may allocate.
-    let units: [(&[u8], u32); 5] = [(b"", 0), (b"K", 10), (b"M", 20), (b"G", 30), (b"T", 40)];
-    let shift = units
-        .iter()
-        .find(|&&(p, _)| {
-            [&b""[..], b"B", b"IB"].iter().any(|suffix| {
-                unit.len() == p.len() + suffix.len()
-                    && unit[..p.len()].eq_ignore_ascii_case(p)
-                    && unit[p.len()..].eq_ignore_ascii_case(suffix)
-                    && !(p.is_empty() && *suffix == b"IB")
-            })
-        })?
-        .1;
-    let (int, frac) = match num.iter().position(|&c| c == b'.') {
-        Some(i) => (&num[..i], &num[i + 1..]),
-        None => (num, &b""[..]),
-    };
-    if int.is_empty() || frac.contains(&b'.') || (frac.is_empty() && num.ends_with(b".")) {
-        return None;
-    }
-    let mut v: usize = 0;
-    for &c in int {
-        v = v.checked_mul(10)?.checked_add((c - b'0') as usize)?;
-    }
-    let bytes = v.checked_mul(1usize.checked_shl(shift)?)?;
-    // A fraction of the unit, to 1/1000: (digits << shift) / 10^len, exact for halves etc.
-    let (mut f, mut d) = (0usize, 1usize);
-    for &c in frac.iter().take(3) {
-        f = f * 10 + (c - b'0') as usize;
-        d *= 10;
-    }
-    bytes.checked_add(f.checked_mul(1usize.checked_shl(shift)?)? / d)
-}
-
-/// Whether `s` is one of `words`, ignoring ASCII case (no allocation).
-fn is_one_of(s: &[u8], words: &[&[u8]]) -> bool {
-    words.iter().any(|w| s.eq_ignore_ascii_case(w))
 }
 
 /// A decay time: `-1` (never) or a whole number of milliseconds.
@@ -341,116 +262,9 @@ fn parse_report(s: &[u8]) -> Option<ExitReport> {
     }
 }
 
-/// `s` without surrounding ASCII whitespace.
-pub(crate) fn trim(s: &[u8]) -> &[u8] {
-    let start = s
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(s.len());
-    let end = s
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &s[start..end]
-}
-
-/// Apply `TENSORPOOL_L1D`, `_L2`, `_L3`, `_LINE` (sizes), `_CORES` and `_THREADS` (counts) to a
-/// detected or preset topology. A value that does not parse, or that would make the topology
-/// absurd (see `CacheTopology::is_plausible`), is ignored with a warning naming what is kept.
-pub(crate) fn apply_topology_overrides(t: &mut crate::topology::CacheTopology) {
-    type Field = fn(&mut crate::topology::CacheTopology) -> &mut usize;
-    let vars: [(&core::ffi::CStr, Field, bool); 6] = [
-        (c"TENSORPOOL_L1D", |t| &mut t.l1d, true),
-        (c"TENSORPOOL_L2", |t| &mut t.l2, true),
-        (c"TENSORPOOL_L3", |t| &mut t.l3, true),
-        (c"TENSORPOOL_LINE", |t| &mut t.line, true),
-        (c"TENSORPOOL_CORES", |t| &mut t.cores, false),
-        (c"TENSORPOOL_THREADS", |t| &mut t.threads, false),
-    ];
-    for (name, field, is_size) in vars {
-        let kept = *field(t);
-        let (parse, expected): (Parser, &str) = if is_size {
-            (parse_size, "a size such as 6M")
-        } else {
-            (parse_count, "a whole number")
-        };
-        let Some(v) = read_var(name, parse, expected, || {
-            if is_size {
-                Kept::Bytes(kept)
-            } else {
-                Kept::Count(kept)
-            }
-        }) else {
-            continue;
-        };
-        let threads = t.threads;
-        *field(t) = v;
-        if name == c"TENSORPOOL_CORES" {
-            // More cores than the detected threads: each core has at least one thread.
-            t.threads = t.threads.max(v);
-        }
-        if !t.is_plausible() {
-            *field(t) = kept;
-            t.threads = threads;
-            let raw = crate::os::getenv(name).unwrap_or(b"");
-            let kept = if is_size {
-                Kept::Bytes(kept)
-            } else {
-                Kept::Count(kept)
-            };
-            warn_bad(name, raw, "a value a real cache could have", kept);
-        }
-    }
-}
-
-type Parser = fn(&[u8]) -> Option<usize>;
-
-/// A count: digits only, at least 1.
-fn parse_count(s: &[u8]) -> Option<usize> {
-    parse_uint(s).filter(|&v| v > 0)
-}
-
-/// A decimal number with nothing else but surrounding whitespace; `None` on overflow.
-pub(crate) fn parse_uint(s: &[u8]) -> Option<usize> {
-    let s = trim(s);
-    if s.is_empty() {
-        return None;
-    }
-    let mut v: usize = 0;
-    for &c in s {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        v = v.checked_mul(10)?.checked_add((c - b'0') as usize)?;
-    }
-    Some(v)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse_with_binary_units() {
-        assert_eq!(parse_size(b"6M"), Some(6 << 20));
-        assert_eq!(parse_size(b" 2GiB "), Some(2 << 30));
-        assert_eq!(parse_size(b"512k"), Some(512 << 10));
-        assert_eq!(parse_size(b"1.5G"), Some(3 << 29));
-        assert_eq!(parse_size(b"4096"), Some(4096));
-        assert_eq!(parse_size(b"0"), Some(0));
-        for bad in [
-            &b""[..],
-            b"M",
-            b"abc",
-            b"12Q",
-            b"1..5G",
-            b"-1G",
-            b"5.G",
-            b"99999999999999T",
-        ] {
-            assert_eq!(parse_size(bad), None, "{:?}", core::str::from_utf8(bad));
-        }
-    }
 
     #[test]
     fn flags_and_reports_parse() {

@@ -15,6 +15,12 @@ pub(crate) const PAGE: usize = 4096;
 /// Map `len` bytes (a multiple of `PAGE`) of fresh, zeroed, read-write memory, or null.
 pub(crate) fn map(len: usize) -> *mut u8 {
     debug_assert!(len % PAGE == 0 && len > 0);
+    #[cfg(debug_assertions)]
+    {
+        // SAFETY: `sysconf` reads a constant of the running system; it touches no memory of ours.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        debug_assert_eq!(page, PAGE as libc::c_long, "the crate assumes 4 KiB pages");
+    }
     // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
     // existing memory; the result is checked against MAP_FAILED.
     let p = unsafe {

@@ -1,19 +1,23 @@
 //! Statistics: where the memory went, per tensor kind.
 //!
 //! `TensorPool::stats()` assembles a snapshot from counters that already exist for other reasons
-//! or cost the fast path nothing shared:
-//! - large blocks: each kind's `LargeCounters`, updated under the kind's lock, which every large
-//!   operation takes anyway (exact);
-//! - small blocks: per thread and kind, written by the owning thread only with a plain add
-//!   (`sync::Stat`), summed over all thread heaps when a snapshot is taken (each counter exact;
-//!   the sum is a moment's view while other threads run);
-//! - hard limits: the handles' per-kind accounts.
+//! or cost the fast path nothing shared. This module defines the counter types the layers below
+//! fill and assembles them; it reads none of them itself:
+//! - large blocks: each kind's `LargeCounters`, updated under the arena's lock, which every
+//!   large operation takes anyway (exact);
+//! - small blocks: derived from the slab pages' own fields when a snapshot is taken
+//!   (`SlabCounts`): live bytes from each page's `used`, which the allocator keeps anyway, and
+//!   requests from a per-page count the allocation fast path bumps in the cache line it already
+//!   writes. A free counts nothing. Pages given back fold their counts into their kind heap's.
+//!   Each figure is one its owner stored; the sum is a moment's view while other threads run,
+//!   and a block freed by another thread counts as live until its owner takes it back;
+//! - the threads' caches of large blocks (`HeapPart`'s hot fields), and the handles' limits.
 //!
 //! Nothing here allocates: the snapshot is a plain value, `Display` and `write_json` format
 //! through `core::fmt`, so the exit report can run inside the allocator.
 
 use crate::kind::{TensorKind, NUM_KINDS};
-use crate::pool::large::{ArenaCounters, LargeCounters};
+use crate::text::{Bytes, StackStr};
 use core::fmt::{self, Write as _};
 
 /// One pool's statistics: a kind's, or a sum over kinds.
@@ -144,15 +148,139 @@ pub struct Stats {
     pub resident_bytes: Option<u64>,
 }
 
+/// Counters of one kind's large blocks (exact: kept under the arena's lock).
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct LargeCounters {
+    /// Allocation requests served by the arena (thread-cache hits are counted by the caches).
+    pub requests: u64,
+    /// Requests served from dirty (resident) memory: no page fault.
+    pub hits: u64,
+    /// Requests that took clean pages (never touched, or purged): they fault on first touch.
+    pub misses: u64,
+    /// Bytes of clean pages handed out (what faults in when touched), blocks grown in place
+    /// included.
+    pub fresh_bytes: u64,
+    /// Bytes of blocks handed out and not freed (extent sizes), thread caches included.
+    pub live_bytes: u64,
+    /// Bytes of dirty free memory this kind released and no request has taken since.
+    pub cached_bytes: u64,
+    /// Highest `live_bytes` seen.
+    pub peak_live_bytes: u64,
+    /// Bytes asked for.
+    pub requested_bytes: u64,
+    /// Bytes handed out for them (whole pages, a cache colour included): `granted - requested`
+    /// is rounding overhead.
+    pub granted_bytes: u64,
+    /// Purges of this kind's cached memory (decay, bound, capacity, `trim`).
+    pub evictions: u64,
+    /// Bytes they returned to the OS.
+    pub evicted_bytes: u64,
+    /// Allocations that left live + cached bytes above a configured capacity.
+    pub over_capacity: u64,
+    /// Hits served from memory another kind (or a returned segment) released.
+    pub recycled: u64,
+    /// Bytes of those hits.
+    pub recycled_bytes: u64,
+    /// Bytes of this kind's cached memory that other kinds' requests (or new slab segments)
+    /// took.
+    pub donated_bytes: u64,
+}
+
+impl LargeCounters {
+    /// All zero (a template for const initialisers).
+    pub(crate) const ZERO: LargeCounters = LargeCounters {
+        requests: 0,
+        hits: 0,
+        misses: 0,
+        fresh_bytes: 0,
+        live_bytes: 0,
+        cached_bytes: 0,
+        peak_live_bytes: 0,
+        requested_bytes: 0,
+        granted_bytes: 0,
+        evictions: 0,
+        evicted_bytes: 0,
+        over_capacity: 0,
+        recycled: 0,
+        recycled_bytes: 0,
+        donated_bytes: 0,
+    };
+}
+
+/// Counters of the arena as a whole (exact: kept under its lock).
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct ArenaCounters {
+    /// Bytes mapped for blocks and segments (chunks, less what was unmapped).
+    pub mapped_bytes: u64,
+    /// Regions: contiguous mapped ranges, each one kernel mapping.
+    pub regions: u64,
+    /// Chunks mapped.
+    pub chunk_maps: u64,
+    /// Free ranges unmapped (recovery, `trim`).
+    pub unmaps: u64,
+    /// Bytes of free extents whose pages may be resident.
+    pub dirty_bytes: u64,
+    /// Bytes of free extents that are not resident.
+    pub clean_bytes: u64,
+    /// Bytes of small-block segments held by thread heaps.
+    pub segment_bytes: u64,
+    /// Bytes of large blocks handed out (thread caches included).
+    pub live_bytes: u64,
+    /// Purges (system calls), all causes.
+    pub purges: u64,
+    /// Bytes they returned to the OS.
+    pub purged_bytes: u64,
+    /// Of those bytes: by decay (idle for a whole period, or at once with a decay of 0).
+    pub decay_purged_bytes: u64,
+    /// By the bound that follows the workload's recent peak.
+    pub bound_purged_bytes: u64,
+    /// By a kind's configured capacity.
+    pub capacity_purged_bytes: u64,
+    /// Times the OS refused memory and the arena released everything free to retry.
+    pub recoveries: u64,
+    /// Extent descriptors in use (live, segments and free extents).
+    pub extents: u64,
+    /// Bytes mapped for metadata (descriptors, page map).
+    pub meta_bytes: u64,
+    /// The recent peak of live bytes (blocks and segments).
+    pub recent_peak_bytes: u64,
+    /// The most dirty bytes the arena keeps by the bound that follows the workload: the recent
+    /// peak plus a sixteenth (at least 4 MiB).
+    pub bound_bytes: u64,
+    /// Large blocks grown in place by `realloc` (into a free neighbour).
+    pub grown_in_place: u64,
+    /// Large blocks shrunk in place (their tail given back).
+    pub shrunk_in_place: u64,
+}
+
+/// Small-block figures of one kind, summed over slab pages in use (see `pool::slab::count_pages`).
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub(crate) struct SlabCounts {
+    /// Allocations served.
+    pub(crate) requests: u64,
+    /// Their class sizes, summed.
+    pub(crate) granted_bytes: u64,
+    /// Blocks handed out and not seen freed by their page's owner, in bytes.
+    pub(crate) live_bytes: u64,
+    /// Bytes carved into blocks (live or free).
+    pub(crate) carved_bytes: u64,
+}
+
 /// What the thread heaps counted for one kind, summed over heaps: the small path, and the hot
 /// caches of large blocks (whose blocks the large pools still count as live).
 #[derive(Clone, Copy, Default)]
 pub(crate) struct HeapPart {
+    /// Small allocations served (by pages in use, and by pages since retired).
     pub(crate) requests: u64,
+    /// Their class sizes, summed.
     pub(crate) granted: u64,
-    pub(crate) freed: u64,
+    /// Small blocks live (their pages' `used`, remote frees not yet taken back included).
+    pub(crate) live: u64,
+    /// Bytes carved into blocks on pages in use.
     pub(crate) carved: u64,
+    /// Requests that took a page new to their kind heap (the small path's misses).
     pub(crate) new_pages: u64,
+    /// Bytes in the threads' caches of large blocks, and what those caches served.
     pub(crate) hot_bytes: u64,
     pub(crate) hot_hits: u64,
     pub(crate) hot_requested: u64,
@@ -171,7 +299,7 @@ impl Stats {
     ) -> Stats {
         let kinds: [PoolStats; NUM_KINDS] = core::array::from_fn(|k| {
             let (l, s) = (&large[k], &small[k]);
-            let small_live = s.granted.wrapping_sub(s.freed);
+            let small_live = s.live;
             let small_misses = s.new_pages.min(s.requests);
             PoolStats {
                 requests: l.requests + s.requests + s.hot_hits,
@@ -317,67 +445,6 @@ fn write_pool_json(w: &mut impl fmt::Write, p: &PoolStats) -> fmt::Result {
     )
 }
 
-/// Bytes in binary units, padded as the formatter asks (no allocation).
-#[derive(Clone, Copy)]
-pub(crate) struct Bytes(pub(crate) u64);
-
-impl fmt::Display for Bytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut buf = StackStr::<24>::new();
-        let b = self.0;
-        let r = if b < 1024 {
-            write!(buf, "{b} B")
-        } else {
-            let (v, unit) = [("KiB", 1u64 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)]
-                .iter()
-                .rev()
-                .find(|&&(_, d)| b >= d)
-                .map(|&(u, d)| (b as f64 / d as f64, u))
-                .unwrap_or((b as f64, "B"));
-            write!(buf, "{v:.1} {unit}")
-        };
-        r?;
-        f.pad(buf.as_str())
-    }
-}
-
-/// A fixed-size string on the stack.
-pub(crate) struct StackStr<const N: usize> {
-    buf: [u8; N],
-    len: usize,
-}
-
-impl<const N: usize> StackStr<N> {
-    pub(crate) const fn new() -> Self {
-        Self {
-            buf: [0; N],
-            len: 0,
-        }
-    }
-    pub(crate) fn as_str(&self) -> &str {
-        // Only whole `&str`s are ever appended.
-        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
-    }
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-    pub(crate) fn clear(&mut self) {
-        self.len = 0;
-    }
-}
-
-impl<const N: usize> fmt::Write for StackStr<N> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len + s.len();
-        if end > N {
-            return Err(fmt::Error);
-        }
-        self.buf[self.len..end].copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
-
 /// Percentage with one decimal, padded (no allocation).
 struct Pct(f64);
 
@@ -474,19 +541,6 @@ impl fmt::Display for Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bytes_format_and_pad() {
-        let mut s = StackStr::<64>::new();
-        fmt::Write::write_fmt(&mut s, format_args!("[{:>9}]", Bytes(1536))).unwrap();
-        assert_eq!(s.as_str(), "[  1.5 KiB]");
-        s.clear();
-        fmt::Write::write_fmt(&mut s, format_args!("{}", Bytes(3 << 30))).unwrap();
-        assert_eq!(s.as_str(), "3.0 GiB");
-        s.clear();
-        fmt::Write::write_fmt(&mut s, format_args!("{}", Bytes(17))).unwrap();
-        assert_eq!(s.as_str(), "17 B");
-    }
 
     #[test]
     fn rates_are_defined_when_empty() {

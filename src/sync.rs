@@ -61,6 +61,12 @@ impl Stat {
         self.0.store(self.0.load(o).wrapping_add(v), o);
     }
 
+    /// Set the value (owner only).
+    #[inline(always)]
+    pub(crate) fn set(&self, v: u64) {
+        self.0.store(v, core::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Subtract `v` (owner only).
     #[inline(always)]
     pub(crate) fn sub(&self, v: u64) {
@@ -72,6 +78,28 @@ impl Stat {
     #[inline]
     pub(crate) fn get(&self) -> u64 {
         self.0.load(core::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A 32-bit field written by one thread (the owner of the structure holding it) and read by any:
+/// as `Stat`, a relaxed load and store that cost what plain accesses cost, so that statistics
+/// snapshots may read the field while the owner runs without a data race. Zero bytes are a valid
+/// value.
+#[repr(transparent)]
+#[derive(Default)]
+pub(crate) struct Owned32(core::sync::atomic::AtomicU32);
+
+impl Owned32 {
+    /// The current value (the owner's own, or a moment's view from another thread).
+    #[inline(always)]
+    pub(crate) fn get(&self) -> u32 {
+        self.0.load(core::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Set the value (owner only).
+    #[inline(always)]
+    pub(crate) fn set(&self, v: u32) {
+        self.0.store(v, core::sync::atomic::Ordering::Relaxed);
     }
 }
 

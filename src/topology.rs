@@ -5,8 +5,9 @@
 //! lazily on an allocation path. Parsing takes any root directory, so tests run it on sysfs-like
 //! fixtures.
 
-use crate::options::{parse_uint, trim};
+use crate::env::{read_var, warn_bad, Kept};
 use crate::os;
+use crate::text::{parse_size, parse_uint, trim};
 use core::sync::atomic::{AtomicU8, Ordering};
 
 /// Cache sizes and sharing, in bytes and counts.
@@ -291,8 +292,64 @@ fn detect_with_overrides() -> (CacheTopology, TopologySource) {
         Ok(t) => (t, TopologySource::Detected),
         Err(_) => (CacheTopology::I5_10210U, TopologySource::Preset),
     };
-    crate::options::apply_topology_overrides(&mut t);
+    apply_overrides(&mut t);
     (t, source)
+}
+
+/// Apply `TENSORPOOL_L1D`, `_L2`, `_L3`, `_LINE` (sizes), `_CORES` and `_THREADS` (counts) to a
+/// detected or preset topology. A value that does not parse, or that would make the topology
+/// absurd (see `CacheTopology::is_plausible`), is ignored with a warning naming what is kept.
+fn apply_overrides(t: &mut CacheTopology) {
+    type Field = fn(&mut CacheTopology) -> &mut usize;
+    let vars: [(&core::ffi::CStr, Field, bool); 6] = [
+        (c"TENSORPOOL_L1D", |t| &mut t.l1d, true),
+        (c"TENSORPOOL_L2", |t| &mut t.l2, true),
+        (c"TENSORPOOL_L3", |t| &mut t.l3, true),
+        (c"TENSORPOOL_LINE", |t| &mut t.line, true),
+        (c"TENSORPOOL_CORES", |t| &mut t.cores, false),
+        (c"TENSORPOOL_THREADS", |t| &mut t.threads, false),
+    ];
+    for (name, field, is_size) in vars {
+        let kept = *field(t);
+        let (parse, expected): (Parser, &str) = if is_size {
+            (parse_size, "a size such as 6M")
+        } else {
+            (parse_count, "a whole number")
+        };
+        let Some(v) = read_var(name, parse, expected, || {
+            if is_size {
+                Kept::Bytes(kept)
+            } else {
+                Kept::Count(kept)
+            }
+        }) else {
+            continue;
+        };
+        let threads = t.threads;
+        *field(t) = v;
+        if name == c"TENSORPOOL_CORES" {
+            // More cores than the detected threads: each core has at least one thread.
+            t.threads = t.threads.max(v);
+        }
+        if !t.is_plausible() {
+            *field(t) = kept;
+            t.threads = threads;
+            let raw = os::getenv(name).unwrap_or(b"");
+            let kept = if is_size {
+                Kept::Bytes(kept)
+            } else {
+                Kept::Count(kept)
+            };
+            warn_bad(name, raw, "a value a real cache could have", kept);
+        }
+    }
+}
+
+type Parser = fn(&[u8]) -> Option<usize>;
+
+/// A count: digits only, at least 1.
+fn parse_count(s: &[u8]) -> Option<usize> {
+    parse_uint(s).filter(|&v| v > 0)
 }
 
 #[cfg(test)]

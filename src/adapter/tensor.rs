@@ -1,7 +1,8 @@
 //! Owning tensor buffers: shape, element type, kind and 64-byte aligned pooled storage.
 
 use super::dtype::{DType, Element};
-use crate::kind::{with_kind, TensorKind};
+use crate::heap::tag::with_kind;
+use crate::kind::TensorKind;
 use allocator_api2::alloc::{Allocator, Global};
 use core::alloc::Layout;
 use core::fmt;
@@ -65,7 +66,7 @@ impl fmt::Display for TensorError {
             TensorError::OutOfMemory { bytes, kind } => write!(
                 f,
                 "the {kind} pool could not provide {bytes} bytes ({})",
-                crate::stats::Bytes(*bytes as u64)
+                crate::text::Bytes(*bytes as u64)
             ),
             TensorError::DTypeMismatch { tensor, requested } => {
                 write!(f, "tensor holds {tensor}, not {requested}")

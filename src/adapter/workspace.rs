@@ -46,12 +46,12 @@ impl fmt::Display for WorkspaceReport {
             f,
             "{} tensors, {}",
             self.tensors,
-            crate::stats::Bytes(self.bytes as u64)
+            crate::text::Bytes(self.bytes as u64)
         )?;
         for k in TensorKind::ALL {
             let (n, b) = self.kind(k);
             if n > 0 {
-                write!(f, "; {k}: {n} ({})", crate::stats::Bytes(b as u64))?;
+                write!(f, "; {k}: {n} ({})", crate::text::Bytes(b as u64))?;
             }
         }
         Ok(())

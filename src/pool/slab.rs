@@ -1,17 +1,38 @@
 //! Segments and slab pages: where small blocks live.
 //!
-//! A segment is a `SEGMENT_SIZE`-aligned extent of the arena owned by one thread heap, marked in
-//! the page map's small-segment bitmap while it is. Its first slab page holds the header
-//! (segment fields and the descriptors of all pages); the other pages each serve one (kind, size
-//! class). The owner of any block is found from its address alone, once the bitmap has said the
-//! address is a small block's: `segment = ptr & !(SEGMENT_SIZE - 1)`,
-//! `page = (ptr - segment) >> SLAB_SHIFT`.
+//! A segment is a `SEGMENT_SIZE`-aligned extent of the arena, owned by one thread heap and
+//! marked in the page map's small-segment bitmap while it is. The heap is opaque here (`Owner`):
+//! this module knows pages and blocks, not who allocates from them. The segment's first slab page
+//! holds the header (segment fields and the descriptors of all pages, one cache line each); the
+//! other pages each serve one (kind, size class). The owner of any block is found from its
+//! address alone, once the bitmap has said the address is a small block's:
+//! `segment = ptr & !(SEGMENT_SIZE - 1)`, `page = (ptr - segment) >> SLAB_SHIFT`.
 //!
-//! Per page invariant: `used + |free| + |remote| + |delayed blocks of this page| +
-//! (reserved - capacity) == reserved`, where `capacity` counts blocks carved so far. `used` is the
-//! owner's count of blocks handed out minus frees it has seen.
+//! **Two lists per page.** `free` is the owner's: it allocates from it and frees onto it, with no
+//! atomic operation. `remote` holds the blocks other threads freed: they push onto it with a CAS
+//! (a chain of blocks at a time), and the owner takes the whole list with one atomic RMW when it
+//! needs blocks from this page (`collect_remote`), walking only this page's blocks, which it is
+//! about to hand out again anyway. No heap-wide list, no lookup per block.
+//!
+//! **Full pages.** The owner does not look at pages it found full. So that remote frees into such
+//! a page are not stranded, the owner *arms* it (`NOTIFY`, in `remote`'s low bits, set only while
+//! the remote list is empty). The first remote free that finds `NOTIFY` turns it into `QUEUED` in
+//! the same CAS and then puts the page on its owner heap's delayed list; the owner, at its next
+//! slow path, takes the page back to the pages it allocates from and clears `QUEUED`. Only full
+//! pages pay for this: a free into any other page is one CAS and nothing else.
+//!
+//! Per page (`Page`), with `|x|` the length of list `x` and `live` the blocks the program holds:
+//! - `used + |free| == capacity <= blocks_per_page(class)` (capacity: blocks carved so far);
+//! - `used == live + |remote| + blocks in other threads' unpublished batches`;
+//! - `NOTIFY` set only while the page is on its heap's full list; `QUEUED` set from the CAS that
+//!   cleared `NOTIFY` until the owner takes the page off its delayed list, and never together
+//!   with `NOTIFY`;
+//! - a page is given back to its segment only with `used == 0` and no `QUEUED`.
 
-use crate::class::{SLAB_SHIFT, SLAB_SIZE};
+use crate::class::{blocks_per_page, small_size, NUM_SMALL, SLAB_SHIFT, SLAB_SIZE};
+use crate::kind::NUM_KINDS;
+use crate::stats::SlabCounts;
+use crate::sync::{AtomicUsize, Ordering, Owned32, Stat};
 use core::ptr;
 
 /// Size and alignment of a segment.
@@ -19,61 +40,78 @@ pub(crate) const SEGMENT_SIZE: usize = 4 << 20;
 /// Slab pages per segment, the first holding the header.
 pub(crate) const PAGES_PER_SEGMENT: usize = SEGMENT_SIZE / SLAB_SIZE;
 
+/// The heap owning a segment, opaque to this module.
+pub(crate) type Owner = *mut ();
+
 /// A free block: its first word links to the next.
 #[repr(C)]
 pub(crate) struct Block {
     pub(crate) next: *mut Block,
 }
 
-/// Descriptor of one slab page, kept in the segment header.
-#[repr(C)]
+/// `remote`'s low bits: the owner wants to hear of the next remote free (the page is full).
+const NOTIFY: usize = 1;
+/// A remote free took the `NOTIFY`: the page is on (or about to be put on) its heap's delayed
+/// list.
+const QUEUED: usize = 2;
+const FLAGS: usize = NOTIFY | QUEUED;
+
+const _: () = assert!(core::mem::align_of::<Block>() > FLAGS);
+
+/// Descriptor of one slab page, kept in the segment header, one cache line. See the module
+/// documentation for its invariants.
+#[repr(C, align(64))]
 pub(crate) struct Page {
     /// Owner-only free list (LIFO: the most recently freed, hottest block is reused first).
     pub(crate) free: *mut Block,
+    /// Blocks freed by other threads (head in the high bits), and `NOTIFY` / `QUEUED`.
+    pub(crate) remote: AtomicUsize,
+    /// Allocations served from this page (statistics; written by the owner only).
+    pub(crate) allocs: Stat,
     /// Blocks handed out and not yet seen freed by the owner.
-    pub(crate) used: u32,
+    pub(crate) used: Owned32,
     /// Blocks carved out of the page so far (the rest is untouched memory).
-    pub(crate) capacity: u32,
-    /// Blocks the page can hold.
-    pub(crate) reserved: u32,
-    /// Block size of the class.
-    pub(crate) block_size: u32,
-    /// Size class index.
+    pub(crate) capacity: Owned32,
+    /// `IN_USE | kind << 8 | class` while the page serves a class, 0 while its slot is free:
+    /// what a statistics snapshot reads to attribute the page.
+    pub(crate) info: Owned32,
+    /// Size class index (owner's copy of `info`'s).
     pub(crate) class: u8,
-    /// Tensor kind index.
+    /// Tensor kind index (owner's copy of `info`'s).
     pub(crate) kind: u8,
     /// Whether the page is on its heap's full list.
     pub(crate) in_full: bool,
     /// Whether the page is its kind heap's direct page for its class.
     pub(crate) is_direct: bool,
-    /// Whether the page is in use (false: free slot of the segment).
-    pub(crate) in_use: bool,
-    /// `kind * NUM_SMALL + class`: where the owner heap counts this page's frees.
-    pub(crate) stat_index: u16,
-    /// Links in the heap's queue (or full list) for this page's kind and class.
+    /// Links in the heap's queue (or full list) for this page's kind and class (owner only).
     pub(crate) next: *mut Page,
     pub(crate) prev: *mut Page,
+    /// Link on the owner heap's delayed list, written by the remote free that took `NOTIFY`.
+    pub(crate) delayed_next: *mut Page,
 }
+
+/// `Page::info`'s in-use bit.
+const IN_USE: u32 = 1 << 16;
 
 /// Segment header, at the segment's first byte.
 #[repr(C)]
 pub(crate) struct Segment {
     /// The thread heap owning every page (heaps are recycled, never freed, so this stays valid).
-    pub(crate) owner: *mut crate::tcache::Heap,
-    /// Next segment of the same heap.
+    pub(crate) owner: Owner,
+    /// Next segment of the same heap (owner only).
     pub(crate) next: *mut Segment,
     /// Bit i set iff page i is free (page 0, the header, is never free).
     pub(crate) free_mask: u64,
-    /// Pages in use.
+    /// Pages in use: `used_pages == 63 - free_mask.count_ones()`.
     pub(crate) used_pages: u32,
     pub(crate) pages: [Page; PAGES_PER_SEGMENT],
 }
 
 const _: () = assert!(PAGES_PER_SEGMENT == 64);
-const _: () = assert!(core::mem::size_of::<Page>() == 48);
-const _: () = assert!(crate::kind::NUM_KINDS * crate::class::NUM_SMALL <= u16::MAX as usize);
+#[cfg(not(loom))]
+const _: () = assert!(core::mem::size_of::<Page>() == 64);
 const _: () = assert!(core::mem::size_of::<Segment>() <= SLAB_SIZE);
-
+const _: () = assert!(NUM_SMALL < 256 && NUM_KINDS < 256);
 const _: () = assert!(SEGMENT_SIZE == 1 << crate::pagemap::GRANULE_SHIFT);
 
 /// The segment holding `p` (any address inside a small block).
@@ -89,32 +127,36 @@ pub(crate) fn segment_of(p: *mut u8) -> *mut Segment {
 #[inline(always)]
 pub(crate) unsafe fn page_of(seg: *mut Segment, p: *mut u8) -> *mut Page {
     let idx = (p as usize - seg as usize) >> SLAB_SHIFT;
-    // SAFETY: `idx < PAGES_PER_SEGMENT` because `p` lies inside the segment; the pointer stays in
-    // the header's page array.
+    // SAFETY: `idx < PAGES_PER_SEGMENT` because `p` lies inside the segment (the caller's
+    // contract), so the pointer stays in the header's page array.
     unsafe { ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(idx) }
 }
 
+/// Index of `page` in its segment's page array, and the segment.
+fn locate(page: *const Page) -> (*mut Segment, usize) {
+    let seg = (page as usize & !(SEGMENT_SIZE - 1)) as *mut Segment;
+    let first = core::mem::offset_of!(Segment, pages);
+    let idx = (page as usize - seg as usize - first) / core::mem::size_of::<Page>();
+    (seg, idx)
+}
+
 /// First byte of the page's block area.
-///
-/// # Safety
-/// `page` points into a live segment's page array.
 #[inline]
-pub(crate) unsafe fn page_start(page: *mut Page) -> *mut u8 {
-    let seg = (page as usize) & !(SEGMENT_SIZE - 1);
-    // SAFETY: the page descriptors start at a fixed offset in the header.
-    let first = unsafe { ptr::addr_of_mut!((*(seg as *mut Segment)).pages) } as usize;
-    let idx = (page as usize - first) / core::mem::size_of::<Page>();
-    (seg + idx * SLAB_SIZE) as *mut u8
+pub(crate) fn page_start(page: *const Page) -> *mut u8 {
+    let (seg, idx) = locate(page);
+    (seg as usize + idx * SLAB_SIZE) as *mut u8
 }
 
 /// Initialise a segment taken from the arena for `owner`.
 ///
 /// # Safety
 /// `seg` is a `SEGMENT_SIZE`-aligned extent of `SEGMENT_SIZE` bytes that nothing else uses (its
-/// bytes may be anything: the arena reuses freed memory).
-pub(crate) unsafe fn init_segment(seg: *mut Segment, owner: *mut crate::tcache::Heap) {
-    // SAFETY: the extent is ours; zeroing the header makes every page descriptor read as "not
-    // in use" before the fields are written.
+/// bytes may be anything: the arena reuses freed memory), and no statistics snapshot reads it
+/// before the arena is told it is ready.
+pub(crate) unsafe fn init_segment(seg: *mut Segment, owner: Owner) {
+    // SAFETY: the extent is ours alone (the caller's contract); zeroing the header makes every
+    // page descriptor read as "not in use" (`info == 0`) before the fields are written, and zero
+    // is a valid value of every plain field and statistics atomic.
     unsafe {
         ptr::write_bytes(seg.cast::<u8>(), 0, core::mem::size_of::<Segment>());
         (*seg).owner = owner;
@@ -127,9 +169,10 @@ pub(crate) unsafe fn init_segment(seg: *mut Segment, owner: *mut crate::tcache::
 /// Take a free page slot of `seg` and initialise it for (kind, class). Null if the segment is full.
 ///
 /// # Safety
-/// The caller owns `seg` (it is its heap's).
+/// The calling thread owns `seg` (it is its heap's).
 pub(crate) unsafe fn take_page(seg: *mut Segment, kind: u8, class: usize) -> *mut Page {
-    // SAFETY: owner-only access to the header.
+    // SAFETY: owner-only access to the header. No other thread touches a free slot's `remote`
+    // (its page has no blocks), so it can be written as a fresh atomic, which loom requires.
     unsafe {
         let mask = (*seg).free_mask;
         if mask == 0 {
@@ -139,20 +182,19 @@ pub(crate) unsafe fn take_page(seg: *mut Segment, kind: u8, class: usize) -> *mu
         (*seg).free_mask = mask & !(1u64 << idx);
         (*seg).used_pages += 1;
         let page = ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(idx);
-        let bs = crate::class::small_size(class);
         (*page).free = ptr::null_mut();
-        (*page).used = 0;
-        (*page).capacity = 0;
-        (*page).reserved = (SLAB_SIZE / bs) as u32;
-        (*page).block_size = bs as u32;
+        ptr::addr_of_mut!((*page).remote).write(AtomicUsize::new(0));
+        (*page).allocs.set(0);
+        (*page).used.set(0);
+        (*page).capacity.set(0);
         (*page).class = class as u8;
         (*page).kind = kind;
         (*page).in_full = false;
         (*page).is_direct = false;
-        (*page).in_use = true;
-        (*page).stat_index = (kind as usize * crate::class::NUM_SMALL + class) as u16;
         (*page).next = ptr::null_mut();
         (*page).prev = ptr::null_mut();
+        (*page).delayed_next = ptr::null_mut();
+        (*page).info.set(IN_USE | (kind as u32) << 8 | class as u32);
         page
     }
 }
@@ -160,34 +202,47 @@ pub(crate) unsafe fn take_page(seg: *mut Segment, kind: u8, class: usize) -> *mu
 /// Return an empty page's slot to its segment. Returns true if the segment became empty.
 ///
 /// # Safety
-/// The caller owns the page, it has `used == 0`, no remote blocks and is on no list.
+/// The calling thread owns the page; it is on no list and `may_release(page)` holds.
 pub(crate) unsafe fn release_page(page: *mut Page) -> bool {
     // SAFETY: owner-only access to the page and its segment header.
     unsafe {
-        debug_assert_eq!((*page).used, 0);
-        let seg = ((page as usize) & !(SEGMENT_SIZE - 1)) as *mut Segment;
-        let first = ptr::addr_of_mut!((*seg).pages).cast::<Page>();
-        let idx = page.offset_from(first) as usize;
-        (*page).in_use = false;
+        debug_assert!(may_release(page));
+        let (seg, idx) = locate(page);
+        (*page).info.set(0);
         (*seg).free_mask |= 1u64 << idx;
         (*seg).used_pages -= 1;
+        debug_assert_eq!((*seg).used_pages, 63 - (*seg).free_mask.count_ones());
         (*seg).used_pages == 0
     }
+}
+
+/// Whether an in-use page may go back to its segment: no block live or pending anywhere, and
+/// not on its heap's delayed list.
+///
+/// # Safety
+/// The calling thread owns the page.
+#[inline]
+pub(crate) unsafe fn may_release(page: *mut Page) -> bool {
+    // SAFETY: owner-only fields; `remote` is read atomically.
+    unsafe { (*page).used.get() == 0 && (*page).remote.load(Ordering::Acquire) & QUEUED == 0 }
 }
 
 /// Carve more blocks from the untouched part of the page onto its free list: about 4 KiB worth,
 /// at least one, so a fresh page is touched gradually rather than all at once.
 ///
 /// # Safety
-/// Owner-only; `capacity < reserved`.
+/// Owner-only; `capacity < blocks_per_page(class)`.
 #[cold]
 pub(crate) unsafe fn extend(page: *mut Page) {
     // SAFETY: owner-only; every carved block lies inside the page's block area.
     unsafe {
-        let bs = (*page).block_size as usize;
+        let class = (*page).class as usize;
+        let bs = small_size(class);
         let start = page_start(page);
-        let cap = (*page).capacity as usize;
-        let n = (4096 / bs).max(1).min((*page).reserved as usize - cap);
+        let cap = (*page).capacity.get() as usize;
+        let reserved = blocks_per_page(class) as usize;
+        debug_assert!(cap < reserved);
+        let n = (4096 / bs).max(1).min(reserved - cap);
         let first = start.add(cap * bs);
         let mut b = first;
         for _ in 1..n {
@@ -197,6 +252,188 @@ pub(crate) unsafe fn extend(page: *mut Page) {
         }
         (*(b as *mut Block)).next = (*page).free;
         (*page).free = first as *mut Block;
-        (*page).capacity += n as u32;
+        (*page).capacity.set((cap + n) as u32);
     }
+}
+
+/// Whether the page has blocks no one has carved yet.
+///
+/// # Safety
+/// The calling thread owns the page.
+#[inline]
+pub(crate) unsafe fn can_extend(page: *mut Page) -> bool {
+    // SAFETY: owner-only fields.
+    unsafe { (*page).capacity.get() < blocks_per_page((*page).class as usize) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The remote list
+// ---------------------------------------------------------------------------------------------
+
+/// Push the chain `head..=tail` of blocks freed by a thread that does not own the page. Returns
+/// true if this push took the owner's `NOTIFY`: the caller must then put the page on its owner
+/// heap's delayed list (the page's `delayed_next` is the caller's to write until then).
+///
+/// # Safety
+/// The chain links live blocks of `page`, each freed exactly once, and is the caller's alone.
+pub(crate) unsafe fn push_remote(page: *mut Page, head: *mut Block, tail: *mut Block) -> bool {
+    // SAFETY: the page descriptor lives as long as its blocks, which are live; the chain is ours
+    // until the CAS publishes it.
+    unsafe {
+        let r = &(*page).remote;
+        let mut old = r.load(Ordering::Relaxed);
+        loop {
+            (*tail).next = (old & !FLAGS) as *mut Block;
+            let mut new = head as usize | (old & FLAGS);
+            if old & NOTIFY != 0 {
+                new = (new & !NOTIFY) | QUEUED;
+            }
+            // Release: the blocks' contents and links happen before the owner's Acquire take.
+            match r.compare_exchange_weak(old, new, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return old & NOTIFY != 0,
+                Err(actual) => old = actual,
+            }
+        }
+    }
+}
+
+/// Move the blocks other threads freed onto the owner's free list; returns how many there were.
+///
+/// # Safety
+/// The calling thread owns the page.
+pub(crate) unsafe fn collect_remote(page: *mut Page) -> u32 {
+    // SAFETY: owner-only access to `free` and `used`; the taken list is ours alone and its blocks
+    // are blocks of this page (`push_remote`'s contract).
+    unsafe {
+        let r = &(*page).remote;
+        if r.load(Ordering::Relaxed) & !FLAGS == 0 {
+            return 0;
+        }
+        // Keep the flags; Acquire pairs with the pushes' Release.
+        let head = (r.fetch_and(FLAGS, Ordering::Acquire) & !FLAGS) as *mut Block;
+        let mut n = 1u32;
+        let mut tail = head;
+        while !(*tail).next.is_null() {
+            tail = (*tail).next;
+            n += 1;
+        }
+        (*tail).next = (*page).free;
+        (*page).free = head;
+        let used = (*page).used.get();
+        debug_assert!(n <= used, "more remote frees than blocks handed out");
+        (*page).used.set(used - n);
+        n
+    }
+}
+
+/// Ask to hear of the next remote free into a page found full. False (nothing armed) if remote
+/// blocks have arrived: collect them instead.
+///
+/// # Safety
+/// The calling thread owns the page, which is moving to its heap's full list.
+pub(crate) unsafe fn arm_notify(page: *mut Page) -> bool {
+    // SAFETY: the descriptor is valid while the caller owns the page.
+    let r = unsafe { &(*page).remote };
+    let old = r.load(Ordering::Relaxed);
+    if old & !FLAGS != 0 {
+        return false;
+    }
+    if old & QUEUED != 0 {
+        // Still on the delayed list from an earlier round: the drain brings it back.
+        return true;
+    }
+    debug_assert_eq!(old, 0);
+    r.compare_exchange(old, NOTIFY, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
+}
+
+/// Withdraw `NOTIFY` from a page leaving the full list by a local free.
+///
+/// # Safety
+/// The calling thread owns the page.
+pub(crate) unsafe fn disarm_notify(page: *mut Page) {
+    // SAFETY: as in `arm_notify`.
+    unsafe { (*page).remote.fetch_and(!NOTIFY, Ordering::Relaxed) };
+}
+
+/// Clear `QUEUED` once the owner has taken the page off its delayed list.
+///
+/// # Safety
+/// The calling thread owns the page and has just taken it off its heap's delayed list.
+pub(crate) unsafe fn clear_queued(page: *mut Page) {
+    // SAFETY: as in `arm_notify`.
+    unsafe {
+        let old = (*page).remote.fetch_and(!QUEUED, Ordering::Relaxed);
+        debug_assert!(old & QUEUED != 0 && old & NOTIFY == 0);
+    }
+}
+
+/// The blocks on a quiescent page's remote list, and its flags (checks and models).
+///
+/// # Safety
+/// No thread touches the page during the call.
+#[cfg(any(loom, feature = "check"))]
+pub(crate) unsafe fn remote_list(page: *mut Page) -> (*mut Block, bool, bool) {
+    // SAFETY: the caller's contract.
+    let w = unsafe { (*page).remote.load(Ordering::Acquire) };
+    ((w & !FLAGS) as *mut Block, w & NOTIFY != 0, w & QUEUED != 0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queries
+// ---------------------------------------------------------------------------------------------
+
+/// Add the figures of `seg`'s pages to `out`, per kind, while their owner may be running: each
+/// field read is one the owner stored, the sum a moment's view.
+///
+/// # Safety
+/// `seg` is a segment the arena holds, initialised (`init_segment`), and stays so during the call.
+pub(crate) unsafe fn count_pages(seg: *const Segment, out: &mut [SlabCounts; NUM_KINDS]) {
+    for i in 1..PAGES_PER_SEGMENT {
+        // SAFETY: the header is initialised and held (the caller's contract). Only the owner-
+        // written atomics are borrowed, never the page, whose other fields the owner may be
+        // writing.
+        let (info, allocs, used, capacity) = unsafe {
+            let page = ptr::addr_of!((*seg).pages[i]);
+            (
+                &*ptr::addr_of!((*page).info),
+                &*ptr::addr_of!((*page).allocs),
+                &*ptr::addr_of!((*page).used),
+                &*ptr::addr_of!((*page).capacity),
+            )
+        };
+        let info = info.get();
+        if info & IN_USE == 0 {
+            continue;
+        }
+        let (kind, class) = (((info >> 8) & 0xff) as usize, (info & 0xff) as usize);
+        if kind >= NUM_KINDS || class >= NUM_SMALL {
+            continue;
+        }
+        let bs = small_size(class) as u64;
+        let c = &mut out[kind];
+        let allocs = allocs.get();
+        c.requests += allocs;
+        c.granted_bytes += allocs * bs;
+        c.live_bytes += used.get() as u64 * bs;
+        c.carved_bytes += capacity.get() as u64 * bs;
+    }
+}
+
+/// Usable size of a live small block.
+///
+/// # Safety
+/// `p` is a live small block in `seg`.
+pub(crate) unsafe fn usable(seg: *mut Segment, p: *mut u8) -> usize {
+    // SAFETY: the caller guarantees `p` is live, so its page is in use with a fixed class.
+    unsafe { small_size((*page_of(seg, p)).class as usize) }
+}
+
+/// Kind index of a live small block.
+///
+/// # Safety
+/// `p` is a live small block in `seg`.
+pub(crate) unsafe fn kind_of(seg: *mut Segment, p: *mut u8) -> usize {
+    // SAFETY: as in `usable`.
+    unsafe { (*page_of(seg, p)).kind as usize }
 }

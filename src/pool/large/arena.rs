@@ -1,31 +1,36 @@
 //! The extent arena: the address space every large block and every small-block segment is carved
 //! from.
 //!
-//! **Chunks and regions.** Memory comes from the OS in chunks (64 MiB at first, doubling up to
-//! 1 GiB, or what one request needs), 2 MiB-aligned so huge pages stay possible, mapped
-//! read-write once and never split by `mprotect` or `mremap`. Each new chunk is asked for just
-//! below the lowest one (a hint, never `MAP_FIXED`), so consecutive chunks usually touch: the
-//! kernel then merges them into one mapping, and the arena treats touching chunks as one
-//! *region*, in which free extents coalesce across the old chunk boundary. The process's mapping
-//! count is therefore the number of regions, not of blocks.
+//! **Chunks and regions.** Memory comes from the OS in chunks (64 MiB at first for blocks,
+//! 16 MiB for segments, doubling up to 1 GiB, or what one request needs), 2 MiB-aligned so huge
+//! pages stay possible, mapped read-write once and never split by `mprotect` or `mremap`. Blocks
+//! and segments live in zones of their own. The block zone starts at a randomised hint far from
+//! the kernel's own placements (`BLOCK_HINT`) and each new chunk is asked for just above the
+//! highest one (a hint, never `MAP_FIXED`), so consecutive chunks usually touch: the kernel then
+//! merges them into one mapping, and the arena treats touching chunks as one *region*, in which
+//! free extents coalesce across the old chunk boundary. The process's mapping count is
+//! therefore the number of regions, not of blocks.
 //!
 //! **Extents.** A region is tiled by extents (see `extent`): live blocks, segments, and free
 //! extents, which are *dirty* (resident, kept for reuse) or *clean* (never touched, or purged).
-//! Free extents of one state coalesce with their free neighbours of the same state at every free,
-//! so the free space is a few large extents, whichever kinds released them. A request takes the lowest-addressed dirty extent
-//! that fits (`tree`), splitting off what it does not need, and only when no dirty extent fits
-//! does it take clean pages, which fault. Blocks of every kind share the arena: a KV cache's
-//! freed pages serve the next activation without moving a page. Accounting stays per kind and
-//! exact: each dirty extent records how many of its bytes each kind released (`shares`), merges
-//! add them, and a request or a purge takes its own kind's share first.
+//! Free extents of one state coalesce with their free neighbours of the same state at every
+//! free, so the free space is a few large extents, whichever kinds released them. A request
+//! takes the lowest-addressed free *run* (neighbouring dirty and clean extents together, `tree`)
+//! that fits, splitting off what it does not need; only its clean pages fault. Lowest address
+//! first keeps old chunks' free space ahead of new pages and leaves a block room above it to
+//! grow in place. Blocks of every kind share the arena: a KV cache's freed pages serve the next
+//! activation without moving a page. Accounting stays per kind and exact: each dirty extent
+//! records how many of its bytes each kind released (`shares`), merges add them, and a request
+//! or a purge takes its own kind's share first.
 //!
 //! **Returning memory.** Dirty pages go back to the OS with `MADV_DONTNEED` (`MADV_FREE` as an
 //! option), which splits no mapping: by decay, when they were idle for a whole period; by the
-//! bound (see `decay`) when fresh pages would take `live + dirty` past the recent peak; by a
-//! kind's configured capacity; and at `trim`. Purging happens outside the lock: the extents are
-//! marked `Busy`, the lock is dropped for the system call, and they come back clean. When the OS
-//! refuses a chunk, `recover` unmaps every free extent of every kind (dirty and clean, address
-//! space included) and the request is tried once more before it fails.
+//! bound (see `decay`), when dirty bytes would exceed the recent live peak plus a sixteenth, or
+//! `live + dirty` stays above that for a second; by a kind's configured capacity; and at `trim`.
+//! Purging happens outside the lock: the extents are marked `Busy`, the lock is dropped for the
+//! system call, and they come back clean. When the OS refuses a chunk, `recover` unmaps every
+//! free extent of every kind (dirty and clean, address space included) and the request is tried
+//! once more before it fails.
 //!
 //! Invariants (checked by `census`): per region, extents tile `[base, end)` in address order;
 //! every free extent is in the tree of its state, every dirty one on the release-order list,
@@ -36,11 +41,11 @@
 use super::decay::Decay;
 use super::extent::{Extent, Prefer, State, ATTRS};
 use super::tree::Tree;
-use super::LargeCounters;
 use crate::kind::NUM_KINDS;
 use crate::meta::Meta;
 use crate::os::{self, PAGE};
 use crate::pagemap::{self, PageMap};
+use crate::stats::{ArenaCounters, LargeCounters};
 use crate::sync::plain::AtomicU64;
 use crate::sync::SpinLock;
 use core::ptr;
@@ -87,51 +92,6 @@ const SHRINK_MIN: usize = 64 << 10;
 
 /// Capacity value meaning "follow the workload" (no configured number).
 pub(crate) const AUTO: usize = usize::MAX;
-
-/// Counters of the arena as a whole (exact: kept under its lock).
-#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
-pub struct ArenaCounters {
-    /// Bytes mapped for blocks and segments (chunks, less what was unmapped).
-    pub mapped_bytes: u64,
-    /// Regions: contiguous mapped ranges, each one kernel mapping.
-    pub regions: u64,
-    /// Chunks mapped.
-    pub chunk_maps: u64,
-    /// Free ranges unmapped (recovery, `trim`).
-    pub unmaps: u64,
-    /// Bytes of free extents whose pages may be resident.
-    pub dirty_bytes: u64,
-    /// Bytes of free extents that are not resident.
-    pub clean_bytes: u64,
-    /// Bytes of small-block segments held by thread heaps.
-    pub segment_bytes: u64,
-    /// Bytes of large blocks handed out (thread caches included).
-    pub live_bytes: u64,
-    /// Purges (system calls), all causes.
-    pub purges: u64,
-    /// Bytes they returned to the OS.
-    pub purged_bytes: u64,
-    /// Of those bytes: by decay (idle for a whole period, or at once with a decay of 0).
-    pub decay_purged_bytes: u64,
-    /// By the bound that follows the workload's recent peak.
-    pub bound_purged_bytes: u64,
-    /// By a kind's configured capacity.
-    pub capacity_purged_bytes: u64,
-    /// Times the OS refused memory and the arena released everything free to retry.
-    pub recoveries: u64,
-    /// Extent descriptors in use (live, segments and free extents).
-    pub extents: u64,
-    /// Bytes mapped for metadata (descriptors, page map).
-    pub meta_bytes: u64,
-    /// The recent peak of live bytes (blocks and segments).
-    pub recent_peak_bytes: u64,
-    /// The bound that peak sets on `live + dirty` before fresh pages make the arena purge.
-    pub bound_bytes: u64,
-    /// Large blocks grown in place by `realloc` (into a free neighbour).
-    pub grown_in_place: u64,
-    /// Large blocks shrunk in place (their tail given back).
-    pub shrunk_in_place: u64,
-}
 
 /// A contiguous mapped range tiled by extents.
 struct Region {
@@ -493,6 +453,9 @@ impl ArenaState {
     // -----------------------------------------------------------------------------------------
 
     /// Make `e` the most recently released dirty extent.
+    ///
+    /// # Safety
+    /// `e` is a live descriptor of a dirty extent on no release-order list; the lock is held.
     unsafe fn lru_push(&mut self, e: *mut Extent) {
         // SAFETY: `e` is a dirty extent on no list.
         unsafe {
@@ -508,6 +471,10 @@ impl ArenaState {
         }
     }
 
+    /// Take `e` off the release-order list.
+    ///
+    /// # Safety
+    /// `e` is a live descriptor on this state's list; the lock is held.
     unsafe fn lru_unlink(&mut self, e: *mut Extent) {
         // SAFETY: `e` is on the list.
         unsafe {
@@ -529,6 +496,9 @@ impl ArenaState {
     }
 
     /// Put `t` on the list right after `e` (towards older), with `e`'s release clock.
+    ///
+    /// # Safety
+    /// `e` is on this state's list, `t` a live dirty descriptor on none; the lock is held.
     unsafe fn lru_insert_after(&mut self, e: *mut Extent, t: *mut Extent) {
         // SAFETY: `e` is on the list, `t` on none.
         unsafe {
@@ -1020,6 +990,7 @@ impl ArenaState {
             let attr = match (*e).state() {
                 State::Segment => {
                     pagemap::set_small((*e).base as *const u8, false);
+                    (*e).start.store(0, Relaxed);
                     self.totals.segment_bytes -= bytes;
                     SLAB
                 }
@@ -1421,16 +1392,19 @@ impl Arena {
     }
 
     /// Take the lock without a guard (fork preparation); pairs with `raw_unlock`.
+    #[cfg(not(loom))]
     pub(crate) fn raw_lock(&self) {
         self.state.raw_lock();
     }
 
+    #[cfg(not(loom))]
     pub(crate) fn raw_unlock(&self) {
         self.state.raw_unlock();
     }
 
     /// Run `f` on the state under the lock (configuration, counters).
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut ArenaState) -> R) -> R {
+        super::hold_lock_across_fork();
         self.state.with(|s| {
             let r = f(s);
             self.due.store(s.decay.due_at(), Relaxed);
@@ -1492,6 +1466,49 @@ impl Arena {
         debug_assert!(!e.is_null() && unsafe { (*e).state() } == State::Segment);
         // SAFETY: as above.
         unsafe { self.free(e) }
+    }
+
+    /// A segment taken with `segment_alloc` is initialised: statistics snapshots may read its
+    /// header from now on (`for_each_segment`).
+    ///
+    /// # Safety
+    /// `seg` came from `segment_alloc`, is held, and its header is initialised.
+    pub(crate) unsafe fn segment_ready(&self, seg: *mut u8) {
+        let e = self.map.get(seg as usize).cast::<Extent>();
+        // SAFETY: the page map records every segment's descriptor at its base; Release pairs with
+        // the Acquire in `for_each_segment`, so the header's initialisation happens before any
+        // snapshot reads it. The arena resets `start` when the segment comes back.
+        unsafe {
+            debug_assert!(!e.is_null() && (*e).state() == State::Segment);
+            (*e).start
+                .store(seg as usize, core::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Run `f` on the base of every segment held by a heap and initialised (`segment_ready`),
+    /// under the lock, so none comes back to the arena meanwhile.
+    pub(crate) fn for_each_segment(&self, mut f: impl FnMut(*mut u8)) {
+        self.state.with(|s| {
+            let mut r = s.regions;
+            while !r.is_null() {
+                // SAFETY: regions and their extents are the arena's, read under its lock.
+                unsafe {
+                    if (*r).zone as usize == SEGMENTS {
+                        let mut e = (*r).first;
+                        while !e.is_null() {
+                            if (*e).state() == State::Segment
+                                && (*e).start.load(core::sync::atomic::Ordering::Acquire)
+                                    == (*e).base
+                            {
+                                f((*e).base as *mut u8);
+                            }
+                            e = (*e).next;
+                        }
+                    }
+                    r = (*r).next;
+                }
+            }
+        });
     }
 
     /// The descriptor of the live large block starting at `p`, or null if `p` is not the start

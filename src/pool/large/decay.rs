@@ -12,9 +12,11 @@
 //!
 //! **Bound.** Without a configured capacity, the memory the arena keeps cached follows the
 //! workload: dirty bytes may not exceed the recent peak of live bytes plus a sixteenth of it (at
-//! least `SLACK_MIN`: the holes of the layout itself), in total. (Not per kind by default: which kind's share of a coalesced extent a request takes is
-//! a convention, and per-kind bounds on it purged memory the next request reused, 1.7k faults a
-//! request on the tensor trace; a kind's configured capacity does bound its share.) When a request would take fresh pages beyond that, or when
+//! least `SLACK_MIN`: the holes of the layout itself), in total. (Not per kind by default: which
+//! kind's share of a coalesced extent a request takes is a convention, and per-kind bounds on it
+//! purged memory the next request reused, 1.7k faults a request on the tensor trace; a kind's
+//! configured capacity does bound its share.) When a request would take fresh pages beyond that,
+//! when `live + dirty` stays over it for the fast period, or when
 //! the peak window moves on, the least recently released dirty memory is purged first. So a
 //! process that once peaked keeps about what it reuses (a cycle of tensors that peaks at `P`
 //! frees and reuses at most `P`), and once the peak is `EPOCHS` epochs of `EPOCH_NS` old, what it
@@ -40,7 +42,7 @@ pub(crate) const SLACK_MIN: u64 = 4 << 20;
 pub(crate) const NEVER: i64 = -1;
 
 /// The decay time used when none is configured (ms). Measured: see README ("Returning memory").
-pub(crate) const DEFAULT_MS: i64 = 10_000;
+pub(crate) use crate::options::DEFAULT_DECAY_MS as DEFAULT_MS;
 
 /// The lowest value a quantity took over a sliding period of `TICKS` ticks: what stayed in
 /// place the whole period.

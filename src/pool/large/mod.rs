@@ -1,7 +1,7 @@
 //! Large blocks (above the small classes) and the segments small blocks live in, carved from one
 //! shared extent arena (`arena`), with per-kind accounting.
 //!
-//! Layers, from the top: a freed block first goes to its thread's hot cache (`budget`), then
+//! Layers, from the top: a freed block first goes to its thread's hot cache (`heap::hot`), then
 //! back to the arena as a *dirty* extent attributed to its kind, where it coalesces with free
 //! neighbours; decay, the workload bound and capacities turn dirty extents *clean* (their pages
 //! given back with `madvise`, the address space kept); and only when the OS refuses memory is
@@ -18,78 +18,46 @@ mod decay;
 mod extent;
 mod tree;
 
-pub use arena::ArenaCounters;
 #[cfg(any(loom, feature = "check"))]
 pub use arena::Census;
 pub(crate) use arena::{Arena, AUTO};
-pub(crate) use decay::{DEFAULT_MS as DEFAULT_DECAY_MS, NEVER as DECAY_NEVER};
+pub(crate) use decay::NEVER as DECAY_NEVER;
 pub(crate) use extent::{Extent, State};
 
 use crate::sync::shared_static;
 use core::sync::atomic::Ordering::Relaxed;
 
-/// Counters of one kind's large blocks (exact: kept under the arena's lock).
-#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
-pub struct LargeCounters {
-    /// Allocation requests served by the arena (thread-cache hits are counted by the caches).
-    pub requests: u64,
-    /// Requests served from dirty (resident) memory: no page fault.
-    pub hits: u64,
-    /// Requests that took clean pages (never touched, or purged): they fault on first touch.
-    pub misses: u64,
-    /// Bytes of clean pages handed out (what faults in when touched), blocks grown in place
-    /// included.
-    pub fresh_bytes: u64,
-    /// Bytes of blocks handed out and not freed (extent sizes), thread caches included.
-    pub live_bytes: u64,
-    /// Bytes of dirty free memory this kind released and no request has taken since.
-    pub cached_bytes: u64,
-    /// Highest `live_bytes` seen.
-    pub peak_live_bytes: u64,
-    /// Bytes asked for.
-    pub requested_bytes: u64,
-    /// Bytes handed out for them (whole pages, a cache colour included): `granted - requested`
-    /// is rounding overhead.
-    pub granted_bytes: u64,
-    /// Purges of this kind's cached memory (decay, bound, capacity, `trim`).
-    pub evictions: u64,
-    /// Bytes they returned to the OS.
-    pub evicted_bytes: u64,
-    /// Allocations that left live + cached bytes above a configured capacity.
-    pub over_capacity: u64,
-    /// Hits served from memory another kind (or a returned segment) released.
-    pub recycled: u64,
-    /// Bytes of those hits.
-    pub recycled_bytes: u64,
-    /// Bytes of this kind's cached memory that other kinds' requests (or new slab segments)
-    /// took.
-    pub donated_bytes: u64,
-}
-
-impl LargeCounters {
-    /// All zero (a template for const initialisers).
-    pub(crate) const ZERO: LargeCounters = LargeCounters {
-        requests: 0,
-        hits: 0,
-        misses: 0,
-        fresh_bytes: 0,
-        live_bytes: 0,
-        cached_bytes: 0,
-        peak_live_bytes: 0,
-        requested_bytes: 0,
-        granted_bytes: 0,
-        evictions: 0,
-        evicted_bytes: 0,
-        over_capacity: 0,
-        recycled: 0,
-        recycled_bytes: 0,
-        donated_bytes: 0,
-    };
-}
-
 shared_static! {
     /// The process-wide arena.
     pub(crate) static ARENA: Arena = Arena::new();
+}
+
+/// Whether the fork handler holding `ARENA`'s lock is registered.
+#[cfg(not(loom))]
+static FORK_HANDLER: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Register, once, a fork handler that holds the arena's lock across `fork`, so a child never
+/// inherits it held by a thread that does not exist there. Called before the lock is first
+/// taken (with no lock held: registering may allocate). Loom models do not fork.
+#[inline]
+pub(crate) fn hold_lock_across_fork() {
+    #[cfg(not(loom))]
+    {
+        use core::sync::atomic::Ordering::{AcqRel, Acquire};
+        if !FORK_HANDLER.load(Acquire) && !FORK_HANDLER.swap(true, AcqRel) {
+            crate::os::at_fork(fork_prepare, fork_release, fork_release);
+        }
+    }
+}
+
+#[cfg(not(loom))]
+unsafe extern "C" fn fork_prepare() {
+    ARENA.raw_lock();
+}
+
+#[cfg(not(loom))]
+unsafe extern "C" fn fork_release() {
+    ARENA.raw_unlock();
 }
 
 /// Usable bytes of the live block `e` starting at `p` (at least what was asked for).

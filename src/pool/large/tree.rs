@@ -285,6 +285,9 @@ impl Tree {
     #[cfg(any(test, loom, feature = "check"))]
     pub(crate) fn check(&self) {
         /// Returns (count, bytes, max) of the subtree, checking order within (lo, hi).
+        ///
+        /// # Safety
+        /// `e` is null or a node of this tree, whose nodes are live descriptors.
         unsafe fn walk(e: *mut Extent, lo: usize, hi: usize) -> (usize, usize, usize) {
             if e.is_null() {
                 return (0, 0, 0);

@@ -1,0 +1,215 @@
+//! The thread cache of large blocks: each thread's hot set of freed tensors, bounded by the
+//! thread's share of the last-level cache (the L3 budget as the allocator applies it; the budget
+//! as users see it is `budget::L3Budget`).
+//!
+//! A large block freed by a thread goes onto that thread's hot cache (no lock, no shared write)
+//! when it is no larger than the thread's limit; the thread's next request of the same kind and
+//! class takes the most recently freed match, whose lines are the likeliest still to be in cache.
+//! While the cache holds more than the limit (or more than `HOT_SLOTS` blocks), its coldest blocks
+//! flow back to the arena, where any thread can reuse them and decay, the bound and capacities
+//! see them. Blocks larger than the limit bypass the cache: they cannot stay cache-hot anyway.
+//!
+//! The limit is the L3 share per core (`CacheTopology::l3_share`) clamped to `THREAD_CACHE_MAX`,
+//! or what `PoolConfig::with_thread_cache` / `TENSORPOOL_THREAD_CACHE` set. The clamp exists
+//! because a thread cache is memory no other thread can use: a VM that reports its host's whole
+//! L3 as shared by its two vCPUs (this one says 480 MiB) would otherwise let every thread sit on
+//! hundreds of MiB.
+//!
+//! Blocks in hot caches still count as live in the arena (they are handed back only when they
+//! flow back), so capacities and the timeline see them as live; `stats()` and `budget()` report
+//! them as hot. A cached block's descriptor is marked `Hot`, so freeing it again is caught as a
+//! double free.
+
+use crate::kind::NUM_KINDS;
+use crate::options::{THREAD_CACHE_AUTO, THREAD_CACHE_MAX};
+use crate::pool::large::{self, Extent};
+use crate::sync::{shared_static, AtomicUsize, Ordering, Stat};
+use core::ptr;
+
+/// Blocks a thread cache holds at most (so a lookup scans a few cache lines at most).
+pub(crate) const HOT_SLOTS: usize = 32;
+
+shared_static! {
+    /// Each thread cache's byte limit; 0 (before configuration, or when turned off) bypasses.
+    static LIMIT: AtomicUsize = AtomicUsize::new(0);
+}
+
+/// Set the thread-cache limit (at configuration). `THREAD_CACHE_AUTO` derives it from the L3
+/// share per core, `l3_share`.
+pub(crate) fn set_limit(configured: usize, l3_share: usize) {
+    let limit = if configured == THREAD_CACHE_AUTO {
+        l3_share.min(THREAD_CACHE_MAX)
+    } else {
+        configured
+    };
+    // Entries record sizes in 32 bits.
+    LIMIT.store(limit.min(u32::MAX as usize), Ordering::Relaxed);
+}
+
+/// The thread-cache limit in force.
+#[inline]
+pub(crate) fn limit() -> usize {
+    LIMIT.load(Ordering::Relaxed)
+}
+
+const fn tag(kind: usize, class_index: usize) -> u16 {
+    ((kind << 8) | class_index) as u16
+}
+
+/// A thread's hot cache of freed large blocks. Lives in the thread's heap (a zeroed mapping, and
+/// all-zero is its empty state); owner-only except the counters, which any thread may read.
+///
+/// Slots are unordered; a free stamp orders them. A lookup compares all the tags at once (one
+/// cache line of them, which the compiler vectorises) and takes the matching slot freed last; the
+/// coldest slot is the one with the lowest stamp. Nothing is ever shifted: moving entries cost a
+/// `memmove` per operation, a third of a tensor loop's time.
+#[repr(C)]
+pub(crate) struct HotCache {
+    /// `kind << 8 | large class index` per slot, so a lookup reads no block header.
+    tags: [u16; HOT_SLOTS],
+    /// When each slot was filled (higher is more recent).
+    stamps: [u64; HOT_SLOTS],
+    starts: [*mut u8; HOT_SLOTS],
+    /// The blocks' descriptors (for the arena when a block flows back).
+    descs: [*mut Extent; HOT_SLOTS],
+    /// Usable bytes of each block (what a request may use).
+    sizes: [u32; HOT_SLOTS],
+    /// Bytes each block holds (whole pages, as the arena counts them live).
+    held: [u32; HOT_SLOTS],
+    /// Bit `i` set: slot `i` holds a block.
+    full: u32,
+    clock: u64,
+    bytes: usize,
+    pub(crate) counters: [HotCounters; NUM_KINDS],
+}
+
+const _: () = assert!(HOT_SLOTS == u32::BITS as usize);
+
+/// Per kind, written by the cache's owner only.
+#[repr(C)]
+pub(crate) struct HotCounters {
+    /// Bytes cached now.
+    pub(crate) bytes: Stat,
+    /// Requests served from the cache.
+    pub(crate) hits: Stat,
+    /// Bytes those requests asked for, and bytes they were given.
+    pub(crate) requested: Stat,
+    pub(crate) granted: Stat,
+}
+
+impl HotCache {
+    /// Take a cached block of `kind` for a request of `size` bytes whose start is
+    /// `align`-aligned: of its own class if there is one, else of up to four classes larger,
+    /// the most recently freed among the closest; null if there is none.
+    #[inline]
+    pub(crate) fn take(&mut self, kind: usize, size: usize, align: usize) -> *mut u8 {
+        if self.full == 0 {
+            return ptr::null_mut();
+        }
+        // Tags hold the class at or below each block's size, so the request's own (rounded
+        // down) class finds blocks of exactly its size; `sizes` then confirms the fit.
+        let want = tag(kind, class_below(size));
+        let mut matches = 0u32;
+        for (i, &t) in self.tags.iter().enumerate() {
+            // Same kind, class `want` to `want + 4` (large class indexes stay far below 251 in a
+            // cache limited to 4 GiB, so the kind byte cannot carry).
+            matches |= u32::from(t.wrapping_sub(want) <= 4) << i;
+        }
+        matches &= self.full;
+        let mut best: Option<(u16, u64, usize)> = None;
+        while matches != 0 {
+            let i = matches.trailing_zeros() as usize;
+            matches &= matches - 1;
+            let key = (self.tags[i] - want, u64::MAX - self.stamps[i], i);
+            let fits = self.sizes[i] as usize >= size && (self.starts[i] as usize) % align == 0;
+            if fits && best.is_none_or(|b| key < b) {
+                best = Some(key);
+            }
+        }
+        let Some((_, _, i)) = best else {
+            return ptr::null_mut();
+        };
+        let (start, got) = (self.starts[i], self.held[i] as usize);
+        let e = self.descs[i];
+        self.empty(i, kind);
+        // SAFETY: cached blocks are blocks this thread freed and nobody else holds.
+        unsafe { large::reuse(e) };
+        let c = &self.counters[kind];
+        c.hits.add(1);
+        c.requested.add(size as u64);
+        c.granted.add(got as u64);
+        start
+    }
+
+    /// Cache a freed block, sending the coldest blocks back to their pools while over `limit`.
+    /// Returns false (caching nothing) if the block is larger than `limit`.
+    ///
+    /// # Safety
+    /// `e` is the descriptor of a live large block, freed by this call if it returns true.
+    pub(crate) unsafe fn put(&mut self, e: *mut Extent, limit: usize) -> bool {
+        // SAFETY: the caller's contract.
+        let (start, usable, bytes, kind) = unsafe { large::block_info(e) };
+        if bytes > limit {
+            return false;
+        }
+        // SAFETY: as above.
+        unsafe { large::prepare_hot(e) };
+        while self.full == u32::MAX || self.bytes + bytes > limit {
+            self.flow_back_coldest();
+        }
+        let i = (!self.full).trailing_zeros() as usize;
+        self.clock += 1;
+        self.tags[i] = tag(kind, class_below(usable));
+        self.stamps[i] = self.clock;
+        self.starts[i] = start;
+        self.descs[i] = e;
+        self.sizes[i] = usable as u32;
+        self.held[i] = bytes as u32;
+        self.full |= 1 << i;
+        self.bytes += bytes;
+        self.counters[kind].bytes.add(bytes as u64);
+        true
+    }
+
+    /// Send every cached block back to its pool (thread exit, `trim`).
+    pub(crate) fn flush(&mut self) {
+        while self.full != 0 {
+            self.flow_back_coldest();
+        }
+    }
+
+    /// Free slot `i` (holding a block of `kind`).
+    fn empty(&mut self, i: usize, kind: usize) {
+        self.full &= !(1 << i);
+        self.bytes -= self.held[i] as usize;
+        self.counters[kind].bytes.sub(self.held[i] as u64);
+    }
+
+    fn flow_back_coldest(&mut self) {
+        let mut left = self.full;
+        let mut cold = left.trailing_zeros() as usize;
+        while left != 0 {
+            let i = left.trailing_zeros() as usize;
+            left &= left - 1;
+            if self.stamps[i] < self.stamps[cold] {
+                cold = i;
+            }
+        }
+        let e = self.descs[cold];
+        // The tag has the kind: no need to read the (likely cold) descriptor before the free.
+        let kind = (self.tags[cold] >> 8) as usize;
+        self.empty(cold, kind);
+        // SAFETY: the block is counted live in the arena until this free.
+        unsafe { large::ARENA.free(e) };
+    }
+
+    /// Bytes cached now.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// The index of the large class at or below `bytes` (a whole number of pages or more).
+fn class_below(bytes: usize) -> usize {
+    crate::class::large_index(bytes.next_multiple_of(crate::os::PAGE))
+}

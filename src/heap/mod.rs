@@ -1,0 +1,303 @@
+//! Thread heaps: the small-block fast path, read top to bottom, and the entry points the facade
+//! calls.
+//!
+//! Each thread owns a `Heap` with one `KindHeap` per tensor kind; a kind heap has, per size class,
+//! a *direct* page (the page the fast path pops from), a queue of pages that may have free blocks
+//! and a list of full pages. The thread-local `CUR` points at the kind heap of the thread's current
+//! tag, so routing by kind costs the fast path nothing: allocation is one thread-local load, one
+//! table load and a free-list pop; a new thread's `CUR` points at a static empty kind heap whose
+//! direct pages are a static empty page, so the fast path never tests for "no heap yet".
+//!
+//! Frees find the block's page from its address. A free by the owning thread pushes onto the
+//! page's free list; a free by any other thread goes onto the page's remote list (`remote`), which
+//! the owner takes in one swap when that page runs dry (`pages`). Statistics cost the free path
+//! nothing and the allocation path one add in the page descriptor it already writes (`stats`
+//! explains what is derived from the pages when a snapshot is taken).
+//!
+//! - `types`: the heap structures and the static empty ones; `pages`: the owner's slow path and
+//!   page lists; `remote`: frees of other heaps' blocks; `registry`: heaps, thread start and exit,
+//!   fork; `hot`: the thread cache of large blocks; `tag`: the thread's kind; `census` (checks
+//!   and models only): the structure checked block by block.
+
+#[cfg(any(loom, feature = "check"))]
+pub(crate) mod census;
+pub(crate) mod hot;
+pub(crate) mod pages;
+pub(crate) mod registry;
+pub(crate) mod remote;
+pub(crate) mod tag;
+pub(crate) mod types;
+
+use crate::kind::NUM_KINDS;
+use crate::pool::large::{Extent, ARENA};
+use crate::pool::slab::{self, Block, Page, Segment};
+use crate::stats::{HeapPart, SlabCounts};
+use registry::{init_thread, HEAPS};
+use types::{current_heap, KindHeap, CUR};
+
+// ---------------------------------------------------------------------------------------------
+// Allocation
+// ---------------------------------------------------------------------------------------------
+
+/// Allocate a block of small class `class` under the calling thread's current kind.
+#[inline(always)]
+pub(crate) fn alloc_small(class: usize) -> *mut u8 {
+    let kh = CUR.get();
+    // SAFETY: `CUR` always points at a valid kind heap (the static empty one or the thread's own)
+    // and `class < NUM_SMALL` by the caller's lookup.
+    unsafe { pop_or_slow(kh, class) }
+}
+
+/// Allocate a small block of an explicit kind (allocator handles), whatever the thread's tag.
+#[inline]
+pub(crate) fn alloc_small_kind(kind: usize, class: usize) -> *mut u8 {
+    let mut heap = current_heap();
+    if heap.is_null() {
+        // SAFETY: the calling thread has no heap.
+        heap = unsafe { init_thread() };
+        if heap.is_null() {
+            return core::ptr::null_mut();
+        }
+    }
+    // SAFETY: the heap is the calling thread's own; `kind < NUM_KINDS`, `class < NUM_SMALL`.
+    unsafe { pop_or_slow(core::ptr::addr_of_mut!((*heap).kinds[kind]), class) }
+}
+
+/// Pop a block from the kind heap's direct page for `class`, or take the slow path.
+///
+/// # Safety
+/// `kh` is the static empty kind heap or one of the calling thread's; `class < NUM_SMALL`.
+#[inline(always)]
+unsafe fn pop_or_slow(kh: *mut KindHeap, class: usize) -> *mut u8 {
+    // SAFETY: a direct page is the static empty page (free list null) or a page of this thread's
+    // heap, whose free list only this thread touches.
+    unsafe {
+        let page = *(*kh).direct.get_unchecked(class);
+        let b = pop(page);
+        if !b.is_null() {
+            return b;
+        }
+        alloc_slow(kh, class)
+    }
+}
+
+/// Pop a block from `page`'s free list; null if it is empty.
+///
+/// # Safety
+/// `page` is the static empty page or a page the calling thread owns.
+#[inline(always)]
+pub(crate) unsafe fn pop(page: *mut Page) -> *mut u8 {
+    // SAFETY: the caller's contract; the empty page's free list is null, so nothing of it is
+    // written.
+    unsafe {
+        let b = (*page).free;
+        if b.is_null() {
+            return b.cast();
+        }
+        (*page).free = (*b).next;
+        (*page).used.set((*page).used.get() + 1);
+        #[cfg(feature = "stats")]
+        (*page).allocs.add(1);
+        b.cast()
+    }
+}
+
+/// The slow path: give a thread its heap, publish its batch of remote frees, refill.
+///
+/// # Safety
+/// As for `pop_or_slow`.
+#[cold]
+#[inline(never)]
+unsafe fn alloc_slow(kh: *mut KindHeap, class: usize) -> *mut u8 {
+    // SAFETY: `kh` is the static empty kind heap (heap null) or one of this thread's.
+    unsafe {
+        let kh = if (*kh).heap.is_null() {
+            if init_thread().is_null() {
+                return core::ptr::null_mut();
+            }
+            CUR.get()
+        } else {
+            kh
+        };
+        remote::flush_here();
+        let page = pages::refill(kh, class);
+        if page.is_null() {
+            return page.cast();
+        }
+        pop(page)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Free
+// ---------------------------------------------------------------------------------------------
+
+/// Free a small block.
+///
+/// # Safety
+/// `p` is a live small block of segment `seg` (`pagemap::is_small(p)`), freed once.
+#[inline(always)]
+pub(crate) unsafe fn free_small(seg: *mut Segment, p: *mut u8) {
+    // SAFETY: `p` is live, so its segment and page descriptor are valid; the page's owner-only
+    // fields are touched only when this thread is the owner.
+    unsafe {
+        let b = p.cast::<Block>();
+        let page = slab::page_of(seg, p);
+        if (*seg).owner == current_heap().cast() {
+            free_local(page, b);
+        } else {
+            remote::free_remote(page, b);
+        }
+    }
+}
+
+/// Free a block as its page's owner: push it, and hand the rare cases (page now empty, or on the
+/// full list) to the cold path. Counts nothing: statistics read `used`.
+///
+/// # Safety
+/// The calling thread owns `page`, and `b` is a live block of it.
+#[inline(always)]
+pub(crate) unsafe fn free_local(page: *mut Page, b: *mut Block) {
+    // SAFETY: owner-only access to the page's free list and `used`.
+    unsafe {
+        (*b).next = (*page).free;
+        (*page).free = b;
+        let used = (*page).used.get() - 1;
+        (*page).used.set(used);
+        // The direct page emptying is the common case of a malloc/free loop: nothing to do.
+        if ((used == 0) & !(*page).is_direct) | (*page).in_full {
+            pages::page_freed_cold(page);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Large blocks through the calling thread's cache (see `hot`)
+// ---------------------------------------------------------------------------------------------
+
+/// A large block of `kind` for a request of `size` bytes from the calling thread's cache, or
+/// null (the size bypasses the cache, or no match).
+#[inline]
+pub(crate) fn hot_take(kind: usize, size: usize, align: usize) -> *mut u8 {
+    if size > hot::limit() {
+        return core::ptr::null_mut();
+    }
+    let mut heap = current_heap();
+    if heap.is_null() {
+        // A thread making only large requests still gets a cache to free into.
+        // SAFETY: the calling thread has no heap.
+        heap = unsafe { init_thread() };
+        if heap.is_null() {
+            return core::ptr::null_mut();
+        }
+    }
+    // SAFETY: the heap is the calling thread's own.
+    unsafe { (*heap).hot.take(kind, size, align) }
+}
+
+/// Free a large block into the calling thread's cache; false if it bypasses the cache (the
+/// caller frees it to the arena).
+///
+/// # Safety
+/// `e` is the descriptor of a live large block, freed by this call if it returns true.
+#[inline]
+pub(crate) unsafe fn hot_put(e: *mut Extent) -> bool {
+    let limit = hot::limit();
+    let heap = current_heap();
+    // SAFETY: a non-null current heap is the calling thread's own; the caller's contract covers
+    // `e`.
+    !heap.is_null() && limit > 0 && unsafe { (*heap).hot.put(e, limit) }
+}
+
+/// Send the calling thread's cache of large blocks back to the arena.
+pub(crate) fn hot_flush() {
+    let heap = current_heap();
+    if !heap.is_null() {
+        // SAFETY: the calling thread's own heap.
+        unsafe { (*heap).hot.flush() };
+    }
+}
+
+/// Bytes in the calling thread's cache of large blocks.
+pub(crate) fn hot_bytes_here() -> usize {
+    let heap = current_heap();
+    if heap.is_null() {
+        0
+    } else {
+        // SAFETY: the calling thread's own heap.
+        unsafe { (*heap).hot.bytes() }
+    }
+}
+
+/// Bytes in every thread's cache of large blocks, per kind (`budget`).
+pub(crate) fn hot_totals() -> [u64; NUM_KINDS] {
+    let mut t = [0; NUM_KINDS];
+    HEAPS.for_each(|h| {
+        for (k, b) in t.iter_mut().enumerate() {
+            // SAFETY: heaps are never freed; only the counter (an atomic) is borrowed.
+            *b += unsafe { &*core::ptr::addr_of!((*h).hot.counters[k].bytes) }.get();
+        }
+    });
+    t
+}
+
+// ---------------------------------------------------------------------------------------------
+// Collection and queries
+// ---------------------------------------------------------------------------------------------
+
+/// `trim`'s part: send the calling thread's cache of large blocks and its batch of remote frees
+/// back, take back the remote frees of its pages and of abandoned heaps, and give every empty
+/// page and segment back.
+pub(crate) fn collect() {
+    remote::flush_here();
+    let heap = current_heap();
+    if !heap.is_null() {
+        // SAFETY: the calling thread's own heap.
+        unsafe {
+            (*heap).hot.flush();
+            pages::collect_all(heap);
+        }
+    }
+    registry::collect_abandoned();
+}
+
+/// The thread heaps' figures per kind, and the segments taken from the arena and given back, for
+/// a statistics snapshot. Takes back the remote frees of abandoned heaps first (so their blocks
+/// count as freed), then reads every heap's counters and every segment's pages while their owners
+/// run: each figure is one its owner stored, the sum a moment's view.
+pub(crate) fn totals() -> ([HeapPart; NUM_KINDS], u64, u64) {
+    registry::collect_abandoned();
+    let mut parts = [HeapPart::default(); NUM_KINDS];
+    let (mut maps, mut unmaps) = (0, 0);
+    HEAPS.for_each(|h| {
+        // SAFETY: heaps are never freed; only atomics are borrowed, never the heap, whose other
+        // fields its owner may be writing.
+        unsafe {
+            for (k, t) in parts.iter_mut().enumerate() {
+                let c = &*core::ptr::addr_of!((*h).kinds[k].counters);
+                t.requests += c.retired_allocs.get();
+                t.granted += c.retired_granted.get();
+                t.new_pages += c.new_pages.get();
+                let hot = &*core::ptr::addr_of!((*h).hot.counters[k]);
+                t.hot_bytes += hot.bytes.get();
+                t.hot_hits += hot.hits.get();
+                t.hot_requested += hot.requested.get();
+                t.hot_granted += hot.granted.get();
+            }
+            maps += (*core::ptr::addr_of!((*h).seg_maps)).get();
+            unmaps += (*core::ptr::addr_of!((*h).seg_unmaps)).get();
+        }
+    });
+    let mut slabs = [SlabCounts::default(); NUM_KINDS];
+    ARENA.for_each_segment(|seg| {
+        // SAFETY: the arena holds the segment, initialised, for the duration of the callback.
+        unsafe { slab::count_pages(seg.cast(), &mut slabs) }
+    });
+    for (t, s) in parts.iter_mut().zip(&slabs) {
+        t.requests += s.requests;
+        t.granted += s.granted_bytes;
+        t.live += s.live_bytes;
+        t.carved += s.carved_bytes;
+    }
+    (parts, maps, unmaps)
+}

@@ -1,0 +1,325 @@
+//! The owner's side of its pages: the slow path proper (`refill`), taking back full pages that
+//! other threads freed into, carving, retiring empty pages and segments. Everything here runs on
+//! the thread that owns the heap, so page lists and free lists are plain memory; the only atomics
+//! are each page's remote list and the heap's delayed list (see `pool::slab`).
+
+use super::types::{empty_page, Heap, KindHeap};
+use crate::class::small_size;
+use crate::pool::large::ARENA;
+use crate::pool::slab::{self, Page, Segment, SEGMENT_SIZE};
+use crate::sync::Ordering;
+use core::ptr;
+
+/// The owner's slow path proper: take back the full pages other threads freed into, find a page
+/// of `class` with a free block and make it the direct page. Returns that page, or null when the
+/// OS refuses memory.
+///
+/// # Safety
+/// `kh` belongs to a heap the calling thread owns.
+pub(crate) unsafe fn refill(kh: *mut KindHeap, class: usize) -> *mut Page {
+    // SAFETY: owner-only access to the heap (the caller's contract).
+    unsafe {
+        drain_delayed((*kh).heap);
+        // The slow path runs regularly: the arena's decay heartbeat rides on it.
+        ARENA.tick();
+        find_page(kh, class)
+    }
+}
+
+/// Find a page of `class` with a free block, make it the direct page (at the front of its
+/// queue) and return it; null when the OS refuses memory.
+///
+/// A page whose free list is empty first takes back its remote frees, then carves more blocks;
+/// one with neither goes to the full list, armed so that the next remote free brings it back.
+///
+/// # Safety
+/// `kh` belongs to the calling thread's heap.
+unsafe fn find_page(kh: *mut KindHeap, class: usize) -> *mut Page {
+    // SAFETY: owner-only traversal of this thread's queues.
+    unsafe {
+        let mut p = (*kh).queue[class];
+        while !p.is_null() {
+            let next = (*p).next;
+            if (*p).free.is_null() {
+                slab::collect_remote(p);
+            }
+            if (*p).free.is_null() && slab::can_extend(p) {
+                slab::extend(p);
+            }
+            if !(*p).free.is_null() {
+                queue_unlink(&mut (*kh).queue[class], p);
+                queue_push(&mut (*kh).queue[class], p);
+                set_direct(kh, class, p);
+                return p;
+            }
+            if slab::arm_notify(p) {
+                queue_unlink(&mut (*kh).queue[class], p);
+                queue_push(&mut (*kh).full[class], p);
+                (*p).in_full = true;
+                p = next;
+            }
+            // else: remote frees arrived while it was being armed: look at it again.
+        }
+        let p = new_page((*kh).heap, (*kh).kind, class);
+        if p.is_null() {
+            set_direct(kh, class, empty_page());
+            return p;
+        }
+        queue_push(&mut (*kh).queue[class], p);
+        (*kh).counters.new_pages.add(1);
+        slab::extend(p);
+        set_direct(kh, class, p);
+        p
+    }
+}
+
+/// Make `p` the kind heap's direct page for `class` (the static empty page for none), keeping
+/// the pages' `is_direct` flags, which let a local free skip the cold path when the direct page
+/// empties.
+///
+/// # Safety
+/// The calling thread owns `kh`; `p` is one of its pages of `class` or the static empty page.
+pub(crate) unsafe fn set_direct(kh: *mut KindHeap, class: usize, p: *mut Page) {
+    // SAFETY: owner-only; the static empty page is never written.
+    unsafe {
+        let old = (*kh).direct[class];
+        if old != empty_page() {
+            (*old).is_direct = false;
+        }
+        if p != empty_page() {
+            (*p).is_direct = true;
+        }
+        (*kh).direct[class] = p;
+    }
+}
+
+/// A local free made a page empty or freed into a page on the full list.
+///
+/// # Safety
+/// The calling thread owns the page (which is in use).
+#[cold]
+#[inline(never)]
+pub(crate) unsafe fn page_freed_cold(page: *mut Page) {
+    // SAFETY: owner-only.
+    unsafe {
+        let heap = (*slab::segment_of(page.cast())).owner.cast::<Heap>();
+        let kh = ptr::addr_of_mut!((*heap).kinds[(*page).kind as usize]);
+        if (*page).in_full {
+            slab::disarm_notify(page);
+            leave_full(kh, page);
+        }
+        if !(*page).is_direct && slab::may_release(page) {
+            retire_page(heap, kh, page);
+        }
+    }
+}
+
+/// Move a page from its kind heap's full list back to its queue.
+///
+/// # Safety
+/// The calling thread owns `kh` and its page `page`, which is on the full list.
+unsafe fn leave_full(kh: *mut KindHeap, page: *mut Page) {
+    // SAFETY: owner-only.
+    unsafe {
+        let class = (*page).class as usize;
+        (*page).in_full = false;
+        queue_unlink(&mut (*kh).full[class], page);
+        queue_push(&mut (*kh).queue[class], page);
+    }
+}
+
+/// Take back, as the owner, the full pages other threads freed into: each goes back to its
+/// queue, where the next refill of its class collects its remote frees.
+///
+/// # Safety
+/// The calling thread owns `heap`.
+pub(crate) unsafe fn drain_delayed(heap: *mut Heap) {
+    // SAFETY: owner-only; each page on the taken list is one of this heap's, put there once by
+    // the remote free that took its `NOTIFY` (Acquire pairs with that push's Release, so its
+    // `delayed_next` is visible).
+    unsafe {
+        let delayed = &(*heap).delayed;
+        if delayed.load(Ordering::Relaxed).is_null() {
+            return;
+        }
+        let mut p = delayed.swap(ptr::null_mut(), Ordering::Acquire);
+        while !p.is_null() {
+            let next = (*p).delayed_next;
+            slab::clear_queued(p);
+            let kh = ptr::addr_of_mut!((*heap).kinds[(*p).kind as usize]);
+            if (*p).in_full {
+                leave_full(kh, p);
+            }
+            if !(*p).is_direct && slab::may_release(p) {
+                retire_page(heap, kh, p);
+            }
+            p = next;
+        }
+    }
+}
+
+/// Take back every remote free of every page and give empty pages back (thread exit, `trim`,
+/// statistics on an abandoned heap). The direct pages stay.
+///
+/// # Safety
+/// The calling thread owns `heap`.
+pub(crate) unsafe fn collect_all(heap: *mut Heap) {
+    // SAFETY: owner-only.
+    unsafe {
+        drain_delayed(heap);
+        for kind in 0..(*heap).kinds.len() {
+            let kh = ptr::addr_of_mut!((*heap).kinds[kind]);
+            for class in 0..(*kh).queue.len() {
+                let mut p = (*kh).full[class];
+                while !p.is_null() {
+                    let next = (*p).next;
+                    if slab::collect_remote(p) > 0 {
+                        slab::disarm_notify(p);
+                        leave_full(kh, p);
+                    }
+                    p = next;
+                }
+                let mut p = (*kh).queue[class];
+                while !p.is_null() {
+                    let next = (*p).next;
+                    slab::collect_remote(p);
+                    if !(*p).is_direct && slab::may_release(p) {
+                        retire_page(heap, kh, p);
+                    }
+                    p = next;
+                }
+            }
+        }
+    }
+}
+
+/// Give an empty page back to its segment, and an empty segment back to the heap's spare slot or
+/// the arena.
+///
+/// # Safety
+/// The calling thread owns `heap`, `kh` and `page`, which is on `kh`'s queue, not direct, and
+/// may be released (`slab::may_release`).
+pub(crate) unsafe fn retire_page(heap: *mut Heap, kh: *mut KindHeap, page: *mut Page) {
+    // SAFETY: owner-only; the page is empty, so no block of it is live or pending anywhere.
+    unsafe {
+        debug_assert!(!(*page).is_direct && !(*page).in_full);
+        let class = (*page).class as usize;
+        queue_unlink(&mut (*kh).queue[class], page);
+        let allocs = (*page).allocs.get();
+        (*kh).counters.retired_allocs.add(allocs);
+        (*kh)
+            .counters
+            .retired_granted
+            .add(allocs * small_size(class) as u64);
+        if slab::release_page(page) {
+            let seg = slab::segment_of(page.cast());
+            segment_unlink(heap, seg);
+            if (*heap).spare.is_null() {
+                (*heap).spare = seg;
+            } else {
+                (*heap).seg_unmaps.add(1);
+                ARENA.segment_free(seg.cast());
+            }
+        }
+    }
+}
+
+/// Give the heap's spare segment back to the arena (thread exit).
+///
+/// # Safety
+/// The calling thread owns `heap`.
+pub(crate) unsafe fn release_spare(heap: *mut Heap) {
+    // SAFETY: owner-only; the spare segment has no page in use.
+    unsafe {
+        let spare = core::mem::replace(&mut (*heap).spare, ptr::null_mut());
+        if !spare.is_null() {
+            (*heap).seg_unmaps.add(1);
+            ARENA.segment_free(spare.cast());
+        }
+    }
+}
+
+/// Take a page for (kind, class) from the heap's segments, its spare, or the arena.
+///
+/// # Safety
+/// The calling thread owns `heap`.
+unsafe fn new_page(heap: *mut Heap, kind: u8, class: usize) -> *mut Page {
+    // SAFETY: owner-only access to the heap's segment list; a new segment is ours alone until
+    // the arena is told it is ready for statistics snapshots.
+    unsafe {
+        let mut s = (*heap).segments;
+        while !s.is_null() {
+            if (*s).free_mask != 0 {
+                return slab::take_page(s, kind, class);
+            }
+            s = (*s).next;
+        }
+        let seg = if !(*heap).spare.is_null() {
+            core::mem::replace(&mut (*heap).spare, ptr::null_mut())
+        } else {
+            (*heap).seg_maps.add(1);
+            let seg = ARENA.segment_alloc(SEGMENT_SIZE).cast::<Segment>();
+            if seg.is_null() {
+                return ptr::null_mut();
+            }
+            slab::init_segment(seg, heap.cast());
+            ARENA.segment_ready(seg.cast());
+            seg
+        };
+        (*seg).next = (*heap).segments;
+        (*heap).segments = seg;
+        slab::take_page(seg, kind, class)
+    }
+}
+
+/// # Safety
+/// The calling thread owns `heap`; `seg` is on its segment list.
+unsafe fn segment_unlink(heap: *mut Heap, seg: *mut Segment) {
+    // SAFETY: owner-only.
+    unsafe {
+        let mut pp: *mut *mut Segment = &mut (*heap).segments;
+        while !(*pp).is_null() {
+            if *pp == seg {
+                *pp = (*seg).next;
+                (*seg).next = ptr::null_mut();
+                return;
+            }
+            pp = &mut (**pp).next;
+        }
+        debug_assert!(false, "segment not on its heap's list");
+    }
+}
+
+/// # Safety
+/// The calling thread owns the list and `p`, which is on no list.
+unsafe fn queue_push(head: &mut *mut Page, p: *mut Page) {
+    // SAFETY: owner-only list manipulation.
+    unsafe {
+        (*p).prev = ptr::null_mut();
+        (*p).next = *head;
+        if !(*head).is_null() {
+            (**head).prev = p;
+        }
+        *head = p;
+    }
+}
+
+/// # Safety
+/// The calling thread owns the list; `p` is on the list headed by `head`.
+unsafe fn queue_unlink(head: &mut *mut Page, p: *mut Page) {
+    // SAFETY: owner-only.
+    unsafe {
+        let (prev, next) = ((*p).prev, (*p).next);
+        if prev.is_null() {
+            debug_assert_eq!(*head, p, "page not on this list");
+            *head = next;
+        } else {
+            (*prev).next = next;
+        }
+        if !next.is_null() {
+            (*next).prev = prev;
+        }
+        (*p).next = ptr::null_mut();
+        (*p).prev = ptr::null_mut();
+    }
+}

@@ -1,0 +1,230 @@
+//! Every thread heap, and the lifecycle around them: a thread gets a heap at its first
+//! allocation (adopting an abandoned one or mapping a new one), leaves it at exit (seen by a
+//! `pthread` key destructor, never a Rust TLS destructor, which could allocate), and the exit
+//! key's lock is held across `fork` by this module's own handler.
+
+use super::pages;
+use super::remote;
+use super::tag;
+use super::types::{empty_kind_heap, empty_page, Heap, CUR};
+use crate::class::NUM_SMALL;
+use crate::kind::NUM_KINDS;
+use crate::os;
+use crate::sync::{shared_static, AtomicBool, AtomicPtr, AtomicUsize, Ordering, SpinLock};
+use core::ptr;
+use crossbeam_utils::CachePadded;
+
+/// Every heap ever created: a push-only list. Heaps are never freed, so a pointer read from it
+/// stays valid; a heap whose thread exited is adopted by the next new thread, live blocks, pending
+/// remote frees and all.
+pub(crate) struct Registry {
+    pub(crate) head: AtomicPtr<Heap>,
+}
+
+impl Registry {
+    #[cfg(not(loom))]
+    const fn new() -> Self {
+        Self {
+            head: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+    #[cfg(loom)]
+    pub(crate) fn new() -> Self {
+        Self {
+            head: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    /// Adopt an abandoned heap, or map and register a new one. Null when the OS refuses memory.
+    pub(crate) fn acquire(&self) -> *mut Heap {
+        let mut h = self.head.load(Ordering::Acquire);
+        while !h.is_null() {
+            if try_adopt(h) {
+                return h;
+            }
+            // SAFETY: heaps on the registry are never freed; `next_heap` was set before
+            // publication and never changes.
+            h = unsafe { (*h).next_heap };
+        }
+        let h = os::map(heap_bytes()).cast::<Heap>();
+        if h.is_null() {
+            return h;
+        }
+        // SAFETY: a fresh, zeroed mapping large enough for a heap; zero is a valid starting state
+        // for every plain field. The direct pages, back pointers and atomics are written here,
+        // before publication (atomics with `write`: loom's are not valid as zero bytes).
+        unsafe {
+            for k in 0..NUM_KINDS {
+                let kh = ptr::addr_of_mut!((*h).kinds[k]);
+                (*kh).direct = [empty_page(); NUM_SMALL];
+                (*kh).heap = h;
+                (*kh).kind = k as u8;
+            }
+            ptr::addr_of_mut!((*h).delayed)
+                .write(CachePadded::new(AtomicPtr::new(ptr::null_mut())));
+            ptr::addr_of_mut!((*h).in_use).write(AtomicBool::new(true));
+            let mut head = self.head.load(Ordering::Relaxed);
+            loop {
+                (*h).next_heap = head;
+                match self
+                    .head
+                    .compare_exchange_weak(head, h, Ordering::Release, Ordering::Relaxed)
+                {
+                    Ok(_) => break,
+                    Err(actual) => head = actual,
+                }
+            }
+        }
+        h
+    }
+
+    /// Run `f` on every heap, in use or not (statistics). `f` may read only what other threads
+    /// may read while the owner runs (atomics).
+    pub(crate) fn for_each(&self, mut f: impl FnMut(*mut Heap)) {
+        let mut h = self.head.load(Ordering::Acquire);
+        while !h.is_null() {
+            f(h);
+            // SAFETY: as in `acquire`.
+            h = unsafe { ptr::addr_of!((*h).next_heap).read() };
+        }
+    }
+}
+
+/// Bytes mapped for one heap.
+pub(crate) fn heap_bytes() -> usize {
+    core::mem::size_of::<Heap>().div_ceil(os::PAGE) * os::PAGE
+}
+
+/// Take ownership of `h` if no thread owns it.
+fn try_adopt(h: *mut Heap) -> bool {
+    // SAFETY: heaps on the registry are never freed; `in_use` is atomic.
+    let in_use = unsafe { &(*h).in_use };
+    // The Acquire on success pairs with the Release in `abandon`: the previous owner's writes to
+    // the heap happen before ours.
+    !in_use.load(Ordering::Relaxed)
+        && in_use
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+}
+
+shared_static! {
+    pub(crate) static HEAPS: Registry = Registry::new();
+}
+
+shared_static! {
+    /// The thread-exit key (0 until created; `usize::MAX` if none could be created).
+    static EXIT_KEY: AtomicUsize = AtomicUsize::new(0);
+}
+shared_static! {
+    static EXIT_KEY_LOCK: SpinLock<()> = SpinLock::new(());
+}
+shared_static! {
+    /// Whether this module's fork handler is registered.
+    static FORK_HANDLER: AtomicBool = AtomicBool::new(false);
+}
+
+/// Give the calling thread a heap: adopt an abandoned one or map a new one. Returns null when the
+/// OS refuses memory.
+///
+/// # Safety
+/// The calling thread has no heap (its `CUR` is the static empty kind heap).
+#[cold]
+pub(crate) unsafe fn init_thread() -> *mut Heap {
+    if !FORK_HANDLER.load(Ordering::Acquire) && !FORK_HANDLER.swap(true, Ordering::AcqRel) {
+        os::at_fork(fork_prepare, fork_release, fork_release);
+    }
+    let heap = HEAPS.acquire();
+    if heap.is_null() {
+        return heap;
+    }
+    let key = exit_key();
+    if key != usize::MAX {
+        os::thread_key_set(key as u32, heap.cast());
+    }
+    // SAFETY: the heap is ours now; the tag is below `NUM_KINDS`.
+    CUR.set(unsafe { ptr::addr_of_mut!((*heap).kinds[tag::current()]) });
+    heap
+}
+
+fn exit_key() -> usize {
+    let mut k = EXIT_KEY.load(Ordering::Acquire);
+    if k == 0 {
+        k = EXIT_KEY_LOCK.with(|_| {
+            let k = EXIT_KEY.load(Ordering::Acquire);
+            if k != 0 {
+                return k;
+            }
+            // Key 0 is a valid pthread key; store keys shifted by one so 0 means "not yet".
+            let k = match os::thread_key_create(on_thread_exit) {
+                Some(k) => k as usize + 1,
+                None => usize::MAX,
+            };
+            EXIT_KEY.store(k, Ordering::Release);
+            k
+        });
+    }
+    if k == usize::MAX {
+        k
+    } else {
+        k - 1
+    }
+}
+
+/// Thread-exit destructor: publish the thread's batch of remote frees, then abandon its heap.
+unsafe extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
+    remote::flush_here();
+    CUR.set(empty_kind_heap());
+    // SAFETY: the heap was this thread's; from now on this thread allocates through a new heap
+    // (acquired again if a later destructor allocates), so nothing else touches this one.
+    unsafe { abandon(arg.cast::<Heap>()) }
+}
+
+/// Leave a heap for another thread to adopt: send its cache of large blocks back, take back its
+/// remote frees, give its empty pages and spare segment back, then mark it free. Other threads
+/// may go on freeing its blocks meanwhile; those frees wait on its pages for the adopter.
+///
+/// # Safety
+/// The calling thread owns `heap` and touches it no more after this call.
+pub(crate) unsafe fn abandon(heap: *mut Heap) {
+    // SAFETY: owner-only access until the final store hands the heap over.
+    unsafe {
+        (*heap).hot.flush();
+        for k in 0..NUM_KINDS {
+            let kh = ptr::addr_of_mut!((*heap).kinds[k]);
+            for class in 0..NUM_SMALL {
+                pages::set_direct(kh, class, empty_page());
+            }
+        }
+        pages::collect_all(heap);
+        pages::release_spare(heap);
+        // Release: everything above happens before the adopter's Acquire in `try_adopt`.
+        (*heap).in_use.store(false, Ordering::Release);
+    }
+}
+
+/// Take back the remote frees waiting on abandoned heaps and give their empty pages back, so
+/// that statistics count those blocks as freed and `trim` can return their segments. Each heap
+/// is adopted for the moment it takes, then left again.
+pub(crate) fn collect_abandoned() {
+    HEAPS.for_each(|h| {
+        if try_adopt(h) {
+            // SAFETY: adopted: ours until the store below, which hands it back (Release, as in
+            // `abandon`).
+            unsafe {
+                pages::collect_all(h);
+                (*h).in_use.store(false, Ordering::Release);
+            }
+        }
+    });
+}
+
+/// Fork preparation: hold the exit key's lock, so the child never inherits it held by a thread
+/// that does not exist there.
+unsafe extern "C" fn fork_prepare() {
+    EXIT_KEY_LOCK.raw_lock();
+}
+
+/// After `fork`, in the parent and the child.
+unsafe extern "C" fn fork_release() {
+    EXIT_KEY_LOCK.raw_unlock();
+}
