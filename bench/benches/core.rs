@@ -204,6 +204,34 @@ fn false_sharing(a: &'static (dyn GlobalAlloc + Sync)) {
     }
 }
 
+/// Cache-scratch (after Hoard's benchmark): the main thread allocates one small object per
+/// thread, neighbours on one cache line in most allocators, and each thread frees the one it was
+/// given, then allocates its own objects of that size and writes each many times. An allocator
+/// that hands a thread the line it freed for the other thread (passive false sharing) makes the
+/// two threads' writes fight over one line.
+fn cache_scratch(a: &'static (dyn GlobalAlloc + Sync)) {
+    let l = Layout::from_size_align(8, 8).unwrap();
+    let given: Vec<usize> = (0..2).map(|_| unsafe { a.alloc(l) } as usize).collect();
+    let hs: Vec<_> = given
+        .into_iter()
+        .map(|g| {
+            std::thread::spawn(move || {
+                unsafe { a.dealloc(g as *mut u8, l) };
+                for i in 0..200_000u64 {
+                    let o = unsafe { a.alloc(l) } as *mut u64;
+                    for k in 0..100 {
+                        unsafe { std::ptr::write_volatile(o, i + k) };
+                    }
+                    unsafe { a.dealloc(black_box(o).cast(), l) };
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+}
+
 /// Tensor-sized blocks: a window of 4 live blocks of 20 KiB to 1 MiB (a layer's activations),
 /// free the oldest, allocate the next, write one byte per page (so memory handed back to the OS
 /// and faulted in again shows).
@@ -262,12 +290,13 @@ fn churn(a: &dyn GlobalAlloc) {
 }
 
 type Workload = fn(&'static (dyn GlobalAlloc + Sync));
-const WORKLOADS: [(&str, Workload); 8] = [
+const WORKLOADS: [(&str, Workload); 9] = [
     ("pairs 8..1024 (1M)", |a| pairs(a)),
     ("window of 1,000 live (1M)", |a| window(a)),
     ("producer/consumer (1M)", producer_consumer),
     ("larson-like, 2 threads (1M)", larson),
     ("false sharing, 2 threads", false_sharing),
+    ("cache-scratch, 2 threads", cache_scratch),
     ("tensor blocks 20K-1M (200k)", |a| {
         tensor_blocks(a, 5, 200_000)
     }),

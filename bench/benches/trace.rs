@@ -170,7 +170,13 @@ fn child(mode: &str) {
         line += &format!(" {ms:.3} {}", minor_faults() - f0);
     }
     if let (Backend::Pool(p), Some(dir)) = (&backend, &report) {
-        // TRACE_REPORT=DIR: the statistics table and the memory timeline of this child.
+        // TRACE_REPORT=DIR: the statistics table and the memory timeline of this child. A relative
+        // DIR is relative to the workspace root (cargo runs benches in the package's directory).
+        let dir = if std::path::Path::new(dir).is_absolute() {
+            dir.clone()
+        } else {
+            format!("{}/../{dir}", env!("CARGO_MANIFEST_DIR"))
+        };
         p.stop_timeline();
         let stats = p.stats();
         let tl = p.timeline();
