@@ -181,7 +181,7 @@ fn child(mode: &str) {
         let stats = p.stats();
         let tl = p.timeline();
         let title = format!("tensorpool, tensor trace ({mode} mode): {REQUESTS} requests");
-        std::fs::create_dir_all(dir).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(format!("{dir}/trace-{mode}-stats.txt"), stats.to_string()).unwrap();
         std::fs::write(format!("{dir}/trace-{mode}-timeline.csv"), tl.to_csv()).unwrap();
         std::fs::write(

@@ -198,6 +198,11 @@ unsafe fn check_page(page: *mut Page, c: &mut Census) {
             remote += 1;
             b = (*b).next;
         }
+        assert_eq!(
+            remote,
+            slab::remote_count(page),
+            "the remote word's count is not its list's length"
+        );
         assert!(
             !((*page).in_full && remote > 0 && !queued),
             "remote frees stranded on a full page nobody will look at"

@@ -92,7 +92,7 @@ impl Batch {
     /// Publish chain `i` and close the gap it leaves.
     fn publish_slot(&mut self, i: usize) {
         // SAFETY: the chain holds live blocks of `page[i]`, each freed once (the invariant).
-        unsafe { publish(self.page[i], self.head[i], self.tail[i]) };
+        unsafe { publish(self.page[i], self.head[i], self.tail[i], self.len[i]) };
         self.count -= self.len[i];
         self.pages -= 1;
         for j in i..self.pages {
@@ -107,7 +107,7 @@ impl Batch {
     pub(crate) fn flush(&mut self) {
         for i in 0..self.pages {
             // SAFETY: as in `publish_slot`.
-            unsafe { publish(self.page[i], self.head[i], self.tail[i]) };
+            unsafe { publish(self.page[i], self.head[i], self.tail[i], self.len[i]) };
         }
         self.pages = 0;
         self.count = 0;
@@ -123,7 +123,7 @@ pub(crate) unsafe fn free_remote(page: *mut Page, b: *mut Block) {
     if current_heap().is_null() {
         // No heap, so no slow path or exit hook to publish a batch: publish at once.
         // SAFETY: the caller's contract.
-        unsafe { publish(page, b, b) };
+        unsafe { publish(page, b, b, 1) };
         return;
     }
     BATCH.with(|batch| {
@@ -144,16 +144,16 @@ pub(crate) fn flush_here() {
     });
 }
 
-/// Push the chain `head..=tail` onto `page`'s remote list, and put the page on its owner's
-/// delayed list if this push took the owner's notice request.
+/// Push the chain `head..=tail` of `n` blocks onto `page`'s remote list, and put the page on its
+/// owner's delayed list if this push took the owner's notice request.
 ///
 /// # Safety
-/// The chain links live blocks of `page`, each freed exactly once, and is the caller's alone.
-pub(crate) unsafe fn publish(page: *mut Page, head: *mut Block, tail: *mut Block) {
+/// The chain links `n` live blocks of `page`, each freed exactly once, and is the caller's alone.
+pub(crate) unsafe fn publish(page: *mut Page, head: *mut Block, tail: *mut Block, n: u32) {
     // SAFETY: the caller's contract; the page's segment and owner heap outlive its live blocks
     // (heaps are never freed).
     unsafe {
-        if slab::push_remote(page, head, tail) {
+        if slab::push_remote(page, head, tail, n) {
             let owner = (*slab::segment_of(page.cast())).owner.cast::<Heap>();
             notify(owner, page);
         }

@@ -77,7 +77,7 @@ unsafe impl<T> Sync for ReadOnly<T> {}
 /// The static empty page: bytes of zeros shaped like a `Page`, so that its `free` list reads as
 /// null. (A byte array rather than a `Page` value: under loom a page's atomics are loom's, which
 /// cannot be built in a const context.) Only `free` is ever read from it, and nothing written.
-#[repr(C, align(64))]
+#[repr(C, align(128))]
 struct EmptyPage([u8; core::mem::size_of::<Page>()]);
 
 static EMPTY_PAGE: ReadOnly<EmptyPage> = ReadOnly(EmptyPage([0; core::mem::size_of::<Page>()]));

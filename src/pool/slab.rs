@@ -3,16 +3,17 @@
 //! A segment is a `SEGMENT_SIZE`-aligned extent of the arena, owned by one thread heap and
 //! marked in the page map's small-segment bitmap while it is. The heap is opaque here (`Owner`):
 //! this module knows pages and blocks, not who allocates from them. The segment's first slab page
-//! holds the header (segment fields and the descriptors of all pages, one cache line each); the
+//! holds the header (segment fields and the descriptors of all pages, 256 bytes each); the
 //! other pages each serve one (kind, size class). The owner of any block is found from its
 //! address alone, once the bitmap has said the address is a small block's:
 //! `segment = ptr & !(SEGMENT_SIZE - 1)`, `page = (ptr - segment) >> SLAB_SHIFT`.
 //!
 //! **Two lists per page.** `free` is the owner's: it allocates from it and frees onto it, with no
 //! atomic operation. `remote` holds the blocks other threads freed: they push onto it with a CAS
-//! (a chain of blocks at a time), and the owner takes the whole list with one atomic RMW when it
-//! needs blocks from this page (`collect_remote`), walking only this page's blocks, which it is
-//! about to hand out again anyway. No heap-wide list, no lookup per block.
+//! (a chain of blocks at a time, adding the chain's length to a count kept in the same word), and
+//! the owner takes the whole list with one atomic RMW when it needs blocks from this page
+//! (`collect_remote`). The count says how many blocks came back, so a dry page's free list simply
+//! becomes the taken list: no walk, no heap-wide list, no lookup per block.
 //!
 //! **Full pages.** The owner does not look at pages it found full. So that remote frees into such
 //! a page are not stranded, the owner *arms* it (`NOTIFY`, in `remote`'s low bits, set only while
@@ -24,6 +25,7 @@
 //! Per page (`Page`), with `|x|` the length of list `x` and `live` the blocks the program holds:
 //! - `used + |free| == capacity <= blocks_per_page(class)` (capacity: blocks carved so far);
 //! - `used == live + |remote| + blocks in other threads' unpublished batches`;
+//! - `remote`'s count `== |remote|` (zero exactly when the list is empty);
 //! - `NOTIFY` set only while the page is on its heap's full list; `QUEUED` set from the CAS that
 //!   cleared `NOTIFY` until the owner takes the page off its delayed list, and never together
 //!   with `NOTIFY`;
@@ -55,17 +57,25 @@ const NOTIFY: usize = 1;
 /// list.
 const QUEUED: usize = 2;
 const FLAGS: usize = NOTIFY | QUEUED;
+/// `remote`'s top bits: how many blocks the list holds, so that the owner takes a list without
+/// walking it (a walk is a cache miss per block: the links were written on the freeing core).
+/// User-space addresses fit in the low 47 bits on x86-64 and aarch64 (the arena never asks for
+/// higher ones), and a page holds at most `SLAB_SIZE / 8 < 2^16` blocks.
+const COUNT_SHIFT: u32 = 48;
+const LINK: usize = (1 << COUNT_SHIFT) - 1 - FLAGS;
+const _: () = assert!(SLAB_SIZE / 8 < 1 << (usize::BITS - COUNT_SHIFT));
 
 const _: () = assert!(core::mem::align_of::<Block>() > FLAGS);
 
-/// Descriptor of one slab page, kept in the segment header, one cache line. See the module
-/// documentation for its invariants.
+/// Descriptor of one slab page, kept in the segment header: the owner's line, then `remote` on
+/// lines of its own (256 bytes in all; 128-byte padding, since x86 prefetches lines in pairs). On
+/// producer/consumer, with one line, the consumer's pushes took the line the producer allocates
+/// from: 0.73x the best other allocator against 0.57x padded. See the module documentation for
+/// its invariants.
 #[repr(C, align(64))]
 pub(crate) struct Page {
     /// Owner-only free list (LIFO: the most recently freed, hottest block is reused first).
     pub(crate) free: *mut Block,
-    /// Blocks freed by other threads (head in the high bits), and `NOTIFY` / `QUEUED`.
-    pub(crate) remote: AtomicUsize,
     /// Allocations served from this page (statistics; written by the owner only).
     pub(crate) allocs: Stat,
     /// Blocks handed out and not yet seen freed by the owner.
@@ -88,6 +98,9 @@ pub(crate) struct Page {
     pub(crate) prev: *mut Page,
     /// Link on the owner heap's delayed list, written by the remote free that took `NOTIFY`.
     pub(crate) delayed_next: *mut Page,
+    /// Blocks freed by other threads (link, count and `NOTIFY` / `QUEUED`), on cache lines of
+    /// its own: other threads' pushes must not take the line the owner allocates from.
+    pub(crate) remote: crossbeam_utils::CachePadded<AtomicUsize>,
 }
 
 /// `Page::info`'s in-use bit.
@@ -109,7 +122,7 @@ pub(crate) struct Segment {
 
 const _: () = assert!(PAGES_PER_SEGMENT == 64);
 #[cfg(not(loom))]
-const _: () = assert!(core::mem::size_of::<Page>() == 64);
+const _: () = assert!(core::mem::size_of::<Page>() == 256);
 const _: () = assert!(core::mem::size_of::<Segment>() <= SLAB_SIZE);
 const _: () = assert!(NUM_SMALL < 256 && NUM_KINDS < 256);
 const _: () = assert!(SEGMENT_SIZE == 1 << crate::pagemap::GRANULE_SHIFT);
@@ -183,7 +196,8 @@ pub(crate) unsafe fn take_page(seg: *mut Segment, kind: u8, class: usize) -> *mu
         (*seg).used_pages += 1;
         let page = ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(idx);
         (*page).free = ptr::null_mut();
-        ptr::addr_of_mut!((*page).remote).write(AtomicUsize::new(0));
+        ptr::addr_of_mut!((*page).remote)
+            .write(crossbeam_utils::CachePadded::new(AtomicUsize::new(0)));
         (*page).allocs.set(0);
         (*page).used.set(0);
         (*page).capacity.set(0);
@@ -270,21 +284,31 @@ pub(crate) unsafe fn can_extend(page: *mut Page) -> bool {
 // The remote list
 // ---------------------------------------------------------------------------------------------
 
-/// Push the chain `head..=tail` of blocks freed by a thread that does not own the page. Returns
-/// true if this push took the owner's `NOTIFY`: the caller must then put the page on its owner
-/// heap's delayed list (the page's `delayed_next` is the caller's to write until then).
+/// Push the chain `head..=tail` of `n` blocks freed by a thread that does not own the page.
+/// Returns true if this push took the owner's `NOTIFY`: the caller must then put the page on its
+/// owner heap's delayed list (the page's `delayed_next` is the caller's to write until then).
 ///
 /// # Safety
-/// The chain links live blocks of `page`, each freed exactly once, and is the caller's alone.
-pub(crate) unsafe fn push_remote(page: *mut Page, head: *mut Block, tail: *mut Block) -> bool {
+/// The chain links `n` live blocks of `page`, each freed exactly once, and is the caller's alone.
+pub(crate) unsafe fn push_remote(
+    page: *mut Page,
+    head: *mut Block,
+    tail: *mut Block,
+    n: u32,
+) -> bool {
+    debug_assert!(
+        head as usize & !LINK == 0,
+        "a block address beyond the link bits"
+    );
     // SAFETY: the page descriptor lives as long as its blocks, which are live; the chain is ours
     // until the CAS publishes it.
     unsafe {
         let r = &(*page).remote;
         let mut old = r.load(Ordering::Relaxed);
         loop {
-            (*tail).next = (old & !FLAGS) as *mut Block;
-            let mut new = head as usize | (old & FLAGS);
+            (*tail).next = (old & LINK) as *mut Block;
+            let count = (old >> COUNT_SHIFT) + n as usize;
+            let mut new = head as usize | count << COUNT_SHIFT | (old & FLAGS);
             if old & NOTIFY != 0 {
                 new = (new & !NOTIFY) | QUEUED;
             }
@@ -298,6 +322,8 @@ pub(crate) unsafe fn push_remote(page: *mut Page, head: *mut Block, tail: *mut B
 }
 
 /// Move the blocks other threads freed onto the owner's free list; returns how many there were.
+/// The list is walked only when the free list is not empty (trim, thread exit): when the page
+/// has run dry the taken list simply becomes the free list.
 ///
 /// # Safety
 /// The calling thread owns the page.
@@ -310,17 +336,24 @@ pub(crate) unsafe fn collect_remote(page: *mut Page) -> u32 {
             return 0;
         }
         // Keep the flags; Acquire pairs with the pushes' Release.
-        let head = (r.fetch_and(FLAGS, Ordering::Acquire) & !FLAGS) as *mut Block;
-        let mut n = 1u32;
-        let mut tail = head;
-        while !(*tail).next.is_null() {
-            tail = (*tail).next;
-            n += 1;
+        let w = r.fetch_and(FLAGS, Ordering::Acquire);
+        let head = (w & LINK) as *mut Block;
+        let n = (w >> COUNT_SHIFT) as u32;
+        if (*page).free.is_null() {
+            (*page).free = head;
+        } else {
+            let mut tail = head;
+            while !(*tail).next.is_null() {
+                tail = (*tail).next;
+            }
+            (*tail).next = (*page).free;
+            (*page).free = head;
         }
-        (*tail).next = (*page).free;
-        (*page).free = head;
         let used = (*page).used.get();
-        debug_assert!(n <= used, "more remote frees than blocks handed out");
+        debug_assert!(
+            n >= 1 && n <= used,
+            "remote count {n} with {used} blocks handed out"
+        );
         (*page).used.set(used - n);
         n
     }
@@ -376,7 +409,17 @@ pub(crate) unsafe fn clear_queued(page: *mut Page) {
 pub(crate) unsafe fn remote_list(page: *mut Page) -> (*mut Block, bool, bool) {
     // SAFETY: the caller's contract.
     let w = unsafe { (*page).remote.load(Ordering::Acquire) };
-    ((w & !FLAGS) as *mut Block, w & NOTIFY != 0, w & QUEUED != 0)
+    ((w & LINK) as *mut Block, w & NOTIFY != 0, w & QUEUED != 0)
+}
+
+/// The count of blocks a quiescent page's remote word records (checks and models).
+///
+/// # Safety
+/// As for `remote_list`.
+#[cfg(any(loom, feature = "check"))]
+pub(crate) unsafe fn remote_count(page: *mut Page) -> usize {
+    // SAFETY: the caller's contract.
+    unsafe { (*page).remote.load(Ordering::Acquire) >> COUNT_SHIFT }
 }
 
 // ---------------------------------------------------------------------------------------------
