@@ -587,17 +587,40 @@ unsafe impl GlobalAlloc for TensorPool {
 /// The exit report chosen (`ExitReport as u8`); statistics, not synchronisation.
 static EXIT_REPORT: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
 
-/// Print the statistics at process exit (registered with `atexit`), allocating nothing.
+/// Print the statistics at process exit (registered with `atexit`), allocating nothing: to
+/// stderr, or to the file `TENSORPOOL_STATS_FILE` names (`%p` replaced by the pid), so that each
+/// process of a family (a shell shim, workers) reports on its own. The table's first line names
+/// the program and the pid.
 extern "C" fn exit_report() {
     use core::fmt::Write;
     let mode = EXIT_REPORT.load(core::sync::atomic::Ordering::Relaxed);
     let stats = TensorPool::new().stats();
-    let mut w = StderrWriter(crate::text::StackStr::new());
+    let pid = crate::os::pid();
+    let file = report_path(pid).and_then(|mut p| {
+        let fd = crate::os::create_file(p.as_cstr()?);
+        if fd.is_none() {
+            crate::os::write_stderr(
+                b"tensorpool: TENSORPOOL_STATS_FILE cannot be created; reporting to stderr\n",
+            );
+        }
+        fd
+    });
+    let mut w = FdWriter {
+        fd: file.unwrap_or(2),
+        buf: crate::text::StackStr::new(),
+    };
+    let mut comm = [0u8; 64];
+    let prog = crate::os::read_small_file(b"/proc/self", b"comm", &mut comm)
+        .and_then(|b| core::str::from_utf8(b).ok())
+        .map_or("?", str::trim);
     if mode == ExitReport::Json as u8 {
         let _ = stats.write_json(&mut w);
         let _ = w.write_char('\n');
     } else {
-        let _ = write!(w, "tensorpool: statistics at exit\n{stats}");
+        let _ = write!(
+            w,
+            "tensorpool: statistics at exit of {prog} (pid {pid})\n{stats}"
+        );
         for (k, p) in TensorKind::ALL.iter().zip(&stats.kinds) {
             if p.live_bytes > 0 {
                 let _ = writeln!(
@@ -611,26 +634,56 @@ extern "C" fn exit_report() {
         }
     }
     w.flush();
-}
-
-/// Formats into a stack buffer and writes it to stderr as it fills.
-struct StderrWriter(crate::text::StackStr<2048>);
-
-impl StderrWriter {
-    fn flush(&mut self) {
-        crate::os::write_stderr(self.0.as_bytes());
-        self.0.clear();
+    if let Some(fd) = file {
+        crate::os::close(fd);
     }
 }
 
-impl core::fmt::Write for StderrWriter {
+/// `TENSORPOOL_STATS_FILE` with every `%p` replaced by `pid` (and `%%` by `%`), if set.
+fn report_path(pid: u32) -> Option<crate::text::StackStr<512>> {
+    use core::fmt::Write;
+    let raw = crate::os::getenv(c"TENSORPOOL_STATS_FILE")?;
+    let mut path = crate::text::StackStr::<512>::new();
+    let mut i = 0;
+    while i < raw.len() {
+        let r = match (raw[i], raw.get(i + 1)) {
+            (b'%', Some(b'p')) => {
+                i += 1;
+                write!(path, "{pid}")
+            }
+            (b'%', Some(b'%')) => {
+                i += 1;
+                path.push_bytes(b"%")
+            }
+            (c, _) => path.push_bytes(&[c]),
+        };
+        r.ok()?;
+        i += 1;
+    }
+    Some(path)
+}
+
+/// Formats into a stack buffer and writes it to a descriptor as it fills.
+struct FdWriter {
+    fd: i32,
+    buf: crate::text::StackStr<2048>,
+}
+
+impl FdWriter {
+    fn flush(&mut self) {
+        crate::os::write_fd(self.fd, self.buf.as_bytes());
+        self.buf.clear();
+    }
+}
+
+impl core::fmt::Write for FdWriter {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        if self.0.write_str(s).is_ok() {
+        if self.buf.write_str(s).is_ok() {
             return Ok(());
         }
         self.flush();
-        if self.0.write_str(s).is_err() {
-            crate::os::write_stderr(s.as_bytes());
+        if self.buf.write_str(s).is_err() {
+            crate::os::write_fd(self.fd, s.as_bytes());
         }
         Ok(())
     }

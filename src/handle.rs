@@ -261,6 +261,27 @@ unsafe impl Allocator for KindHandle {
         r
     }
 
+    /// `grow`, then the new bytes zeroed: a limited handle charges only the growth, as `grow`
+    /// does (the default would allocate the new block before freeing the old one, and be
+    /// refused where `grow` succeeds).
+    unsafe fn grow_zeroed(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
+        // SAFETY: `Allocator::grow_zeroed`'s contract is `grow`'s.
+        let q = unsafe { self.grow(ptr, old, new) }?;
+        // SAFETY: `q` is a live block of `q.len() >= new.size() >= old.size()` bytes.
+        unsafe {
+            q.as_ptr()
+                .cast::<u8>()
+                .add(old.size())
+                .write_bytes(0, q.len() - old.size())
+        };
+        Ok(q)
+    }
+
     unsafe fn shrink(
         &self,
         ptr: NonNull<u8>,

@@ -16,6 +16,16 @@ pub const THREAD_CACHE_MAX: usize = 8 << 20;
 /// Thread-cache limit meaning "the per-core L3 share, at most `THREAD_CACHE_MAX`".
 pub const THREAD_CACHE_AUTO: usize = usize::MAX;
 
+/// The largest thread-cache limit there is: a thread cache records its blocks' sizes in 32 bits,
+/// so larger limits are cut to this (a variable asking for more gets a warning).
+pub const THREAD_CACHE_LIMIT_MAX: usize = u32::MAX as usize;
+
+/// `TENSORPOOL_THREAD_CACHE`: a size the cache can hold (so not `THREAD_CACHE_AUTO`'s value,
+/// nor 4 GiB or more, which would be cut without a word).
+fn parse_thread_cache(s: &[u8]) -> Option<usize> {
+    parse_size(s).filter(|&b| b < THREAD_CACHE_LIMIT_MAX)
+}
+
 /// The default decay time: jemalloc's `dirty_decay_ms` default too, and long enough that an
 /// inference request of a few seconds finds the previous one's pages still resident (measured:
 /// see README, "Returning memory").
@@ -201,8 +211,8 @@ pub(crate) fn read_env(config: &PoolConfig) -> EnvOptions {
     });
     o.thread_cache = read_var(
         c"TENSORPOOL_THREAD_CACHE",
-        parse_size,
-        "a size such as 1536K or 0",
+        parse_thread_cache,
+        "a size below 4G, such as 1536K, or 0",
         || match config.thread_cache {
             THREAD_CACHE_AUTO => Kept::Text("the L3 share per core"),
             b => Kept::Bytes(b),

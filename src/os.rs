@@ -14,30 +14,7 @@ pub(crate) const PAGE: usize = 4096;
 
 /// Map `len` bytes (a multiple of `PAGE`) of fresh, zeroed, read-write memory, or null.
 pub(crate) fn map(len: usize) -> *mut u8 {
-    debug_assert!(len % PAGE == 0 && len > 0);
-    #[cfg(debug_assertions)]
-    {
-        // SAFETY: `sysconf` reads a constant of the running system; it touches no memory of ours.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        debug_assert_eq!(page, PAGE as libc::c_long, "the crate assumes 4 KiB pages");
-    }
-    // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
-    // existing memory; the result is checked against MAP_FAILED.
-    let p = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        ptr::null_mut()
-    } else {
-        p.cast()
-    }
+    map_near(ptr::null_mut(), len)
 }
 
 /// Map `len` bytes whose start is aligned to `align` (a power of two, at least `PAGE`), or null.
@@ -83,10 +60,16 @@ pub(crate) fn advise_huge(p: *mut u8, len: usize) {
 }
 
 /// Map `len` bytes (a multiple of `PAGE`) of fresh, zeroed, read-write memory at `hint` if that
-/// range is free, else wherever the kernel chooses; null on failure. The hint is only a
+/// range is free (a null hint: none), else wherever the kernel chooses; null on failure. The hint is only a
 /// preference (no `MAP_FIXED`): nothing already mapped is ever replaced.
 pub(crate) fn map_near(hint: *mut u8, len: usize) -> *mut u8 {
     debug_assert!(len % PAGE == 0 && len > 0);
+    #[cfg(debug_assertions)]
+    {
+        // SAFETY: `sysconf` reads a constant of the running system; it touches no memory of ours.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        debug_assert_eq!(page, PAGE as libc::c_long, "the crate assumes 4 KiB pages");
+    }
     // SAFETY: an anonymous private mapping without MAP_FIXED never replaces an existing one; the
     // result is checked against MAP_FAILED.
     let p = unsafe {
@@ -212,15 +195,47 @@ pub(crate) fn getenv(name: &core::ffi::CStr) -> Option<&'static [u8]> {
 }
 
 /// Write all of `bytes` to stderr (no buffering, no allocation); errors are ignored.
-pub(crate) fn write_stderr(mut bytes: &[u8]) {
+pub(crate) fn write_stderr(bytes: &[u8]) {
+    write_fd(2, bytes);
+}
+
+/// Write all of `bytes` to `fd` (no buffering, no allocation); errors are ignored.
+pub(crate) fn write_fd(fd: i32, mut bytes: &[u8]) {
     while !bytes.is_empty() {
-        // SAFETY: writing from a live slice of the given length to fd 2.
-        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        // SAFETY: writing from a live slice of the given length to a descriptor (a bad one
+        // only makes `write` fail).
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
         if n <= 0 {
             return;
         }
         bytes = &bytes[n as usize..];
     }
+}
+
+/// Create (or truncate) the file at `path` (NUL-terminated) for writing; its descriptor, or
+/// `None`.
+pub(crate) fn create_file(path: &core::ffi::CStr) -> Option<i32> {
+    // SAFETY: `path` is NUL-terminated; the result is checked.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    (fd >= 0).then_some(fd)
+}
+
+/// Close a descriptor `create_file` returned.
+pub(crate) fn close(fd: i32) {
+    // SAFETY: closing a descriptor we own.
+    unsafe { libc::close(fd) };
+}
+
+/// The calling process's id.
+pub(crate) fn pid() -> u32 {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() as u32 }
 }
 
 /// Stop the process with SIGABRT (after a message: the caller writes it).

@@ -51,6 +51,25 @@ impl<const N: usize> StackStr<N> {
     pub(crate) fn clear(&mut self) {
         self.len = 0;
     }
+    /// Append raw bytes (a path need not be UTF-8); an error if they do not fit.
+    pub(crate) fn push_bytes(&mut self, b: &[u8]) -> fmt::Result {
+        let end = self.len + b.len();
+        if end > N {
+            return Err(fmt::Error);
+        }
+        self.buf[self.len..end].copy_from_slice(b);
+        self.len = end;
+        Ok(())
+    }
+    /// The contents as a C string: `None` if there is no room for the NUL or the contents hold
+    /// one.
+    pub(crate) fn as_cstr(&mut self) -> Option<&core::ffi::CStr> {
+        if self.len >= N {
+            return None;
+        }
+        self.buf[self.len] = 0;
+        core::ffi::CStr::from_bytes_with_nul(&self.buf[..=self.len]).ok()
+    }
 }
 
 impl<const N: usize> fmt::Write for StackStr<N> {
@@ -100,13 +119,23 @@ pub(crate) fn parse_size(s: &[u8]) -> Option<usize> {
         v = v.checked_mul(10)?.checked_add((c - b'0') as usize)?;
     }
     let bytes = v.checked_mul(1usize.checked_shl(shift)?)?;
-    // A fraction of the unit, to 1/1000: (digits << shift) / 10^len, exact for halves etc.
-    let (mut f, mut d) = (0usize, 1usize);
-    for &c in frac.iter().take(3) {
-        f = f * 10 + (c - b'0') as usize;
+    // A fraction of the unit, to 10^-9 of it (truncated to whole bytes): exact for halves etc.
+    if frac.len() > 9 {
+        return None;
+    }
+    let (mut f, mut d) = (0u128, 1u128);
+    for &c in frac {
+        f = f * 10 + (c - b'0') as u128;
         d *= 10;
     }
-    bytes.checked_add(f.checked_mul(1usize.checked_shl(shift)?)? / d)
+    let part = usize::try_from((f << shift) / d).ok()?;
+    let total = bytes.checked_add(part)?;
+    // A value written as more than nothing that comes out as 0 bytes ("0.0000001K") is a
+    // mistake, not a request for zero.
+    if total == 0 && num.iter().any(|&c| c.is_ascii_digit() && c != b'0') {
+        return None;
+    }
+    Some(total)
 }
 
 /// Whether `s` is one of `words`, ignoring ASCII case (no allocation).
@@ -176,6 +205,9 @@ mod tests {
         assert_eq!(parse_size(b"1.5G"), Some(3 << 29));
         assert_eq!(parse_size(b"4096"), Some(4096));
         assert_eq!(parse_size(b"0"), Some(0));
+        assert_eq!(parse_size(b"0.0K"), Some(0));
+        assert_eq!(parse_size(b"1.0625K"), Some(1088));
+        assert_eq!(parse_size(b"0.001M"), Some(1048));
         for bad in [
             &b""[..],
             b"M",
@@ -185,6 +217,11 @@ mod tests {
             b"-1G",
             b"5.G",
             b"99999999999999T",
+            // More than nothing, yet no byte: a mistake, not zero.
+            b"0.0000001K",
+            b"0.5",
+            // Finer than a billionth of the unit.
+            b"1.0000000001G",
         ] {
             assert_eq!(parse_size(bad), None, "{:?}", core::str::from_utf8(bad));
         }

@@ -333,4 +333,14 @@ fn environment_sets_the_limit_and_bad_values_warn() {
             && err.contains("keeping 1.0 MiB (1048576 bytes)"),
         "{err}"
     );
+    // Values that would be taken for something else, or cut without a word, warn too: the
+    // largest number is the "auto" sentinel's, and a cache records sizes in 32 bits.
+    for bad in ["18446744073709551615", "1T", "4G", "0.0000001K"] {
+        let (out, err) = common::run_child_test("child_entry", &[("TENSORPOOL_THREAD_CACHE", bad)]);
+        assert!(out.contains(&format!("limit={LIMIT}\n")), "{bad}: {out}");
+        assert!(
+            err.contains(&format!("TENSORPOOL_THREAD_CACHE={bad:?} is not valid")),
+            "{bad}: {err}"
+        );
+    }
 }

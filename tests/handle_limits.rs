@@ -148,3 +148,34 @@ fn limited_handles_on_many_threads_never_pass_the_limit_together() {
     });
     assert_eq!(ALLOC.limited_bytes(kind), 0);
 }
+
+/// `grow_zeroed` charges only the growth, as `grow` does: 4 MiB held under a 10 MiB limit grow to
+/// 9 MiB (the default `grow_zeroed` would hold 13 MiB for a moment and be refused); the old bytes
+/// are kept and the new ones zero.
+#[test]
+fn grow_zeroed_succeeds_wherever_grow_would() {
+    let kind = TensorKind::General;
+    let h = ALLOC.handle(kind).with_limit(10 << 20);
+    let old = Layout::from_size_align(4 << 20, 64).unwrap();
+    let p = h.allocate(old).unwrap().cast::<u8>();
+    unsafe { std::ptr::write_bytes(p.as_ptr(), 0x5A, old.size()) };
+    let new = Layout::from_size_align(9 << 20, 64).unwrap();
+    let q = unsafe { h.grow_zeroed(p, old, new) }.expect("grow_zeroed within the limit");
+    assert_eq!(q.len(), new.size());
+    assert_eq!(ALLOC.limited_bytes(kind), 9 << 20);
+    let bytes = unsafe { std::slice::from_raw_parts(q.as_ptr().cast::<u8>(), new.size()) };
+    assert!(
+        bytes[..old.size()].iter().all(|&b| b == 0x5A),
+        "old bytes lost"
+    );
+    assert!(
+        bytes[old.size()..].iter().all(|&b| b == 0),
+        "new bytes not zero"
+    );
+    // Over the limit it is refused like `grow`, and the block stays as it was.
+    let too_big = Layout::from_size_align(11 << 20, 64).unwrap();
+    assert!(unsafe { h.grow_zeroed(q.cast(), new, too_big) }.is_err());
+    assert_eq!(ALLOC.limited_bytes(kind), 9 << 20);
+    unsafe { h.deallocate(q.cast(), new) };
+    assert_eq!(ALLOC.limited_bytes(kind), 0);
+}

@@ -3,80 +3,21 @@
 //! reported with tensorpool's ratio to the best of the others. Every child must produce the same
 //! tokens (the model is deterministic), which checks that no allocator corrupted a tensor.
 //!
-//! Run: `cargo run --release --example inference_compare` (`-- --rounds N`).
+//! Run: `cargo run --release -p tensorpool-bench --example inference_compare` (`-- --rounds N`).
 //!
-//! One binary serves all four: its global allocator forwards to the one named by
-//! `INFERENCE_ALLOC`, read (with `getenv`, which does not allocate) at the process's first
-//! allocation, before anything has been allocated by anyone else.
+//! One binary serves all four: its global allocator is the bench library's `Switch`, which
+//! forwards to the one named by `BENCH_ALLOC`, read (with `getenv`, which does not allocate) at
+//! the process's first allocation, before anything has been allocated by anyone else.
 
 // The comparison reads fewer of the outputs than `inference` prints.
 #[allow(dead_code)]
 #[path = "../../examples/model/mod.rs"]
 mod model;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::process::Command;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Instant;
-use tensorpool::{TensorPool, THREAD_CACHE_MAX};
-
-static TP: TensorPool = TensorPool::new();
-static MI: mimalloc::MiMalloc = mimalloc::MiMalloc;
-static JE: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-const NAMES: [&str; 4] = ["tensorpool", "system", "mimalloc", "jemalloc"];
-
-/// The allocator chosen by `INFERENCE_ALLOC` (index into `NAMES`, plus one; 0 until read).
-static CHOICE: AtomicU8 = AtomicU8::new(0);
-
-struct Switch;
-
-impl Switch {
-    fn chosen(&self) -> &'static dyn GlobalAlloc {
-        let mut c = CHOICE.load(Ordering::Relaxed);
-        if c == 0 {
-            // SAFETY: getenv reads the environment without allocating; the result is
-            // NUL-terminated or null.
-            let v = unsafe { libc::getenv(c"INFERENCE_ALLOC".as_ptr()) };
-            c = 1;
-            if !v.is_null() {
-                // SAFETY: as above.
-                let name = unsafe { std::ffi::CStr::from_ptr(v) }.to_bytes();
-                if let Some(i) = NAMES.iter().position(|n| n.as_bytes() == name) {
-                    c = i as u8 + 1;
-                }
-            }
-            CHOICE.store(c, Ordering::Relaxed);
-        }
-        match c {
-            2 => &System,
-            3 => &MI,
-            4 => &JE,
-            _ => &TP,
-        }
-    }
-}
-
-// SAFETY: every call forwards to one allocator, the same for the whole process (chosen before the
-// first allocation and never changed), so blocks are always freed by the allocator that made them.
-unsafe impl GlobalAlloc for Switch {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's contract.
-        unsafe { self.chosen().alloc(l) }
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        // SAFETY: forwarded with the caller's contract.
-        unsafe { self.chosen().alloc_zeroed(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: forwarded with the caller's contract.
-        unsafe { self.chosen().dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        // SAFETY: forwarded with the caller's contract.
-        unsafe { self.chosen().realloc(p, l, n) }
-    }
-}
+use tensorpool::THREAD_CACHE_MAX;
+use tensorpool_bench::{Switch, ALLOCATORS as NAMES, TP};
 
 #[global_allocator]
 static GLOBAL: Switch = Switch;
@@ -142,7 +83,7 @@ fn main() {
         for (a, name) in NAMES.iter().enumerate() {
             let out = Command::new(&exe)
                 .arg("--child")
-                .env("INFERENCE_ALLOC", name)
+                .env("BENCH_ALLOC", name)
                 .output()
                 .expect("run child");
             assert!(out.status.success(), "{name} failed: {out:?}");

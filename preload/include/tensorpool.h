@@ -47,6 +47,16 @@ size_t tensorpool_trim(void);
  * Returns 0, or -1 with errno set. */
 int tensorpool_write_stats(int fd, int json);
 
+/* Write the memory timeline (recorded with TENSORPOOL_TIMELINE=1) to a file descriptor: CSV if
+ * format is 0, an SVG chart if it is 1. Returns 0, or -1 with errno set (EINVAL: another
+ * format). */
+int tensorpool_write_timeline(int fd, int format);
+
+/* glibc's malloc_trim, malloc_stats, mallinfo, mallinfo2 and malloc_info are exported too, with
+ * glibc's signatures (<malloc.h>): malloc_trim releases every cached page and returns 1 if it
+ * released any; mallinfo2's uordblks are live bytes, fordblks free bytes kept resident, hblks and
+ * hblkhd the arena's mappings and mapped bytes; malloc_info writes the statistics as XML. */
+
 #ifdef __cplusplus
 }
 #endif

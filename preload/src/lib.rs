@@ -1,7 +1,9 @@
 //! tensorpool as a C shared library (`libtensorpool_preload.so`): the C allocation functions with
 //! glibc's semantics and errno values, for `LD_PRELOAD` under Python, C and C++ inference stacks,
-//! and a small C API (`include/tensorpool.h`) to tag the calling thread's allocations by tensor
-//! kind, trim, and write the statistics to a file descriptor.
+//! glibc's introspection calls (`malloc_trim`, `malloc_stats`, `mallinfo`, `mallinfo2`,
+//! `malloc_info`), and a small C API (`include/tensorpool.h`) to tag the calling thread's
+//! allocations by tensor kind, trim, and write the statistics and the memory timeline to a file
+//! descriptor.
 //!
 //! Every function here is a thin translation of C's contract onto `TensorPool`'s raw interface:
 //! sizes of 0, overflowing counts, bad alignments and refusals are answered as glibc answers them
@@ -333,7 +335,28 @@ pub extern "C" fn tensorpool_write_stats(fd: c_int, json: c_int) -> c_int {
     } else {
         s.to_string()
     };
-    let mut rest = text.as_bytes();
+    write_fd(fd, text.as_bytes())
+}
+
+/// Write the memory timeline (`TENSORPOOL_TIMELINE=1`, or recording started from Rust) to `fd`:
+/// CSV if `format` is 0, an SVG chart if it is 1. Returns 0, or -1 with errno set (`EINVAL` for
+/// another format).
+#[no_mangle]
+pub extern "C" fn tensorpool_write_timeline(fd: c_int, format: c_int) -> c_int {
+    let tl = ALLOC.timeline();
+    let text = match format {
+        0 => tl.to_csv(),
+        1 => tl.to_svg("tensorpool memory timeline", 900, 420),
+        _ => {
+            set_errno(libc::EINVAL);
+            return -1;
+        }
+    };
+    write_fd(fd, text.as_bytes())
+}
+
+/// Write all of `bytes` to `fd`, retrying on `EINTR`; 0, or -1 with errno set.
+fn write_fd(fd: c_int, mut rest: &[u8]) -> c_int {
     while !rest.is_empty() {
         // SAFETY: `rest` is a valid buffer of its length.
         let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
@@ -347,4 +370,152 @@ pub extern "C" fn tensorpool_write_stats(fd: c_int, json: c_int) -> c_int {
         rest = &rest[n as usize..];
     }
     0
+}
+
+// ---------------------------------------------------------------------------------------------
+// glibc's introspection calls, with their glibc meaning where one fits
+// ---------------------------------------------------------------------------------------------
+
+/// glibc's `struct mallinfo2` (every field a `size_t`).
+#[repr(C)]
+#[derive(Default)]
+pub struct Mallinfo2 {
+    /// Memory the allocator holds for blocks, live or free: `uordblks + fordblks`.
+    pub arena: usize,
+    /// Unused by tensorpool (glibc: free chunks).
+    pub ordblks: usize,
+    /// Unused (glibc: free fastbin blocks).
+    pub smblks: usize,
+    /// The arena's mappings (regions).
+    pub hblks: usize,
+    /// Bytes the arena has mapped (address space, resident or not).
+    pub hblkhd: usize,
+    /// Unused (glibc: always 0).
+    pub usmblks: usize,
+    /// Unused (glibc: bytes in free fastbin blocks).
+    pub fsmblks: usize,
+    /// Bytes of live blocks, every kind.
+    pub uordblks: usize,
+    /// Free bytes kept resident for reuse: cached large-block memory, free small blocks on the
+    /// heaps' pages and large blocks in thread caches.
+    pub fordblks: usize,
+    /// Unused (glibc: releasable top chunk).
+    pub keepcost: usize,
+}
+
+/// glibc's `struct mallinfo` (every field an `int`; values saturate at `INT_MAX`, where glibc's
+/// wrap).
+#[repr(C)]
+#[derive(Default)]
+pub struct Mallinfo {
+    /// See `Mallinfo2`, field by field.
+    pub arena: c_int,
+    /// See `Mallinfo2`.
+    pub ordblks: c_int,
+    /// See `Mallinfo2`.
+    pub smblks: c_int,
+    /// See `Mallinfo2`.
+    pub hblks: c_int,
+    /// See `Mallinfo2`.
+    pub hblkhd: c_int,
+    /// See `Mallinfo2`.
+    pub usmblks: c_int,
+    /// See `Mallinfo2`.
+    pub fsmblks: c_int,
+    /// See `Mallinfo2`.
+    pub uordblks: c_int,
+    /// See `Mallinfo2`.
+    pub fordblks: c_int,
+    /// See `Mallinfo2`.
+    pub keepcost: c_int,
+}
+
+/// `mallinfo2()`: the statistics in glibc's shape (`uordblks` live, `fordblks` free but resident,
+/// `hblks`/`hblkhd` the arena's mappings and mapped bytes).
+#[no_mangle]
+pub extern "C" fn mallinfo2() -> Mallinfo2 {
+    let s = ALLOC.stats();
+    let live = s.total.live_bytes as usize;
+    let free = (s.total.cached_bytes + s.total.hot_bytes) as usize;
+    Mallinfo2 {
+        arena: live + free,
+        hblks: s.arena.regions as usize,
+        hblkhd: s.arena.mapped_bytes as usize,
+        uordblks: live,
+        fordblks: free,
+        ..Mallinfo2::default()
+    }
+}
+
+/// `mallinfo()`: `mallinfo2` in `int`s, saturated.
+#[no_mangle]
+pub extern "C" fn mallinfo() -> Mallinfo {
+    let m = mallinfo2();
+    let i = |v: usize| v.min(c_int::MAX as usize) as c_int;
+    Mallinfo {
+        arena: i(m.arena),
+        hblks: i(m.hblks),
+        hblkhd: i(m.hblkhd),
+        uordblks: i(m.uordblks),
+        fordblks: i(m.fordblks),
+        ..Mallinfo::default()
+    }
+}
+
+/// `malloc_trim(pad)`: return every cached page to the OS (`TensorPool::trim`; `pad` is ignored:
+/// nothing is kept at a heap top). 1 if memory was released, else 0, as glibc.
+#[no_mangle]
+pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
+    c_int::from(ALLOC.trim() > 0)
+}
+
+/// `malloc_stats()`: the statistics table on stderr, as glibc prints its own there.
+#[no_mangle]
+pub extern "C" fn malloc_stats() {
+    let _ = tensorpool_write_stats(2, 0);
+}
+
+/// `malloc_info(options, stream)`: the statistics as XML on `stream`, per kind and in total.
+/// `options` must be 0 (else `EINVAL`, -1, as glibc). Returns 0, or -1 if the write failed.
+///
+/// # Safety
+/// `stream` is a valid, open `FILE *`.
+#[no_mangle]
+pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut libc::FILE) -> c_int {
+    if options != 0 || stream.is_null() {
+        set_errno(libc::EINVAL);
+        return -1;
+    }
+    let s = ALLOC.stats();
+    let mut x = String::from("<malloc version=\"tensorpool-1\">\n");
+    let pool = |x: &mut String, tag: &str, name: &str, p: &tensorpool::PoolStats| {
+        x.push_str(&format!(
+            "<{tag} name=\"{name}\"><requests>{}</requests><hits>{}</hits>\
+             <live bytes=\"{}\"/><cached bytes=\"{}\"/><hot bytes=\"{}\"/>\
+             <peak-live bytes=\"{}\"/><returned bytes=\"{}\"/></{tag}>\n",
+            p.requests,
+            p.hits,
+            p.live_bytes,
+            p.cached_bytes,
+            p.hot_bytes,
+            p.peak_live_bytes,
+            p.evicted_bytes
+        ));
+    };
+    for (k, p) in TensorKind::ALL.iter().zip(&s.kinds) {
+        pool(&mut x, "kind", k.name(), p);
+    }
+    pool(&mut x, "total", "all", &s.total);
+    x.push_str(&format!(
+        "<arena><mapped bytes=\"{}\"/><regions count=\"{}\"/><dirty bytes=\"{}\"/>\
+         <clean bytes=\"{}\"/></arena>\n</malloc>\n",
+        s.arena.mapped_bytes, s.arena.regions, s.arena.dirty_bytes, s.arena.clean_bytes
+    ));
+    // SAFETY: `stream` is a valid FILE (the caller's contract) and `x` a buffer of its length.
+    let n = unsafe { libc::fwrite(x.as_ptr().cast(), 1, x.len(), stream) };
+    if n == x.len() {
+        0
+    } else {
+        -1
+    }
 }

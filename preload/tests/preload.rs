@@ -275,3 +275,158 @@ fn the_library_needs_no_static_tls() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("TPOFF"), "static TLS relocations found");
 }
+
+/// glibc's introspection calls from Python through ctypes, as users reach for them:
+/// `malloc_trim(0)` after freeing 320 MiB of numpy arrays brings resident memory down (decay
+/// would keep it for 10 s), `mallinfo2()` agrees with `tensorpool_write_stats`, and
+/// `malloc_info` writes XML.
+const INTROSPECTION: &str = r#"
+import ctypes, json, os, tempfile
+import numpy as np
+libc = ctypes.CDLL(None)
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc.mallinfo2.restype = Mallinfo2
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+arrays = [np.ones(4 << 20, dtype=np.float64) for _ in range(10)]  # 10 x 32 MiB, written
+before = rss()
+del arrays
+freed = rss()
+released = libc.malloc_trim(0)
+after = rss()
+m = libc.mallinfo2()
+r, w = os.pipe()
+assert libc.tensorpool_write_stats(w, 1) == 0
+os.close(w)
+stats = json.loads(os.read(r, 1 << 20).decode())
+with tempfile.TemporaryFile() as t:
+    libc.fdopen.restype = ctypes.c_void_p
+    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    libc.fflush.argtypes = [ctypes.c_void_p]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    f = libc.fdopen(os.dup(t.fileno()), b"w")
+    assert libc.malloc_info(0, f) == 0
+    libc.fclose(f)
+    t.seek(0)
+    xml = t.read().decode()
+print(f"before={before >> 20} freed={freed >> 20} after={after >> 20} released={released}")
+print(f"uordblks={m.uordblks} fordblks={m.fordblks} hblks={m.hblks} hblkhd={m.hblkhd}")
+print(f"json_live={stats['total']['live_bytes']} json_mapped={stats['arena']['mapped_bytes']}")
+print("xml_ok" if xml.startswith('<malloc version="tensorpool-1">') and "<kind name=\"kv_cache\">" in xml else "xml_bad " + xml[:200])
+"#;
+
+#[test]
+fn glibc_introspection_calls_work_from_python() {
+    let out = run(Command::new("python3").args(["-c", INTROSPECTION]), true);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |name: &str| -> i64 {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    assert!(
+        field("before=") - field("freed=") < 100,
+        "freed memory stays for reuse: {text}"
+    );
+    assert!(
+        field("freed=") - field("after=") >= 250,
+        "malloc_trim(0) did not return the freed arrays: {text}"
+    );
+    assert_eq!(field("released="), 1, "{text}");
+    // Live bytes move a little between the two calls (ctypes allocates): within 1 MiB.
+    assert!(
+        (field("uordblks=") - field("json_live=")).abs() < 1 << 20,
+        "mallinfo2 and the statistics disagree: {text}"
+    );
+    assert_eq!(field("hblkhd="), field("json_mapped="), "{text}");
+    assert!(field("hblks=") >= 1, "{text}");
+    assert!(text.contains("xml_ok"), "{text}");
+}
+
+/// Each process of a family reports on its own: `%p` in `TENSORPOOL_STATS_FILE` becomes the pid,
+/// and the table's first line names the program and the pid.
+#[test]
+fn exit_reports_go_to_a_file_per_process() {
+    let dir = tmp("reports");
+    for e in std::fs::read_dir(&dir).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let pattern = dir.join("tp-%p.txt");
+    // A shell that runs two children: three processes, three reports. (bash: dash leaves with
+    // `_exit`, which runs no exit handler, glibc's own included.)
+    let out = run(
+        Command::new("bash")
+            .args(["-c", "git --version >/dev/null; sort </dev/null; echo $$"])
+            .env("TENSORPOOL_STATS", "1")
+            .env("TENSORPOOL_STATS_FILE", &pattern),
+        true,
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shell_pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names.contains(&format!("tp-{shell_pid}.txt")), "{names:?}");
+    for n in &names {
+        let pid = n.trim_start_matches("tp-").trim_end_matches(".txt");
+        let text = std::fs::read_to_string(dir.join(n)).unwrap();
+        let first = text.lines().next().unwrap_or("");
+        assert!(
+            first.starts_with("tensorpool: statistics at exit of ")
+                && first.ends_with(&format!("(pid {pid})")),
+            "{n}: {first}"
+        );
+        assert!(text.contains("total"), "{n}: {text}");
+    }
+    let progs: Vec<String> = names
+        .iter()
+        .map(|n| {
+            let t = std::fs::read_to_string(dir.join(n)).unwrap();
+            t.lines()
+                .next()
+                .unwrap()
+                .split(" of ")
+                .nth(1)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(progs.iter().any(|p| p.starts_with("git ")), "{progs:?}");
+    assert!(progs.iter().any(|p| p.starts_with("sort ")), "{progs:?}");
+}
+
+/// The memory timeline from C: `TENSORPOOL_TIMELINE=1` records it and
+/// `tensorpool_write_timeline` writes it as CSV or SVG (and refuses another format).
+#[test]
+fn the_timeline_is_written_from_c() {
+    let exe = compile("timeline.c");
+    let dir = tmp("timeline");
+    let out = run(
+        Command::new(&exe)
+            .arg(dir.join("t.csv"))
+            .arg(dir.join("t.svg"))
+            .env("TENSORPOOL_TIMELINE", "1"),
+        true,
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bad_format=-1 errno_einval=1"));
+    let csv = std::fs::read_to_string(dir.join("t.csv")).unwrap();
+    assert!(csv.lines().count() > 10, "{csv}");
+    assert!(csv.lines().next().unwrap().contains("kv_cache"), "{csv}");
+    let svg = std::fs::read_to_string(dir.join("t.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+        "{}",
+        &svg[..100]
+    );
+}
