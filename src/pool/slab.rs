@@ -342,8 +342,13 @@ pub(crate) unsafe fn collect_remote(page: *mut Page) -> u32 {
         if (*page).free.is_null() {
             (*page).free = head;
         } else {
+            // The count bounds the walk, so a list made circular by a double free cannot hang
+            // its owner.
             let mut tail = head;
-            while !(*tail).next.is_null() {
+            for _ in 1..n {
+                if (*tail).next.is_null() {
+                    break;
+                }
                 tail = (*tail).next;
             }
             (*tail).next = (*page).free;
