@@ -76,6 +76,14 @@ fn run(cmd: &mut Command, preload: bool) -> Output {
     out
 }
 
+/// The number after `name` (`name=123`) among `text`'s words.
+fn field(text: &str, name: &str) -> i64 {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix(name))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
 /// Run a command without and with the library; both succeed with the same stdout.
 fn same_output(mut make: impl FnMut() -> Command) -> String {
     let plain = run(&mut make(), false);
@@ -100,12 +108,7 @@ fn the_background_thread_starts_after_main_and_returns_idle_memory() {
         true,
     );
     let line = String::from_utf8_lossy(&out.stdout).into_owned();
-    let field = |name: &str| -> i64 {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(name))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {line}"))
-    };
+    let field = |name: &str| field(&line, name);
     assert_eq!(field("threads_at_main="), 1, "a thread before main: {line}");
     assert_eq!(field("threads_after="), 2, "{line}");
     assert!(field("written=") >= 300, "{line}");
@@ -322,12 +325,7 @@ print("xml_ok" if xml.startswith('<malloc version="tensorpool-1">') and "<kind n
 fn glibc_introspection_calls_work_from_python() {
     let out = run(Command::new("python3").args(["-c", INTROSPECTION]), true);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let field = |name: &str| -> i64 {
-        text.split_whitespace()
-            .find_map(|w| w.strip_prefix(name))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
-    };
+    let field = |name: &str| field(&text, name);
     assert!(
         field("before=") - field("freed=") < 100,
         "freed memory stays for reuse: {text}"
