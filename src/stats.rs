@@ -73,13 +73,10 @@ pub struct PoolStats {
 }
 
 impl PoolStats {
-    /// Hits per request, 0 to 1 (1 when there were no requests).
-    pub fn hit_rate(&self) -> f64 {
-        if self.requests == 0 {
-            1.0
-        } else {
-            self.hits as f64 / self.requests as f64
-        }
+    /// Hits per request, 0 to 1; `None` when there were no requests (a pool that was never
+    /// asked has no rate, not a perfect one).
+    pub fn hit_rate(&self) -> Option<f64> {
+        (self.requests > 0).then(|| self.hits as f64 / self.requests as f64)
     }
 
     /// Granted bytes beyond the requested ones, as a percentage of the requested.
@@ -309,7 +306,10 @@ impl Stats {
                 live_bytes: l.live_bytes.saturating_sub(s.hot_bytes) + small_live,
                 cached_bytes: l.cached_bytes,
                 hot_bytes: s.carved.saturating_sub(small_live) + s.hot_bytes,
-                peak_live_bytes: l.peak_live_bytes,
+                // Small blocks have no tracked peak: the figure is never below what is live now.
+                peak_live_bytes: l
+                    .peak_live_bytes
+                    .max(l.live_bytes.saturating_sub(s.hot_bytes) + small_live),
                 requested_bytes: l.requested_bytes + s.hot_requested,
                 granted_bytes: l.granted_bytes + s.hot_granted,
                 evictions: l.evictions,
@@ -423,7 +423,7 @@ fn write_pool_json(w: &mut impl fmt::Write, p: &PoolStats) -> fmt::Result {
          \"cached_bytes\":{},\"hot_bytes\":{},\"peak_live_bytes\":{},\"requested_bytes\":{},\
          \"granted_bytes\":{},\"evictions\":{},\"evicted_bytes\":{},\
          \"over_capacity\":{},\"limit_refusals\":{},\"limited_bytes\":{},\
-         \"hit_rate\":{:.6},\"overhead_percent\":{:.4},\"utilization\":{:.6}}}",
+         \"hit_rate\":{},\"overhead_percent\":{:.4},\"utilization\":{:.6}}}",
         p.requests,
         p.hits,
         p.misses,
@@ -439,10 +439,34 @@ fn write_pool_json(w: &mut impl fmt::Write, p: &PoolStats) -> fmt::Result {
         p.over_capacity,
         p.limit_refusals,
         p.limited_bytes,
-        p.hit_rate(),
+        OptRate(p.hit_rate(), "null"),
         p.overhead_percent(),
         p.utilization()
     )
+}
+
+/// A rate with six decimals, or `none` (JSON `null`, the table's `-`) when there is none.
+struct OptRate(Option<f64>, &'static str);
+
+impl fmt::Display for OptRate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(r) => write!(f, "{r:.6}"),
+            None => f.write_str(self.1),
+        }
+    }
+}
+
+/// A percentage with one decimal, or `-` when there is none, padded (no allocation).
+struct OptPct(Option<f64>);
+
+impl fmt::Display for OptPct {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(r) => Pct(r).fmt(f),
+            None => f.pad("-"),
+        }
+    }
 }
 
 /// Percentage with one decimal, padded (no allocation).
@@ -477,7 +501,7 @@ fn write_row(f: &mut fmt::Formatter<'_>, name: &str, p: &PoolStats) -> fmt::Resu
         "{:<16} {:>10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8} {:>10} {:>8} {:>7}",
         name,
         p.requests,
-        Pct(p.hit_rate()),
+        OptPct(p.hit_rate()),
         Bytes(p.live_bytes),
         Bytes(p.cached_bytes),
         Bytes(p.hot_bytes),
@@ -545,8 +569,60 @@ mod tests {
     #[test]
     fn rates_are_defined_when_empty() {
         let p = PoolStats::default();
-        assert_eq!(p.hit_rate(), 1.0);
+        assert_eq!(p.hit_rate(), None);
         assert_eq!(p.overhead_percent(), 0.0);
         assert_eq!(p.utilization(), 1.0);
+    }
+
+    /// A pool never asked shows no hit rate: `-` in the table, `null` in JSON, never 100 %.
+    #[test]
+    fn a_pool_without_requests_has_no_hit_rate() {
+        let mut large = [LargeCounters::default(); NUM_KINDS];
+        large[1].requests = 4;
+        large[1].hits = 3;
+        let s = Stats::assemble(
+            &large,
+            &[HeapPart::default(); NUM_KINDS],
+            &[(0, 0); NUM_KINDS],
+            (0, 0),
+            ArenaCounters::default(),
+            None,
+        );
+        let mut json = StackStr::<8192>::new();
+        s.write_json(&mut json).unwrap();
+        let j = json.as_str();
+        // Five kinds and the general pool were never asked; attention, the specialised pools and
+        // the total were.
+        assert_eq!(j.matches("\"hit_rate\":null").count(), 6, "{j}");
+        assert_eq!(j.matches("\"hit_rate\":0.750000").count(), 3, "{j}");
+        let mut table = StackStr::<8192>::new();
+        write!(table, "{s}").unwrap();
+        let rows: Vec<&str> = table.as_str().lines().collect();
+        let rate = |name: &str| {
+            let row = rows.iter().find(|r| r.starts_with(name)).unwrap();
+            row.split_whitespace().nth(2).unwrap().to_string()
+        };
+        assert_eq!(rate("general "), "-", "{}", table.as_str());
+        assert_eq!(rate("kv_cache"), "-");
+        assert_eq!(rate("attention"), "75.0%");
+        assert_eq!(rate("total"), "75.0%");
+    }
+
+    /// Small blocks keep no peak, so the peak shown is never below the live bytes.
+    #[test]
+    fn peak_live_is_never_below_live() {
+        let mut small = [HeapPart::default(); NUM_KINDS];
+        small[2].live = 3 << 20;
+        small[2].carved = 4 << 20;
+        let s = Stats::assemble(
+            &[LargeCounters::default(); NUM_KINDS],
+            &small,
+            &[(0, 0); NUM_KINDS],
+            (0, 0),
+            ArenaCounters::default(),
+            None,
+        );
+        assert_eq!(s.kinds[2].live_bytes, 3 << 20);
+        assert_eq!(s.kinds[2].peak_live_bytes, 3 << 20);
     }
 }

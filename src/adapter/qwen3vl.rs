@@ -43,7 +43,8 @@ pub struct PoolGroupStats {
     pub stats: PoolStats,
     /// `100 * live / (live + cached + hot)`: how much of what the pools hold is in use.
     pub total_utilization_percent: f64,
-    /// `100 * hits / requests`.
+    /// `100 * hits / requests`, 0 when there were no requests (the reference's summary has no
+    /// place for "none").
     pub hit_rate_percent: f64,
 }
 
@@ -52,7 +53,7 @@ impl PoolGroupStats {
         Self {
             stats,
             total_utilization_percent: 100.0 * stats.utilization(),
-            hit_rate_percent: 100.0 * stats.hit_rate(),
+            hit_rate_percent: stats.hit_rate().map_or(0.0, |r| 100.0 * r),
         }
     }
 }
