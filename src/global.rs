@@ -110,6 +110,13 @@ impl TensorPool {
         crate::timeline::start(interval.as_nanos().min(u64::MAX as u128) as u64);
     }
 
+    /// Put a named marker ("request 2", "prefill done") on the timeline at this moment, if it is
+    /// recording; the chart draws it as a labelled line. The first `MARKER_NAME_MAX` bytes of
+    /// the name are kept, in a ring of the last `MARKER_CAPACITY` markers. Allocates nothing.
+    pub fn mark(&self, name: &str) {
+        crate::timeline::mark(name);
+    }
+
     /// Stop recording the timeline; what was recorded stays until the next start.
     pub fn stop_timeline(&self) {
         crate::timeline::stop();

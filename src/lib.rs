@@ -66,5 +66,5 @@ pub use pool::large::Census as ArenaCensus;
 pub use stats::{ArenaCounters, LargeCounters};
 pub use stats::{PoolStats, Stats, COLUMNS as STATS_COLUMNS};
 pub use tiles::{plan_matmul, plan_tiles, round_to_line, MatmulBlocks, PlanError, TilePlan};
-pub use timeline::{Sample, Timeline, TIMELINE_CAPACITY};
+pub use timeline::{Marker, Sample, Timeline, MARKER_CAPACITY, MARKER_NAME_MAX, TIMELINE_CAPACITY};
 pub use topology::{CacheTopology, TopologyError, TopologySource};

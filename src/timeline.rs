@@ -1,5 +1,6 @@
 //! The memory timeline: per-kind live and cached large-block bytes, sampled at every large-block
-//! allocation and free into a fixed ring buffer, exported as CSV or as an SVG chart.
+//! allocation and free into a fixed ring buffer, exported as CSV or as an SVG chart, with named
+//! markers (`TensorPool::mark`: "request 2") drawn on the chart.
 //!
 //! Large blocks are the tensors, and each of their events already takes its kind's lock, so a
 //! sample costs little beside it: the kind's two values are published to a per-kind mirror and
@@ -40,6 +41,26 @@ static INTERVAL_NS: AtomicU64 = AtomicU64::new(0);
 static LAST_NS: AtomicU64 = AtomicU64::new(0);
 static CACHED: [AtomicU64; NUM_KINDS] = [Z; NUM_KINDS];
 
+/// Markers the ring keeps; older ones are overwritten.
+pub const MARKER_CAPACITY: usize = 64;
+/// Bytes of a marker's name that are kept (longer names are cut at a character boundary).
+pub const MARKER_NAME_MAX: usize = 32;
+
+struct MarkSlot {
+    t_ns: AtomicU64,
+    /// The name's bytes, NUL-padded, in words (so that recording is plain atomic stores).
+    name: [AtomicU64; MARKER_NAME_MAX / 8],
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY_MARK: MarkSlot = MarkSlot {
+    t_ns: Z,
+    name: [Z; MARKER_NAME_MAX / 8],
+};
+
+static MARKS: [MarkSlot; MARKER_CAPACITY] = [EMPTY_MARK; MARKER_CAPACITY];
+static MARK_NEXT: AtomicUsize = AtomicUsize::new(0);
+
 /// Whether recording is on (one relaxed load on each large-block event).
 #[inline]
 pub(crate) fn enabled() -> bool {
@@ -49,6 +70,7 @@ pub(crate) fn enabled() -> bool {
 /// Start recording (clears the ring), at most one sample per `interval_ns` (0: every event).
 pub(crate) fn start(interval_ns: u64) {
     NEXT.store(0, Relaxed);
+    MARK_NEXT.store(0, Relaxed);
     INTERVAL_NS.store(interval_ns, Relaxed);
     let now = crate::os::now_ns();
     START_NS.store(now, Relaxed);
@@ -87,6 +109,38 @@ pub(crate) fn record(kind: usize, live: u64, cached: u64) {
     }
 }
 
+/// Put a marker named `name` (its first `MARKER_NAME_MAX` bytes) at the present moment, if
+/// recording is on. Allocates nothing.
+pub(crate) fn mark(name: &str) {
+    if !enabled() {
+        return;
+    }
+    let t = crate::os::now_ns().saturating_sub(START_NS.load(Relaxed));
+    let mut cut = name.len().min(MARKER_NAME_MAX);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut bytes = [0u8; MARKER_NAME_MAX];
+    bytes[..cut].copy_from_slice(&name.as_bytes()[..cut]);
+    let slot = &MARKS[MARK_NEXT.fetch_add(1, Relaxed) % MARKER_CAPACITY];
+    slot.t_ns.store(t, Relaxed);
+    for (w, chunk) in slot.name.iter().zip(bytes.chunks(8)) {
+        w.store(
+            u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])),
+            Relaxed,
+        );
+    }
+}
+
+/// A named moment on the timeline.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Marker {
+    /// Nanoseconds since recording started.
+    pub t_ns: u64,
+    /// The name given to `mark`.
+    pub name: String,
+}
+
 /// One sample of the timeline.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Sample {
@@ -105,6 +159,8 @@ pub struct Timeline {
     pub samples: Vec<Sample>,
     /// Events recorded in all, including those the ring overwrote.
     pub events: usize,
+    /// The markers, oldest first (the last `MARKER_CAPACITY`).
+    pub markers: Vec<Marker>,
 }
 
 /// Copy the ring out. A sample being written meanwhile may mix two events' values.
@@ -121,7 +177,29 @@ pub(crate) fn snapshot() -> Timeline {
             }
         })
         .collect();
-    Timeline { samples, events: n }
+    let m = MARK_NEXT.load(Relaxed);
+    let markers = (m.saturating_sub(MARKER_CAPACITY)..m)
+        .map(|i| {
+            let slot = &MARKS[i % MARKER_CAPACITY];
+            let mut bytes = [0u8; MARKER_NAME_MAX];
+            for (chunk, w) in bytes.chunks_mut(8).zip(&slot.name) {
+                chunk.copy_from_slice(&w.load(Relaxed).to_le_bytes());
+            }
+            let len = bytes
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(MARKER_NAME_MAX);
+            Marker {
+                t_ns: slot.t_ns.load(Relaxed),
+                name: String::from_utf8_lossy(&bytes[..len]).into_owned(),
+            }
+        })
+        .collect();
+    Timeline {
+        samples,
+        events: n,
+        markers,
+    }
 }
 
 /// Fill colours per kind (colour-blind-safe palette, Okabe-Ito).
@@ -151,7 +229,8 @@ impl Timeline {
     }
 
     /// An SVG chart, `width` x `height` pixels: live bytes stacked by kind over time (areas), the
-    /// live + cached total as a dashed line, labelled axes and a legend.
+    /// live + cached total as a dashed line, the markers as labelled vertical lines, labelled axes
+    /// and a legend.
     pub fn to_svg(&self, title: &str, width: u32, height: u32) -> String {
         let (w, h) = (width.max(320) as f64, height.max(200) as f64);
         let (left, right, top, bottom) = (80.0, 170.0, 40.0, 50.0);
@@ -172,6 +251,7 @@ impl Timeline {
             let thin = Timeline {
                 samples,
                 events: self.events,
+                markers: self.markers.clone(),
             };
             return thin.to_svg(title, width, height);
         }
@@ -219,6 +299,22 @@ impl Timeline {
             "<polyline points=\"{pts}\" fill=\"none\" stroke=\"black\" stroke-width=\"1.2\" \
              stroke-dasharray=\"5,3\"/>"
         );
+        // Markers: a thin line across the plot and the name above it.
+        for m in &self.markers {
+            let xx = x(m.t_ns.min(t_max as u64));
+            let _ = writeln!(
+                s,
+                "<line x1=\"{xx}\" y1=\"{top}\" x2=\"{xx}\" y2=\"{}\" stroke=\"#444444\" \
+                 stroke-width=\"0.8\"/><text x=\"{}\" y=\"{}\" font-size=\"10\" \
+                 transform=\"rotate(-90 {} {})\">{}</text>",
+                top + ph,
+                xx + 3.0,
+                top + 4.0,
+                xx + 3.0,
+                top + 4.0,
+                escape(&m.name)
+            );
+        }
         // Axes, ticks and labels.
         let _ = writeln!(
             s,

@@ -300,8 +300,11 @@ fn environment_sets_capacity_and_bad_values_warn_and_keep_the_default() {
 fn timeline_records_large_events_and_exports() {
     let h = ALLOC.handle(TensorKind::Attention);
     let layout = Layout::from_size_align(1 << 20, 64).unwrap();
+    ALLOC.mark("before start: not kept");
     ALLOC.start_timeline();
+    ALLOC.mark("request 1");
     let a = h.allocate(layout).unwrap();
+    ALLOC.mark("a name longer than the thirty-two bytes a marker keeps");
     let b = h.allocate(layout).unwrap();
     // SAFETY: both came from `h` with `layout`.
     unsafe {
@@ -333,4 +336,19 @@ fn timeline_records_large_events_and_exports() {
         assert!(svg.contains(text), "no {text}");
     }
     assert!(svg.contains("<polygon"), "no area drawn");
+    // Markers: only those made while recording, in order, names cut to 32 bytes, drawn.
+    let names: Vec<&str> = tl.markers.iter().map(|m| m.name.as_str()).collect();
+    let ours: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| n.starts_with("request 1") || n.starts_with("a name"))
+        .collect();
+    assert_eq!(
+        ours,
+        ["request 1", "a name longer than the thirty-tw"],
+        "{names:?}"
+    );
+    assert!(!names.iter().any(|n| n.starts_with("before")), "{names:?}");
+    assert!(tl.markers.windows(2).all(|w| w[0].t_ns <= w[1].t_ns));
+    assert!(svg.contains(">request 1</text>"), "marker not drawn");
 }

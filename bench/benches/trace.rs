@@ -130,7 +130,10 @@ fn child(mode: &str) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(REQUESTS);
     let mut line = format!("RESULT {alloc} {mode}");
-    for _ in 0..requests {
+    for r in 0..requests {
+        if report.is_some() {
+            TP.mark(&format!("request {}", r + 1));
+        }
         let t0 = Instant::now();
         let f0 = minor_faults();
         // The decode phase (Phase(2) to Phase(3)) runs in its own function, so a profiler can

@@ -52,6 +52,10 @@ int tensorpool_write_stats(int fd, int json);
  * format). */
 int tensorpool_write_timeline(int fd, int format);
 
+/* Put a named marker ("request 2") on the timeline, if it is recording: the SVG chart draws it
+ * as a labelled line. The first 32 bytes of the name are kept. */
+void tensorpool_mark(const char *name);
+
 /* glibc's malloc_trim, malloc_stats, mallinfo, mallinfo2 and malloc_info are exported too, with
  * glibc's signatures (<malloc.h>): malloc_trim releases every cached page and returns 1 if it
  * released any; mallinfo2's uordblks are live bytes, fordblks free bytes kept resident, hblks and

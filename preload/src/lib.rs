@@ -355,6 +355,22 @@ pub extern "C" fn tensorpool_write_timeline(fd: c_int, format: c_int) -> c_int {
     write_fd(fd, text.as_bytes())
 }
 
+/// Put a named marker on the memory timeline (`TensorPool::mark`), if it is recording. A null
+/// or non-UTF-8 name is ignored.
+///
+/// # Safety
+/// `name` is null or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn tensorpool_mark(name: *const c_char) {
+    if name.is_null() {
+        return;
+    }
+    // SAFETY: the caller's contract.
+    if let Ok(n) = unsafe { CStr::from_ptr(name) }.to_str() {
+        ALLOC.mark(n);
+    }
+}
+
 /// Write all of `bytes` to `fd`, retrying on `EINTR`; 0, or -1 with errno set.
 fn write_fd(fd: c_int, mut rest: &[u8]) -> c_int {
     while !rest.is_empty() {

@@ -427,4 +427,10 @@ fn the_timeline_is_written_from_c() {
         "{}",
         &svg[..100]
     );
+    for r in 1..=4 {
+        assert!(
+            svg.contains(&format!(">request {r}</text>")),
+            "marker {r} not drawn"
+        );
+    }
 }

@@ -16,15 +16,22 @@ enum { TP_KIND_KV_CACHE = 2, TP_KIND_ACTIVATION = 5 };
 /* Found at run time, so the program also links (and runs) without the library. */
 static int (*tensorpool_set_kind)(int);
 static int (*tensorpool_write_timeline)(int, int);
+static void (*tensorpool_mark)(const char *);
 
 int main(int argc, char **argv) {
     if (argc < 3)
         return 2;
     tensorpool_set_kind = (int (*)(int))dlsym(RTLD_DEFAULT, "tensorpool_set_kind");
     tensorpool_write_timeline = (int (*)(int, int))dlsym(RTLD_DEFAULT, "tensorpool_write_timeline");
-    if (!tensorpool_set_kind || !tensorpool_write_timeline)
+    tensorpool_mark = (void (*)(const char *))dlsym(RTLD_DEFAULT, "tensorpool_mark");
+    if (!tensorpool_set_kind || !tensorpool_write_timeline || !tensorpool_mark)
         return 5;
     for (int round = 0; round < 20; round++) {
+        if (round % 5 == 0) {
+            char name[32];
+            snprintf(name, sizeof name, "request %d", round / 5 + 1);
+            tensorpool_mark(name);
+        }
         int prev = tensorpool_set_kind(TP_KIND_KV_CACHE);
         char *kv = malloc((size_t)(round + 1) << 20);
         tensorpool_set_kind(TP_KIND_ACTIVATION);
