@@ -233,7 +233,8 @@ impl Timeline {
     /// and a legend.
     pub fn to_svg(&self, title: &str, width: u32, height: u32) -> String {
         let (w, h) = (width.max(320) as f64, height.max(200) as f64);
-        let (left, right, top, bottom) = (80.0, 170.0, 40.0, 50.0);
+        // The right margin holds the legend's longest label ("live image_embedding").
+        let (left, right, top, bottom) = (80.0, 200.0, 40.0, 50.0);
         let (pw, ph) = (w - left - right, h - top - bottom);
         // Two samples per pixel column at most: in each bucket the one with the most live bytes,
         // so peaks survive.
@@ -367,10 +368,13 @@ impl Timeline {
             top + ph / 2.0,
             top + ph / 2.0
         );
-        // Legend: top kind first, as stacked.
+        // Legend: the kinds drawn, top kind first, as stacked.
         let lx = left + pw + 15.0;
         let mut ly = top + 10.0;
         for k in (0..NUM_KINDS).rev() {
+            if self.samples.iter().all(|x| x.live[k] == 0) {
+                continue;
+            }
             let _ = writeln!(
                 s,
                 "<rect x=\"{lx}\" y=\"{}\" width=\"14\" height=\"14\" fill=\"{}\"/>\

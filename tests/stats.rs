@@ -351,4 +351,28 @@ fn timeline_records_large_events_and_exports() {
     assert!(!names.iter().any(|n| n.starts_with("before")), "{names:?}");
     assert!(tl.markers.windows(2).all(|w| w[0].t_ns <= w[1].t_ns));
     assert!(svg.contains(">request 1</text>"), "marker not drawn");
+    // The legend lists the kinds that have data only.
+    let only_attention = tensorpool::Timeline {
+        samples: tl
+            .samples
+            .iter()
+            .map(|s| {
+                let mut live = [0; TensorKind::ALL.len()];
+                live[att] = s.live[att];
+                tensorpool::Sample { live, ..*s }
+            })
+            .collect(),
+        ..tl.clone()
+    };
+    let svg = only_attention.to_svg("legend", 800, 400);
+    assert!(svg.contains("live attention"), "{svg}");
+    for k in TensorKind::ALL
+        .iter()
+        .filter(|k| **k != TensorKind::Attention)
+    {
+        assert!(
+            !svg.contains(&format!("live {}<", k.name())),
+            "{k:?} in the legend"
+        );
+    }
 }
