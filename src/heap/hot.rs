@@ -21,7 +21,7 @@
 //! double free.
 
 use crate::kind::NUM_KINDS;
-use crate::options::{THREAD_CACHE_AUTO, THREAD_CACHE_MAX};
+use crate::options::{THREAD_CACHE_AUTO, THREAD_CACHE_LIMIT_MAX, THREAD_CACHE_MAX};
 use crate::pool::large::{self, Extent};
 use crate::sync::{shared_static, AtomicUsize, Ordering, Stat};
 use core::ptr;
@@ -42,8 +42,7 @@ pub(crate) fn set_limit(configured: usize, l3_share: usize) {
     } else {
         configured
     };
-    // Entries record sizes in 32 bits.
-    LIMIT.store(limit.min(u32::MAX as usize), Ordering::Relaxed);
+    LIMIT.store(limit.min(THREAD_CACHE_LIMIT_MAX), Ordering::Relaxed);
 }
 
 /// The thread-cache limit in force.

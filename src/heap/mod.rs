@@ -51,13 +51,9 @@ pub(crate) fn alloc_small(class: usize) -> *mut u8 {
 /// Allocate a small block of an explicit kind (allocator handles), whatever the thread's tag.
 #[inline]
 pub(crate) fn alloc_small_kind(kind: usize, class: usize) -> *mut u8 {
-    let mut heap = current_heap();
+    let heap = heap_or_init();
     if heap.is_null() {
-        // SAFETY: the calling thread has no heap.
-        heap = unsafe { init_thread() };
-        if heap.is_null() {
-            return core::ptr::null_mut();
-        }
+        return core::ptr::null_mut();
     }
     // SAFETY: the heap is the calling thread's own; `kind < NUM_KINDS`, `class < NUM_SMALL`.
     unsafe { pop_or_slow(core::ptr::addr_of_mut!((*heap).kinds[kind]), class) }
@@ -182,17 +178,25 @@ pub(crate) fn hot_take(kind: usize, size: usize, align: usize) -> *mut u8 {
     if size > hot::limit() {
         return core::ptr::null_mut();
     }
-    let mut heap = current_heap();
+    // A thread making only large requests still gets a cache to free into.
+    let heap = heap_or_init();
     if heap.is_null() {
-        // A thread making only large requests still gets a cache to free into.
-        // SAFETY: the calling thread has no heap.
-        heap = unsafe { init_thread() };
-        if heap.is_null() {
-            return core::ptr::null_mut();
-        }
+        return core::ptr::null_mut();
     }
     // SAFETY: the heap is the calling thread's own.
     unsafe { (*heap).hot.take(kind, size, align) }
+}
+
+/// The calling thread's heap, made (or adopted) now if it has none; null when the OS refuses
+/// memory.
+#[inline]
+fn heap_or_init() -> *mut types::Heap {
+    let heap = current_heap();
+    if !heap.is_null() {
+        return heap;
+    }
+    // SAFETY: the calling thread has no heap.
+    unsafe { init_thread() }
 }
 
 /// Free a large block into the calling thread's cache; false if it bypasses the cache (the

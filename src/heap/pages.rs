@@ -108,9 +108,7 @@ pub(crate) unsafe fn page_freed_cold(page: *mut Page) {
             slab::disarm_notify(page);
             leave_full(kh, page);
         }
-        if !(*page).is_direct && slab::may_release(page) {
-            retire_page(heap, kh, page);
-        }
+        retire_if_empty(heap, kh, page);
     }
 }
 
@@ -150,9 +148,7 @@ pub(crate) unsafe fn drain_delayed(heap: *mut Heap) {
             if (*p).in_full {
                 leave_full(kh, p);
             }
-            if !(*p).is_direct && slab::may_release(p) {
-                retire_page(heap, kh, p);
-            }
+            retire_if_empty(heap, kh, p);
             p = next;
         }
     }
@@ -183,9 +179,7 @@ pub(crate) unsafe fn collect_all(heap: *mut Heap) {
                 while !p.is_null() {
                     let next = (*p).next;
                     slab::collect_remote(p);
-                    if !(*p).is_direct && slab::may_release(p) {
-                        retire_page(heap, kh, p);
-                    }
+                    retire_if_empty(heap, kh, p);
                     p = next;
                 }
             }
@@ -220,6 +214,19 @@ pub(crate) unsafe fn retire_page(heap: *mut Heap, kh: *mut KindHeap, page: *mut 
                 (*heap).seg_unmaps.add(1);
                 ARENA.segment_free(seg.cast());
             }
+        }
+    }
+}
+
+/// Retire `page` if nothing of it is live or pending and it is not the direct page.
+///
+/// # Safety
+/// The calling thread owns `heap`, `kh` and `page`, which is on `kh`'s queue.
+unsafe fn retire_if_empty(heap: *mut Heap, kh: *mut KindHeap, page: *mut Page) {
+    // SAFETY: the caller's contract; `may_release` is the condition `retire_page` requires.
+    unsafe {
+        if !(*page).is_direct && slab::may_release(page) {
+            retire_page(heap, kh, page);
         }
     }
 }
