@@ -283,8 +283,10 @@ impl TensorPool {
     /// `p` is a live block allocated by a `TensorPool`.
     pub unsafe fn usable_size(&self, p: *mut u8) -> usize {
         if pagemap::is_small(p) {
-            // SAFETY: `p` is a live small block.
-            return unsafe { slab::usable(slab::segment_of(p), p) };
+            let seg = slab::segment_of(p);
+            // SAFETY: `seg` is a live small segment (the bitmap says so).
+            return unsafe { slab::usable(seg, p) }
+                .unwrap_or_else(|| heap::report::bad_free(p, "malloc_usable_size", seg, false));
         }
         let e = ARENA.lookup(p);
         if e.is_null() {
@@ -348,8 +350,10 @@ impl TensorPool {
     #[inline]
     pub(crate) unsafe fn free(&self, p: *mut u8) {
         if pagemap::is_small(p) {
-            // SAFETY: `p` is a live small block of its segment.
-            unsafe { heap::free_small(slab::segment_of(p), p) };
+            let seg = slab::segment_of(p);
+            // SAFETY: `seg` is a live small segment (the bitmap says so); `free_small` checks
+            // the address before it writes anything.
+            unsafe { heap::free_small(seg, p) };
         } else {
             // SAFETY: the caller's contract.
             unsafe { self.free_large(p) };
@@ -387,8 +391,10 @@ impl TensorPool {
         new_size: usize,
     ) -> *mut u8 {
         if pagemap::is_small(p) {
-            // SAFETY: `p` is a live small block.
-            let usable = unsafe { slab::usable(slab::segment_of(p), p) };
+            let seg = slab::segment_of(p);
+            // SAFETY: `seg` is a live small segment (the bitmap says so).
+            let usable = unsafe { slab::usable(seg, p) }
+                .unwrap_or_else(|| heap::report::bad_free(p, "realloc", seg, false));
             if new_size <= usable && (new_size > usable / 2 || usable <= 64) {
                 return p;
             }

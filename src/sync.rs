@@ -90,6 +90,11 @@ impl Stat {
 pub(crate) struct Owned32(core::sync::atomic::AtomicU32);
 
 impl Owned32 {
+    /// A counter starting at `v`.
+    pub(crate) const fn new(v: u32) -> Self {
+        Self(core::sync::atomic::AtomicU32::new(v))
+    }
+
     /// The current value (the owner's own, or a moment's view from another thread).
     #[inline(always)]
     pub(crate) fn get(&self) -> u32 {

@@ -434,3 +434,44 @@ fn the_timeline_is_written_from_c() {
         );
     }
 }
+
+/// Bad frees in C, as users make them: each stops the process with SIGABRT and a message (glibc
+/// aborts or crashes on all of them; the earlier tensorpool let three of them corrupt its heap
+/// silently). A correct program still exits 0.
+#[test]
+fn bad_frees_stop_the_process_with_a_message() {
+    use std::os::unix::process::ExitStatusExt;
+    let exe = compile("bad_free.c");
+    let want = [
+        "not the start of a block: 16 bytes into the 128-byte block",
+        "not a live block of this allocator",
+        "double free of a 64-byte block",
+        "not a live block of this allocator",
+        "not a live block of this allocator",
+        "not a live block of this allocator",
+        "not a live block of this allocator",
+        "realloc(",
+    ];
+    for (n, want) in want.iter().enumerate() {
+        let out = Command::new(&exe)
+            .arg(n.to_string())
+            .env("LD_PRELOAD", library())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGABRT),
+            "case {n}: {:?} {err}",
+            out.status
+        );
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("tensorpool: ") && l.contains(want)),
+            "case {n}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "case {n} went on");
+    }
+    let out = run(Command::new(&exe).arg("8"), true);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "survived 1\n");
+}

@@ -25,6 +25,7 @@ pub(crate) mod hot;
 pub(crate) mod pages;
 pub(crate) mod registry;
 pub(crate) mod remote;
+pub(crate) mod report;
 pub(crate) mod tag;
 pub(crate) mod types;
 
@@ -91,6 +92,11 @@ pub(crate) unsafe fn pop(page: *mut Page) -> *mut u8 {
             return b.cast();
         }
         (*page).free = (*b).next;
+        if (*page).class != 0 {
+            // A block handed out carries no free mark (see `slab::free_mark`); 8-byte blocks
+            // have no second word to carry one.
+            *slab::mark_word(b) = 0;
+        }
         (*page).used.set((*page).used.get() + 1);
         #[cfg(feature = "stats")]
         (*page).allocs.add(1);
@@ -128,22 +134,60 @@ unsafe fn alloc_slow(kh: *mut KindHeap, class: usize) -> *mut u8 {
 // Free
 // ---------------------------------------------------------------------------------------------
 
-/// Free a small block.
+/// Free the small block at `p`, after checking, before anything is written, that it is one: an
+/// address inside a block or in a page not in use, or a block already free (as far as a cheap
+/// test can tell: see `slab::free_mark`), stops the process with a message (`report`).
 ///
 /// # Safety
-/// `p` is a live small block of segment `seg` (`pagemap::is_small(p)`), freed once.
+/// `seg` is `segment_of(p)` and a live small segment (`pagemap::is_small(p)`).
 #[inline(always)]
 pub(crate) unsafe fn free_small(seg: *mut Segment, p: *mut u8) {
-    // SAFETY: `p` is live, so its segment and page descriptor are valid; the page's owner-only
-    // fields are touched only when this thread is the owner.
+    // SAFETY: the segment is live, so its page descriptors are valid; the page's owner-only
+    // fields are touched only when this thread is the owner, and a block's words only once the
+    // address is known to start a block of the page.
     unsafe {
         let b = p.cast::<Block>();
         let page = slab::page_of(seg, p);
         if (*seg).owner == current_heap().cast() {
+            // Checks in straight-line code, and anything that fails them to a cold function in
+            // tail position, so that the fast path keeps no stack frame.
+            let marked = (*page).class != 0;
+            let mark = slab::free_mark(page);
+            if !slab::starts_block_local(page, p) || (marked && *slab::mark_word(b) == mark) {
+                return free_suspect(seg, page, p);
+            }
+            if marked {
+                *slab::mark_word(b) = mark;
+            }
             free_local(page, b);
         } else {
+            if !slab::starts_block_any(page, p) {
+                report::bad_free(p, "free", seg, false);
+            }
             remote::free_remote(page, b);
         }
+    }
+}
+
+/// A local free that failed the fast checks: report it, or, when the block only holds the free
+/// mark by chance (it is on no free list), free it after all.
+///
+/// # Safety
+/// As for `free_small`, and the calling thread owns `seg`.
+#[cold]
+#[inline(never)]
+unsafe fn free_suspect(seg: *mut Segment, page: *mut Page, p: *mut u8) {
+    // SAFETY: the caller's contract; the block's words are touched only once `p` is known to
+    // start a carved block.
+    unsafe {
+        if !slab::starts_block_local(page, p) {
+            report::bad_free(p, "free", seg, false);
+        }
+        let b = p.cast::<Block>();
+        if slab::on_free_list(page, b) {
+            report::bad_free(p, "free", seg, true);
+        }
+        free_local(page, b);
     }
 }
 

@@ -31,7 +31,7 @@
 //!   with `NOTIFY`;
 //! - a page is given back to its segment only with `used == 0` and no `QUEUED`.
 
-use crate::class::{blocks_per_page, small_size, NUM_SMALL, SLAB_SHIFT, SLAB_SIZE};
+use crate::class::{blocks_per_page, recip, small_size, NUM_SMALL, SLAB_SHIFT, SLAB_SIZE};
 use crate::kind::NUM_KINDS;
 use crate::stats::SlabCounts;
 use crate::sync::{AtomicUsize, Ordering, Owned32, Stat};
@@ -93,14 +93,42 @@ pub(crate) struct Page {
     pub(crate) in_full: bool,
     /// Whether the page is its kind heap's direct page for its class.
     pub(crate) is_direct: bool,
+    /// `class::recip(class)` while in use, 0 while the slot is free (the owner's check of an
+    /// address, see `starts_block`).
+    pub(crate) recip: u32,
+    /// Byte offset in the page where the carved blocks end: `capacity * size`.
+    pub(crate) carved_end: u32,
     /// Links in the heap's queue (or full list) for this page's kind and class (owner only).
     pub(crate) next: *mut Page,
     pub(crate) prev: *mut Page,
     /// Link on the owner heap's delayed list, written by the remote free that took `NOTIFY`.
     pub(crate) delayed_next: *mut Page,
-    /// Blocks freed by other threads (link, count and `NOTIFY` / `QUEUED`), on cache lines of
-    /// its own: other threads' pushes must not take the line the owner allocates from.
-    pub(crate) remote: crossbeam_utils::CachePadded<AtomicUsize>,
+    /// What other threads touch, on cache lines of its own: their pushes and checks must not
+    /// take the line the owner allocates from.
+    pub(crate) remote: crossbeam_utils::CachePadded<RemoteLine>,
+}
+
+/// The page's `RemoteLine`.
+///
+/// # Safety
+/// `page` is a live descriptor (in a segment header the arena holds), for as long as the
+/// reference is used.
+#[inline(always)]
+unsafe fn line<'a>(page: *mut Page) -> &'a RemoteLine {
+    // SAFETY: the caller's contract; only atomics are reached through it.
+    unsafe { &*ptr::addr_of!((*page).remote) }
+}
+
+/// The part of a page descriptor other threads use.
+#[repr(C)]
+pub(crate) struct RemoteLine {
+    /// Blocks freed by other threads (link, count and `NOTIFY` / `QUEUED`).
+    pub(crate) word: AtomicUsize,
+    /// `class::recip(class)` while the page serves a class, 0 while its slot is free, and the
+    /// end of its block area (`blocks_per_page * size`): what a free by another thread checks
+    /// an address against (copies of the owner's, which only know what is carved).
+    pub(crate) recip: Owned32,
+    pub(crate) end: Owned32,
 }
 
 /// `Page::info`'s in-use bit.
@@ -196,8 +224,13 @@ pub(crate) unsafe fn take_page(seg: *mut Segment, kind: u8, class: usize) -> *mu
         (*seg).used_pages += 1;
         let page = ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(idx);
         (*page).free = ptr::null_mut();
-        ptr::addr_of_mut!((*page).remote)
-            .write(crossbeam_utils::CachePadded::new(AtomicUsize::new(0)));
+        ptr::addr_of_mut!((*page).remote).write(crossbeam_utils::CachePadded::new(RemoteLine {
+            word: AtomicUsize::new(0),
+            recip: Owned32::new(recip(class)),
+            end: Owned32::new(blocks_per_page(class) * small_size(class) as u32),
+        }));
+        (*page).recip = recip(class);
+        (*page).carved_end = 0;
         (*page).allocs.set(0);
         (*page).used.set(0);
         (*page).capacity.set(0);
@@ -223,6 +256,8 @@ pub(crate) unsafe fn release_page(page: *mut Page) -> bool {
         debug_assert!(may_release(page));
         let (seg, idx) = locate(page);
         (*page).info.set(0);
+        (*page).recip = 0;
+        line(page).recip.set(0);
         (*seg).free_mask |= 1u64 << idx;
         (*seg).used_pages -= 1;
         debug_assert_eq!((*seg).used_pages, 63 - (*seg).free_mask.count_ones());
@@ -238,7 +273,7 @@ pub(crate) unsafe fn release_page(page: *mut Page) -> bool {
 #[inline]
 pub(crate) unsafe fn may_release(page: *mut Page) -> bool {
     // SAFETY: owner-only fields; `remote` is read atomically.
-    unsafe { (*page).used.get() == 0 && (*page).remote.load(Ordering::Acquire) & QUEUED == 0 }
+    unsafe { (*page).used.get() == 0 && line(page).word.load(Ordering::Acquire) & QUEUED == 0 }
 }
 
 /// Carve more blocks from the untouched part of the page onto its free list: about 4 KiB worth,
@@ -267,6 +302,7 @@ pub(crate) unsafe fn extend(page: *mut Page) {
         (*(b as *mut Block)).next = (*page).free;
         (*page).free = first as *mut Block;
         (*page).capacity.set((cap + n) as u32);
+        (*page).carved_end = ((cap + n) * bs) as u32;
     }
 }
 
@@ -303,7 +339,7 @@ pub(crate) unsafe fn push_remote(
     // SAFETY: the page descriptor lives as long as its blocks, which are live; the chain is ours
     // until the CAS publishes it.
     unsafe {
-        let r = &(*page).remote;
+        let r = &line(page).word;
         let mut old = r.load(Ordering::Relaxed);
         loop {
             (*tail).next = (old & LINK) as *mut Block;
@@ -331,7 +367,7 @@ pub(crate) unsafe fn collect_remote(page: *mut Page) -> u32 {
     // SAFETY: owner-only access to `free` and `used`; the taken list is ours alone and its blocks
     // are blocks of this page (`push_remote`'s contract).
     unsafe {
-        let r = &(*page).remote;
+        let r = &line(page).word;
         if r.load(Ordering::Relaxed) & !FLAGS == 0 {
             return 0;
         }
@@ -342,8 +378,8 @@ pub(crate) unsafe fn collect_remote(page: *mut Page) -> u32 {
         if (*page).free.is_null() {
             (*page).free = head;
         } else {
-            // The count bounds the walk, so a list made circular by a double free cannot hang
-            // its owner.
+            // The count bounds the walk, so a list made circular by a double free that got
+            // past the checks cannot hang its owner.
             let mut tail = head;
             for _ in 1..n {
                 if (*tail).next.is_null() {
@@ -371,7 +407,7 @@ pub(crate) unsafe fn collect_remote(page: *mut Page) -> u32 {
 /// The calling thread owns the page, which is moving to its heap's full list.
 pub(crate) unsafe fn arm_notify(page: *mut Page) -> bool {
     // SAFETY: the descriptor is valid while the caller owns the page.
-    let r = unsafe { &(*page).remote };
+    let r = unsafe { &line(page).word };
     let old = r.load(Ordering::Relaxed);
     if old & !FLAGS != 0 {
         return false;
@@ -391,7 +427,7 @@ pub(crate) unsafe fn arm_notify(page: *mut Page) -> bool {
 /// The calling thread owns the page.
 pub(crate) unsafe fn disarm_notify(page: *mut Page) {
     // SAFETY: as in `arm_notify`.
-    unsafe { (*page).remote.fetch_and(!NOTIFY, Ordering::Relaxed) };
+    unsafe { line(page).word.fetch_and(!NOTIFY, Ordering::Relaxed) };
 }
 
 /// Clear `QUEUED` once the owner has taken the page off its delayed list.
@@ -401,7 +437,7 @@ pub(crate) unsafe fn disarm_notify(page: *mut Page) {
 pub(crate) unsafe fn clear_queued(page: *mut Page) {
     // SAFETY: as in `arm_notify`.
     unsafe {
-        let old = (*page).remote.fetch_and(!QUEUED, Ordering::Relaxed);
+        let old = line(page).word.fetch_and(!QUEUED, Ordering::Relaxed);
         debug_assert!(old & QUEUED != 0 && old & NOTIFY == 0);
     }
 }
@@ -413,7 +449,7 @@ pub(crate) unsafe fn clear_queued(page: *mut Page) {
 #[cfg(any(loom, feature = "check"))]
 pub(crate) unsafe fn remote_list(page: *mut Page) -> (*mut Block, bool, bool) {
     // SAFETY: the caller's contract.
-    let w = unsafe { (*page).remote.load(Ordering::Acquire) };
+    let w = unsafe { line(page).word.load(Ordering::Acquire) };
     ((w & LINK) as *mut Block, w & NOTIFY != 0, w & QUEUED != 0)
 }
 
@@ -424,7 +460,7 @@ pub(crate) unsafe fn remote_list(page: *mut Page) -> (*mut Block, bool, bool) {
 #[cfg(any(loom, feature = "check"))]
 pub(crate) unsafe fn remote_count(page: *mut Page) -> usize {
     // SAFETY: the caller's contract.
-    unsafe { (*page).remote.load(Ordering::Acquire) >> COUNT_SHIFT }
+    unsafe { line(page).word.load(Ordering::Acquire) >> COUNT_SHIFT }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -468,13 +504,123 @@ pub(crate) unsafe fn count_pages(seg: *const Segment, out: &mut [SlabCounts; NUM
     }
 }
 
-/// Usable size of a live small block.
+/// Usable size of the small block at `p`, or why `p` is not one.
 ///
 /// # Safety
-/// `p` is a live small block in `seg`.
-pub(crate) unsafe fn usable(seg: *mut Segment, p: *mut u8) -> usize {
-    // SAFETY: the caller guarantees `p` is live, so its page is in use with a fixed class.
-    unsafe { small_size((*page_of(seg, p)).class as usize) }
+/// `seg` is `segment_of(p)`, a live small segment.
+pub(crate) unsafe fn usable(seg: *mut Segment, p: *mut u8) -> Option<usize> {
+    // SAFETY: `seg` is a live small segment, so `p`'s descriptor is valid; once `p` is known to
+    // start a block, its page's class is stable.
+    unsafe {
+        let page = page_of(seg, p);
+        starts_block_any(page, p).then(|| small_size((*page).class as usize))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checking an address before anything is written
+// ---------------------------------------------------------------------------------------------
+
+/// Whether `p` starts a block of `page` that its owner has carved: an address inside a
+/// block, in a page not in use, or in the segment's header fails.
+///
+/// # Safety
+/// The calling thread owns the segment `page` is in.
+#[inline(always)]
+pub(crate) unsafe fn starts_block_local(page: *mut Page, p: *mut u8) -> bool {
+    // SAFETY: owner-only fields of a descriptor in a live segment header.
+    unsafe { starts_block((*page).recip, (*page).carved_end, p) }
+}
+
+/// Whether `p` starts a block of `page`, as any thread may check it: within the page's block
+/// area, since only the owner knows how much of it is carved.
+///
+/// # Safety
+/// `page` is a descriptor in a live small segment.
+#[inline(always)]
+pub(crate) unsafe fn starts_block_any(page: *mut Page, p: *mut u8) -> bool {
+    // SAFETY: the caller's contract; the fields are atomics.
+    let l = unsafe { line(page) };
+    starts_block(l.recip.get(), l.end.get(), p)
+}
+
+/// `p`'s offset in its page is a multiple of the class size (by Lemire's test: with
+/// `recip = ceil(2^32 / size)`, `off * recip mod 2^32 < recip` exactly for the multiples, for
+/// every offset in a page; `class` checks it for every class) and below `end`. A `recip` of 0 (a
+/// page not in use, the header's) fails every address.
+#[inline(always)]
+fn starts_block(recip: u32, end: u32, p: *mut u8) -> bool {
+    let off = (p as usize & (SLAB_SIZE - 1)) as u32;
+    ((off as u64 * recip as u64) as u32) < recip && off < end
+}
+
+/// Whether the blocks of `page` carry the free mark (16 bytes and more: an 8-byte block has
+/// no second word), as any thread may ask.
+///
+/// # Safety
+/// As for `starts_block_any`.
+#[inline(always)]
+pub(crate) unsafe fn marks_frees(page: *mut Page) -> bool {
+    // SAFETY: as in `starts_block_any`.
+    let r = unsafe { line(page) }.recip.get();
+    r != 0 && r < recip(0)
+}
+
+/// For a report: the class of the page `p` is in, if the page is in use, and the start of the
+/// block `p` falls in.
+///
+/// # Safety
+/// `seg` is `segment_of(p)`, a live small segment.
+#[cold]
+pub(crate) unsafe fn describe(seg: *mut Segment, p: *mut u8) -> Option<(usize, usize)> {
+    // SAFETY: the caller's contract; `info` is an atomic.
+    let info = unsafe { (*page_of(seg, p)).info.get() };
+    if info & IN_USE == 0 {
+        return None;
+    }
+    let class = (info & 0xff) as usize;
+    let off = p as usize & (SLAB_SIZE - 1);
+    Some((class, p as usize - off % small_size(class)))
+}
+
+/// The mark a block carries in its second word while it is free (classes of 16 bytes and more),
+/// so that a second free of it is suspected at the cost of one load: the page's address mixed
+/// with a constant, which live data is unlikely to hold by chance. A suspicion is confirmed by
+/// a search before anything is reported (`on_free_list`), so a live block that happens to hold
+/// the mark costs a search, never an abort.
+#[inline(always)]
+pub(crate) fn free_mark(page: *mut Page) -> usize {
+    page as usize ^ 0x9e37_79b9_7f4a_7c15
+}
+
+/// The second word of block `b` (classes of 16 bytes and more).
+#[inline(always)]
+pub(crate) fn mark_word(b: *mut Block) -> *mut usize {
+    b.cast::<usize>().wrapping_add(1)
+}
+
+/// Whether block `b` is on `page`'s free list, its remote frees taken back first (so that a
+/// block another thread freed is found too). Bounded by the page's capacity, so a corrupted list
+/// cannot loop.
+///
+/// # Safety
+/// The calling thread owns the page.
+#[cold]
+pub(crate) unsafe fn on_free_list(page: *mut Page, b: *mut Block) -> bool {
+    // SAFETY: owner-only access; the list holds blocks of this page.
+    unsafe {
+        collect_remote(page);
+        let mut x = (*page).free;
+        let mut steps = (*page).capacity.get();
+        while !x.is_null() && steps > 0 {
+            if x == b {
+                return true;
+            }
+            x = (*x).next;
+            steps -= 1;
+        }
+        false
+    }
 }
 
 /// Kind index of a live small block.
