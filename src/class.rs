@@ -19,9 +19,9 @@ pub(crate) const SLAB_SIZE: usize = 64 * 1024;
 pub(crate) const SLAB_SHIFT: u32 = 16;
 
 /// The small class sizes, ascending.
-pub(crate) const SMALL_CLASSES: [u32; 33] = [
-    8, 16, 24, 32, 48, 64, 128, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, 1536,
-    1792, 2048, 2560, 3072, 3584, 4096, 5120, 6144, 7168, 8192, 10240, 12288, 14336, 16384,
+pub(crate) const SMALL_CLASSES: [u32; 32] = [
+    16, 24, 32, 48, 64, 128, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, 1536, 1792,
+    2048, 2560, 3072, 3584, 4096, 5120, 6144, 7168, 8192, 10240, 12288, 14336, 16384,
 ];
 
 /// Number of small classes.
@@ -121,6 +121,7 @@ pub(crate) fn large_index(bytes: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn recip_tests_divisibility_exactly_for_every_class_and_offset() {
@@ -136,11 +137,9 @@ mod tests {
         }
     }
 
-    use super::*;
-
     #[test]
     fn class_for_respects_alignment_and_limits() {
-        assert_eq!(class_for(1, 1).map(small_size), Some(8));
+        assert_eq!(class_for(1, 1).map(small_size), Some(16));
         assert_eq!(class_for(65, 8).map(small_size), Some(128));
         assert_eq!(class_for(1, 4096).map(small_size), Some(4096));
         assert_eq!(class_for(16384, 8).map(small_size), Some(16384));

@@ -290,6 +290,10 @@ impl TensorPool {
         }
         let e = ARENA.lookup(p);
         if e.is_null() {
+            if crate::checked::owns(p) {
+                // SAFETY: as in `free_large`.
+                return unsafe { crate::checked::usable(p, "malloc_usable_size") };
+            }
             invalid_free(p, "malloc_usable_size");
         }
         // SAFETY: `e` is the live block at `p`.
@@ -307,6 +311,11 @@ impl TensorPool {
         } else {
             let e = ARENA.lookup(p);
             if e.is_null() {
+                if crate::checked::owns(p) {
+                    // SAFETY: as in `free_large`.
+                    return TensorKind::from_index(unsafe { crate::checked::kind_of(p) })
+                        .unwrap_or_default();
+                }
                 return TensorKind::General;
             }
             // SAFETY: `e` is the live block at `p`.
@@ -319,7 +328,7 @@ impl TensorPool {
     #[inline]
     pub(crate) fn alloc_kind(&self, kind: usize, layout: Layout) -> *mut u8 {
         match class_for(layout.size(), layout.align()) {
-            Some(c) => heap::alloc_small_kind(kind, c),
+            Some(c) => heap::alloc_small_kind(kind, c, layout.size()),
             None => self.alloc_large(kind, layout.size(), layout.align()),
         }
     }
@@ -328,6 +337,9 @@ impl TensorPool {
     fn alloc_large(&self, kind: usize, size: usize, align: usize) -> *mut u8 {
         if !CONFIGURED.load(Ordering::Relaxed) {
             self.configure();
+        }
+        if crate::checked::full() {
+            return crate::checked::alloc(size, align, kind);
         }
         let p = heap::hot_take(kind, size, align);
         if !p.is_null() {
@@ -366,6 +378,10 @@ impl TensorPool {
     unsafe fn free_large(&self, p: *mut u8) {
         let e = ARENA.lookup(p);
         if e.is_null() {
+            if crate::checked::owns(p) {
+                // SAFETY: `p` is in the checking allocator's memory, which checks the rest.
+                return unsafe { crate::checked::free(p, "free") };
+            }
             invalid_free(p, "free");
         }
         // SAFETY: `e` is the live block at `p`, freed once by this call.
@@ -402,6 +418,12 @@ impl TensorPool {
         }
         let e = ARENA.lookup(p);
         if e.is_null() {
+            if crate::checked::owns(p) {
+                // The checking allocator's blocks always move (its free checks the old one).
+                // SAFETY: as in `free_large`.
+                unsafe { crate::checked::usable(p, "realloc") };
+                return ptr::null_mut();
+            }
             invalid_free(p, "realloc");
         }
         // SAFETY: `e` is the live block at `p`, held by the caller.
@@ -484,18 +506,44 @@ impl TensorPool {
 /// Blocks from this size on get room to grow when `realloc` must move them.
 const GROW_ROOM_MIN: usize = 256 << 10;
 
-/// An address that is not a live block of ours reached `free`, `realloc` or a size query: stop
-/// the process before the allocator's state is corrupted (the block was never ours, or it was
-/// freed already). Writes one line to stderr and aborts.
+/// An address that is not a live large block of ours reached `free`, `realloc` or a size query:
+/// stop the process before the allocator's state is corrupted. Writes one line to stderr, saying
+/// what the arena knows of the address (inside a live block, a block already freed, free
+/// memory, or none of ours), and aborts. Allocates nothing.
 #[cold]
 #[inline(never)]
 pub(crate) fn invalid_free(p: *mut u8, what: &str) -> ! {
+    use crate::pool::large::State;
     use core::fmt::Write;
-    let mut line = crate::text::StackStr::<160>::new();
-    let _ = writeln!(
-        line,
-        "tensorpool: {what}({p:p}): not a live block of this allocator (invalid pointer or double free); aborting"
-    );
+    let mut line = crate::text::StackStr::<240>::new();
+    let kind = |k: usize| TensorKind::from_index(k).map_or("segment", |k| k.name());
+    let size = |n: usize| crate::text::Bytes(n as u64);
+    let _ = match ARENA.describe(p) {
+        Some((start, n, k, State::Live)) => writeln!(
+            line,
+            "tensorpool: {what}({p:p}): not the start of a block: {} bytes into the {}-byte \
+             block at {start:#x} (kind {}); aborting",
+            p as usize - start,
+            n,
+            kind(k)
+        ),
+        Some((start, n, k, State::Hot)) if start == p as usize => writeln!(
+            line,
+            "tensorpool: {what}({p:p}): double free of a {} block (kind {}); aborting",
+            size(n),
+            kind(k)
+        ),
+        Some((_, _, _, s)) if s.is_free() => writeln!(
+            line,
+            "tensorpool: {what}({p:p}): not a live block: the memory there is free (a double \
+             free, or an address never handed out); aborting"
+        ),
+        _ => writeln!(
+            line,
+            "tensorpool: {what}({p:p}): not a live block of this allocator (never handed out, or \
+             freed and returned to the OS); aborting"
+        ),
+    };
     crate::os::write_stderr(line.as_bytes());
     crate::os::abort()
 }
@@ -563,7 +611,7 @@ unsafe impl GlobalAlloc for TensorPool {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match class_for(layout.size(), layout.align()) {
-            Some(c) => heap::alloc_small(c),
+            Some(c) => heap::alloc_small(c, layout.size()),
             None => self.alloc_large(heap::tag::current(), layout.size(), layout.align()),
         }
     }

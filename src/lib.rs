@@ -29,6 +29,7 @@
 pub mod adapter;
 mod background;
 mod budget;
+mod checked;
 mod class;
 mod env;
 mod global;

@@ -124,8 +124,9 @@ impl HeapRef {
             let seg = slab::segment_of(p);
             let page = slab::page_of(seg, p);
             if (*seg).owner == self.0.cast() {
-                crate::heap::free_local(page, p.cast::<Block>());
+                crate::heap::free_owned(seg, page, p.cast::<Block>());
             } else {
+                crate::heap::remote::check_remote(page, p.cast::<Block>());
                 batch.0.push(page, p.cast::<Block>());
             }
         }
@@ -186,8 +187,9 @@ impl RemoteBatch {
     pub unsafe fn free(&mut self, p: *mut u8) {
         // SAFETY: `p` is live, so its segment and page descriptor are.
         unsafe {
-            let seg = slab::segment_of(p);
-            self.0.push(slab::page_of(seg, p), p.cast::<Block>());
+            let page = slab::page_of(slab::segment_of(p), p);
+            crate::heap::remote::check_remote(page, p.cast::<Block>());
+            self.0.push(page, p.cast::<Block>());
         }
     }
 

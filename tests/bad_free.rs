@@ -79,6 +79,43 @@ fn bad_free(which: u32) {
                 let p = ALLOC.alloc(l(4096));
                 ALLOC.dealloc(p.add(4096 * 8), l(4096));
             }
+            // Freed by another thread, its batch published (its trim), then freed again there.
+            11 => {
+                let p = ALLOC.alloc(l(48)) as usize;
+                std::thread::spawn(move || {
+                    ALLOC.dealloc(p as *mut u8, l(48));
+                    ALLOC.trim();
+                    ALLOC.dealloc(p as *mut u8, l(48));
+                })
+                .join()
+                .ok();
+            }
+            // A large block freed twice while the first free waits in the thread's cache.
+            12 => {
+                let p = ALLOC.alloc(l(64 << 10));
+                ALLOC.dealloc(p, l(64 << 10));
+                ALLOC.dealloc(p, l(64 << 10));
+            }
+            // A large block freed twice after its thread's cache gave it back to the arena (the thread
+            // exits).
+            14 => {
+                let p = std::thread::spawn(|| {
+                    let p = ALLOC.alloc(l(1 << 20));
+                    ALLOC.dealloc(p, l(1 << 20));
+                    p as usize
+                })
+                .join()
+                .unwrap();
+                ALLOC.dealloc(p as *mut u8, l(1 << 20));
+            }
+            // A small block freed twice by its owner, after other frees in between.
+            13 => {
+                let p = ALLOC.alloc(l(32));
+                let q = ALLOC.alloc(l(32));
+                ALLOC.dealloc(p, l(32));
+                ALLOC.dealloc(q, l(32));
+                ALLOC.dealloc(p, l(32));
+            }
             _ => {}
         }
     }
@@ -97,14 +134,14 @@ fn every_bad_free_stops_the_process_with_a_message() {
     if std::env::var_os("BAD_FREE").is_some() {
         return;
     }
-    let cases: [(u32, &str); 11] = [
+    let cases: [(u32, &str); 15] = [
         (
             0,
             "not the start of a block: 16 bytes into the 128-byte block",
         ),
-        (1, "not a live block of this allocator"),
+        (1, "not the start of a block: 8192 bytes into the"),
         (2, "double free of a 64-byte block (kind attention)"),
-        (3, "not a live block of this allocator"),
+        (3, "double free"),
         (4, "not a live block of this allocator"),
         (5, "not a live block of this allocator"),
         (6, "not a live block of this allocator"),
@@ -112,6 +149,10 @@ fn every_bad_free_stops_the_process_with_a_message() {
         (8, "double free of a 48-byte block"),
         (9, "realloc("),
         (10, "was never handed out"),
+        (11, "double free of a 48-byte block"),
+        (12, "KiB block (kind general); aborting"),
+        (14, "the memory there is free (a double free"),
+        (13, "double free of a 32-byte block"),
     ];
     for (n, want) in cases {
         let out = Command::new(std::env::current_exe().unwrap())
@@ -144,39 +185,72 @@ fn every_bad_free_stops_the_process_with_a_message() {
     }
 }
 
-/// What the checks must not catch: frees of live blocks however they travel, and blocks whose
-/// second word holds the free mark by chance (a live block with the mark costs a search, never
-/// an abort).
+fn size(i: usize) -> usize {
+    16 + i * 37 % 3000
+}
+
+/// A pattern of block `i`: its bytes, and its second word (where a free block's mark goes).
+fn fill(p: usize, i: usize) {
+    unsafe {
+        std::ptr::write_bytes(p as *mut u8, i as u8, size(i));
+        *(p as *mut usize).add(1) = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+fn check(p: usize, i: usize) {
+    unsafe {
+        assert_eq!(
+            *(p as *const usize).add(1),
+            i.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        );
+        assert!((16..size(i)).all(|j| *(p as *const u8).add(j) == i as u8));
+    }
+}
+
+/// What the checks must not catch: frees of live blocks however they travel (by their owner,
+/// by other threads, after the owner has gone), with every block's contents checked before it
+/// is freed, including blocks whose second word the program wrote as it liked.
 #[test]
 fn valid_frees_pass_the_checks() {
     if std::env::var_os("BAD_FREE").is_some() {
         return;
     }
-    let mut v: Vec<usize> = (0..2000)
-        .map(|i| unsafe { ALLOC.alloc(l(16 + i % 200)) } as usize)
-        .collect();
-    // Copy every block's second word from a freed neighbour's: the marks of freed blocks
-    // reappear in live ones.
-    let freed: Vec<usize> = v.drain(..1000).collect();
-    for (i, &p) in freed.iter().enumerate() {
-        unsafe { ALLOC.dealloc(p as *mut u8, l(16 + i % 200)) };
-    }
-    let marks: Vec<usize> = freed
-        .iter()
-        .map(|&p| unsafe { *(p as *const usize).add(1) })
-        .collect();
-    for (j, &p) in v.iter().enumerate() {
-        unsafe { *(p as *mut usize).add(1) = marks[j % marks.len()] };
-    }
-    let half: Vec<usize> = v.drain(..500).collect();
-    std::thread::spawn(move || {
-        for (j, p) in half.into_iter().enumerate() {
-            unsafe { ALLOC.dealloc(p as *mut u8, l(16 + (1000 + j) % 200)) };
+    for round in 0..3 {
+        let v: Vec<usize> = (0..3000)
+            .map(|i| {
+                let p = unsafe { ALLOC.alloc(l(size(i))) } as usize;
+                fill(p, i);
+                p
+            })
+            .collect();
+        let (mine, theirs) = v.split_at(1500);
+        let theirs = theirs.to_vec();
+        let t = std::thread::spawn(move || {
+            for (j, &p) in theirs.iter().enumerate().rev() {
+                check(p, 1500 + j);
+                unsafe { ALLOC.dealloc(p as *mut u8, l(size(1500 + j))) };
+            }
+        });
+        for (i, &p) in mine.iter().enumerate() {
+            check(p, i);
+            unsafe { ALLOC.dealloc(p as *mut u8, l(size(i))) };
         }
-    })
-    .join()
-    .unwrap();
-    for (j, &p) in v.iter().enumerate() {
-        unsafe { ALLOC.dealloc(p as *mut u8, l(16 + (1500 + j) % 200)) };
+        t.join().unwrap();
+        // Blocks allocated by a thread that has exited, freed here.
+        let gone: Vec<usize> = std::thread::spawn(move || {
+            (0..500)
+                .map(|i| {
+                    let p = unsafe { ALLOC.alloc(l(size(i + round))) } as usize;
+                    fill(p, i + round);
+                    p
+                })
+                .collect()
+        })
+        .join()
+        .unwrap();
+        for (i, &p) in gone.iter().enumerate() {
+            check(p, i + round);
+            unsafe { ALLOC.dealloc(p as *mut u8, l(size(i + round))) };
+        }
     }
 }

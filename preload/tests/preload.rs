@@ -436,17 +436,17 @@ fn the_timeline_is_written_from_c() {
 }
 
 /// Bad frees in C, as users make them: each stops the process with SIGABRT and a message (glibc
-/// aborts or crashes on all of them; the earlier tensorpool let three of them corrupt its heap
-/// silently). A correct program still exits 0.
+/// aborts or crashes on all of them; tensorpool before its free checks let three of them corrupt
+/// its heap silently). A correct program still exits 0.
 #[test]
 fn bad_frees_stop_the_process_with_a_message() {
     use std::os::unix::process::ExitStatusExt;
     let exe = compile("bad_free.c");
     let want = [
         "not the start of a block: 16 bytes into the 128-byte block",
-        "not a live block of this allocator",
+        "not the start of a block: 8192 bytes into the",
         "double free of a 64-byte block",
-        "not a live block of this allocator",
+        "double free",
         "not a live block of this allocator",
         "not a live block of this allocator",
         "not a live block of this allocator",
@@ -474,4 +474,50 @@ fn bad_frees_stop_the_process_with_a_message() {
     }
     let out = run(Command::new(&exe).arg("8"), true);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "survived 1\n");
+}
+
+/// `TENSORPOOL_CHECK=full` from C: a 1-byte overflow and a write after free are reported (the
+/// default checks let the overflow pass; the write after free corrupts a free list), and the
+/// 4-thread stress program runs unchanged.
+#[test]
+fn full_checks_catch_an_overflow_and_a_write_after_free_from_c() {
+    use std::os::unix::process::ExitStatusExt;
+    let exe = compile("bad_free.c");
+    for (case, want) in [
+        (
+            "9",
+            "buffer overflow: the 100-byte block (kind general) was written past its end",
+        ),
+        ("10", "write after free: the 100-byte block at 0x"),
+    ] {
+        let out = Command::new(&exe)
+            .arg(case)
+            .env("LD_PRELOAD", library())
+            .env("TENSORPOOL_CHECK", "full")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGABRT),
+            "case {case}: {err}"
+        );
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("tensorpool: ") && l.contains(want)),
+            "case {case}: {err}"
+        );
+    }
+    // The overflow stays inside the block's class rounding, so the default checks do not see it.
+    let out = run(Command::new(&exe).arg("9"), true);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "survived 1\n");
+    let stress = compile("stress.c");
+    let out = Command::new(&stress)
+        .env("LD_PRELOAD", library())
+        .env("TENSORPOOL_CHECK", "full")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?} {err}", out.status);
+    assert!(err.contains("TENSORPOOL_CHECK=full: at exit"), "{err}");
 }

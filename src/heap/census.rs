@@ -171,6 +171,12 @@ unsafe fn check_page(page: *mut Page, c: &mut Census) {
                 a >= start && (a - start) % bs == 0,
                 "{what} block {a:#x} is not a block of its page"
             );
+            #[cfg(feature = "free-checks")]
+            assert_eq!(
+                *slab::mark_word(a as *mut slab::Block),
+                slab::FREE_MARK,
+                "{what} block {a:#x} has lost its free mark"
+            );
             let i = (a - start) / bs;
             assert!(i < capacity, "{what} block {a:#x} was never carved");
             assert!(

@@ -40,24 +40,25 @@ use types::{current_heap, KindHeap, CUR};
 // Allocation
 // ---------------------------------------------------------------------------------------------
 
-/// Allocate a block of small class `class` under the calling thread's current kind.
+/// Allocate a block of small class `class` (for a request of `size` bytes) under the calling
+/// thread's current kind.
 #[inline(always)]
-pub(crate) fn alloc_small(class: usize) -> *mut u8 {
+pub(crate) fn alloc_small(class: usize, size: usize) -> *mut u8 {
     let kh = CUR.get();
     // SAFETY: `CUR` always points at a valid kind heap (the static empty one or the thread's own)
     // and `class < NUM_SMALL` by the caller's lookup.
-    unsafe { pop_or_slow(kh, class) }
+    unsafe { pop_or_slow(kh, class, size) }
 }
 
 /// Allocate a small block of an explicit kind (allocator handles), whatever the thread's tag.
 #[inline]
-pub(crate) fn alloc_small_kind(kind: usize, class: usize) -> *mut u8 {
+pub(crate) fn alloc_small_kind(kind: usize, class: usize, size: usize) -> *mut u8 {
     let heap = heap_or_init();
     if heap.is_null() {
         return core::ptr::null_mut();
     }
     // SAFETY: the heap is the calling thread's own; `kind < NUM_KINDS`, `class < NUM_SMALL`.
-    unsafe { pop_or_slow(core::ptr::addr_of_mut!((*heap).kinds[kind]), class) }
+    unsafe { pop_or_slow(core::ptr::addr_of_mut!((*heap).kinds[kind]), class, size) }
 }
 
 /// Pop a block from the kind heap's direct page for `class`, or take the slow path.
@@ -65,7 +66,7 @@ pub(crate) fn alloc_small_kind(kind: usize, class: usize) -> *mut u8 {
 /// # Safety
 /// `kh` is the static empty kind heap or one of the calling thread's; `class < NUM_SMALL`.
 #[inline(always)]
-unsafe fn pop_or_slow(kh: *mut KindHeap, class: usize) -> *mut u8 {
+unsafe fn pop_or_slow(kh: *mut KindHeap, class: usize, size: usize) -> *mut u8 {
     // SAFETY: a direct page is the static empty page (free list null) or a page of this thread's
     // heap, whose free list only this thread touches.
     unsafe {
@@ -74,7 +75,7 @@ unsafe fn pop_or_slow(kh: *mut KindHeap, class: usize) -> *mut u8 {
         if !b.is_null() {
             return b;
         }
-        alloc_slow(kh, class)
+        alloc_slow(kh, class, size)
     }
 }
 
@@ -92,11 +93,9 @@ pub(crate) unsafe fn pop(page: *mut Page) -> *mut u8 {
             return b.cast();
         }
         (*page).free = (*b).next;
-        if (*page).class != 0 {
-            // A block handed out carries no free mark (see `slab::free_mark`); 8-byte blocks
-            // have no second word to carry one.
-            *slab::mark_word(b) = 0;
-        }
+        // A block handed out carries no free mark (see `slab::FREE_MARK`).
+        #[cfg(feature = "free-checks")]
+        slab::mark_word(b).write(0);
         (*page).used.set((*page).used.get() + 1);
         #[cfg(feature = "stats")]
         (*page).allocs.add(1);
@@ -104,15 +103,26 @@ pub(crate) unsafe fn pop(page: *mut Page) -> *mut u8 {
     }
 }
 
-/// The slow path: give a thread its heap, publish its batch of remote frees, refill.
+/// The slow path: give a thread its heap, publish its batch of remote frees, refill. Under
+/// `TENSORPOOL_CHECK=full` every small allocation comes here (no kind heap ever gets a direct
+/// page) and is served by `checked`.
 ///
 /// # Safety
 /// As for `pop_or_slow`.
 #[cold]
 #[inline(never)]
-unsafe fn alloc_slow(kh: *mut KindHeap, class: usize) -> *mut u8 {
+unsafe fn alloc_slow(kh: *mut KindHeap, class: usize, size: usize) -> *mut u8 {
     // SAFETY: `kh` is the static empty kind heap (heap null) or one of this thread's.
     unsafe {
+        if crate::checked::full() {
+            let kind = if (*kh).heap.is_null() {
+                tag::current()
+            } else {
+                (*kh).kind as usize
+            };
+            let align = 1 << crate::class::small_size(class).trailing_zeros().min(12);
+            return crate::checked::alloc(size, align, kind);
+        }
         let kh = if (*kh).heap.is_null() {
             if init_thread().is_null() {
                 return core::ptr::null_mut();
@@ -136,7 +146,7 @@ unsafe fn alloc_slow(kh: *mut KindHeap, class: usize) -> *mut u8 {
 
 /// Free the small block at `p`, after checking, before anything is written, that it is one: an
 /// address inside a block or in a page not in use, or a block already free (as far as a cheap
-/// test can tell: see `slab::free_mark`), stops the process with a message (`report`).
+/// test can tell: see `slab::FREE_MARK`), stops the process with a message (`report`).
 ///
 /// # Safety
 /// `seg` is `segment_of(p)` and a live small segment (`pagemap::is_small(p)`).
@@ -149,46 +159,51 @@ pub(crate) unsafe fn free_small(seg: *mut Segment, p: *mut u8) {
         let b = p.cast::<Block>();
         let page = slab::page_of(seg, p);
         if (*seg).owner == current_heap().cast() {
-            // Checks in straight-line code, and anything that fails them to a cold function in
-            // tail position, so that the fast path keeps no stack frame.
-            let marked = (*page).class != 0;
-            let mark = slab::free_mark(page);
-            if !slab::starts_block_local(page, p) || (marked && *slab::mark_word(b) == mark) {
-                return free_suspect(seg, page, p);
-            }
-            if marked {
-                *slab::mark_word(b) = mark;
-            }
-            free_local(page, b);
+            free_owned(seg, page, b);
         } else {
-            if !slab::starts_block_any(page, p) {
-                report::bad_free(p, "free", seg, false);
-            }
             remote::free_remote(page, b);
         }
     }
 }
 
-/// A local free that failed the fast checks: report it, or, when the block only holds the free
-/// mark by chance (it is on no free list), free it after all.
+/// Free a block as its page's owner, checked first (`free-checks`).
+///
+/// # Safety
+/// As for `free_small`; the calling thread owns `seg`, and `page` is `page_of(seg, b)`.
+#[inline(always)]
+pub(crate) unsafe fn free_owned(seg: *mut Segment, page: *mut Page, b: *mut Block) {
+    // SAFETY: owner-only fields of a live segment; the block's words are read only once `b` is
+    // known to start a carved block of the page.
+    unsafe {
+        // Checks in straight-line code, and anything that fails them to a cold function in
+        // tail position (one that returns, as far as the compiler knows), so that the fast
+        // path keeps no stack frame.
+        #[cfg(feature = "free-checks")]
+        {
+            let p = b.cast::<u8>();
+            if !slab::starts_block_local(page, p) || *slab::mark_word(b) == slab::FREE_MARK {
+                return free_suspect(seg, page, p);
+            }
+            *slab::mark_word(b) = slab::FREE_MARK;
+        }
+        #[cfg(not(feature = "free-checks"))]
+        let _ = seg;
+        free_local(page, b);
+    }
+}
+
+/// A local free that failed the fast checks: an address no block starts at, or a block that
+/// holds the free mark.
 ///
 /// # Safety
 /// As for `free_small`, and the calling thread owns `seg`.
+#[cfg(feature = "free-checks")]
 #[cold]
 #[inline(never)]
 unsafe fn free_suspect(seg: *mut Segment, page: *mut Page, p: *mut u8) {
-    // SAFETY: the caller's contract; the block's words are touched only once `p` is known to
-    // start a carved block.
-    unsafe {
-        if !slab::starts_block_local(page, p) {
-            report::bad_free(p, "free", seg, false);
-        }
-        let b = p.cast::<Block>();
-        if slab::on_free_list(page, b) {
-            report::bad_free(p, "free", seg, true);
-        }
-        free_local(page, b);
-    }
+    // SAFETY: the caller's contract.
+    let starts = unsafe { slab::starts_block_local(page, p) };
+    report::bad_free(p, "free", seg, starts)
 }
 
 /// Free a block as its page's owner: push it, and hand the rare cases (page now empty, or on the
@@ -204,8 +219,9 @@ pub(crate) unsafe fn free_local(page: *mut Page, b: *mut Block) {
         (*page).free = b;
         let used = (*page).used.get() - 1;
         (*page).used.set(used);
-        // The direct page emptying is the common case of a malloc/free loop: nothing to do.
-        if ((used == 0) & !(*page).is_direct) | (*page).in_full {
+        // The direct page emptying is the common case of a malloc/free loop: nothing to do
+        // (`cold_at` folds the page's flags into one compare).
+        if used as i32 <= (*page).cold_at {
             pages::page_freed_cold(page);
         }
     }

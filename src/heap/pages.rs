@@ -55,7 +55,7 @@ unsafe fn find_page(kh: *mut KindHeap, class: usize) -> *mut Page {
             if slab::arm_notify(p) {
                 queue_unlink(&mut (*kh).queue[class], p);
                 queue_push(&mut (*kh).full[class], p);
-                (*p).in_full = true;
+                slab::set_in_full(p, true);
                 p = next;
             }
             // else: remote frees arrived while it was being armed: look at it again.
@@ -84,10 +84,10 @@ pub(crate) unsafe fn set_direct(kh: *mut KindHeap, class: usize, p: *mut Page) {
     unsafe {
         let old = (*kh).direct[class];
         if old != empty_page() {
-            (*old).is_direct = false;
+            slab::set_direct(old, false);
         }
         if p != empty_page() {
-            (*p).is_direct = true;
+            slab::set_direct(p, true);
         }
         (*kh).direct[class] = p;
     }
@@ -120,7 +120,7 @@ unsafe fn leave_full(kh: *mut KindHeap, page: *mut Page) {
     // SAFETY: owner-only.
     unsafe {
         let class = (*page).class as usize;
-        (*page).in_full = false;
+        slab::set_in_full(page, false);
         queue_unlink(&mut (*kh).full[class], page);
         queue_push(&mut (*kh).queue[class], page);
     }

@@ -141,8 +141,11 @@ pub(crate) unsafe fn init_thread() -> *mut Heap {
     if key != usize::MAX {
         os::thread_key_set(key as u32, heap.cast());
     }
-    // SAFETY: the heap is ours now; the tag is below `NUM_KINDS`.
-    CUR.set(unsafe { ptr::addr_of_mut!((*heap).kinds[tag::current()]) });
+    // Under full checks the fast path must keep missing, so `CUR` stays the empty kind heap.
+    if !crate::checked::full() {
+        // SAFETY: the heap is ours now; the tag is below `NUM_KINDS`.
+        CUR.set(unsafe { ptr::addr_of_mut!((*heap).kinds[tag::current()]) });
+    }
     heap
 }
 

@@ -115,34 +115,17 @@ impl Batch {
 }
 
 /// A free of `b`, a block of `page`, which another heap owns.
+/// It is checked first (`check_remote`).
 ///
 /// # Safety
-/// `b` is a live block of `page`, freed exactly once, by this call.
-///
-/// The block gets the free mark (classes of 16 bytes and more, see `slab::free_mark`); one that
-/// carries it already and is in this thread's batch is a second free, reported instead. (A block
-/// whose first free this thread has published, or another thread made, cannot be looked for
-/// here, since only the owner may walk its lists: the owner finds it when it frees the block
-/// again itself.)
+/// `page` is a descriptor of a live small segment and `b` an address in its page (a live block
+/// of it, freed once by this call, unless the checks stop the process).
 #[cold]
 pub(crate) unsafe fn free_remote(page: *mut Page, b: *mut Block) {
-    // SAFETY: `b` starts a block of `page` (checked by the caller): its words are its own.
-    unsafe {
-        if slab::marks_frees(page) {
-            let mark = slab::free_mark(page);
-            let w = slab::mark_word(b);
-            if *w == mark && in_batch(page, b) {
-                let seg = slab::segment_of(b.cast());
-                super::report::bad_free(b.cast(), "free", seg, true);
-            }
-            *w = mark;
-        }
-    }
-    // A thread whose first call is a free gets its heap now: the heap's exit hook publishes
-    // the batch, which is also where a second free of the block is looked for.
-    // SAFETY: the calling thread has no heap when `current_heap` is null.
-    if current_heap().is_null() && unsafe { super::registry::init_thread() }.is_null() {
-        // No heap to be had (no memory): publish at once.
+    // SAFETY: the caller's contract.
+    unsafe { check_remote(page, b) };
+    if current_heap().is_null() {
+        // No heap, so no slow path or exit hook to publish a batch: publish at once.
         // SAFETY: the caller's contract.
         unsafe { publish(page, b, b, 1) };
         return;
@@ -154,27 +137,31 @@ pub(crate) unsafe fn free_remote(page: *mut Page, b: *mut Block) {
     });
 }
 
-/// Whether `b` waits in this thread's batch (its chain for `page`).
-fn in_batch(page: *mut Page, b: *mut Block) -> bool {
-    BATCH.with(|batch| {
-        // SAFETY: the batch is this thread's alone; its chains hold blocks it freed, which no
-        // other thread touches until published.
-        let batch = unsafe { &*batch.get() };
-        (0..batch.pages).any(|i| {
-            if batch.page[i] != page {
-                return false;
-            }
-            let mut x = batch.head[i];
-            for _ in 0..batch.len[i] {
-                if x == b {
-                    return true;
-                }
-                // SAFETY: as above.
-                x = unsafe { (*x).next };
-            }
-            false
-        })
-    })
+/// The checks of a free by a thread that does not own the page (`free-checks`): the address
+/// as any thread may check it (`slab::starts_block_any`); then the block gets the free mark
+/// (`slab::FREE_MARK`), and one that carries it already is a second free, reported instead,
+/// wherever the first free went (this thread's batch, the page's remote list, its owner's free
+/// list).
+///
+/// # Safety
+/// `page` is a descriptor of a live small segment and `b` an address in its page.
+#[inline]
+pub(crate) unsafe fn check_remote(page: *mut Page, b: *mut Block) {
+    // SAFETY: the block's words are read only once `b` is known to start one of its blocks.
+    #[cfg(feature = "free-checks")]
+    unsafe {
+        let seg = slab::segment_of(b.cast());
+        if !slab::starts_block_any(page, b.cast()) {
+            super::report::bad_free(b.cast(), "free", seg, false);
+        }
+        let w = slab::mark_word(b);
+        if *w == slab::FREE_MARK {
+            super::report::bad_free(b.cast(), "free", seg, true);
+        }
+        *w = slab::FREE_MARK;
+    }
+    #[cfg(not(feature = "free-checks"))]
+    let _ = (page, b);
 }
 
 /// Publish the calling thread's batch (its slow path, its exit).

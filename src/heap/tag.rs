@@ -22,7 +22,7 @@ pub(crate) fn set(kind: usize) -> usize {
     debug_assert!(kind < NUM_KINDS);
     let prev = TAG.replace(kind as u8);
     let heap = current_heap();
-    if !heap.is_null() {
+    if !heap.is_null() && !crate::checked::full() {
         // SAFETY: a non-null current heap is this thread's own; `kind < NUM_KINDS`.
         CUR.set(unsafe { ptr::addr_of_mut!((*heap).kinds[kind]) });
     }

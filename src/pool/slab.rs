@@ -29,7 +29,17 @@
 //! - `NOTIFY` set only while the page is on its heap's full list; `QUEUED` set from the CAS that
 //!   cleared `NOTIFY` until the owner takes the page off its delayed list, and never together
 //!   with `NOTIFY`;
-//! - a page is given back to its segment only with `used == 0` and no `QUEUED`.
+//! - a page is given back to its segment only with `used == 0` and no `QUEUED`;
+//! - with `free-checks`, every block on `free`, on `remote` or in a batch holds `FREE_MARK` in
+//!   its second word, and a block handed out holds 0 there until the program writes it.
+//!
+//! **Checking a free before anything is written** (`free-checks`, on by default). An address
+//! must start a carved block of a page in use: `off * recip mod 2^32 < recip` for the offset in
+//! the page, with the class's `recip = ceil(2^32 / size)` (Lemire, Kaser and Kurz, "Faster
+//! remainder by direct computation", 2019; checked for every class and offset), and `off` below
+//! the carved end (the owner's; another thread checks against the page's block area). A block
+//! that holds `FREE_MARK` is a second free. Both tests read only the page descriptor's line the
+//! free writes anyway and the block's first 16 bytes; a failure goes to a cold report.
 
 use crate::class::{blocks_per_page, recip, small_size, NUM_SMALL, SLAB_SHIFT, SLAB_SIZE};
 use crate::kind::NUM_KINDS;
@@ -89,15 +99,20 @@ pub(crate) struct Page {
     pub(crate) class: u8,
     /// Tensor kind index (owner's copy of `info`'s).
     pub(crate) kind: u8,
-    /// Whether the page is on its heap's full list.
+    /// Whether the page is on its heap's full list (set through `set_in_full`).
     pub(crate) in_full: bool,
-    /// Whether the page is its kind heap's direct page for its class.
+    /// Whether the page is its kind heap's direct page for its class (set through
+    /// `set_direct`).
     pub(crate) is_direct: bool,
     /// `class::recip(class)` while in use, 0 while the slot is free (the owner's check of an
     /// address, see `starts_block`).
     pub(crate) recip: u32,
     /// Byte offset in the page where the carved blocks end: `capacity * size`.
     pub(crate) carved_end: u32,
+    /// The local free's cold test in one compare: a free leaving `used` blocks takes the cold
+    /// path iff `used as i32 <= cold_at`, so `cold_at == i32::MAX` on the full list (always),
+    /// `-1` for the direct page (never: it stays while empty), `0` otherwise (when it empties).
+    pub(crate) cold_at: i32,
     /// Links in the heap's queue (or full list) for this page's kind and class (owner only).
     pub(crate) next: *mut Page,
     pub(crate) prev: *mut Page,
@@ -238,11 +253,56 @@ pub(crate) unsafe fn take_page(seg: *mut Segment, kind: u8, class: usize) -> *mu
         (*page).kind = kind;
         (*page).in_full = false;
         (*page).is_direct = false;
+        (*page).cold_at = 0;
         (*page).next = ptr::null_mut();
         (*page).prev = ptr::null_mut();
         (*page).delayed_next = ptr::null_mut();
         (*page).info.set(IN_USE | (kind as u32) << 8 | class as u32);
         page
+    }
+}
+
+/// Put the page on or off its heap's full list (the flag only; the caller moves it).
+///
+/// # Safety
+/// The calling thread owns the page.
+#[inline]
+pub(crate) unsafe fn set_in_full(page: *mut Page, v: bool) {
+    // SAFETY: owner-only fields.
+    unsafe {
+        (*page).in_full = v;
+        set_cold_at(page);
+    }
+}
+
+/// Make the page its kind heap's direct page, or no longer (the flag only).
+///
+/// # Safety
+/// The calling thread owns the page.
+#[inline]
+pub(crate) unsafe fn set_direct(page: *mut Page, v: bool) {
+    // SAFETY: owner-only fields.
+    unsafe {
+        (*page).is_direct = v;
+        set_cold_at(page);
+    }
+}
+
+/// `cold_at` from the flags (see `Page::cold_at`).
+///
+/// # Safety
+/// The calling thread owns the page.
+#[inline]
+unsafe fn set_cold_at(page: *mut Page) {
+    // SAFETY: owner-only fields.
+    unsafe {
+        (*page).cold_at = if (*page).in_full {
+            i32::MAX
+        } else if (*page).is_direct {
+            -1
+        } else {
+            0
+        };
     }
 }
 
@@ -297,9 +357,13 @@ pub(crate) unsafe fn extend(page: *mut Page) {
         for _ in 1..n {
             let next = b.add(bs);
             (*(b as *mut Block)).next = next as *mut Block;
+            #[cfg(feature = "free-checks")]
+            mark_word(b.cast()).write(FREE_MARK);
             b = next;
         }
         (*(b as *mut Block)).next = (*page).free;
+        #[cfg(feature = "free-checks")]
+        mark_word(b.cast()).write(FREE_MARK);
         (*page).free = first as *mut Block;
         (*page).capacity.set((cap + n) as u32);
         (*page).carved_end = ((cap + n) * bs) as u32;
@@ -526,6 +590,7 @@ pub(crate) unsafe fn usable(seg: *mut Segment, p: *mut u8) -> Option<usize> {
 ///
 /// # Safety
 /// The calling thread owns the segment `page` is in.
+#[cfg(feature = "free-checks")]
 #[inline(always)]
 pub(crate) unsafe fn starts_block_local(page: *mut Page, p: *mut u8) -> bool {
     // SAFETY: owner-only fields of a descriptor in a live segment header.
@@ -554,18 +619,6 @@ fn starts_block(recip: u32, end: u32, p: *mut u8) -> bool {
     ((off as u64 * recip as u64) as u32) < recip && off < end
 }
 
-/// Whether the blocks of `page` carry the free mark (16 bytes and more: an 8-byte block has
-/// no second word), as any thread may ask.
-///
-/// # Safety
-/// As for `starts_block_any`.
-#[inline(always)]
-pub(crate) unsafe fn marks_frees(page: *mut Page) -> bool {
-    // SAFETY: as in `starts_block_any`.
-    let r = unsafe { line(page) }.recip.get();
-    r != 0 && r < recip(0)
-}
-
 /// For a report: the class of the page `p` is in, if the page is in use, and the start of the
 /// block `p` falls in.
 ///
@@ -583,44 +636,20 @@ pub(crate) unsafe fn describe(seg: *mut Segment, p: *mut u8) -> Option<(usize, u
     Some((class, p as usize - off % small_size(class)))
 }
 
-/// The mark a block carries in its second word while it is free (classes of 16 bytes and more),
-/// so that a second free of it is suspected at the cost of one load: the page's address mixed
-/// with a constant, which live data is unlikely to hold by chance. A suspicion is confirmed by
-/// a search before anything is reported (`on_free_list`), so a live block that happens to hold
-/// the mark costs a search, never an abort.
-#[inline(always)]
-pub(crate) fn free_mark(page: *mut Page) -> usize {
-    page as usize ^ 0x9e37_79b9_7f4a_7c15
-}
+/// What a block's second word holds while the block is free, so that a second free is seen
+/// at the cost of one load and compare (as glibc's tcache key does). Every block is at least 16
+/// bytes, so the word is the block's own; allocation clears it. A live block holds it only if
+/// the program wrote this very value there (a random constant, no pointer or small number or
+/// text), and its free is then reported as a double free: no search can clear it, since
+/// blocks freed by other threads wait in lists only their owners may walk.
+#[cfg(feature = "free-checks")]
+pub(crate) const FREE_MARK: usize = 0xd3c4_e5a1_9b72_0f6e;
 
-/// The second word of block `b` (classes of 16 bytes and more).
+/// The second word of block `b`.
+#[cfg(feature = "free-checks")]
 #[inline(always)]
 pub(crate) fn mark_word(b: *mut Block) -> *mut usize {
     b.cast::<usize>().wrapping_add(1)
-}
-
-/// Whether block `b` is on `page`'s free list, its remote frees taken back first (so that a
-/// block another thread freed is found too). Bounded by the page's capacity, so a corrupted list
-/// cannot loop.
-///
-/// # Safety
-/// The calling thread owns the page.
-#[cold]
-pub(crate) unsafe fn on_free_list(page: *mut Page, b: *mut Block) -> bool {
-    // SAFETY: owner-only access; the list holds blocks of this page.
-    unsafe {
-        collect_remote(page);
-        let mut x = (*page).free;
-        let mut steps = (*page).capacity.get();
-        while !x.is_null() && steps > 0 {
-            if x == b {
-                return true;
-            }
-            x = (*x).next;
-            steps -= 1;
-        }
-        false
-    }
 }
 
 /// Kind index of a live small block.

@@ -1,5 +1,7 @@
 /* One bad free per run (argv[1] picks it): under the preload library each must stop the
- * process with SIGABRT after a line naming tensorpool. Case 8 frees correctly and must exit 0. */
+ * process with SIGABRT after a line naming tensorpool. Case 8 frees correctly and must exit 0.
+ * Cases 9 and 10 (an overflow by one byte, a write after free) are caught only under
+ * TENSORPOOL_CHECK=full. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +24,14 @@ int main(int argc, char **argv) {
     case 6: free((void *)0x10000000000UL); break;             /* unmapped */
     case 7: p = malloc(100); p = realloc(p + 16, 200); break; /* realloc inside a block */
     case 8: p = malloc(100); memset(p, 1, 100); free(p); break;
+    case 9: p = malloc(100); memset(p, 1, 101); free(p); break;   /* one byte too many */
+    case 10:                                                      /* a write after free */
+        p = malloc(100);
+        free(p);
+        p[5] = 0x41;
+        for (int i = 0; i < 3000; i++)
+            free(malloc(48));
+        break;
     }
     char *a = malloc(100), *b = malloc(100);
     memset(a, 2, 100);

@@ -1530,6 +1530,42 @@ impl Arena {
         }
     }
 
+    /// For a bad free's report (cold): the extent whose pages hold `p`, found under the lock by
+    /// looking back page by page from `p` for a recorded base (at most the largest chunk): its
+    /// block's first byte (its base unless live or hot), size from there, kind and state.
+    #[cold]
+    pub(crate) fn describe(&self, p: *mut u8) -> Option<(usize, usize, usize, State)> {
+        let page = crate::os::PAGE;
+        let top = p as usize & !(page - 1);
+        self.with(|_| {
+            let mut a = top;
+            while top - a <= CHUNK_MAX {
+                let e = self.map.get(a).cast::<Extent>();
+                if !e.is_null() {
+                    // SAFETY: page-map values are descriptors, never unmapped; the lock keeps
+                    // them still.
+                    let (base, end, kind, state, start) = unsafe {
+                        let e = &*e;
+                        (
+                            e.base,
+                            e.end(),
+                            e.kind as usize,
+                            e.state(),
+                            e.start.load(Relaxed),
+                        )
+                    };
+                    if (base..end).contains(&(p as usize)) {
+                        let first = if start != 0 { start } else { base };
+                        return Some((first, end - first, kind, state));
+                    }
+                    return None;
+                }
+                a = a.checked_sub(page)?;
+            }
+            None
+        })
+    }
+
     /// Free a live (or hot) block, or a segment.
     ///
     /// # Safety
