@@ -521,10 +521,10 @@ pub(crate) fn invalid_free(p: *mut u8, what: &str) -> ! {
     let _ = match ARENA.describe(p) {
         Some((start, n, k, State::Live)) => writeln!(
             line,
-            "tensorpool: {what}({p:p}): not the start of a block: {} bytes into the {}-byte \
-             block at {start:#x} (kind {}); aborting",
+            "tensorpool: {what}({p:p}): not the start of a block: {} bytes into the {} block \
+             at {start:#x} (kind {}); aborting",
             p as usize - start,
-            n,
+            size(n),
             kind(k)
         ),
         Some((start, n, k, State::Hot)) if start == p as usize => writeln!(
