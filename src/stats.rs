@@ -17,8 +17,30 @@
 //! through `core::fmt`, so the exit report can run inside the allocator.
 
 use crate::kind::{TensorKind, NUM_KINDS};
+use crate::sync::SharedStat;
 use crate::text::{Bytes, StackStr};
 use core::fmt::{self, Write as _};
+
+/// Large-block bytes the program holds, per kind: `HELD[k]` is the arena's live bytes of kind
+/// `k` less the bytes of its blocks waiting in thread caches, and `HELD_PEAK[k]` its greatest
+/// value. The arena adds at a block handed out and subtracts at a live block given back; a thread
+/// cache subtracts at a free into it and adds at a block taken from it (a cached block flowing
+/// back to the arena changes nothing). Read without locks, so a snapshot's figure is a moment's.
+pub(crate) static HELD: [SharedStat; NUM_KINDS] = [SharedStat::ZERO; NUM_KINDS];
+pub(crate) static HELD_PEAK: [SharedStat; NUM_KINDS] = [SharedStat::ZERO; NUM_KINDS];
+
+/// `bytes` of kind `kind` handed to the program.
+#[inline]
+pub(crate) fn held_add(kind: usize, bytes: u64) {
+    let v = HELD[kind].add(bytes);
+    HELD_PEAK[kind].raise(v);
+}
+
+/// `bytes` of kind `kind` given back by the program.
+#[inline]
+pub(crate) fn held_sub(kind: usize, bytes: u64) {
+    HELD[kind].sub(bytes);
+}
 
 /// One pool's statistics: a kind's, or a sum over kinds.
 ///
@@ -51,8 +73,9 @@ pub struct PoolStats {
     pub cached_bytes: u64,
     /// Free small-block bytes on the thread heaps' pages, and large blocks in thread caches.
     pub hot_bytes: u64,
-    /// Highest live large-block bytes seen, blocks in thread caches included (per kind; a sum
-    /// of kinds sums their peaks).
+    /// Highest live bytes seen: large blocks the program held at once (blocks in thread caches
+    /// excluded), and never below the live bytes now (small blocks keep no peak); per kind, a
+    /// sum of kinds sums their peaks.
     pub peak_live_bytes: u64,
     /// Large-block bytes asked for. (Small blocks' requested sizes are not counted: doing so on
     /// the fast path cost a third of the malloc/free loop's speed; their rounding is bounded by
@@ -161,7 +184,8 @@ pub struct LargeCounters {
     pub live_bytes: u64,
     /// Bytes of dirty free memory this kind released and no request has taken since.
     pub cached_bytes: u64,
-    /// Highest `live_bytes` seen.
+    /// Highest large-block bytes the program held at once (`live_bytes` less the blocks in
+    /// thread caches).
     pub peak_live_bytes: u64,
     /// Bytes asked for.
     pub requested_bytes: u64,
@@ -306,7 +330,8 @@ impl Stats {
                 live_bytes: l.live_bytes.saturating_sub(s.hot_bytes) + small_live,
                 cached_bytes: l.cached_bytes,
                 hot_bytes: s.carved.saturating_sub(small_live) + s.hot_bytes,
-                // Small blocks have no tracked peak: the figure is never below what is live now.
+                // Large blocks' peak excludes thread-cached blocks (`HELD_PEAK`); small blocks
+                // have no tracked peak: the figure is never below what is live now.
                 peak_live_bytes: l
                     .peak_live_bytes
                     .max(l.live_bytes.saturating_sub(s.hot_bytes) + small_live),

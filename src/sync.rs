@@ -81,6 +81,45 @@ impl Stat {
     }
 }
 
+/// A statistics counter any thread adds to, with relaxed read-modify-writes (it orders nothing,
+/// so loom builds use core's atomic as well), and a peak that only grows.
+#[derive(Default)]
+pub(crate) struct SharedStat(core::sync::atomic::AtomicU64);
+
+impl SharedStat {
+    /// A zero counter (a template for const initialisers).
+    #[allow(clippy::declare_interior_mutable_const)]
+    pub(crate) const ZERO: SharedStat = SharedStat(core::sync::atomic::AtomicU64::new(0));
+
+    /// Add `v`; the new value.
+    #[inline]
+    pub(crate) fn add(&self, v: u64) -> u64 {
+        let o = core::sync::atomic::Ordering::Relaxed;
+        self.0.fetch_add(v, o).wrapping_add(v)
+    }
+
+    /// Subtract `v`.
+    #[inline]
+    pub(crate) fn sub(&self, v: u64) {
+        self.0.fetch_sub(v, core::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Raise the value to `v` if it is below.
+    #[inline]
+    pub(crate) fn raise(&self, v: u64) {
+        let o = core::sync::atomic::Ordering::Relaxed;
+        if self.0.load(o) < v {
+            self.0.fetch_max(v, o);
+        }
+    }
+
+    /// The current value.
+    #[inline]
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(core::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// A 32-bit field written by one thread (the owner of the structure holding it) and read by any:
 /// as `Stat`, a relaxed load and store that cost what plain accesses cost, so that statistics
 /// snapshots may read the field while the owner runs without a data race. Zero bytes are a valid

@@ -83,7 +83,12 @@ pub(crate) fn stop() {
     ON.store(false, Relaxed);
 }
 
-/// Record that `kind` now has `live` and `cached` large-block bytes.
+/// As `record`, keeping the kind's last cached figure (an event the arena does not see).
+pub(crate) fn record_live(kind: usize, live: u64) {
+    record(kind, live, CACHED[kind].load(Relaxed));
+}
+
+/// Record that `kind` now has `live` (held by the program) and `cached` large-block bytes.
 pub(crate) fn record(kind: usize, live: u64, cached: u64) {
     LIVE[kind].store(live, Relaxed);
     CACHED[kind].store(cached, Relaxed);

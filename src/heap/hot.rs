@@ -131,6 +131,7 @@ impl HotCache {
         let (start, got) = (self.starts[i], self.held[i] as usize);
         let e = self.descs[i];
         self.empty(i, kind);
+        note_held(kind, true, got as u64);
         // SAFETY: cached blocks are blocks this thread freed and nobody else holds.
         unsafe { large::reuse(e) };
         let c = &self.counters[kind];
@@ -167,6 +168,7 @@ impl HotCache {
         self.full |= 1 << i;
         self.bytes += bytes;
         self.counters[kind].bytes.add(bytes as u64);
+        note_held(kind, false, bytes as u64);
         true
     }
 
@@ -211,4 +213,19 @@ impl HotCache {
 /// The index of the large class at or below `bytes` (a whole number of pages or more).
 fn class_below(bytes: usize) -> usize {
     crate::class::large_index(bytes.next_multiple_of(crate::os::PAGE))
+}
+
+/// A block of `kind` taken from a thread cache (`taken`) or freed into one: the program's held
+/// bytes change (`stats::HELD`), and the timeline, if recording, gets a sample, since the arena
+/// sees neither event.
+#[inline]
+fn note_held(kind: usize, taken: bool, bytes: u64) {
+    if taken {
+        crate::stats::held_add(kind, bytes);
+    } else {
+        crate::stats::held_sub(kind, bytes);
+    }
+    if crate::timeline::enabled() {
+        crate::timeline::record_live(kind, crate::stats::HELD[kind].get());
+    }
 }

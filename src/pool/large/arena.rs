@@ -955,7 +955,7 @@ impl ArenaState {
                     c.requested_bytes += size as u64;
                     c.granted_bytes += bytes as u64;
                     c.live_bytes += bytes as u64;
-                    c.peak_live_bytes = c.peak_live_bytes.max(c.live_bytes);
+                    crate::stats::held_add(kind, bytes as u64);
                     let kl = c.live_bytes;
                     self.decay.note_live(self.live, Some((kind, kl)));
                     c.fresh_bytes += fresh_bytes;
@@ -994,9 +994,13 @@ impl ArenaState {
                     self.totals.segment_bytes -= bytes;
                     SLAB
                 }
-                _ => {
+                st => {
                     let k = (*e).kind as usize;
                     (*e).start.store(0, Relaxed);
+                    // A block from a thread cache was subtracted when it entered it.
+                    if st == State::Live {
+                        crate::stats::held_sub(k, bytes);
+                    }
                     self.kinds[k].live_bytes -= bytes;
                     self.totals.live_bytes -= bytes;
                     k
@@ -1143,7 +1147,8 @@ impl ArenaState {
     #[inline]
     fn sample(&self, kind: usize) {
         if crate::timeline::enabled() {
-            crate::timeline::record(kind, self.kinds[kind].live_bytes, self.attr_bytes[kind]);
+            let held = crate::stats::HELD[kind].get();
+            crate::timeline::record(kind, held, self.attr_bytes[kind]);
         }
     }
 
@@ -1336,6 +1341,7 @@ impl ArenaState {
         core::array::from_fn(|k| {
             let mut c = self.kinds[k];
             c.cached_bytes = self.attr_bytes[k];
+            c.peak_live_bytes = crate::stats::HELD_PEAK[k].get();
             c
         })
     }
@@ -1718,6 +1724,7 @@ impl Arena {
                         s.link_after(e, tail);
                         let n = (*tail).size as u64;
                         s.kinds[kind].live_bytes -= n;
+                        crate::stats::held_sub(kind, n);
                         s.totals.live_bytes -= n;
                         s.live -= n;
                         s.totals.shrunk_in_place += 1;
@@ -1752,8 +1759,8 @@ impl Arena {
                 s.totals.grown_in_place += 1;
                 let c = &mut s.kinds[kind];
                 c.live_bytes += grow as u64;
+                crate::stats::held_add(kind, grow as u64);
                 c.granted_bytes += grow as u64;
-                c.peak_live_bytes = c.peak_live_bytes.max(c.live_bytes);
                 s.sample(kind);
                 (true, ptr::null_mut())
             }
