@@ -78,6 +78,9 @@ impl TensorPool {
             s.lazy_purge = env.lazy_purge.unwrap_or(self.config.lazy_purge);
             s.decay.set_ms(env.decay_ms.unwrap_or(self.config.decay_ms));
         });
+        crate::profile::configure(self.config.profile);
+        // The configuring thread's heap may exist already: point it at its slow kind heap.
+        heap::tag::set(heap::tag::current());
         let background = env.background.unwrap_or(self.config.background);
         crate::background::configure(background);
         let report = env.exit_report.unwrap_or(self.config.exit_report);
@@ -115,6 +118,13 @@ impl TensorPool {
     /// the name are kept, in a ring of the last `MARKER_CAPACITY` markers. Allocates nothing.
     pub fn mark(&self, name: &str) {
         crate::timeline::mark(name);
+    }
+
+    /// The profile of live memory by call site and kind, from the sampled allocations
+    /// (`TENSORPOOL_PROFILE`, `PoolConfig::with_profile`; empty, with `rate` 0, when profiling
+    /// is off). Resolves symbols and allocates: call it outside hot paths.
+    pub fn profile(&self) -> crate::profile::Profile {
+        crate::profile::snapshot()
     }
 
     /// Stop recording the timeline; what was recorded stays until the next start.
@@ -341,6 +351,16 @@ impl TensorPool {
         if crate::checked::full() {
             return crate::checked::alloc(size, align, kind);
         }
+        let p = self.take_large(kind, size, align);
+        if !p.is_null() && crate::profile::should_sample(size) {
+            heap::note_sampled(p, size, kind);
+        }
+        p
+    }
+
+    /// A large block from the thread's cache or the arena.
+    #[inline]
+    fn take_large(&self, kind: usize, size: usize, align: usize) -> *mut u8 {
         let p = heap::hot_take(kind, size, align);
         if !p.is_null() {
             return p;
@@ -386,6 +406,9 @@ impl TensorPool {
         }
         // SAFETY: `e` is the live block at `p`, freed once by this call.
         unsafe {
+            if large::take_sampled(e) {
+                crate::profile::remove(p);
+            }
             if !heap::hot_put(e) {
                 ARENA.free(e);
             }
@@ -692,6 +715,11 @@ extern "C" fn exit_report() {
                     p.live_bytes
                 );
             }
+        }
+        if crate::profile::on() {
+            w.flush();
+            let text = crate::profile::snapshot().to_text(5);
+            crate::os::write_fd(w.fd, text.as_bytes());
         }
     }
     w.flush();

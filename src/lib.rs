@@ -44,6 +44,7 @@ mod options;
 mod os;
 mod pagemap;
 mod pool;
+mod profile;
 mod stats;
 mod sync;
 mod text;
@@ -64,6 +65,7 @@ pub use options::{ExitReport, PoolConfig, DEFAULT_CAPACITY, THREAD_CACHE_AUTO, T
 pub use os::resident_bytes;
 #[cfg(feature = "check")]
 pub use pool::large::Census as ArenaCensus;
+pub use profile::{Frame, Profile, ProfileSite, PROFILE_FRAMES, PROFILE_RECORDS};
 pub use stats::{ArenaCounters, LargeCounters};
 pub use stats::{PoolStats, Stats, COLUMNS as STATS_COLUMNS};
 pub use tiles::{plan_matmul, plan_tiles, round_to_line, MatmulBlocks, PlanError, TilePlan};

@@ -56,6 +56,9 @@ pub struct PoolConfig {
     /// Return memory with `MADV_FREE` (taken by the kernel only under pressure, and counted as
     /// resident until then) instead of `MADV_DONTNEED`.
     pub lazy_purge: bool,
+    /// Sample allocations for the live-memory profile, one per this many bytes on average
+    /// (0: off; see `TensorPool::profile`).
+    pub profile: usize,
 }
 
 impl PoolConfig {
@@ -70,7 +73,17 @@ impl PoolConfig {
             decay_ms: DEFAULT_DECAY_MS,
             background: false,
             lazy_purge: false,
+            profile: 0,
         }
+    }
+
+    /// Sample one allocation per `mean_bytes` allocated, on average, for the profile of live
+    /// memory by call site (`TENSORPOOL_PROFILE` overrides it; 0: off). Takes effect for the
+    /// threads whose first allocation comes after the allocator configures itself (call
+    /// `TensorPool::init` first thing in `main`).
+    pub const fn with_profile(mut self, mean_bytes: usize) -> Self {
+        self.profile = mean_bytes;
+        self
     }
 
     /// Set the decay time in milliseconds (`TENSORPOOL_DECAY_MS` overrides it).

@@ -52,6 +52,11 @@ int tensorpool_write_stats(int fd, int json);
  * format). */
 int tensorpool_write_timeline(int fd, int format);
 
+/* Write the profile of live memory by call site (sampled with TENSORPOOL_PROFILE=512K) to a file
+ * descriptor: the report's text if format is 0, JSON if 1, folded stacks (flamegraph tools) if
+ * 2. Returns 0, or -1 with errno set (EINVAL: another format). */
+int tensorpool_write_profile(int fd, int format);
+
 /* Put a named marker ("request 2") on the timeline, if it is recording: the SVG chart draws it
  * as a labelled line. The first 32 bytes of the name are kept. */
 void tensorpool_mark(const char *name);

@@ -355,6 +355,25 @@ pub extern "C" fn tensorpool_write_timeline(fd: c_int, format: c_int) -> c_int {
     write_fd(fd, text.as_bytes())
 }
 
+/// Write the profile of live memory by call site (`TENSORPOOL_PROFILE=512K`) to `fd`: the
+/// report's text if `format` is 0, JSON if 1, folded stacks (for flamegraph tools) if 2. With
+/// profiling off, the text says so and the others are empty. Returns 0, or -1 with errno set
+/// (`EINVAL` for another format).
+#[no_mangle]
+pub extern "C" fn tensorpool_write_profile(fd: c_int, format: c_int) -> c_int {
+    if !(0..=2).contains(&format) {
+        set_errno(libc::EINVAL);
+        return -1;
+    }
+    let p = ALLOC.profile();
+    let text = match format {
+        0 => p.to_text(10),
+        1 => p.to_json() + "\n",
+        _ => p.to_folded(),
+    };
+    write_fd(fd, text.as_bytes())
+}
+
 /// Put a named marker on the memory timeline (`TensorPool::mark`), if it is recording. A null
 /// or non-UTF-8 name is ignored.
 ///

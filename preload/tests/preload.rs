@@ -435,6 +435,40 @@ fn the_timeline_is_written_from_c() {
     }
 }
 
+/// The profile of live memory from C (`TENSORPOOL_PROFILE`): the leaking function is named
+/// under `kv_cache` with about 24 MiB, the churning one holds nothing, and the folded stacks
+/// start with the kind.
+#[test]
+fn the_profile_is_written_from_c() {
+    let exe = compile("profile.c");
+    let dir = tmp("profile");
+    let out = run(
+        Command::new(&exe)
+            .arg(dir.join("p.folded"))
+            .env("TENSORPOOL_PROFILE", "512K"),
+        true,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("bad_format=-1"), "{text}");
+    let kv: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("kv_cache "))
+        .collect();
+    assert_eq!(kv.len(), 1, "{text}");
+    assert!(
+        kv[0].contains("leak_kv_cache") && kv[0].contains("24.0 MiB"),
+        "{text}"
+    );
+    assert!(!text.contains("churn"), "{text}");
+    let folded = std::fs::read_to_string(dir.join("p.folded")).unwrap();
+    assert!(
+        folded
+            .lines()
+            .any(|l| l.starts_with("kv_cache;") && l.contains("leak_kv_cache")),
+        "{folded}"
+    );
+}
+
 /// Bad frees in C, as users make them: each stops the process with SIGABRT and a message (glibc
 /// aborts or crashes on all of them; tensorpool before its free checks let three of them corrupt
 /// its heap silently). A correct program still exits 0.

@@ -218,7 +218,7 @@ fn class_below(bytes: usize) -> usize {
 /// A block of `kind` taken from a thread cache (`taken`) or freed into one: the program's held
 /// bytes change (`stats::HELD`), and the timeline, if recording, gets a sample, since the arena
 /// sees neither event.
-#[inline]
+#[inline(always)]
 fn note_held(kind: usize, taken: bool, bytes: u64) {
     if taken {
         crate::stats::held_add(kind, bytes);

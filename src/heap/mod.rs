@@ -103,9 +103,12 @@ pub(crate) unsafe fn pop(page: *mut Page) -> *mut u8 {
     }
 }
 
-/// The slow path: give a thread its heap, publish its batch of remote frees, refill. Under
-/// `TENSORPOOL_CHECK=full` every small allocation comes here (no kind heap ever gets a direct
-/// page) and is served by `checked`.
+/// The slow path: give a thread its heap, publish its batch of remote frees, refill.
+///
+/// In the slow-only modes (`slow_only`) every small allocation of the global path comes here,
+/// since the thread's current kind heap stays the static empty one: under
+/// `TENSORPOOL_CHECK=full` it is served by `checked`; with profiling on, it counts towards the
+/// thread's next sample and is popped from the thread's own kind heap.
 ///
 /// # Safety
 /// As for `pop_or_slow`.
@@ -114,23 +117,43 @@ pub(crate) unsafe fn pop(page: *mut Page) -> *mut u8 {
 unsafe fn alloc_slow(kh: *mut KindHeap, class: usize, size: usize) -> *mut u8 {
     // SAFETY: `kh` is the static empty kind heap (heap null) or one of this thread's.
     unsafe {
+        let align = 1 << crate::class::small_size(class).trailing_zeros().min(12);
         if crate::checked::full() {
             let kind = if (*kh).heap.is_null() {
                 tag::current()
             } else {
                 (*kh).kind as usize
             };
-            let align = 1 << crate::class::small_size(class).trailing_zeros().min(12);
             return crate::checked::alloc(size, align, kind);
         }
-        let kh = if (*kh).heap.is_null() {
-            if init_thread().is_null() {
+        let heap = (*kh).heap;
+        let kh = if heap.is_null() {
+            let heap = heap_or_init();
+            if heap.is_null() {
                 return core::ptr::null_mut();
             }
-            CUR.get()
+            core::ptr::addr_of_mut!((*heap).kinds[tag::current()])
+        } else if kh == core::ptr::addr_of_mut!((*heap).slow) {
+            core::ptr::addr_of_mut!((*heap).kinds[(*kh).kind as usize])
         } else {
             kh
         };
+        if crate::profile::on() {
+            let kind = (*kh).kind as usize;
+            if crate::profile::should_sample(size) {
+                // A sampled small request is served as a large block, whose descriptor carries
+                // the flag its free looks for.
+                let p = ARENA.alloc(kind, size.max(crate::class::SMALL_MAX + 1), align);
+                if !p.is_null() {
+                    note_sampled(p, size, kind);
+                    return p;
+                }
+            }
+            let b = pop((*kh).direct[class]);
+            if !b.is_null() {
+                return b;
+            }
+        }
         remote::flush_here();
         let page = pages::refill(kh, class);
         if page.is_null() {
@@ -245,6 +268,23 @@ pub(crate) fn hot_take(kind: usize, size: usize, align: usize) -> *mut u8 {
     }
     // SAFETY: the heap is the calling thread's own.
     unsafe { (*heap).hot.take(kind, size, align) }
+}
+
+/// Flag the large block `p` (of `size` bytes asked, kind `kind`) as sampled and record it.
+pub(crate) fn note_sampled(p: *mut u8, size: usize, kind: usize) {
+    let e = ARENA.lookup(p);
+    if !e.is_null() {
+        // SAFETY: `e` is the live block at `p`, which the caller holds.
+        unsafe { crate::pool::large::set_sampled(e) };
+        crate::profile::record(p, size, kind);
+    }
+}
+
+/// Whether every small allocation of the global path must take the slow path: full checks or
+/// profiling are on, so a thread's current kind heap stays the static empty one.
+#[inline]
+pub(crate) fn slow_only() -> bool {
+    crate::checked::full() || crate::profile::on()
 }
 
 /// The calling thread's heap, made (or adopted) now if it has none; null when the OS refuses

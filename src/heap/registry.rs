@@ -60,6 +60,8 @@ impl Registry {
                 (*kh).heap = h;
                 (*kh).kind = k as u8;
             }
+            (*h).slow.direct = [empty_page(); NUM_SMALL];
+            (*h).slow.heap = h;
             ptr::addr_of_mut!((*h).delayed)
                 .write(CachePadded::new(AtomicPtr::new(ptr::null_mut())));
             ptr::addr_of_mut!((*h).in_use).write(AtomicBool::new(true));
@@ -141,11 +143,8 @@ pub(crate) unsafe fn init_thread() -> *mut Heap {
     if key != usize::MAX {
         os::thread_key_set(key as u32, heap.cast());
     }
-    // Under full checks the fast path must keep missing, so `CUR` stays the empty kind heap.
-    if !crate::checked::full() {
-        // SAFETY: the heap is ours now; the tag is below `NUM_KINDS`.
-        CUR.set(unsafe { ptr::addr_of_mut!((*heap).kinds[tag::current()]) });
-    }
+    // SAFETY: the heap is ours now; the tag is below `NUM_KINDS`.
+    unsafe { super::tag::point_at(heap, tag::current()) };
     heap
 }
 

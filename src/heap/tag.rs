@@ -22,11 +22,28 @@ pub(crate) fn set(kind: usize) -> usize {
     debug_assert!(kind < NUM_KINDS);
     let prev = TAG.replace(kind as u8);
     let heap = current_heap();
-    if !heap.is_null() && !crate::checked::full() {
+    if !heap.is_null() {
         // SAFETY: a non-null current heap is this thread's own; `kind < NUM_KINDS`.
-        CUR.set(unsafe { ptr::addr_of_mut!((*heap).kinds[kind]) });
+        unsafe { point_at(heap, kind) };
     }
     prev as usize
+}
+
+/// Point `CUR` at `heap`'s kind heap for `kind`, or, in the slow-only modes, at its slow kind
+/// heap (which then carries the kind).
+///
+/// # Safety
+/// `heap` is the calling thread's own; `kind < NUM_KINDS`.
+pub(crate) unsafe fn point_at(heap: *mut super::types::Heap, kind: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        if super::slow_only() {
+            (*heap).slow.kind = kind as u8;
+            CUR.set(ptr::addr_of_mut!((*heap).slow));
+        } else {
+            CUR.set(ptr::addr_of_mut!((*heap).kinds[kind]));
+        }
+    }
 }
 
 /// The calling thread's current tensor kind: global allocations made now go to its pools.

@@ -47,6 +47,10 @@ pub(crate) struct KindCounters {
 #[repr(C)]
 pub(crate) struct Heap {
     pub(crate) kinds: [KindHeap; NUM_KINDS],
+    /// What `CUR` points at in the slow-only modes (`heap::slow_only`): no direct page, so every
+    /// allocation takes the slow path, `kind` the thread's tag and `heap` this heap, so the free
+    /// path still finds its heap. It owns no page.
+    pub(crate) slow: KindHeap,
     /// Segments owned by this heap (linked through `Segment::next`).
     pub(crate) segments: *mut Segment,
     /// One empty segment kept back, so a thread cycling through a segment's worth of memory does

@@ -67,6 +67,8 @@ pub(crate) struct Extent {
     pub(crate) zero: bool,
     /// The arena zone the extent's region belongs to.
     pub(crate) zone: u8,
+    /// Live: the block is sampled by the profiler (`profile`), so its free drops the record.
+    pub(crate) sampled: bool,
     /// Tree priority (a hash of `base`, fixed while the extent is in a tree).
     pub(crate) prio: u32,
     /// First byte (page-aligned).
@@ -117,6 +119,7 @@ impl Extent {
         kind: 0,
         zero: false,
         zone: 0,
+        sampled: false,
         prio: 0,
         base: 0,
         size: 0,

@@ -121,6 +121,30 @@ pub(crate) unsafe fn prepare_hot(e: *mut Extent) {
     }
 }
 
+/// Flag the live block `e` as sampled by the profiler.
+///
+/// # Safety
+/// The caller holds the block.
+pub(crate) unsafe fn set_sampled(e: *mut Extent) {
+    // SAFETY: the caller's contract: nobody else changes a held block's descriptor.
+    unsafe { (*e).sampled = true }
+}
+
+/// Whether the live block `e` was sampled; clears the flag.
+///
+/// # Safety
+/// The caller holds the block.
+pub(crate) unsafe fn take_sampled(e: *mut Extent) -> bool {
+    // SAFETY: as in `set_sampled`. Read first: the common answer writes nothing.
+    unsafe {
+        if !(*e).sampled {
+            return false;
+        }
+        (*e).sampled = false;
+        true
+    }
+}
+
 /// A block from a hot cache handed out again.
 ///
 /// # Safety
