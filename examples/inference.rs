@@ -34,6 +34,9 @@ fn main() {
     );
     let mut all = (0usize, 0.0f64, 0usize, 0.0f64);
     for (i, r) in model::REQUESTS.iter().enumerate() {
+        // A marker per request on the memory timeline (recorded with TENSORPOOL_TIMELINE=1 or
+        // TENSORPOOL_REPORT=report.html; otherwise nothing is kept).
+        ALLOC.mark(&format!("request {}", i + 1));
         let out = m.run(r, i as u64 + 1);
         let n = out.tokens.len();
         println!(
@@ -65,6 +68,14 @@ fn main() {
     );
     println!();
     print!("{}", ALLOC.stats());
+    // INFERENCE_REPORT=report.html: the HTML memory report now, with the model still live (run
+    // with TENSORPOOL_TIMELINE=1 for the timeline and TENSORPOOL_PROFILE=512K for call sites).
+    if let Some(path) = std::env::var_os("INFERENCE_REPORT") {
+        match ALLOC.write_html(&path) {
+            Ok(()) => println!("memory report written to {}", path.to_string_lossy()),
+            Err(e) => println!("memory report not written: {e}"),
+        }
+    }
     let adapter = Qwen3VlAdapter::new(Qwen3VlConfig {
         base_capacity: None,
         dtype: tensorpool::DType::F32,

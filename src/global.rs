@@ -93,8 +93,12 @@ impl TensorPool {
             env.thread_cache.unwrap_or(self.config.thread_cache),
             topology.l3_share(),
         );
-        if env.timeline.unwrap_or(self.config.timeline) {
+        let report = crate::os::getenv(c"TENSORPOOL_REPORT").is_some();
+        if env.timeline.unwrap_or(self.config.timeline) || report {
             crate::timeline::start(0);
+        }
+        if report {
+            crate::os::at_exit(html_report_at_exit);
         }
         true
     }
@@ -117,6 +121,9 @@ impl TensorPool {
     /// recording; the chart draws it as a labelled line. The first `MARKER_NAME_MAX` bytes of
     /// the name are kept, in a ring of the last `MARKER_CAPACITY` markers. Allocates nothing.
     pub fn mark(&self, name: &str) {
+        // A program's first marker may come before its first large allocation: configure now,
+        // so that a timeline the options ask for is recording.
+        self.init();
         crate::timeline::mark(name);
     }
 
@@ -125,6 +132,32 @@ impl TensorPool {
     /// is off). Resolves symbols and allocates: call it outside hot paths.
     pub fn profile(&self) -> crate::profile::Profile {
         crate::profile::snapshot()
+    }
+
+    /// The memory report as one self-contained HTML page: the timeline (whole run, and one
+    /// chart per marked stretch), the per-kind table, and the top live call sites per kind with
+    /// their stacks (profiling on). Allocates and resolves symbols: call it outside hot paths.
+    pub fn report_html(&self) -> String {
+        let mut comm = [0u8; 64];
+        let prog = crate::os::read_small_file(b"/proc/self", b"comm", &mut comm)
+            .and_then(|b| core::str::from_utf8(b).ok())
+            .map_or("?", str::trim);
+        crate::profile::unsampled(|| {
+            let title = format!("{prog} (pid {})", crate::os::pid());
+            crate::report::html(&title, &self.stats(), &self.timeline(), &self.profile())
+        })
+    }
+
+    /// Write `report_html` to a file (created or truncated).
+    pub fn write_html(&self, path: impl AsRef<std::path::Path>) -> std::io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let html = self.report_html();
+        let c = std::ffi::CString::new(path.as_ref().as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        let fd = crate::os::create_file(&c).ok_or_else(std::io::Error::last_os_error)?;
+        crate::os::write_fd(fd, html.as_bytes());
+        crate::os::close(fd);
+        Ok(())
     }
 
     /// Stop recording the timeline; what was recorded stays until the next start.
@@ -730,8 +763,13 @@ extern "C" fn exit_report() {
 
 /// `TENSORPOOL_STATS_FILE` with every `%p` replaced by `pid` (and `%%` by `%`), if set.
 fn report_path(pid: u32) -> Option<crate::text::StackStr<512>> {
+    env_path(c"TENSORPOOL_STATS_FILE", pid)
+}
+
+/// The path a variable names, `%p` replaced by `pid` (`%%`: a `%`); None if unset or too long.
+fn env_path(var: &core::ffi::CStr, pid: u32) -> Option<crate::text::StackStr<512>> {
     use core::fmt::Write;
-    let raw = crate::os::getenv(c"TENSORPOOL_STATS_FILE")?;
+    let raw = crate::os::getenv(var)?;
     let mut path = crate::text::StackStr::<512>::new();
     let mut i = 0;
     while i < raw.len() {
@@ -750,6 +788,19 @@ fn report_path(pid: u32) -> Option<crate::text::StackStr<512>> {
         i += 1;
     }
     Some(path)
+}
+
+/// `TENSORPOOL_REPORT=path.html` (`%p`: the pid): the HTML report at exit.
+extern "C" fn html_report_at_exit() {
+    let Some(path) = env_path(c"TENSORPOOL_REPORT", crate::os::pid()) else {
+        return;
+    };
+    if TensorPool::new()
+        .write_html(std::ffi::OsStr::new(path.as_str()))
+        .is_err()
+    {
+        crate::os::write_stderr(b"tensorpool: TENSORPOOL_REPORT cannot be written\n");
+    }
 }
 
 /// Formats into a stack buffer and writes it to a descriptor as it fills.

@@ -45,6 +45,7 @@ mod os;
 mod pagemap;
 mod pool;
 mod profile;
+mod report;
 mod stats;
 mod sync;
 mod text;

@@ -201,6 +201,15 @@ pub(crate) fn record(ptr: *mut u8, size: usize, kind: usize) {
     BUSY.set(false);
 }
 
+/// Run `f` with the calling thread's allocations unsampled (a report's own allocations must not
+/// show in the profile it reports).
+pub(crate) fn unsampled<R>(f: impl FnOnce() -> R) -> R {
+    let was = BUSY.replace(true);
+    let r = f();
+    BUSY.set(was);
+    r
+}
+
 /// The sampled block at `ptr` was freed: drop its record.
 pub(crate) fn remove(ptr: *mut u8) {
     TABLE.with(|t| {
@@ -450,6 +459,25 @@ impl Profile {
         self.sites.iter().filter(move |s| s.kind == kind)
     }
 
+    /// The sites of `kind` grouped by call site (their first frame), largest first: the call
+    /// site, its bytes and blocks, and its stacks, largest first.
+    pub fn call_sites(&self, kind: TensorKind) -> Vec<(String, u64, u64, Vec<&ProfileSite>)> {
+        let mut groups: Vec<(String, u64, u64, Vec<&ProfileSite>)> = Vec::new();
+        for s in self.sites_of(kind) {
+            let c = s.call_site();
+            match groups.iter_mut().find(|g| g.0 == c) {
+                Some(g) => {
+                    g.1 += s.bytes;
+                    g.2 += s.blocks;
+                    g.3.push(s);
+                }
+                None => groups.push((c, s.bytes, s.blocks, vec![s])),
+            }
+        }
+        groups.sort_by_key(|g| core::cmp::Reverse(g.1));
+        groups
+    }
+
     /// The report's text: per kind with live samples, its `top` largest call sites.
     pub fn to_text(&self, top: usize) -> String {
         use core::fmt::Write;
@@ -464,14 +492,13 @@ impl Profile {
             crate::text::Bytes(self.rate as u64)
         );
         for kind in TensorKind::ALL {
-            for s in self.sites_of(kind).take(top) {
+            for (site, bytes, blocks, _) in self.call_sites(kind).into_iter().take(top) {
                 let _ = writeln!(
                     out,
-                    "  {:<16} {:>10} in {:>6} blocks  {}",
+                    "  {:<16} {:>10} in {:>6} blocks  {site}",
                     kind.name(),
-                    crate::text::Bytes(s.bytes).to_string(),
-                    s.blocks,
-                    s.call_site()
+                    crate::text::Bytes(bytes).to_string(),
+                    blocks,
                 );
             }
         }

@@ -233,6 +233,40 @@ impl Timeline {
         s
     }
 
+    /// The samples and markers from `t0_ns` up to `t1_ns`, with times counted from `t0_ns` (one
+    /// request of a run marked per request), the last sample before `t0_ns` starting it.
+    pub fn between(&self, t0_ns: u64, t1_ns: u64) -> Timeline {
+        let before = self.samples.iter().rev().find(|s| s.t_ns < t0_ns).copied();
+        let samples = before
+            .map(|s| Sample { t_ns: t0_ns, ..s })
+            .into_iter()
+            .chain(
+                self.samples
+                    .iter()
+                    .filter(|s| s.t_ns >= t0_ns && s.t_ns < t1_ns)
+                    .copied(),
+            )
+            .map(|s| Sample {
+                t_ns: s.t_ns - t0_ns,
+                ..s
+            })
+            .collect();
+        let markers = self
+            .markers
+            .iter()
+            .filter(|m| m.t_ns >= t0_ns && m.t_ns < t1_ns)
+            .map(|m| Marker {
+                t_ns: m.t_ns - t0_ns,
+                name: m.name.clone(),
+            })
+            .collect();
+        Timeline {
+            samples,
+            events: self.events,
+            markers,
+        }
+    }
+
     /// An SVG chart, `width` x `height` pixels: live bytes stacked by kind over time (areas), the
     /// live + cached total as a dashed line, the markers as labelled vertical lines, labelled axes
     /// and a legend.
@@ -279,6 +313,19 @@ impl Timeline {
             left + pw / 2.0,
             escape(title)
         );
+        // Bands: every other stretch between markers shaded, so each request reads as one.
+        for (i, m) in self.markers.iter().enumerate().step_by(2) {
+            let x0 = x(m.t_ns.min(t_max as u64));
+            let x1 = self
+                .markers
+                .get(i + 1)
+                .map_or(left + pw, |n| x(n.t_ns.min(t_max as u64)));
+            let _ = writeln!(
+                s,
+                "<rect x=\"{x0}\" y=\"{top}\" width=\"{}\" height=\"{ph}\" fill=\"#eef2f7\"/>",
+                (x1 - x0).max(0.0)
+            );
+        }
         // Stacked areas, bottom kind first: each polygon runs along its top edge forwards and
         // along the previous top edge backwards (steps: a value holds until the next event).
         let n = self.samples.len();
@@ -312,7 +359,7 @@ impl Timeline {
                 s,
                 "<line x1=\"{xx}\" y1=\"{top}\" x2=\"{xx}\" y2=\"{}\" stroke=\"#444444\" \
                  stroke-width=\"0.8\"/><text x=\"{}\" y=\"{}\" font-size=\"10\" \
-                 transform=\"rotate(-90 {} {})\">{}</text>",
+                 text-anchor=\"end\" transform=\"rotate(-90 {} {})\">{}</text>",
                 top + ph,
                 xx + 3.0,
                 top + 4.0,

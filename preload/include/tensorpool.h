@@ -57,6 +57,11 @@ int tensorpool_write_timeline(int fd, int format);
  * 2. Returns 0, or -1 with errno set (EINVAL: another format). */
 int tensorpool_write_profile(int fd, int format);
 
+/* Write the memory report, one self-contained HTML page (timeline, per-kind table, live call
+ * sites), to a file descriptor. TENSORPOOL_REPORT=path.html writes it at exit. Returns 0, or -1
+ * with errno set. */
+int tensorpool_write_report(int fd);
+
 /* Put a named marker ("request 2") on the timeline, if it is recording: the SVG chart draws it
  * as a labelled line. The first 32 bytes of the name are kept. */
 void tensorpool_mark(const char *name);

@@ -374,6 +374,13 @@ pub extern "C" fn tensorpool_write_profile(fd: c_int, format: c_int) -> c_int {
     write_fd(fd, text.as_bytes())
 }
 
+/// Write the memory report, one self-contained HTML page (`TensorPool::report_html`), to `fd`.
+/// Returns 0, or -1 with errno set.
+#[no_mangle]
+pub extern "C" fn tensorpool_write_report(fd: c_int) -> c_int {
+    write_fd(fd, ALLOC.report_html().as_bytes())
+}
+
 /// Put a named marker on the memory timeline (`TensorPool::mark`), if it is recording. A null
 /// or non-UTF-8 name is ignored.
 ///
