@@ -1,0 +1,257 @@
+"""tensorpool for Python: the per-kind memory allocator for ML inference.
+
+Start a program under the allocator with the launcher, which preloads the library this package
+carries (the C allocator of the whole process, numpy's and PyTorch's CPU buffers included)::
+
+    python -m tensorpool run [--stats] [--profile 512K] [--report report.html] script.py args...
+    python -m tensorpool run -m package.module args...
+    python -m tensorpool run -c "code"
+
+Inside such a program::
+
+    import tensorpool
+    with tensorpool.kind("kv_cache"):      # numpy arrays / torch CPU tensors made here
+        cache = np.zeros((2, 8, 4096, 64), np.float32)   # land in the KV-cache pool
+    tensorpool.memory_stats()["allocated_bytes.kv_cache.current"]
+
+Every function but :func:`is_active`, :func:`library_path` and :data:`KINDS` raises
+:class:`NotActiveError` (a ``RuntimeError``) when the library is not preloaded, saying how to
+start under the launcher: nothing silently does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Optional, TypeVar, Union
+
+__version__ = "0.1.0"
+
+#: The tensor kinds, in the library's order (their index is the C API's kind number).
+KINDS = (
+    "general",
+    "attention",
+    "kv_cache",
+    "image_embedding",
+    "text_embedding",
+    "activation",
+)
+
+__all__ = [
+    "KINDS",
+    "NotActiveError",
+    "is_active",
+    "library_path",
+    "kind",
+    "current_kind",
+    "memory_stats",
+    "memory_summary",
+    "trim",
+    "mark",
+    "write_report",
+    "profile",
+    "__version__",
+]
+
+
+class NotActiveError(RuntimeError):
+    """The tensorpool library is not this process's allocator (it was not preloaded)."""
+
+
+_HOW = (
+    "tensorpool is not this process's allocator: start the program with "
+    "`python -m tensorpool run script.py` (or `-m module`, `-c code`), "
+    "which preloads the library"
+)
+
+
+def library_path() -> Path:
+    """Where this package's ``libtensorpool_preload.so`` is."""
+    here = Path(__file__).resolve().parent
+    for name in sorted(os.listdir(here)):
+        if name.startswith("libtensorpool_preload") and ".so" in name:
+            return here / name
+    raise FileNotFoundError(f"libtensorpool_preload.so is not in {here} (a broken install?)")
+
+
+_lib: Optional[ctypes.CDLL] = None
+_lib_lock = threading.Lock()
+
+
+def _load() -> Optional[ctypes.CDLL]:
+    """The preloaded library's symbols (the process's global namespace), or None."""
+    global _lib
+    with _lib_lock:
+        if _lib is None:
+            g = ctypes.CDLL(None, use_errno=True)
+            if not hasattr(g, "tensorpool_set_kind"):
+                return None
+            g.tensorpool_set_kind.argtypes = [ctypes.c_int]
+            g.tensorpool_set_kind.restype = ctypes.c_int
+            g.tensorpool_get_kind.restype = ctypes.c_int
+            g.tensorpool_kind_from_name.argtypes = [ctypes.c_char_p]
+            g.tensorpool_kind_from_name.restype = ctypes.c_int
+            g.tensorpool_write_stats.argtypes = [ctypes.c_int, ctypes.c_int]
+            g.tensorpool_trim.restype = ctypes.c_size_t
+            g.tensorpool_mark.argtypes = [ctypes.c_char_p]
+            g.tensorpool_write_report.argtypes = [ctypes.c_int]
+            g.tensorpool_write_profile.argtypes = [ctypes.c_int, ctypes.c_int]
+            _lib = g
+        return _lib
+
+
+def _need() -> ctypes.CDLL:
+    lib = _load()
+    if lib is None:
+        raise NotActiveError(_HOW)
+    return lib
+
+
+def is_active() -> bool:
+    """Whether tensorpool is this process's allocator (the launcher preloaded it)."""
+    return _load() is not None
+
+
+def _kind_index(name: str) -> int:
+    lib = _need()
+    if not isinstance(name, str):
+        raise TypeError(f"a kind is a name such as 'kv_cache', not {type(name).__name__}")
+    k = lib.tensorpool_kind_from_name(name.encode())
+    if k < 0:
+        raise ValueError(f"unknown tensor kind {name!r} (one of {', '.join(KINDS)})")
+    return k
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class kind(contextlib.ContextDecorator):
+    """Allocations this thread makes inside the block go to the pool of kind ``name``.
+
+    A context manager and a decorator; scopes nest (the previous kind comes back at the end,
+    also on an exception) and are per thread, like the C tag they set::
+
+        with tensorpool.kind("kv_cache"):
+            k = np.empty((layers, 2, heads, ctx, dim), np.float16)
+
+        @tensorpool.kind("activation")
+        def mlp(x): ...
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._index = _kind_index(name)
+        self._prev = threading.local()
+
+    def __enter__(self) -> "kind":
+        stack = getattr(self._prev, "stack", None)
+        if stack is None:
+            stack = self._prev.stack = []
+        stack.append(_need().tensorpool_set_kind(self._index))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _need().tensorpool_set_kind(self._prev.stack.pop())
+
+
+def current_kind() -> str:
+    """The calling thread's kind."""
+    return KINDS[_need().tensorpool_get_kind()]
+
+
+def _read_fd(write: Callable[[int], int], what: str) -> str:
+    """What a C writer puts on a descriptor (through a temporary file: no pipe to fill)."""
+    import tempfile
+
+    with tempfile.TemporaryFile() as f:
+        if write(f.fileno()) != 0:
+            raise OSError(ctypes.get_errno(), f"tensorpool: {what} failed")
+        f.seek(0)
+        return f.read().decode()
+
+
+def _stats_json() -> Dict[str, Any]:
+    lib = _need()
+    return json.loads(_read_fd(lambda fd: lib.tensorpool_write_stats(fd, 1), "write_stats"))
+
+
+def memory_stats() -> Dict[str, Union[int, float, None]]:
+    """The allocator's statistics as one flat dict, keyed as ``torch.cuda.memory_stats()`` is
+    where a key fits.
+
+    Per kind ``<k>`` (and ``all`` for the total): ``allocated_bytes.<k>.current`` (live bytes),
+    ``.peak`` (most held at once), ``reserved_bytes.<k>.current`` (live + cached + hot: what the
+    pool holds), ``requested_bytes.<k>.all`` (bytes asked for), ``num_alloc.<k>``,
+    ``num_hits.<k>``, ``hit_rate.<k>`` (None for a pool never asked), ``cached_bytes.<k>``,
+    ``hot_bytes.<k>``, ``num_evictions.<k>``; and ``num_alloc_retries`` (allocations that
+    released cached memory to the OS and tried again), ``num_ooms`` (requests refused by a limit),
+    ``resident_bytes``, ``mapped_bytes``, ``returned_bytes``.
+    """
+    s = _stats_json()
+    out: Dict[str, Union[int, float, None]] = {}
+    pools = dict(s["kinds"])
+    pools["all"] = s["total"]
+    for k, p in pools.items():
+        out[f"allocated_bytes.{k}.current"] = p["live_bytes"]
+        out[f"allocated_bytes.{k}.peak"] = p["peak_live_bytes"]
+        out[f"reserved_bytes.{k}.current"] = p["live_bytes"] + p["cached_bytes"] + p["hot_bytes"]
+        out[f"requested_bytes.{k}.all"] = p["requested_bytes"]
+        out[f"num_alloc.{k}"] = p["requests"]
+        out[f"num_hits.{k}"] = p["hits"]
+        out[f"hit_rate.{k}"] = p["hit_rate"]
+        out[f"cached_bytes.{k}"] = p["cached_bytes"]
+        out[f"hot_bytes.{k}"] = p["hot_bytes"]
+        out[f"num_evictions.{k}"] = p["evictions"]
+    a = s["arena"]
+    out["num_alloc_retries"] = a.get("recoveries", 0)
+    out["num_ooms"] = s["total"].get("limit_refusals", 0)
+    out["resident_bytes"] = s.get("resident_bytes")
+    out["mapped_bytes"] = a.get("mapped_bytes")
+    out["returned_bytes"] = a.get("purged_bytes")
+    return out
+
+
+def memory_summary() -> str:
+    """The statistics table, as the exit report prints it."""
+    lib = _need()
+    return _read_fd(lambda fd: lib.tensorpool_write_stats(fd, 0), "write_stats")
+
+
+def trim() -> int:
+    """Return every cached page to the OS; the bytes returned."""
+    return int(_need().tensorpool_trim())
+
+
+def mark(name: str) -> None:
+    """Put a named marker ("request 2") on the memory timeline (recorded with ``--timeline``
+    or ``--report``)."""
+    _need().tensorpool_mark(str(name).encode())
+
+
+def write_report(path: Union[str, "os.PathLike[str]"]) -> None:
+    """Write the HTML memory report (timeline, per-kind table, live call sites) to ``path``."""
+    lib = _need()
+    fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        if lib.tensorpool_write_report(fd) != 0:
+            raise OSError(ctypes.get_errno(), "tensorpool: write_report failed")
+    finally:
+        os.close(fd)
+
+
+def profile() -> Dict[str, Any]:
+    """The profile of live memory by call site: ``{"rate", "dropped", "sites": [{"kind",
+    "bytes", "blocks", "samples", "stack": [{"function", "file", "line"}]}]}``. Profiling must
+    be on (``--profile 512K``); otherwise ``RuntimeError`` says so."""
+    lib = _need()
+    p = json.loads(_read_fd(lambda fd: lib.tensorpool_write_profile(fd, 1), "write_profile"))
+    if p["rate"] == 0:
+        raise RuntimeError(
+            "tensorpool: profiling is off; start with `python -m tensorpool run --profile 512K ...`"
+        )
+    return p

@@ -1,0 +1,278 @@
+"""The Python package, installed: the launcher runs scripts, modules and code with tensorpool
+preloaded, the API reads and steers the allocator, and without the launcher it refuses with the
+documented error. Each case runs in a child process, since the allocator is chosen at start."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import tensorpool
+
+PY = sys.executable
+
+
+def launch(*args, env=None, check=True):
+    """`python -m tensorpool run ARGS`; its completed process."""
+    e = dict(os.environ)
+    e.pop("LD_PRELOAD", None)
+    e.update(env or {})
+    p = subprocess.run(
+        [PY, "-m", "tensorpool", "run", *args], capture_output=True, text=True, env=e, timeout=300
+    )
+    if check:
+        assert p.returncode == 0, p.stdout + p.stderr
+    return p
+
+
+def code(src):
+    return textwrap.dedent(src)
+
+
+def test_version_and_help():
+    p = subprocess.run([PY, "-m", "tensorpool", "--version"], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip() == f"tensorpool {tensorpool.__version__}"
+    p = subprocess.run([PY, "-m", "tensorpool", "--help"], capture_output=True, text=True)
+    assert p.returncode == 0 and "run" in p.stdout
+    p = subprocess.run([PY, "-m", "tensorpool", "run", "--help"], capture_output=True, text=True)
+    assert p.returncode == 0 and "--profile" in p.stdout and "-m MODULE" in p.stdout
+
+
+def test_the_launcher_runs_a_script_a_module_and_code(tmp_path):
+    script = tmp_path / "prog.py"
+    script.write_text(
+        "import sys, tensorpool\nprint('script', tensorpool.is_active(), sys.argv[1:])\n"
+    )
+    p = launch(str(script), "a", "--stats", "b")
+    assert p.stdout.strip() == "script True ['a', '--stats', 'b']"
+    (tmp_path / "tpmod.py").write_text(
+        "import sys, tensorpool\nprint('module', tensorpool.is_active(), sys.argv[1:])\n"
+    )
+    p = launch("-m", "tpmod", "x", env={"PYTHONPATH": str(tmp_path)})
+    assert p.stdout.strip() == "module True ['x']"
+    p = launch("-c", "import tensorpool; print('code', tensorpool.is_active())")
+    assert p.stdout.strip() == "code True"
+
+
+def test_options_reach_the_allocator(tmp_path):
+    report = tmp_path / "r.html"
+    p = launch(
+        "--stats",
+        "--profile",
+        "512K",
+        "--report",
+        str(report),
+        "-c",
+        "import numpy as np, tensorpool\n"
+        "with tensorpool.kind('kv_cache'):\n"
+        "    keep = np.ones(8 << 20, np.uint8)\n"
+        "tensorpool.mark('request 1')\n"
+        "print(tensorpool.profile()['rate'])\n",
+    )
+    assert p.stdout.strip() == str(512 << 10)
+    assert "tensorpool: statistics at exit of" in p.stderr
+    assert "still live at exit: kv_cache" in p.stderr
+    assert "live memory by call site" in p.stderr
+    html = report.read_text()
+    assert html.startswith("<!DOCTYPE html>") and "request 1" in html
+
+
+def test_a_kind_holds_a_numpy_array_and_lets_it_go():
+    p = launch(
+        "-c",
+        code(
+            """
+            import json, numpy as np, tensorpool
+            key = "allocated_bytes.kv_cache.current"
+            before = tensorpool.memory_stats()[key]
+            with tensorpool.kind("kv_cache"):
+                a = np.zeros(3_000_000, np.float32)
+            held = tensorpool.memory_stats()[key] - before
+            n = a.nbytes
+            del a
+            after = tensorpool.memory_stats()[key] - before
+            print(json.dumps([n, held, after]))
+            """
+        ),
+    )
+    n, held, after = json.loads(p.stdout)
+    assert n <= held <= n + 4096, (n, held)
+    assert after == 0
+
+
+def test_kinds_nest_and_threads_keep_their_own():
+    p = launch(
+        "-c",
+        code(
+            """
+            import json, threading, tensorpool
+            seen = {}
+            with tensorpool.kind("kv_cache"):
+                seen["outer"] = tensorpool.current_kind()
+                with tensorpool.kind("attention"):
+                    seen["inner"] = tensorpool.current_kind()
+                    def other():
+                        seen["thread"] = tensorpool.current_kind()
+                        with tensorpool.kind("activation"):
+                            seen["thread_inner"] = tensorpool.current_kind()
+                    t = threading.Thread(target=other); t.start(); t.join()
+                    seen["after_thread"] = tensorpool.current_kind()
+                seen["back"] = tensorpool.current_kind()
+            seen["out"] = tensorpool.current_kind()
+
+            @tensorpool.kind("image_embedding")
+            def embed():
+                return tensorpool.current_kind()
+            seen["decorated"] = embed()
+            try:
+                with tensorpool.kind("text_embedding"):
+                    raise KeyError
+            except KeyError:
+                seen["after_exception"] = tensorpool.current_kind()
+            print(json.dumps(seen))
+            """
+        ),
+    )
+    assert json.loads(p.stdout) == {
+        "outer": "kv_cache",
+        "inner": "attention",
+        "thread": "general",
+        "thread_inner": "activation",
+        "after_thread": "attention",
+        "back": "kv_cache",
+        "out": "general",
+        "decorated": "image_embedding",
+        "after_exception": "general",
+    }
+
+
+def test_trim_lowers_resident_memory_after_a_large_free():
+    p = launch(
+        "-c",
+        code(
+            """
+            import json, numpy as np, tensorpool
+            rss = lambda: tensorpool.memory_stats()["resident_bytes"]
+            arrays = [np.ones(16 << 20, np.uint8) for _ in range(20)]
+            high = rss()
+            del arrays
+            kept = rss()
+            returned = tensorpool.trim()
+            print(json.dumps([high, kept, rss(), returned]))
+            """
+        ),
+        env={"TENSORPOOL_DECAY_MS": "-1"},
+    )
+    high, kept, low, returned = json.loads(p.stdout)
+    assert kept > 300 << 20, "freed arrays stay resident until trim (decay off)"
+    assert returned >= 300 << 20 and low < kept - (250 << 20), (high, kept, low, returned)
+
+
+def test_summary_and_stats_keys():
+    p = launch(
+        "-c",
+        "import json, tensorpool; s = tensorpool.memory_stats(); "
+        "print(json.dumps(sorted(s))); print(tensorpool.memory_summary())",
+    )
+    keys = json.loads(p.stdout.splitlines()[0])
+    for k in tensorpool.KINDS + ("all",):
+        for f in ("allocated_bytes.{}.current", "allocated_bytes.{}.peak",
+                  "reserved_bytes.{}.current", "num_alloc.{}", "hit_rate.{}"):
+            assert f.format(k) in keys
+    for k in ("num_alloc_retries", "num_ooms", "resident_bytes"):
+        assert k in keys
+    assert "pool " in p.stdout and "kv_cache" in p.stdout
+
+
+def test_without_the_launcher_the_api_says_how_to_start():
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    p = subprocess.run(
+        [
+            PY,
+            "-c",
+            code(
+                """
+                import tensorpool
+                assert not tensorpool.is_active()
+                for f in (lambda: tensorpool.kind("kv_cache"), tensorpool.memory_stats,
+                          tensorpool.memory_summary, tensorpool.trim,
+                          lambda: tensorpool.mark("x"), tensorpool.profile,
+                          lambda: tensorpool.write_report("/tmp/x.html")):
+                    try:
+                        f()
+                    except tensorpool.NotActiveError as e:
+                        assert isinstance(e, RuntimeError)
+                        assert "python -m tensorpool run" in str(e)
+                    else:
+                        raise SystemExit("no error")
+                print("ok")
+                """
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--decay-ms", "soon"], "is not milliseconds"),
+        (["--profile", "lots"], "is not a size"),
+        (["--thread-cache", "1X"], "is not a size"),
+        (["--check", "paranoid"], "invalid choice"),
+        (["--stats=yaml"], "invalid choice"),
+        ([], "required"),
+    ],
+)
+def test_bad_launcher_options_are_reported(args, message):
+    p = launch(*args, *([] if args == [] else ["-c", "pass"]), check=False)
+    assert p.returncode == 2 and message in p.stderr, p.stderr
+
+
+def test_the_example_runs():
+    example = os.path.join(os.path.dirname(__file__), "..", "examples", "tag_numpy.py")
+    p = launch("--stats", example)
+    lines = p.stdout.splitlines()
+    live, held = [int(w) for w in lines[0].replace(",", "").split() if w.isdigit()]
+    assert held <= live <= held + 4096, lines[0]
+    assert "trim returned" in lines[2]
+    assert "kv_cache" in p.stderr
+
+
+def test_a_bad_kind_name_is_an_error():
+    p = launch(
+        "-c",
+        "import tensorpool\ntry:\n    tensorpool.kind('kv-cash')\nexcept ValueError as e:\n"
+        "    print(e)\n",
+    )
+    assert "unknown tensor kind 'kv-cash'" in p.stdout
+
+
+def test_torch_tensors_land_in_their_kind():
+    pytest.importorskip("torch")
+    p = launch(
+        "-c",
+        code(
+            """
+            import json, torch, tensorpool
+            key = "allocated_bytes.kv_cache.current"
+            before = tensorpool.memory_stats()[key]
+            with tensorpool.kind("kv_cache"):
+                t = torch.zeros(3_000_000, dtype=torch.float32)
+            held = tensorpool.memory_stats()[key] - before
+            n = t.numel() * t.element_size()
+            del t
+            print(json.dumps([n, held, tensorpool.memory_stats()[key] - before]))
+            """
+        ),
+    )
+    n, held, after = json.loads(p.stdout)
+    assert n <= held <= n + 4096 + 64, (n, held)
+    assert after == 0
