@@ -3,9 +3,9 @@
 //! nothing written to the allocator's state first. The same cases under the preload library are
 //! in `preload/tests/preload.rs`.
 use std::alloc::{GlobalAlloc, Layout};
-use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
 use tensorpool::{with_kind, TensorKind, TensorPool};
+
+mod common;
 
 #[global_allocator]
 static ALLOC: TensorPool = TensorPool::new();
@@ -155,32 +155,8 @@ fn every_bad_free_stops_the_process_with_a_message() {
         (13, "double free of a 32-byte block"),
     ];
     for (n, want) in cases {
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "child_entry",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env("BAD_FREE", n.to_string())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            out.status.signal(),
-            Some(libc::SIGABRT),
-            "case {n} was not stopped: {:?} {err}",
-            out.status
-        );
-        let line = err
-            .lines()
-            .find(|l| l.starts_with("tensorpool: "))
-            .unwrap_or_else(|| panic!("case {n}: no message: {err}"));
-        assert!(
-            line.contains(want) && line.contains("aborting"),
-            "case {n}: {line}"
-        );
+        let out = common::child_output("child_entry", &[("BAD_FREE", &n.to_string())]);
+        common::assert_stopped(&out, &n.to_string(), want);
         assert!(!String::from_utf8_lossy(&out.stdout).contains("survived"));
     }
 }

@@ -3,9 +3,9 @@
 //! are reported, bad frees too, and a correct program runs to the end with its contents intact
 //! and the census at exit reporting nothing wrong.
 use std::alloc::{GlobalAlloc, Layout};
-use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
 use tensorpool::{with_kind, TensorKind, TensorPool};
+
+mod common;
 
 #[global_allocator]
 static ALLOC: TensorPool = TensorPool::new();
@@ -125,18 +125,10 @@ fn child_entry() {
 }
 
 fn run_case(n: u32, check: &str) -> std::process::Output {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_entry",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env("FULL_CASE", n.to_string())
-        .env("TENSORPOOL_CHECK", check)
-        .output()
-        .unwrap()
+    common::child_output(
+        "child_entry",
+        &[("FULL_CASE", &n.to_string()), ("TENSORPOOL_CHECK", check)],
+    )
 }
 
 #[test]
@@ -163,18 +155,7 @@ fn full_checks_report_overflows_writes_after_free_and_bad_frees() {
     ];
     for (n, want) in cases {
         let out = run_case(n, "full");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            out.status.signal(),
-            Some(libc::SIGABRT),
-            "case {n} was not stopped: {:?} {err}",
-            out.status
-        );
-        let line = err
-            .lines()
-            .find(|l| l.starts_with("tensorpool: ") && l.contains("aborting"))
-            .unwrap_or_else(|| panic!("case {n}: no message: {err}"));
-        assert!(line.contains(want), "case {n}: {line}");
+        let line = common::assert_stopped(&out, &n.to_string(), want);
         if n == 1 {
             assert!(line.contains("at offset 5 (byte 0x41)"), "{line}");
         }

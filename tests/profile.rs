@@ -3,8 +3,9 @@
 //! among call sites that allocate and free heavily; the exit report names that function under
 //! `kv_cache` with about 24 MiB and no other site as holding live KV-cache memory. The folded
 //! stacks feed a flamegraph (inferno), and the JSON parses.
-use std::process::Command;
 use tensorpool::{with_kind, TensorKind, TensorPool};
+
+mod common;
 
 #[global_allocator]
 static ALLOC: TensorPool = TensorPool::new();
@@ -32,11 +33,12 @@ fn churn_kv_and_activations() -> u64 {
 }
 
 /// Small objects kept until exit: live general memory from a site of its own (one allocation
-/// each, hence the boxes).
+/// each, hence the boxes): 6.4 MB, about 12 samples at 512 KiB, so that the site is missed
+/// once in 200,000 runs (`exp(-12.5)`).
 #[allow(clippy::vec_box)]
 #[inline(never)]
 fn keep_small_objects() -> Vec<Box<[u64; 8]>> {
-    (0..20_000).map(|i| Box::new([i; 8])).collect()
+    (0..100_000).map(|i| Box::new([i; 8])).collect()
 }
 
 fn program() {
@@ -63,20 +65,15 @@ fn child_entry() {
 }
 
 fn run(rate: &str, out: &str) -> (String, String) {
-    let o = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_entry",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env("PROFILE_CHILD", "1")
-        .env("PROFILE_OUT", out)
-        .env("TENSORPOOL_PROFILE", rate)
-        .env("TENSORPOOL_STATS", "1")
-        .output()
-        .unwrap();
+    let o = common::child_output(
+        "child_entry",
+        &[
+            ("PROFILE_CHILD", "1"),
+            ("PROFILE_OUT", out),
+            ("TENSORPOOL_PROFILE", rate),
+            ("TENSORPOOL_STATS", "1"),
+        ],
+    );
     assert!(o.status.success(), "{o:?}");
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
