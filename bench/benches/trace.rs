@@ -192,6 +192,9 @@ fn child(mode: &str) {
             tl.to_svg(&title, 900, 420),
         )
         .unwrap();
+        // The HTML report: the whole run, then one chart per request (the markers).
+        p.write_html(format!("{dir}/trace-{mode}-report.html"))
+            .unwrap();
         eprintln!("{stats}");
     }
     let hwm = status_bytes("VmHWM:");
