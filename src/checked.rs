@@ -183,8 +183,9 @@ pub(crate) fn alloc(size: usize, align: usize, kind: usize) -> *mut u8 {
     else {
         return ptr::null_mut();
     };
-    let p = STATE.with(|s| {
-        // SAFETY: slots are carved from mappings this module owns, under the lock.
+    STATE.with(|s| {
+        // SAFETY: slots are carved from mappings this module owns, under the lock; the canary
+        // bytes lie in the block's slot, after the block.
         unsafe {
             let slot = take_slot(s, need, offset);
             if slot.is_null() {
@@ -198,20 +199,12 @@ pub(crate) fn alloc(size: usize, align: usize, kind: usize) -> *mut u8 {
             (*slot).next = ptr::null_mut();
             let user = slot.cast::<u8>().add(offset);
             user.cast::<usize>().sub(1).write(slot as usize ^ BACK_KEY);
+            ptr::write_bytes(user.add(size), CANARY, canary_len(slot));
             s.live_blocks += 1;
             s.live_bytes += size;
             user
         }
-    });
-    if !p.is_null() {
-        // SAFETY: the canary bytes lie in the block's slot, after the block.
-        unsafe {
-            let slot = slot_of_user(p);
-            let n = canary_len(slot);
-            ptr::write_bytes(p.add(size), CANARY, n);
-        }
-    }
-    p
+    })
 }
 
 /// A slot of at least `need` bytes, aligned to `offset` (a power of two: the block's alignment,
@@ -292,15 +285,6 @@ unsafe fn take_slot(s: &mut State, need: usize, offset: usize) -> *mut Slot {
     slot
 }
 
-/// The slot of a user address this module handed out.
-///
-/// # Safety
-/// `p` is a live block of this module.
-unsafe fn slot_of_user(p: *mut u8) -> *mut Slot {
-    // SAFETY: the caller's contract: the back pointer is intact.
-    unsafe { (p.cast::<usize>().sub(1).read() ^ BACK_KEY) as *mut Slot }
-}
-
 /// Canary bytes after a slot's block.
 ///
 /// # Safety
@@ -335,7 +319,7 @@ unsafe fn live_slot(s: &State, p: *mut u8, what: &str) -> *mut Slot {
             {
                 match (*slot).state {
                     LIVE => return slot,
-                    QUARANTINED | FREE => stop(format_args!(
+                    QUARANTINED | FREE => crate::os::fatal(format_args!(
                         "{what}({p:p}): double free of a {}-byte block (kind {}), freed before",
                         (*slot).size,
                         kind_name((*slot).kind as usize)
@@ -348,7 +332,7 @@ unsafe fn live_slot(s: &State, p: *mut u8, what: &str) -> *mut Slot {
             Some(slot) if (*slot).state == LIVE => {
                 let user = slot as usize + (*slot).offset as usize;
                 if a >= user && a < user + (*slot).size {
-                    stop(format_args!(
+                    crate::os::fatal(format_args!(
                         "{what}({p:p}): not the start of a block: {} bytes into the {}-byte \
                          block at {user:#x} (kind {})",
                         a - user,
@@ -356,14 +340,14 @@ unsafe fn live_slot(s: &State, p: *mut u8, what: &str) -> *mut Slot {
                         kind_name((*slot).kind as usize)
                     ))
                 }
-                stop(format_args!(
+                crate::os::fatal(format_args!(
                     "{what}({p:p}): not a block: {} bytes from the {}-byte block at {user:#x}, in \
                      its header or canary",
                     a as isize - user as isize,
                     (*slot).size
                 ))
             }
-            _ => stop(format_args!(
+            _ => crate::os::fatal(format_args!(
                 "{what}({p:p}): not a live block (in freed or unused memory of the checking \
                  allocator)"
             )),
@@ -462,7 +446,7 @@ unsafe fn check_canary(slot: *mut Slot, what: &str) {
         for i in 0..canary_len(slot) {
             let b = end.add(i).read();
             if b != CANARY {
-                stop(format_args!(
+                crate::os::fatal(format_args!(
                     "{what}({user:p}): buffer overflow: the {}-byte block (kind {}) was written \
                      past its end, at +{i} (byte {b:#04x} at {:p})",
                     (*slot).size,
@@ -482,7 +466,7 @@ unsafe fn check_fill(slot: *mut Slot) {
         let user = slot.cast::<u8>().add((*slot).offset as usize);
         let n = (*slot).size.min(FILL_MAX);
         if let Some(i) = (0..n).find(|&i| user.add(i).read() != FREED) {
-            stop(format_args!(
+            crate::os::fatal(format_args!(
                 "write after free: the {}-byte block at {user:p} (kind {}) was written after it \
                  was freed, at offset {i} (byte {:#04x})",
                 (*slot).size,
@@ -553,13 +537,4 @@ extern "C" fn census_at_exit() {
 
 fn kind_name(k: usize) -> &'static str {
     crate::kind::TensorKind::from_index(k).map_or("?", |k| k.name())
-}
-
-/// Report and abort.
-#[cold]
-fn stop(args: core::fmt::Arguments<'_>) -> ! {
-    let mut line = crate::text::StackStr::<320>::new();
-    let _ = writeln!(line, "tensorpool: {args}; aborting");
-    crate::os::write_stderr(line.as_bytes());
-    crate::os::abort()
 }

@@ -78,6 +78,13 @@ pub(crate) fn small_size(c: usize) -> usize {
     SMALL_CLASSES[c] as usize
 }
 
+/// The alignment every block of class `c` has in its page (the size's largest power-of-two
+/// factor, at most a page): what a request served by class `c` may have asked for.
+#[inline]
+pub(crate) fn block_align(c: usize) -> usize {
+    1 << small_size(c).trailing_zeros().min(12)
+}
+
 /// `ceil(2^32 / size)` of class `c`: an offset `off` in a page is a multiple of the size exactly
 /// when `off * recip mod 2^32 < recip` (Lemire, Kaser and Kurz, "Faster remainder by direct
 /// computation", 2019; checked for every class and offset in the tests).
@@ -133,6 +140,20 @@ mod tests {
                     off as usize % size == 0,
                     "class {c} offset {off}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn a_class_aligns_its_blocks_as_requests_routed_to_it_need() {
+        for align in [1usize, 8, 16, 64, 256, 4096] {
+            for size in [1usize, 24, 100, 3000] {
+                if let Some(c) = class_for(size, align) {
+                    assert!(
+                        block_align(c) >= align,
+                        "size {size} align {align} class {c}"
+                    );
+                }
             }
         }
     }

@@ -79,8 +79,8 @@ impl TensorPool {
             s.decay.set_ms(env.decay_ms.unwrap_or(self.config.decay_ms));
         });
         crate::profile::configure(self.config.profile);
-        // The configuring thread's heap may exist already: point it at its slow kind heap.
-        heap::tag::set(heap::tag::current());
+        // The configuring thread's heap may exist already.
+        heap::follow_mode_here();
         let background = env.background.unwrap_or(self.config.background);
         crate::background::configure(background);
         let report = env.exit_report.unwrap_or(self.config.exit_report);
@@ -139,9 +139,7 @@ impl TensorPool {
     /// their stacks (profiling on). Allocates and resolves symbols: call it outside hot paths.
     pub fn report_html(&self) -> String {
         let mut comm = [0u8; 64];
-        let prog = crate::os::read_small_file(b"/proc/self", b"comm", &mut comm)
-            .and_then(|b| core::str::from_utf8(b).ok())
-            .map_or("?", str::trim);
+        let prog = program_name(&mut comm);
         crate::profile::unsampled(|| {
             let title = format!("{prog} (pid {})", crate::os::pid());
             crate::report::html(&title, &self.stats(), &self.timeline(), &self.profile())
@@ -569,39 +567,32 @@ const GROW_ROOM_MIN: usize = 256 << 10;
 #[cold]
 #[inline(never)]
 pub(crate) fn invalid_free(p: *mut u8, what: &str) -> ! {
+    use crate::os::fatal;
     use crate::pool::large::State;
-    use core::fmt::Write;
-    let mut line = crate::text::StackStr::<240>::new();
     let kind = |k: usize| TensorKind::from_index(k).map_or("segment", |k| k.name());
     let size = |n: usize| crate::text::Bytes(n as u64);
-    let _ = match ARENA.describe(p) {
-        Some((start, n, k, State::Live)) => writeln!(
-            line,
-            "tensorpool: {what}({p:p}): not the start of a block: {} bytes into the {} block \
-             at {start:#x} (kind {}); aborting",
+    match ARENA.describe(p) {
+        Some((start, n, k, State::Live)) => fatal(format_args!(
+            "{what}({p:p}): not the start of a block: {} bytes into the {} block at {start:#x} \
+             (kind {})",
             p as usize - start,
             size(n),
             kind(k)
-        ),
-        Some((start, n, k, State::Hot)) if start == p as usize => writeln!(
-            line,
-            "tensorpool: {what}({p:p}): double free of a {} block (kind {}); aborting",
+        )),
+        Some((start, n, k, State::Hot)) if start == p as usize => fatal(format_args!(
+            "{what}({p:p}): double free of a {} block (kind {})",
             size(n),
             kind(k)
-        ),
-        Some((_, _, _, s)) if s.is_free() => writeln!(
-            line,
-            "tensorpool: {what}({p:p}): not a live block: the memory there is free (a double \
-             free, or an address never handed out); aborting"
-        ),
-        _ => writeln!(
-            line,
-            "tensorpool: {what}({p:p}): not a live block of this allocator (never handed out, or \
-             freed and returned to the OS); aborting"
-        ),
-    };
-    crate::os::write_stderr(line.as_bytes());
-    crate::os::abort()
+        )),
+        Some((_, _, _, s)) if s.is_free() => fatal(format_args!(
+            "{what}({p:p}): not a live block: the memory there is free (a double free, or an \
+             address never handed out)"
+        )),
+        _ => fatal(format_args!(
+            "{what}({p:p}): not a live block of this allocator (never handed out, or freed and \
+             returned to the OS)"
+        )),
+    }
 }
 
 /// The raw interface a C ABI needs: sizes and alignments as C passes them, blocks freed by
@@ -713,7 +704,7 @@ extern "C" fn exit_report() {
     let mode = EXIT_REPORT.load(core::sync::atomic::Ordering::Relaxed);
     let stats = TensorPool::new().stats();
     let pid = crate::os::pid();
-    let file = report_path(pid).and_then(|mut p| {
+    let file = env_path(c"TENSORPOOL_STATS_FILE", pid).and_then(|mut p| {
         let fd = crate::os::create_file(p.as_cstr()?);
         if fd.is_none() {
             crate::os::write_stderr(
@@ -727,9 +718,7 @@ extern "C" fn exit_report() {
         buf: crate::text::StackStr::new(),
     };
     let mut comm = [0u8; 64];
-    let prog = crate::os::read_small_file(b"/proc/self", b"comm", &mut comm)
-        .and_then(|b| core::str::from_utf8(b).ok())
-        .map_or("?", str::trim);
+    let prog = program_name(&mut comm);
     if mode == ExitReport::Json as u8 {
         let _ = stats.write_json(&mut w);
         let _ = w.write_char('\n');
@@ -762,8 +751,11 @@ extern "C" fn exit_report() {
 }
 
 /// `TENSORPOOL_STATS_FILE` with every `%p` replaced by `pid` (and `%%` by `%`), if set.
-fn report_path(pid: u32) -> Option<crate::text::StackStr<512>> {
-    env_path(c"TENSORPOOL_STATS_FILE", pid)
+/// The program's name (`/proc/self/comm`, read into `buf` without allocating), or `?`.
+fn program_name(buf: &mut [u8; 64]) -> &str {
+    crate::os::read_small_file(b"/proc/self", b"comm", buf)
+        .and_then(|b| core::str::from_utf8(b).ok())
+        .map_or("?", str::trim)
 }
 
 /// The path a variable names, `%p` replaced by `pid` (`%%`: a `%`); None if unset or too long.

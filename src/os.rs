@@ -238,8 +238,19 @@ pub(crate) fn pid() -> u32 {
     unsafe { libc::getpid() as u32 }
 }
 
-/// Stop the process with SIGABRT (after a message: the caller writes it).
-pub(crate) fn abort() -> ! {
+/// Stop the process: one line on stderr, `tensorpool: {args}; aborting`, then SIGABRT. The line
+/// is formatted on the stack: nothing is allocated (the heap may be what is broken).
+#[cold]
+pub(crate) fn fatal(args: core::fmt::Arguments<'_>) -> ! {
+    use core::fmt::Write;
+    let mut line = crate::text::StackStr::<320>::new();
+    let _ = writeln!(line, "tensorpool: {args}; aborting");
+    write_stderr(line.as_bytes());
+    abort()
+}
+
+/// Stop the process with SIGABRT (after `fatal`'s message).
+fn abort() -> ! {
     // SAFETY: abort has no preconditions and does not return.
     unsafe { libc::abort() }
 }

@@ -23,7 +23,7 @@
 //! takes the slow path (no kind heap of a thread started with profiling on is ever the
 //! thread's current one), which is what profiling costs.
 
-use crate::kind::{TensorKind, NUM_KINDS};
+use crate::kind::TensorKind;
 use crate::sync::{shared_static, AtomicUsize, Ordering, SpinLock};
 use core::cell::Cell;
 
@@ -317,40 +317,15 @@ fn internal(name: &str) -> bool {
     .any(|p| n.starts_with(p))
 }
 
-fn resolve(ip: usize) -> Frame {
-    let mut out = Frame {
-        function: format!("{ip:#x}"),
-        file: None,
-        line: None,
-    };
-    let mut first = true;
-    // A return address points after the call: look up the call itself.
-    backtrace::resolve((ip.saturating_sub(1)) as *mut core::ffi::c_void, |s| {
-        // Inlined frames come innermost first; keep the innermost (the code that called).
-        if !first {
-            return;
-        }
-        first = false;
-        if let Some(n) = s.name() {
-            let mut name = format!("{n:#}");
-            if let Some(i) = name.rfind("::h").filter(|&i| name.len() - i == 19) {
-                name.truncate(i);
-            }
-            out.function = name;
-        }
-        out.file = s.filename().map(|f| f.display().to_string());
-        out.line = s.lineno();
-    });
-    out
-}
-
-/// Resolve every inlined frame at `ip` (innermost first).
+/// Every frame at `ip`, inlined ones included, innermost first (just the address if nothing
+/// resolves). A return address points after the call: the call itself is looked up.
 fn resolve_all(ip: usize) -> Vec<Frame> {
     let mut v = Vec::new();
     backtrace::resolve((ip.saturating_sub(1)) as *mut core::ffi::c_void, |s| {
         let mut name = s
             .name()
             .map_or_else(|| format!("{ip:#x}"), |n| format!("{n:#}"));
+        // Without the hash a symbol name ends in (`::h` and 16 hex digits).
         if let Some(i) = name.rfind("::h").filter(|&i| name.len() - i == 19) {
             name.truncate(i);
         }
@@ -361,7 +336,11 @@ fn resolve_all(ip: usize) -> Vec<Frame> {
         });
     });
     if v.is_empty() {
-        v.push(resolve(ip));
+        v.push(Frame {
+            function: format!("{ip:#x}"),
+            file: None,
+            line: None,
+        });
     }
     v
 }
@@ -369,7 +348,10 @@ fn resolve_all(ip: usize) -> Vec<Frame> {
 /// The current profile: live sampled blocks grouped by kind and stack, with estimates. Allocates
 /// (call it outside hot paths); resolves symbols outside every lock.
 pub(crate) fn snapshot() -> Profile {
-    let was_busy = BUSY.replace(true);
+    unsampled(snapshot_unsampled)
+}
+
+fn snapshot_unsampled() -> Profile {
     let mut recs: Vec<Record> = Vec::with_capacity(PROFILE_RECORDS);
     // `recs` has room for the whole table, so copying allocates nothing under the lock.
     TABLE.with(|t| recs.extend_from_slice(&t.records[..t.len]));
@@ -433,7 +415,6 @@ pub(crate) fn snapshot() -> Profile {
         }
     });
     sites.sort_by_key(|s| core::cmp::Reverse(s.bytes));
-    BUSY.set(was_busy);
     Profile {
         rate: rate(),
         sites,
@@ -589,5 +570,3 @@ fn json_str(out: &mut String, s: &str) {
     }
     out.push('"');
 }
-
-const _: () = assert!(NUM_KINDS < 256);

@@ -117,14 +117,13 @@ pub(crate) unsafe fn pop(page: *mut Page) -> *mut u8 {
 unsafe fn alloc_slow(kh: *mut KindHeap, class: usize, size: usize) -> *mut u8 {
     // SAFETY: `kh` is the static empty kind heap (heap null) or one of this thread's.
     unsafe {
-        let align = 1 << crate::class::small_size(class).trailing_zeros().min(12);
         if crate::checked::full() {
             let kind = if (*kh).heap.is_null() {
                 tag::current()
             } else {
                 (*kh).kind as usize
             };
-            return crate::checked::alloc(size, align, kind);
+            return crate::checked::alloc(size, crate::class::block_align(class), kind);
         }
         let heap = (*kh).heap;
         let kh = if heap.is_null() {
@@ -143,7 +142,8 @@ unsafe fn alloc_slow(kh: *mut KindHeap, class: usize, size: usize) -> *mut u8 {
             if crate::profile::should_sample(size) {
                 // A sampled small request is served as a large block, whose descriptor carries
                 // the flag its free looks for.
-                let p = ARENA.alloc(kind, size.max(crate::class::SMALL_MAX + 1), align);
+                let large = size.max(crate::class::SMALL_MAX + 1);
+                let p = ARENA.alloc(kind, large, crate::class::block_align(class));
                 if !p.is_null() {
                     note_sampled(p, size, kind);
                     return p;
@@ -281,10 +281,20 @@ pub(crate) fn note_sampled(p: *mut u8, size: usize, kind: usize) {
 }
 
 /// Whether every small allocation of the global path must take the slow path: full checks or
-/// profiling are on, so a thread's current kind heap stays the static empty one.
+/// profiling are on, so a thread's current kind heap is its slow one (or the static empty one).
 #[inline]
 pub(crate) fn slow_only() -> bool {
     crate::checked::full() || crate::profile::on()
+}
+
+/// Put the calling thread in the mode `slow_only` says now (the allocator has just configured
+/// itself, and the thread may have its heap already).
+pub(crate) fn follow_mode_here() {
+    let heap = current_heap();
+    if !heap.is_null() {
+        // SAFETY: the calling thread's own heap; its tag is below `NUM_KINDS`.
+        unsafe { tag::point_at(heap, tag::current(), slow_only()) };
+    }
 }
 
 /// The calling thread's heap, made (or adopted) now if it has none; null when the OS refuses

@@ -144,7 +144,7 @@ pub(crate) unsafe fn init_thread() -> *mut Heap {
         os::thread_key_set(key as u32, heap.cast());
     }
     // SAFETY: the heap is ours now; the tag is below `NUM_KINDS`.
-    unsafe { super::tag::point_at(heap, tag::current()) };
+    unsafe { super::tag::point_at(heap, tag::current(), super::slow_only()) };
     heap
 }
 

@@ -11,36 +11,29 @@ use crate::pool::slab::{self, Segment};
 #[cold]
 #[inline(never)]
 pub(crate) fn bad_free(p: *mut u8, what: &str, seg: *mut Segment, twice: bool) -> ! {
-    use core::fmt::Write;
-    let mut line = crate::text::StackStr::<240>::new();
+    use crate::os::fatal;
     // SAFETY: `seg` is a live small segment (the caller's), so `p`'s page descriptor is readable.
     let (found, kind) = unsafe { (slab::describe(seg, p), slab::kind_of(seg, p)) };
     let kind = TensorKind::ALL[kind.min(NUM_KINDS - 1)].name();
-    let _ = match found {
-        Some((class, _)) if twice => writeln!(
-            line,
-            "tensorpool: {what}({p:p}): double free of a {}-byte block (kind {kind}); aborting",
+    match found {
+        Some((class, _)) if twice => fatal(format_args!(
+            "{what}({p:p}): double free of a {}-byte block (kind {kind})",
             small_size(class)
-        ),
-        Some((class, start)) if start == p as usize => writeln!(
-            line,
-            "tensorpool: {what}({p:p}): not a live block: the {}-byte block there was never \
-             handed out (kind {kind}); aborting",
+        )),
+        Some((class, start)) if start == p as usize => fatal(format_args!(
+            "{what}({p:p}): not a live block: the {}-byte block there was never handed out \
+             (kind {kind})",
             small_size(class)
-        ),
-        Some((class, start)) => writeln!(
-            line,
-            "tensorpool: {what}({p:p}): not the start of a block: {} bytes into the {}-byte \
-             block at {start:#x} (kind {kind}); aborting",
+        )),
+        Some((class, start)) => fatal(format_args!(
+            "{what}({p:p}): not the start of a block: {} bytes into the {}-byte block at \
+             {start:#x} (kind {kind})",
             p as usize - start,
             small_size(class)
-        ),
-        None => writeln!(
-            line,
-            "tensorpool: {what}({p:p}): not a live block of this allocator (a small-block \
-             segment's header or an unused page); aborting"
-        ),
-    };
-    crate::os::write_stderr(line.as_bytes());
-    crate::os::abort()
+        )),
+        None => fatal(format_args!(
+            "{what}({p:p}): not a live block of this allocator (a small-block segment's header \
+             or an unused page)"
+        )),
+    }
 }

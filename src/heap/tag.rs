@@ -23,21 +23,26 @@ pub(crate) fn set(kind: usize) -> usize {
     let prev = TAG.replace(kind as u8);
     let heap = current_heap();
     if !heap.is_null() {
+        // A thread in a slow-only mode stays in it: `CUR` is then its heap's slow kind heap.
         // SAFETY: a non-null current heap is this thread's own; `kind < NUM_KINDS`.
-        unsafe { point_at(heap, kind) };
+        unsafe {
+            let slow = CUR.get() == ptr::addr_of_mut!((*heap).slow);
+            point_at(heap, kind, slow);
+        }
     }
     prev as usize
 }
 
-/// Point `CUR` at `heap`'s kind heap for `kind`, or, in the slow-only modes, at its slow kind
-/// heap (which then carries the kind).
+/// Point `CUR` at `heap`'s kind heap for `kind`, or, if `slow` (a slow-only mode, decided when
+/// the thread gets its heap or the allocator configures itself), at its slow kind heap, which
+/// then carries the kind.
 ///
 /// # Safety
 /// `heap` is the calling thread's own; `kind < NUM_KINDS`.
-pub(crate) unsafe fn point_at(heap: *mut super::types::Heap, kind: usize) {
+pub(crate) unsafe fn point_at(heap: *mut super::types::Heap, kind: usize, slow: bool) {
     // SAFETY: the caller's contract.
     unsafe {
-        if super::slow_only() {
+        if slow {
             (*heap).slow.kind = kind as u8;
             CUR.set(ptr::addr_of_mut!((*heap).slow));
         } else {
