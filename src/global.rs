@@ -74,7 +74,10 @@ impl TensorPool {
                 };
                 s.capacity[k] = env.capacity[k].unwrap_or(code);
             }
-            s.huge_pages = env.huge_pages.unwrap_or(self.config.huge_pages);
+            s.huge_pages = env
+                .huge_pages
+                .unwrap_or(self.config.huge_pages)
+                .resolve(crate::os::thp_mode());
             s.lazy_purge = env.lazy_purge.unwrap_or(self.config.lazy_purge);
             s.decay.set_ms(env.decay_ms.unwrap_or(self.config.decay_ms));
         });
@@ -308,14 +311,29 @@ impl TensorPool {
                 self.limit_refusals(kind) as u64,
             )
         });
-        crate::stats::Stats::assemble(
+        let mut s = crate::stats::Stats::assemble(
             &large,
             &small,
             &limits,
             segments,
             self.arena_counters(),
             crate::os::resident_bytes().map(|r| r as u64),
-        )
+        );
+        s.huge_pages = self.huge_page_coverage();
+        s
+    }
+
+    /// The arena's resident bytes and how many of them are on transparent huge pages, from
+    /// `/proc/self/smaps` (read through a stack buffer, outside every lock; `None` where it
+    /// cannot be read). A report-time figure: the kernel walks the page tables to answer.
+    pub fn huge_page_coverage(&self) -> Option<crate::stats::HugePageCoverage> {
+        let mut bounds = [(0usize, 0usize); 256];
+        let n = ARENA.with(|s| s.region_bounds(&mut bounds));
+        let (resident_bytes, huge_bytes) = crate::os::smaps_huge(&bounds[..n.min(bounds.len())])?;
+        Some(crate::stats::HugePageCoverage {
+            resident_bytes,
+            huge_bytes,
+        })
     }
 
     /// Usable size of a live block returned by this allocator (at least the requested size).

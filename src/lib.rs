@@ -62,12 +62,14 @@ pub use handle::KindHandle;
 pub use heap::census::Census as HeapCensus;
 pub use heap::tag::{current_kind, set_current_kind, with_kind, KindScope};
 pub use kind::{ParseKindError, TensorKind, NUM_KINDS};
-pub use options::{ExitReport, PoolConfig, DEFAULT_CAPACITY, THREAD_CACHE_AUTO, THREAD_CACHE_MAX};
+pub use options::{
+    ExitReport, HugePages, PoolConfig, DEFAULT_CAPACITY, THREAD_CACHE_AUTO, THREAD_CACHE_MAX,
+};
 pub use os::resident_bytes;
 #[cfg(feature = "check")]
 pub use pool::large::Census as ArenaCensus;
 pub use profile::{Frame, Profile, ProfileSite, PROFILE_FRAMES, PROFILE_RECORDS};
-pub use stats::{ArenaCounters, LargeCounters};
+pub use stats::{ArenaCounters, HugePageCoverage, LargeCounters};
 pub use stats::{PoolStats, Stats, COLUMNS as STATS_COLUMNS};
 pub use tiles::{plan_matmul, plan_tiles, round_to_line, MatmulBlocks, PlanError, TilePlan};
 pub use timeline::{Marker, Sample, Timeline, MARKER_CAPACITY, MARKER_NAME_MAX, TIMELINE_CAPACITY};

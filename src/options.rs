@@ -39,8 +39,8 @@ pub struct PoolConfig {
     /// recently released cached memory goes back to the OS (a request is never refused for it).
     /// `DEFAULT_CAPACITY`: no fixed number; cached memory follows the workload.
     pub capacity: [usize; NUM_KINDS],
-    /// Advise transparent huge pages for large blocks of 2 MiB or more.
-    pub huge_pages: bool,
+    /// Transparent huge pages for the block zone (see `HugePages`); `Auto` by default.
+    pub huge_pages: HugePages,
     /// Print the statistics to stderr at process exit.
     pub exit_report: ExitReport,
     /// Record the memory timeline (per-kind live and cached bytes at each large-block event).
@@ -62,11 +62,11 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
-    /// Defaults: every kind at the default capacity, huge pages off.
+    /// Defaults: every kind at the default capacity, huge pages where the kernel allows them.
     pub const fn new() -> Self {
         Self {
             capacity: [DEFAULT_CAPACITY; NUM_KINDS],
-            huge_pages: false,
+            huge_pages: HugePages::Auto,
             exit_report: ExitReport::Off,
             timeline: false,
             thread_cache: THREAD_CACHE_AUTO,
@@ -129,10 +129,60 @@ impl PoolConfig {
         self
     }
 
-    /// Turn huge-page advice on or off.
+    /// Turn huge pages on (`HugePages::Always`) or off (`HugePages::Never`);
+    /// `TENSORPOOL_HUGE_PAGES` overrides it.
     pub const fn with_huge_pages(mut self, on: bool) -> Self {
-        self.huge_pages = on;
+        self.huge_pages = if on {
+            HugePages::Always
+        } else {
+            HugePages::Never
+        };
         self
+    }
+
+    /// Set the huge-page policy (`TENSORPOOL_HUGE_PAGES` overrides it).
+    pub const fn with_huge_page_mode(mut self, mode: HugePages) -> Self {
+        self.huge_pages = mode;
+        self
+    }
+}
+
+/// Whether large blocks live on transparent huge pages (2 MiB: one TLB entry instead of 512,
+/// and one page fault instead of 512).
+///
+/// On, the block zone's chunks are advised `MADV_HUGEPAGE` when they are mapped (before any
+/// page of them is touched), blocks of 2 MiB or more start on a 2 MiB boundary, and purges
+/// return whole free huge pages before they cut into one. Off, pages are 4 KiB and purges
+/// round to them, as before version 0.2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum HugePages {
+    /// On where the kernel allows it: `/sys/kernel/mm/transparent_hugepage/enabled` reads
+    /// `always` or `madvise`; off where it reads `never` or cannot be read.
+    #[default]
+    Auto,
+    /// On, whatever that file says (a kernel in `never` mode still gives 4 KiB pages).
+    Always,
+    /// Off.
+    Never,
+}
+
+impl HugePages {
+    /// Whether huge pages are used under a kernel whose THP mode is `kernel`.
+    pub(crate) const fn resolve(self, kernel: crate::os::Thp) -> bool {
+        match self {
+            HugePages::Never => false,
+            HugePages::Always => true,
+            HugePages::Auto => matches!(kernel, crate::os::Thp::Always | crate::os::Thp::Madvise),
+        }
+    }
+
+    /// The option's spelling in `TENSORPOOL_HUGE_PAGES`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            HugePages::Auto => "auto",
+            HugePages::Always => "always",
+            HugePages::Never => "never",
+        }
     }
 }
 
@@ -159,7 +209,7 @@ pub enum ExitReport {
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct EnvOptions {
     pub(crate) capacity: [Option<usize>; NUM_KINDS],
-    pub(crate) huge_pages: Option<bool>,
+    pub(crate) huge_pages: Option<HugePages>,
     pub(crate) exit_report: Option<ExitReport>,
     pub(crate) timeline: Option<bool>,
     pub(crate) thread_cache: Option<usize>,
@@ -210,9 +260,12 @@ pub(crate) fn read_env(config: &PoolConfig) -> EnvOptions {
             "dontneed"
         })
     });
-    o.huge_pages = read_var(c"TENSORPOOL_HUGE_PAGES", parse_bool, "0 or 1", || {
-        Kept::Bool(config.huge_pages)
-    });
+    o.huge_pages = read_var(
+        c"TENSORPOOL_HUGE_PAGES",
+        parse_huge,
+        "auto, always (or 1) or never (or 0)",
+        || Kept::Text(config.huge_pages.name()),
+    );
     o.exit_report = read_var(
         c"TENSORPOOL_STATS",
         parse_report,
@@ -253,6 +306,27 @@ fn parse_purge(s: &[u8]) -> Option<bool> {
     } else {
         None
     }
+}
+
+/// A huge-page policy: `auto`, `always` or any true flag, `never` or any false flag.
+fn parse_huge(s: &[u8]) -> Option<HugePages> {
+    let s = trim(s);
+    if is_one_of(s, &[b"auto", b"madvise"]) {
+        return Some(HugePages::Auto);
+    }
+    if is_one_of(s, &[b"always"]) {
+        return Some(HugePages::Always);
+    }
+    if is_one_of(s, &[b"never"]) {
+        return Some(HugePages::Never);
+    }
+    parse_bool(s).map(|on| {
+        if on {
+            HugePages::Always
+        } else {
+            HugePages::Never
+        }
+    })
 }
 
 fn parse_bool(s: &[u8]) -> Option<bool> {
@@ -307,5 +381,24 @@ mod tests {
         assert_eq!(parse_purge(b"FREE"), Some(true));
         assert_eq!(parse_purge(b"dontneed"), Some(false));
         assert_eq!(parse_purge(b"never"), None);
+        assert_eq!(parse_huge(b"AUTO"), Some(HugePages::Auto));
+        assert_eq!(parse_huge(b"1"), Some(HugePages::Always));
+        assert_eq!(parse_huge(b" always "), Some(HugePages::Always));
+        assert_eq!(parse_huge(b"0"), Some(HugePages::Never));
+        assert_eq!(parse_huge(b"never"), Some(HugePages::Never));
+        assert_eq!(parse_huge(b"sometimes"), None);
+    }
+
+    #[test]
+    fn huge_page_policy_follows_the_kernel_only_in_auto() {
+        use crate::os::Thp;
+        for k in [Thp::Always, Thp::Madvise] {
+            assert!(HugePages::Auto.resolve(k));
+        }
+        for k in [Thp::Never, Thp::Unknown] {
+            assert!(!HugePages::Auto.resolve(k));
+            assert!(HugePages::Always.resolve(k));
+        }
+        assert!(!HugePages::Never.resolve(Thp::Always));
     }
 }

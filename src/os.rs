@@ -51,12 +51,141 @@ pub(crate) fn unmap(p: *mut u8, len: usize) {
     }
 }
 
-/// Ask for transparent huge pages on a range (the kernel here runs THP in `madvise` mode).
+/// The huge-page size the arena lays blocks out for (x86-64's and aarch64's PMD size with 4 KiB
+/// pages).
+pub(crate) const HUGE_PAGE: usize = 2 << 20;
+
+/// Ask for transparent huge pages on a range (a kernel in `madvise` mode gives them only where
+/// asked; in `always` mode the advice changes nothing).
 pub(crate) fn advise_huge(p: *mut u8, len: usize) {
     // SAFETY: advice on a mapped range owned by the caller; it never changes contents.
     unsafe {
         libc::madvise(p.cast(), len, libc::MADV_HUGEPAGE);
     }
+}
+
+/// The kernel's transparent-huge-page mode (`/sys/kernel/mm/transparent_hugepage/enabled`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Thp {
+    /// Every suitable anonymous range gets huge pages.
+    Always,
+    /// Only ranges advised `MADV_HUGEPAGE`.
+    Madvise,
+    /// None.
+    Never,
+    /// The file is missing or unreadable (no THP support, or no sysfs).
+    Unknown,
+}
+
+/// Read the kernel's THP mode (the bracketed word of the sysfs file), into a stack buffer.
+pub(crate) fn thp_mode() -> Thp {
+    let mut buf = [0u8; 128];
+    let Some(n) = read_file(c"/sys/kernel/mm/transparent_hugepage/enabled", &mut buf) else {
+        return Thp::Unknown;
+    };
+    let s = &buf[..n];
+    let Some(open) = s.iter().position(|&c| c == b'[') else {
+        return Thp::Unknown;
+    };
+    let word = &s[open + 1..];
+    let word = &word[..word.iter().position(|&c| c == b']').unwrap_or(word.len())];
+    match word {
+        b"always" => Thp::Always,
+        b"madvise" => Thp::Madvise,
+        b"never" => Thp::Never,
+        _ => Thp::Unknown,
+    }
+}
+
+/// Read the start of a (small, /proc or /sys) file into `buf`; the bytes read, or `None`.
+fn read_file(path: &core::ffi::CStr, buf: &mut [u8]) -> Option<usize> {
+    // SAFETY: opening a NUL-terminated path; the fd is checked and closed below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: reading into a buffer of the given length from our own fd.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: closing the fd opened above.
+    unsafe { libc::close(fd) };
+    (n > 0).then_some(n as usize)
+}
+
+/// Resident bytes and bytes on huge pages (`Rss` and `AnonHugePages` of `/proc/self/smaps`) of
+/// the mappings that overlap any of `ranges` (`[start, end)` pairs, sorted). Streams the file
+/// through a stack buffer: nothing allocates. `None` if it cannot be read. For reports only:
+/// the kernel walks every page table to write the file (milliseconds for a large process).
+pub(crate) fn smaps_huge(ranges: &[(usize, usize)]) -> Option<(u64, u64)> {
+    // SAFETY: opening a NUL-terminated path; the fd is checked and closed below.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/smaps".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let mut buf = [0u8; 8192];
+    let (mut have, mut inside, mut rss, mut huge) = (0usize, false, 0u64, 0u64);
+    loop {
+        // SAFETY: reading into the free tail of a stack buffer from our own fd.
+        let n = unsafe { libc::read(fd, buf[have..].as_mut_ptr().cast(), buf.len() - have) };
+        if n <= 0 {
+            break;
+        }
+        have += n as usize;
+        let mut start = 0;
+        while let Some(nl) = buf[start..have].iter().position(|&c| c == b'\n') {
+            let line = &buf[start..start + nl];
+            start += nl + 1;
+            if let Some((lo, hi)) = smaps_header(line) {
+                inside = ranges.iter().any(|&(a, b)| lo < b && a < hi);
+            } else if inside {
+                if let Some(v) = line.strip_prefix(b"Rss:") {
+                    rss += kib_field(v) << 10;
+                } else if let Some(v) = line.strip_prefix(b"AnonHugePages:") {
+                    huge += kib_field(v) << 10;
+                }
+            }
+        }
+        // A line longer than the buffer (a path of 8 KiB) is dropped whole.
+        let keep = if start == 0 && have == buf.len() {
+            0
+        } else {
+            have - start
+        };
+        buf.copy_within(start..have, 0);
+        have = keep;
+    }
+    // SAFETY: closing the fd opened above.
+    unsafe { libc::close(fd) };
+    Some((rss, huge))
+}
+
+/// The address range of an smaps mapping header (`lo-hi perms offset dev inode path`).
+fn smaps_header(line: &[u8]) -> Option<(usize, usize)> {
+    let first = line.split(|&c| c == b' ').next()?;
+    let dash = first.iter().position(|&c| c == b'-')?;
+    Some((hex(&first[..dash])?, hex(&first[dash + 1..])?))
+}
+
+fn hex(s: &[u8]) -> Option<usize> {
+    if s.is_empty() {
+        return None;
+    }
+    s.iter().try_fold(0usize, |v, &c| {
+        let d = (c as char).to_digit(16)? as usize;
+        v.checked_mul(16)?.checked_add(d)
+    })
+}
+
+/// The number of a `   1234 kB` field.
+fn kib_field(v: &[u8]) -> u64 {
+    v.iter()
+        .skip_while(|c| c.is_ascii_whitespace())
+        .take_while(|c| c.is_ascii_digit())
+        .fold(0, |n, &c| n * 10 + u64::from(c - b'0'))
 }
 
 /// Map `len` bytes (a multiple of `PAGE`) of fresh, zeroed, read-write memory at `hint` if that
@@ -339,4 +468,32 @@ pub(crate) fn read_small_file<'a>(dir: &[u8], name: &[u8], buf: &'a mut [u8]) ->
         return None;
     }
     Some(&buf[..n as usize])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smaps_lines_parse() {
+        let h = b"7f00a0000000-7f00a4000000 rw-p 00000000 00:00 0 ";
+        assert_eq!(smaps_header(h), Some((0x7f00a0000000, 0x7f00a4000000)));
+        assert_eq!(smaps_header(b"Rss:                4 kB"), None);
+        assert_eq!(smaps_header(b"VmFlags: rd wr mr mw me ac"), None);
+        assert_eq!(kib_field(b"         2048 kB"), 2048);
+    }
+
+    #[test]
+    fn smaps_sees_a_mapping_of_ours() {
+        let len = 4 * HUGE_PAGE;
+        let p = map_aligned(len, HUGE_PAGE);
+        assert!(!p.is_null());
+        // SAFETY: `p` is a fresh mapping of `len` bytes.
+        unsafe { p.write_bytes(1, len) };
+        let (rss, huge) = smaps_huge(&[(p as usize, p as usize + len)]).expect("smaps");
+        assert!(rss >= len as u64, "rss {rss}");
+        assert!(huge <= rss);
+        assert_eq!(smaps_huge(&[]), Some((0, 0)));
+        unmap(p, len);
+    }
 }

@@ -92,7 +92,28 @@ fn table_section(s: &mut String, st: &Stats) {
             Bytes(p.evicted_bytes)
         );
     }
-    s.push_str("</tbody></table>\n<details><summary>The full table</summary><pre>");
+    s.push_str("</tbody></table>\n");
+    let a = &st.arena;
+    let _ = write!(
+        s,
+        "<p class=\"huge\">Huge pages: <b>{}</b>",
+        if a.huge_pages { "on" } else { "off" }
+    );
+    if let Some(h) = st.huge_pages {
+        let _ = write!(
+            s,
+            "; {} of the arena's {} resident on huge pages",
+            Bytes(h.huge_bytes),
+            Bytes(h.resident_bytes)
+        );
+        if let Some(c) = h.coverage() {
+            let _ = write!(s, " (<b>{:.1}%</b>)", c * 100.0);
+        }
+    }
+    if a.huge_pages {
+        let _ = write!(s, "; {} huge pages cut by purges", a.huge_page_cuts);
+    }
+    s.push_str("</p>\n<details><summary>The full table</summary><pre>");
     s.push_str(&esc(&st.to_string()));
     s.push_str("</pre></details>\n");
 }

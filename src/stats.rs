@@ -166,6 +166,26 @@ pub struct Stats {
     pub arena: ArenaCounters,
     /// The process's resident memory when the snapshot was taken, if the OS said.
     pub resident_bytes: Option<u64>,
+    /// How much of the arena's resident memory is on huge pages, read from `/proc/self/smaps`
+    /// when the snapshot was taken (`None` where it cannot be read).
+    pub huge_pages: Option<HugePageCoverage>,
+}
+
+/// The arena's resident memory and the part of it the kernel backs with transparent huge pages
+/// (the `Rss` and `AnonHugePages` of its mappings in `/proc/self/smaps`).
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct HugePageCoverage {
+    /// Resident bytes of the arena's mappings (blocks, segments and cached free memory).
+    pub resident_bytes: u64,
+    /// Of those, bytes on huge pages.
+    pub huge_bytes: u64,
+}
+
+impl HugePageCoverage {
+    /// `huge_bytes / resident_bytes`; `None` while nothing is resident.
+    pub fn coverage(&self) -> Option<f64> {
+        (self.resident_bytes > 0).then(|| self.huge_bytes as f64 / self.resident_bytes as f64)
+    }
 }
 
 /// Counters of one kind's large blocks (exact: kept under the arena's lock).
@@ -272,6 +292,11 @@ pub struct ArenaCounters {
     pub grown_in_place: u64,
     /// Large blocks shrunk in place (their tail given back).
     pub shrunk_in_place: u64,
+    /// Whether the block zone is laid out for transparent huge pages (`HugePages`).
+    pub huge_pages: bool,
+    /// Ends of purged ranges that fell inside a huge page of the block zone (each splits that
+    /// huge page, if the kernel had backed it with one), with huge pages on.
+    pub huge_page_cuts: u64,
 }
 
 /// Small-block figures of one kind, summed over slab pages in use (see `pool::slab::count_pages`).
@@ -360,6 +385,7 @@ impl Stats {
             segment_unmaps: segments.1,
             arena,
             resident_bytes: resident,
+            huge_pages: None,
         }
     }
 
@@ -395,7 +421,16 @@ impl Stats {
         write_arena_json(w, &self.arena)?;
         w.write_str(",\"resident_bytes\":")?;
         match self.resident_bytes {
-            Some(r) => write!(w, "{r}}}"),
+            Some(r) => write!(w, "{r}")?,
+            None => w.write_str("null")?,
+        }
+        w.write_str(",\"huge_pages\":")?;
+        match self.huge_pages {
+            Some(h) => write!(
+                w,
+                "{{\"resident_bytes\":{},\"huge_bytes\":{}}}}}",
+                h.resident_bytes, h.huge_bytes
+            ),
             None => w.write_str("null}"),
         }
     }
@@ -417,7 +452,8 @@ fn write_arena_json(w: &mut impl fmt::Write, a: &ArenaCounters) -> fmt::Result {
          \"purges\":{},\"purged_bytes\":{},\"decay_purged_bytes\":{},\
          \"bound_purged_bytes\":{},\"capacity_purged_bytes\":{},\"recoveries\":{},\
          \"extents\":{},\"meta_bytes\":{},\"recent_peak_bytes\":{},\"bound_bytes\":{},\
-         \"grown_in_place\":{},\"shrunk_in_place\":{}}}",
+         \"grown_in_place\":{},\"shrunk_in_place\":{},\"huge_pages\":{},\
+         \"huge_page_cuts\":{}}}",
         a.mapped_bytes,
         a.regions,
         a.chunk_maps,
@@ -437,7 +473,9 @@ fn write_arena_json(w: &mut impl fmt::Write, a: &ArenaCounters) -> fmt::Result {
         a.recent_peak_bytes,
         a.bound_bytes,
         a.grown_in_place,
-        a.shrunk_in_place
+        a.shrunk_in_place,
+        a.huge_pages,
+        a.huge_page_cuts
     )
 }
 
@@ -570,7 +608,7 @@ impl fmt::Display for Stats {
             f,
             "\narena: {} mapped in {} regions ({} chunks mapped, {} ranges unmapped); \
              dirty {}, clean {}, segments {}; returned to the OS {} (decay {}, bound {}, \
-             capacity {}); recoveries {}",
+             capacity {}); recoveries {}; huge pages {}",
             Bytes(a.mapped_bytes),
             a.regions,
             a.chunk_maps,
@@ -582,8 +620,37 @@ impl fmt::Display for Stats {
             Bytes(a.decay_purged_bytes),
             Bytes(a.bound_purged_bytes),
             Bytes(a.capacity_purged_bytes),
-            a.recoveries
+            a.recoveries,
+            HugeLine(a, self.huge_pages)
         )
+    }
+}
+
+/// The arena line's huge-page part: off, or on with its coverage and the cuts purges made.
+struct HugeLine<'a>(&'a ArenaCounters, Option<HugePageCoverage>);
+
+impl fmt::Display for HugeLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.0.huge_pages {
+            f.write_str("off")?;
+        } else {
+            f.write_str("on")?;
+        }
+        if let Some(h) = self.1 {
+            write!(
+                f,
+                ", {} of {} resident",
+                Bytes(h.huge_bytes),
+                Bytes(h.resident_bytes)
+            )?;
+            if let Some(c) = h.coverage() {
+                write!(f, " ({})", Pct(c))?;
+            }
+        }
+        if self.0.huge_pages {
+            write!(f, ", {} cut by purges", self.0.huge_page_cuts)?;
+        }
+        Ok(())
     }
 }
 

@@ -6,10 +6,16 @@ use std::alloc::{GlobalAlloc, Layout};
 use tensorpool::{with_kind, PoolConfig, TensorKind, TensorPool};
 mod common;
 
-// The arena's own behaviour is under test: no thread cache in front of it, no decay.
+// The arena's own behaviour is under test: no thread cache in front of it, no decay, and 4 KiB
+// pages, the layout whose extents the assertions count (blocks back to back; with huge pages,
+// blocks of 2 MiB or more start on 2 MiB boundaries: tests/huge_pages.rs).
 #[global_allocator]
-static ALLOC: TensorPool =
-    TensorPool::with_config(PoolConfig::new().with_thread_cache(0).with_decay_ms(-1));
+static ALLOC: TensorPool = TensorPool::with_config(
+    PoolConfig::new()
+        .with_thread_cache(0)
+        .with_decay_ms(-1)
+        .with_huge_pages(false),
+);
 
 const MIB: usize = 1 << 20;
 

@@ -102,6 +102,10 @@ fn the_report_opens_in_a_browser() {
     }
     assert!(html.contains("live kv_cache") && html.contains("live activation"));
     assert!(
+        html.contains("<p class=\"huge\">Huge pages: <b>"),
+        "the huge-page line"
+    );
+    assert!(
         !html.contains("live image_embedding"),
         "a kind with no data in the legend"
     );

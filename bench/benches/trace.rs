@@ -8,7 +8,8 @@
 //! (the cost of faults alone), `full` writes every byte (faults plus the work a kernel would do).
 //! Configurations (`tensorpool_bench::Config`): tensorpool through per-kind handles (tagged),
 //! tensorpool as the global allocator with nothing tagged (what most users do), glibc, mimalloc,
-//! jemalloc, and jemalloc with decay off; `tensorpool-thp` on request.
+//! jemalloc, and jemalloc with decay off; `tensorpool-4k` and `tensorpool-untagged-4k`
+//! (huge pages off) on request.
 //!
 //! Run: `cargo bench -p tensorpool-bench --bench trace` (`-- --rounds N`, `-- --modes page`,
 //! `-- --allocs a,b`).

@@ -88,7 +88,7 @@ pub struct Config;
 
 impl Config {
     /// Configurations every global-path benchmark knows, with what each means.
-    pub const ALL: [(&'static str, &'static str); 7] = [
+    pub const ALL: [(&'static str, &'static str); 8] = [
         (
             "tensorpool",
             "tensorpool, tensors through per-kind handles (tagged)",
@@ -98,8 +98,12 @@ impl Config {
             "tensorpool as the global allocator, nothing tagged",
         ),
         (
-            "tensorpool-thp",
-            "tensorpool, tagged, with TENSORPOOL_HUGE_PAGES=1",
+            "tensorpool-4k",
+            "tensorpool, tagged, with TENSORPOOL_HUGE_PAGES=0 (4 KiB pages)",
+        ),
+        (
+            "tensorpool-untagged-4k",
+            "tensorpool untagged, with TENSORPOOL_HUGE_PAGES=0",
         ),
         ("system", "glibc malloc"),
         ("mimalloc", "mimalloc 0.1"),
@@ -113,7 +117,9 @@ impl Config {
     /// The child environment of configuration `name`; `None` for an unknown name.
     pub fn env(name: &str) -> Option<Vec<(&'static str, &'static str)>> {
         let base: &'static str = match name {
-            "tensorpool" | "tensorpool-untagged" | "tensorpool-thp" => "tensorpool",
+            "tensorpool" | "tensorpool-untagged" | "tensorpool-4k" | "tensorpool-untagged-4k" => {
+                "tensorpool"
+            }
             "system" => "system",
             "mimalloc" => "mimalloc",
             "jemalloc" | "jemalloc-nodecay" => "jemalloc",
@@ -126,8 +132,12 @@ impl Config {
             "jemalloc-nodecay" => {
                 env.push(("_RJEM_MALLOC_CONF", "dirty_decay_ms:-1,muzzy_decay_ms:-1"))
             }
-            "tensorpool-thp" => env.push(("TENSORPOOL_HUGE_PAGES", "1")),
+            "tensorpool-4k" => env.push(("TENSORPOOL_HUGE_PAGES", "0")),
             "tensorpool-untagged" => env.push(("BENCH_UNTAGGED", "1")),
+            "tensorpool-untagged-4k" => {
+                env.push(("BENCH_UNTAGGED", "1"));
+                env.push(("TENSORPOOL_HUGE_PAGES", "0"));
+            }
             _ => {}
         }
         Some(env)

@@ -550,8 +550,16 @@ pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut libc::FILE) ->
     pool(&mut x, "total", "all", &s.total);
     x.push_str(&format!(
         "<arena><mapped bytes=\"{}\"/><regions count=\"{}\"/><dirty bytes=\"{}\"/>\
-         <clean bytes=\"{}\"/></arena>\n</malloc>\n",
-        s.arena.mapped_bytes, s.arena.regions, s.arena.dirty_bytes, s.arena.clean_bytes
+         <clean bytes=\"{}\"/><huge-pages enabled=\"{}\" resident=\"{}\" huge=\"{}\" \
+         cuts=\"{}\"/></arena>\n</malloc>\n",
+        s.arena.mapped_bytes,
+        s.arena.regions,
+        s.arena.dirty_bytes,
+        s.arena.clean_bytes,
+        u8::from(s.arena.huge_pages),
+        s.huge_pages.map_or(0, |h| h.resident_bytes),
+        s.huge_pages.map_or(0, |h| h.huge_bytes),
+        s.arena.huge_page_cuts
     ));
     // SAFETY: `stream` is a valid FILE (the caller's contract) and `x` a buffer of its length.
     let n = unsafe { libc::fwrite(x.as_ptr().cast(), 1, x.len(), stream) };

@@ -190,7 +190,11 @@ def memory_stats() -> Dict[str, Union[int, float, None]]:
     ``num_hits.<k>``, ``hit_rate.<k>`` (None for a pool never asked), ``cached_bytes.<k>``,
     ``hot_bytes.<k>``, ``num_evictions.<k>``; and ``num_alloc_retries`` (allocations that
     released cached memory to the OS and tried again), ``num_ooms`` (requests refused by a limit),
-    ``resident_bytes``, ``mapped_bytes``, ``returned_bytes``.
+    ``resident_bytes``, ``mapped_bytes``, ``returned_bytes``; and the huge-page figures
+    ``huge_pages.enabled`` (the policy), ``huge_pages.resident_bytes`` (the arena's resident
+    bytes), ``huge_pages.huge_bytes`` (of those, on transparent huge pages), ``huge_pages.coverage``
+    (their ratio; None where smaps cannot be read or nothing is resident) and
+    ``huge_pages.cuts`` (purges that cut into a huge page).
     """
     s = _stats_json()
     out: Dict[str, Union[int, float, None]] = {}
@@ -213,6 +217,13 @@ def memory_stats() -> Dict[str, Union[int, float, None]]:
     out["resident_bytes"] = s.get("resident_bytes")
     out["mapped_bytes"] = a.get("mapped_bytes")
     out["returned_bytes"] = a.get("purged_bytes")
+    out["huge_pages.enabled"] = int(bool(a.get("huge_pages")))
+    out["huge_pages.cuts"] = a.get("huge_page_cuts", 0)
+    h = s.get("huge_pages") or {}
+    out["huge_pages.resident_bytes"] = h.get("resident_bytes")
+    out["huge_pages.huge_bytes"] = h.get("huge_bytes")
+    r, b = h.get("resident_bytes"), h.get("huge_bytes")
+    out["huge_pages.coverage"] = b / r if r else None
     return out
 
 

@@ -182,7 +182,8 @@ def test_summary_and_stats_keys():
         for f in ("allocated_bytes.{}.current", "allocated_bytes.{}.peak",
                   "reserved_bytes.{}.current", "num_alloc.{}", "hit_rate.{}"):
             assert f.format(k) in keys
-    for k in ("num_alloc_retries", "num_ooms", "resident_bytes"):
+    for k in ("num_alloc_retries", "num_ooms", "resident_bytes", "huge_pages.enabled",
+              "huge_pages.coverage", "huge_pages.huge_bytes", "huge_pages.cuts"):
         assert k in keys
     assert "pool " in p.stdout and "kv_cache" in p.stdout
 

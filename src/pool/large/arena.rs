@@ -43,7 +43,7 @@ use super::extent::{Extent, Prefer, State, ATTRS};
 use super::tree::Tree;
 use crate::kind::NUM_KINDS;
 use crate::meta::Meta;
-use crate::os::{self, PAGE};
+use crate::os::{self, HUGE_PAGE, PAGE};
 use crate::pagemap::{self, PageMap};
 use crate::stats::{ArenaCounters, LargeCounters};
 use crate::sync::plain::AtomicU64;
@@ -78,7 +78,7 @@ const CHUNK_MAX: usize = 1 << 30;
 /// smaller), the kernel places the chunk and the zone grows wherever it can.
 const BLOCK_HINT: (usize, usize) = (0x2000_0000_0000, 0x1000_0000_0000);
 /// Chunks start on this boundary (the huge-page size).
-const CHUNK_ALIGN: usize = 2 << 20;
+const CHUNK_ALIGN: usize = HUGE_PAGE;
 
 /// Blocks below this size start at a rotating cache colour within their first page.
 const COLOUR_MAX: usize = 2 << 20;
@@ -191,7 +191,8 @@ pub(crate) struct ArenaState {
     pub(crate) decay: Decay,
     /// Purge with `MADV_FREE` rather than `MADV_DONTNEED`.
     pub(crate) lazy_purge: bool,
-    /// Advise huge pages on new chunks and align blocks of 2 MiB or more to 2 MiB.
+    /// Huge pages: advise them on new chunks, align blocks of 2 MiB or more to 2 MiB, and
+    /// purge whole free huge pages before cutting into one (`take_dirty`).
     pub(crate) huge_pages: bool,
 }
 
@@ -257,6 +258,8 @@ impl ArenaState {
                 bound_bytes: 0,
                 grown_in_place: 0,
                 shrunk_in_place: 0,
+                huge_pages: false,
+                huge_page_cuts: 0,
             },
             live: 0,
             busy: 0,
@@ -840,7 +843,19 @@ impl ArenaState {
         };
         // The lowest-addressed fit, at its low end (see `BLOCK_HINT` for why).
         let zone = u.zone();
-        let (h, a) = self.runs[zone].first_fit(need, ealign);
+        let (mut h, mut a) = self.runs[zone].first_fit(need, ealign);
+        // A huge-page alignment is a preference, not the caller's: where the aligned fit would
+        // fault pages in and an unaligned one is resident already, reuse wins (a repeated
+        // request must not fault because its old extent starts off a 2 MiB boundary).
+        let preferred = align < PAGE && ealign > PAGE;
+        // SAFETY: a non-null `h` heads a run holding `[a, a + need)`.
+        if preferred && (h.is_null() || unsafe { Self::clean_in(h, a, need) } > 0) {
+            let (h2, a2) = self.runs[zone].first_fit(need, PAGE);
+            // SAFETY: as above.
+            if !h2.is_null() && unsafe { Self::clean_in(h2, a2, need) } == 0 {
+                (h, a) = (h2, a2);
+            }
+        }
         if h.is_null() {
             return match need.checked_add(ealign - PAGE) {
                 Some(b) => Step::Grow(zone, b),
@@ -1036,12 +1051,38 @@ impl ArenaState {
     }
 
     /// Take at least `bytes` (page-rounded) of the least recently released dirty memory (holding
-    /// bytes of `attr`, or any) out of the dirty set, as a chain of `Busy` extents to purge. A
-    /// larger extent gives its high end and keeps its low end dirty (blocks are placed low
-    /// first).
+    /// bytes of `attr`, or any) out of the dirty set, as a chain of `Busy` extents to purge.
+    ///
+    /// With huge pages on, a first pass takes only whole huge pages of the block zone (the
+    /// aligned inside of each dirty extent, oldest first): `MADV_DONTNEED` on part of a huge
+    /// page splits it into 512 small ones, and the rest of it stays resident. A second pass, as
+    /// with huge pages off, takes what is still wanted from any dirty extent, each one's high
+    /// end (blocks are placed low first), and counts the huge pages it cuts into.
     fn take_dirty(&mut self, bytes: u64, attr: Option<usize>, cause: Cause) -> *mut Extent {
         let mut chain: *mut Extent = ptr::null_mut();
         let mut taken = 0u64;
+        let first = attr.unwrap_or(0);
+        if self.huge_pages {
+            let mut x = self.oldest(attr);
+            while taken < bytes && !x.is_null() && self.reserve(2) {
+                // SAFETY: `x` is our dirty extent on the release-order list.
+                let newer = unsafe { (*x).lru_prev };
+                // SAFETY: as above; spares are reserved.
+                if let Some(y) = unsafe { self.take_whole_huge(x, bytes - taken, first) } {
+                    // SAFETY: `y` is ours and off every tree and list.
+                    taken += unsafe { self.chain_purge(&mut chain, y, cause) };
+                }
+                x = newer;
+                if let Some(a) = attr {
+                    // SAFETY: list members are our dirty extents.
+                    unsafe {
+                        while !x.is_null() && (*x).shares[a] == 0 {
+                            x = (*x).lru_prev;
+                        }
+                    }
+                }
+            }
+        }
         while taken < bytes {
             let x = self.oldest(attr);
             if x.is_null() || !self.reserve(2) {
@@ -1049,35 +1090,87 @@ impl ArenaState {
             }
             let want = (bytes - taken).min(usize::MAX as u64) as usize;
             let want = want.checked_next_multiple_of(PAGE).unwrap_or(usize::MAX);
-            let first = attr.unwrap_or(0);
             // SAFETY: `x` is our dirty extent; spares are reserved.
-            let (y, c) = unsafe {
+            let y = unsafe {
                 self.detach_run(x);
                 let y = if (*x).size > want {
                     self.split(x, (*x).end() - want, Prefer::Own(first))
                 } else {
                     x
                 };
-                let c = self.unfree(y);
-                self.attach_run((*y).prev);
-                self.attach_run((*y).next);
-                (y, c)
+                if self.huge_pages && (*y).zone as usize == BLOCKS {
+                    let cuts = usize::from((*y).base % HUGE_PAGE != 0)
+                        + usize::from((*y).end() % HUGE_PAGE != 0);
+                    self.totals.huge_page_cuts += cuts as u64;
+                }
+                y
             };
-            // SAFETY: `y` is ours and off every tree and list.
-            unsafe {
-                (*y).lru_next = chain;
-                let n = (*y).size as u64;
-                self.busy += n;
-                self.count_purge(&c, cause);
-                taken += n;
-            }
-            chain = y;
+            // SAFETY: `y` is our free extent, its run out of the tree.
+            taken += unsafe { self.chain_purge(&mut chain, y, cause) };
         }
         self.decay.note(self.dirty_bytes, self.live);
         if matches!(cause, Cause::Decay | Cause::Bound) {
             self.decay.purged(taken);
         }
         chain
+    }
+
+    /// Cut the whole huge pages of dirty extent `x` (its 2 MiB-aligned inside; the highest
+    /// ones first, at most `want` bytes rounded up to whole huge pages) out of the dirty set,
+    /// leaving the ends dirty in place. `None`, with nothing changed, when `x` holds no whole
+    /// huge page or is not in the block zone. The returned extent is free, its run detached.
+    ///
+    /// # Safety
+    /// `x` is our dirty extent on the release-order list; two spare descriptors exist.
+    unsafe fn take_whole_huge(
+        &mut self,
+        x: *mut Extent,
+        want: u64,
+        first: usize,
+    ) -> Option<*mut Extent> {
+        // SAFETY: the caller's contract.
+        unsafe {
+            if (*x).zone as usize != BLOCKS {
+                return None;
+            }
+            let lo = (*x).base.next_multiple_of(HUGE_PAGE);
+            let hi = (*x).end() & !(HUGE_PAGE - 1);
+            if hi <= lo {
+                return None;
+            }
+            let want = want.min((hi - lo) as u64) as usize;
+            let start = hi - want.next_multiple_of(HUGE_PAGE).min(hi - lo);
+            self.detach_run(x);
+            if hi < (*x).end() {
+                self.split(x, hi, Prefer::Others(first));
+            }
+            let y = if start > (*x).base {
+                self.split(x, start, Prefer::Own(first))
+            } else {
+                x
+            };
+            Some(y)
+        }
+    }
+
+    /// Take free extent `y` (its run detached) out of the free set, re-attach its neighbours'
+    /// runs and put it on the purge `chain`; its size.
+    ///
+    /// # Safety
+    /// `y` is our free extent whose run is out of the tree.
+    unsafe fn chain_purge(&mut self, chain: &mut *mut Extent, y: *mut Extent, cause: Cause) -> u64 {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let c = self.unfree(y);
+            self.attach_run((*y).prev);
+            self.attach_run((*y).next);
+            (*y).lru_next = *chain;
+            let n = (*y).size as u64;
+            self.busy += n;
+            self.count_purge(&c, cause);
+            *chain = y;
+            n
+        }
     }
 
     /// Count a purge of memory released by the kinds in `c`.
@@ -1347,6 +1440,25 @@ impl ArenaState {
         })
     }
 
+    /// The arena's regions as `[base, end)` pairs, sorted by base, into `out`; how many there
+    /// are (more than `out` holds: the first `out.len()` by address are written).
+    pub(crate) fn region_bounds(&self, out: &mut [(usize, usize)]) -> usize {
+        let (mut n, mut r) = (0, self.regions);
+        // SAFETY: region records are ours, read under the lock.
+        unsafe {
+            while !r.is_null() {
+                if n < out.len() {
+                    out[n] = ((*r).base, (*r).end);
+                }
+                n += 1;
+                r = (*r).next;
+            }
+        }
+        let m = n.min(out.len());
+        out[..m].sort_unstable();
+        n
+    }
+
     /// The arena's own counters, with the derived ones filled in.
     pub(crate) fn arena_counters(&self) -> ArenaCounters {
         let mut t = self.totals;
@@ -1354,6 +1466,7 @@ impl ArenaState {
         t.clean_bytes = self.clean_bytes;
         t.recent_peak_bytes = self.decay.peak(None).max(self.live);
         t.bound_bytes = self.decay.cache_bound(None);
+        t.huge_pages = self.huge_pages;
         t
     }
 }
@@ -1617,7 +1730,10 @@ impl Arena {
             let p = map_chunk(hint, len);
             if !p.is_null() {
                 return self.with(|s| {
-                    if s.huge_pages && zone == BLOCKS {
+                    // Blocks always; segments once the zone outgrew its first chunk (a
+                    // process with more than 16 MiB of small blocks fills its huge pages,
+                    // where one with a few KiB would hold a resident 2 MiB page for them).
+                    if s.huge_pages && (zone == BLOCKS || s.chunk_next[zone] > CHUNK_MIN[zone]) {
                         os::advise_huge(p, len);
                     }
                     if s.reserve(1) {
@@ -2193,5 +2309,46 @@ mod tests {
         a.census();
         // SAFETY: live, freed once.
         unsafe { a.free(a.lookup(q)) };
+    }
+
+    /// With huge pages on, a purge takes whole huge pages from inside a dirty extent and leaves
+    /// its unaligned ends dirty; off, it takes the extent's high end, cutting into a huge page.
+    #[test]
+    fn purges_take_whole_huge_pages_first() {
+        for huge in [true, false] {
+            let (a, _serial) = arena();
+            a.with(|s| {
+                s.decay.set_ms(-1);
+                s.huge_pages = huge;
+            });
+            let size = 5 * MIB + 12 * 1024;
+            let x = a.alloc(1, size, 64);
+            let y = a.alloc(1, MIB, 64);
+            // SAFETY: live, freed once.
+            unsafe { a.free(a.lookup(x)) };
+            let (base, len, cuts) = a.with(|s| {
+                let chain = s.take_dirty(2 * MIB as u64, None, Cause::Bound);
+                assert!(!chain.is_null());
+                // SAFETY: the chain is one `Busy` extent of ours, put back clean at once.
+                unsafe {
+                    assert!((*chain).lru_next.is_null(), "one extent");
+                    let r = ((*chain).base, (*chain).size, s.totals.huge_page_cuts);
+                    s.finish_purge(chain);
+                    r
+                }
+            });
+            if huge {
+                assert_eq!(base % HUGE_PAGE, 0, "starts on a huge page");
+                assert_eq!(len, 2 * MIB, "whole huge pages");
+                assert!(base + len <= x as usize + size);
+                assert_eq!(cuts, 0);
+            } else {
+                assert_eq!(base + len, (x as usize + size).next_multiple_of(PAGE));
+                assert_ne!(base % HUGE_PAGE, 0, "the old policy cuts into a huge page");
+            }
+            a.census();
+            // SAFETY: live, freed once.
+            unsafe { a.free(a.lookup(y)) };
+        }
     }
 }

@@ -1,0 +1,164 @@
+//! Transparent huge pages through the global allocator, with the default policy (`auto`): a
+//! large block is on huge pages when the kernel allows them (its mapping's `AnonHugePages` in
+//! `/proc/self/smaps` grows by the block's size when it is written), the statistics say so, a
+//! freed block serves the next request of another kind without faults, and `never` (or a kernel
+//! in `never` mode) keeps 4 KiB pages. Skipped, with the reason printed, where THP is off.
+use std::alloc::{GlobalAlloc, Layout};
+use tensorpool::{with_kind, TensorKind, TensorPool};
+mod common;
+
+#[global_allocator]
+static ALLOC: TensorPool = TensorPool::new();
+
+const MIB: usize = 1 << 20;
+
+/// The kernel's THP mode: the bracketed word of the sysfs file, or `None` without one.
+fn kernel_mode() -> Option<String> {
+    let s = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").ok()?;
+    let open = s.find('[')?;
+    let close = s[open..].find(']')? + open;
+    Some(s[open + 1..close].to_string())
+}
+
+/// `AnonHugePages` (bytes) of the mapping holding address `p`.
+fn huge_bytes_at(p: usize) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut inside = false;
+    for line in smaps.lines() {
+        let first = line.split(' ').next().unwrap_or("");
+        if let Some((lo, hi)) = first.split_once('-') {
+            if let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+            {
+                inside = lo <= p && p < hi;
+                continue;
+            }
+        }
+        if inside {
+            if let Some(v) = line.strip_prefix("AnonHugePages:") {
+                return v
+                    .trim()
+                    .trim_end_matches(" kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap()
+                    << 10;
+            }
+        }
+    }
+    0
+}
+
+/// This thread's minor faults (the other test spawns children meanwhile).
+fn minor_faults() -> u64 {
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
+    u.ru_minflt as u64
+}
+
+/// Allocate and write a block of `size` bytes under `kind`; its huge-page bytes gained and the
+/// faults its writing took.
+fn written_block(kind: TensorKind, size: usize) -> (*mut u8, Layout, u64, u64) {
+    let l = Layout::from_size_align(size, 64).unwrap();
+    let p = with_kind(kind, || unsafe { ALLOC.alloc(l) });
+    assert!(!p.is_null());
+    let h0 = huge_bytes_at(p as usize);
+    let f0 = minor_faults();
+    unsafe { p.write_bytes(0x5a, size) };
+    let faults = minor_faults() - f0;
+    (p, l, huge_bytes_at(p as usize).saturating_sub(h0), faults)
+}
+
+#[test]
+fn a_large_block_is_on_huge_pages_when_the_kernel_allows() {
+    let mode = kernel_mode();
+    let Some(mode) = mode.clone().filter(|m| m == "always" || m == "madvise") else {
+        eprintln!(
+            "skipped: transparent huge pages are {mode:?} on this kernel (need always or madvise)"
+        );
+        return;
+    };
+    if std::env::var_os("TENSORPOOL_HUGE_PAGES").is_some() {
+        eprintln!("skipped: TENSORPOOL_HUGE_PAGES is set; this test checks the default");
+        return;
+    }
+    let (p, l, gained, faults) = written_block(TensorKind::General, 16 * MIB);
+    assert_eq!(
+        p as usize % (2 * MIB),
+        0,
+        "a 16 MiB block starts on a huge page"
+    );
+    let stats = ALLOC.stats();
+    assert!(stats.arena.huge_pages, "auto under THP {mode}: on");
+    // The kernel may fail to find a free huge page now and then (fragmented memory); most of
+    // the block must still be huge.
+    assert!(
+        gained >= 12 * MIB as u64,
+        "only {gained} bytes of a written 16 MiB block on huge pages (THP {mode}, {faults} faults)"
+    );
+    assert!(faults < 256, "{faults} faults writing 16 MiB on huge pages");
+    let cov = stats.huge_pages.expect("smaps readable");
+    assert!(
+        cov.huge_bytes >= gained && cov.huge_bytes <= cov.resident_bytes,
+        "{cov:?}"
+    );
+    assert!(stats
+        .to_json()
+        .contains("\"huge_pages\":{\"resident_bytes\":"));
+    assert!(stats.to_string().contains("huge pages on, "), "{stats}");
+
+    // Freed, it serves another kind's request from resident memory: no fresh pages.
+    unsafe { ALLOC.dealloc(p, l) };
+    let act0 = ALLOC.large_counters(TensorKind::Activation);
+    let (q, lq, _, faults) = written_block(TensorKind::Activation, 12 * MIB);
+    let act1 = ALLOC.large_counters(TensorKind::Activation);
+    assert_eq!(act1.misses, act0.misses, "reused: {act1:?}");
+    assert!(faults < 64, "{faults} faults writing a reused block");
+    unsafe { ALLOC.dealloc(q, lq) };
+}
+
+/// `TENSORPOOL_HUGE_PAGES=0` and `never` turn huge pages off, a bad value warns and keeps the
+/// default; each in a child process, which configures itself from its environment.
+#[test]
+fn the_option_turns_huge_pages_off_and_bad_values_warn() {
+    for (value, on) in [("0", false), ("never", false), ("sometimes", true)] {
+        let (out, err) = common::run_child_test(
+            "child_reports_its_policy",
+            &[("TENSORPOOL_HUGE_PAGES", value)],
+        );
+        let policy = line_value(&out, "policy ");
+        let mode = kernel_mode();
+        let kernel_on = matches!(mode.as_deref(), Some("always") | Some("madvise"));
+        assert_eq!(policy, u64::from(on && kernel_on), "{value}: {out} {err}");
+        if value == "sometimes" {
+            assert!(
+                err.contains("TENSORPOOL_HUGE_PAGES=\"sometimes\" is not valid"),
+                "{err}"
+            );
+            assert!(err.contains("keeping auto"), "{err}");
+        } else if mode.as_deref() == Some("madvise") {
+            // Off: the kernel gives huge pages only where asked, so none.
+            let gained: u64 = line_value(&out, "gained ");
+            assert_eq!(gained, 0, "{value}: huge pages without advice: {out}");
+        }
+    }
+}
+
+fn line_value(out: &str, key: &str) -> u64 {
+    out.lines()
+        .find_map(|l| l.contains(key).then(|| l.rsplit(key).next().unwrap_or("")))
+        .unwrap_or_else(|| panic!("no {key} in {out}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn child_reports_its_policy() {
+    if std::env::var_os("TENSORPOOL_TEST_CHILD").is_none() {
+        return;
+    }
+    let (p, l, gained, _) = written_block(TensorKind::KvCache, 8 * MIB);
+    println!("policy {}", u8::from(ALLOC.arena_counters().huge_pages));
+    println!("gained {gained}");
+    unsafe { ALLOC.dealloc(p, l) };
+}
