@@ -279,21 +279,10 @@ pub(crate) fn at_fork(
 /// Resident set size of this process in bytes (from /proc/self/statm), for tests and reports.
 /// Reads into a stack buffer; `None` if the file cannot be read.
 pub fn resident_bytes() -> Option<usize> {
-    // SAFETY: opening a path from a NUL-terminated literal; the fd is checked and closed.
-    let fd = unsafe { libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY) };
-    if fd < 0 {
-        return None;
-    }
     let mut buf = [0u8; 128];
-    // SAFETY: reading into a stack buffer of the given length from our own fd.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    // SAFETY: closing the fd opened above.
-    unsafe { libc::close(fd) };
-    if n <= 0 {
-        return None;
-    }
+    let n = read_file(c"/proc/self/statm", &mut buf)?;
     // statm: size resident shared text lib data dt (in pages)
-    let mut fields = buf[..n as usize].split(|&c| c == b' ');
+    let mut fields = buf[..n].split(|&c| c == b' ');
     fields.next()?;
     let rss = fields.next()?;
     let mut pages = 0usize;
