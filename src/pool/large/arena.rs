@@ -519,7 +519,16 @@ impl ArenaState {
 
     /// The least recently released dirty extent holding bytes of `attr` (any, for `None`).
     fn oldest(&self, attr: Option<usize>) -> *mut Extent {
-        let mut e = self.lru.tail;
+        // SAFETY: the tail is null or on the list.
+        unsafe { Self::holding(self.lru.tail, attr) }
+    }
+
+    /// `e`, or the first extent released after it, that holds bytes of `attr` (any, for
+    /// `None`); null if none does.
+    ///
+    /// # Safety
+    /// `e` is null or on the release-order list; the lock is held.
+    unsafe fn holding(mut e: *mut Extent, attr: Option<usize>) -> *mut Extent {
         if let Some(a) = attr {
             // SAFETY: list members are our dirty extents.
             unsafe {
@@ -1072,15 +1081,8 @@ impl ArenaState {
                     // SAFETY: `y` is ours and off every tree and list.
                     taken += unsafe { self.chain_purge(&mut chain, y, cause) };
                 }
-                x = newer;
-                if let Some(a) = attr {
-                    // SAFETY: list members are our dirty extents.
-                    unsafe {
-                        while !x.is_null() && (*x).shares[a] == 0 {
-                            x = (*x).lru_prev;
-                        }
-                    }
-                }
+                // SAFETY: `newer` is null or on the list (the cut pieces went in older).
+                x = unsafe { Self::holding(newer, attr) };
             }
         }
         while taken < bytes {
