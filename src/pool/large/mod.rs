@@ -11,7 +11,7 @@
 //! statistics and capacities per kind.
 //!
 //! - `extent`: the descriptor; `tree`: address-ordered first fit; `decay`: when dirty memory
-//!   goes back; `arena`: chunks, regions, taking, releasing, purging, recovery.
+//!   goes back; `arena/`: the arena, in files of one job each (see its module docs).
 
 mod arena;
 mod decay;
