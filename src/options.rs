@@ -151,8 +151,9 @@ impl PoolConfig {
 /// and one page fault instead of 512).
 ///
 /// On, the block zone's chunks are advised `MADV_HUGEPAGE` when they are mapped (before any
-/// page of them is touched), blocks of 2 MiB or more start on a 2 MiB boundary, and purges
-/// return whole free huge pages before they cut into one. Off, pages are 4 KiB and purges
+/// page of them is touched), blocks are packed against each other (no 2 MiB start, which
+/// would leave resident space before a block), and purges return whole free huge pages before
+/// they cut into one. Off, pages are 4 KiB and purges
 /// round to them, as before version 0.2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum HugePages {

@@ -81,12 +81,9 @@ fn a_large_block_is_on_huge_pages_when_the_kernel_allows() {
         eprintln!("skipped: TENSORPOOL_HUGE_PAGES is set; this test checks the default");
         return;
     }
+    // The block is packed against whatever lies below it (no 2 MiB start of its own): at
+    // least 7 whole huge pages lie inside it whatever its offset, and the zone is advised.
     let (p, l, gained, faults) = written_block(TensorKind::General, 16 * MIB);
-    assert_eq!(
-        p as usize % (2 * MIB),
-        0,
-        "a 16 MiB block starts on a huge page"
-    );
     let stats = ALLOC.stats();
     assert!(stats.arena.huge_pages, "auto under THP {mode}: on");
     // The kernel may fail to find a free huge page now and then (fragmented memory); most of

@@ -207,7 +207,7 @@ pub(crate) struct ArenaState {
     pub(crate) decay: Decay,
     /// Purge with `MADV_FREE` rather than `MADV_DONTNEED`.
     pub(crate) lazy_purge: bool,
-    /// Huge pages: advise them on new chunks, align blocks of 2 MiB or more to 2 MiB, and
+    /// Huge pages: advise them on new chunks (blocks are packed, not aligned to them), and
     /// purge whole free huge pages before cutting into one (`take_dirty`).
     pub(crate) huge_pages: bool,
 }
