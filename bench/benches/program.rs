@@ -58,12 +58,14 @@ fn corpus(rng: &mut Rng, vocab: usize, tokens: usize) -> Vec<String> {
     lines
 }
 
+/// Byte-pair merges, in the order learnt.
+type Merges = Vec<(u32, u32)>;
+/// Every word's symbols after the merges.
+type Symbols = HashMap<String, Vec<u32>>;
+
 /// Train `merges` byte-pair merges on the word counts; returns the merges and the final
 /// symbols of every word.
-fn train(
-    counts: &HashMap<String, u64>,
-    merges: usize,
-) -> (Vec<(u32, u32)>, HashMap<String, Vec<u32>>) {
+fn train(counts: &HashMap<String, u64>, merges: usize) -> (Merges, Symbols) {
     let mut words: Vec<(Vec<u32>, u64, &str)> = counts
         .iter()
         .map(|(w, &c)| (w.bytes().map(u32::from).collect(), c, w.as_str()))
