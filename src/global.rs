@@ -414,6 +414,16 @@ impl TensorPool {
         if !p.is_null() {
             return p;
         }
+        // The thread's cache holds blocks, none of them a fit: before the arena faults fresh
+        // pages in for this request, they go back, where they coalesce with their neighbours
+        // and may serve it (kept, they were 8 MiB of the inference example's peak RSS).
+        if heap::hot_bytes_here() > 0 {
+            let p = ARENA.alloc_resident(kind, size, align);
+            if !p.is_null() {
+                return p;
+            }
+            heap::hot_flush();
+        }
         let p = ARENA.alloc(kind, size, align);
         if !p.is_null() {
             return p;

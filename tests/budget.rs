@@ -193,10 +193,17 @@ fn blocks_over_the_limit_bypass_the_thread_cache() {
 
 #[test]
 fn kinds_and_alignment_are_respected_and_zeroing_holds() {
-    if in_child() {
+    if !alone("kinds_and_alignment_are_respected_and_zeroing_holds") {
         return;
     }
     let (ka, kb) = (TensorKind::TextEmbedding, TensorKind::Activation);
+    // Resident memory in the arena first (a block over the cache's limit bypasses the cache),
+    // so that the misses below are served without fresh pages and leave the cache as it is
+    // (a miss that would fault pages in sends the cache back first).
+    let big = Layout::from_size_align(4 * MIB, 64).unwrap();
+    let x = ALLOC.handle(kb).allocate(big).unwrap().cast::<u8>();
+    fill(x, big.size(), 0x33);
+    unsafe { ALLOC.handle(kb).deallocate(x, big) };
     let l = Layout::from_size_align(128 * KIB, 64).unwrap();
     let a = ALLOC.handle(ka).allocate(l).unwrap().cast::<u8>();
     fill(a, l.size(), 0xee);
@@ -251,6 +258,42 @@ fn thread_exit_and_trim_send_the_cache_back() {
     assert!(released >= 192 * KIB, "trim released {released}");
     assert_eq!(ALLOC.budget().thread_hot_bytes, 0);
     assert_eq!(ALLOC.large_counters(kind).cached_bytes, 0);
+}
+
+/// A request the thread cache cannot serve, and that would take fresh pages, first sends the
+/// cache's blocks back: the request is then served from their resident memory, where before it
+/// faulted fresh pages in beside them.
+#[test]
+fn cached_blocks_go_back_before_fresh_pages_are_taken() {
+    if !alone("cached_blocks_go_back_before_fresh_pages_are_taken") {
+        return;
+    }
+    let kind = TensorKind::KvCache;
+    let h = ALLOC.handle(kind);
+    let la = Layout::from_size_align(768 * KIB, 64).unwrap();
+    let (a, held) = alloc_held(h, la);
+    fill(a, la.size(), 0x11);
+    unsafe { h.deallocate(a, la) };
+    assert_eq!(
+        ALLOC.budget().thread_hot_bytes,
+        held,
+        "the freed block is cached"
+    );
+    // Classes more than four apart: the cache has no fit for it.
+    let lb = Layout::from_size_align(256 * KIB, 64).unwrap();
+    let misses = ALLOC.large_counters(kind).misses;
+    let (b, _) = alloc_held(h, lb);
+    let c = ALLOC.large_counters(kind);
+    assert_eq!(c.misses, misses, "served from resident memory: {c:?}");
+    assert_eq!(ALLOC.budget().thread_hot_bytes, 0, "the cache went back");
+    let (lo, hi) = (a.as_ptr() as usize & !4095, a.as_ptr() as usize + la.size());
+    assert!(
+        (lo..hi).contains(&(b.as_ptr() as usize)),
+        "the request took the cached block's pages"
+    );
+    fill(b, lb.size(), 0x22);
+    check(b, lb.size(), 0x22);
+    unsafe { h.deallocate(b, lb) };
 }
 
 #[test]

@@ -174,6 +174,8 @@ enum Step {
     NoMeta,
     /// The request can never be served (its size overflows).
     Fail,
+    /// The request would take fresh pages, and the caller asked for resident memory only.
+    Fresh,
 }
 
 /// The arena's state, behind its lock.
@@ -396,14 +398,19 @@ impl Arena {
     /// clean, then a new chunk; when the OS refuses, release everything free and try once more.
     /// Null when that fails too.
     pub(crate) fn take(&self, u: Use, size: usize, align: usize) -> *mut Extent {
+        self.take_in(u, size, align, false)
+    }
+
+    /// `take`, or with `resident_only` null where the request would fault fresh pages in.
+    fn take_in(&self, u: Use, size: usize, align: usize, resident_only: bool) -> *mut Extent {
         let t = now();
         let mut recovered = false;
         loop {
-            let step = self.with(|s| s.try_take(&self.map, u, size, align, t));
+            let step = self.with(|s| s.try_take(&self.map, u, size, align, t, resident_only));
             match step {
                 Step::Done(e) => return e,
                 Step::Purge(chain) => self.purge(chain),
-                Step::Fail => return ptr::null_mut(),
+                Step::Fail | Step::Fresh => return ptr::null_mut(),
                 Step::Grow(zone, bytes) if self.grow(zone, bytes) => {}
                 Step::Grow(..) | Step::NoMeta => {
                     if recovered {
@@ -418,7 +425,16 @@ impl Arena {
 
     /// Allocate a large block of `kind`: its first byte, or null.
     pub(crate) fn alloc(&self, kind: usize, size: usize, align: usize) -> *mut u8 {
-        let e = self.take(Use::Block(kind), size, align);
+        self.alloc_in(kind, size, align, false)
+    }
+
+    /// `alloc` from resident (dirty) memory only: null where it would fault fresh pages in.
+    pub(crate) fn alloc_resident(&self, kind: usize, size: usize, align: usize) -> *mut u8 {
+        self.alloc_in(kind, size, align, true)
+    }
+
+    fn alloc_in(&self, kind: usize, size: usize, align: usize, resident_only: bool) -> *mut u8 {
+        let e = self.take_in(Use::Block(kind), size, align, resident_only);
         if e.is_null() {
             return ptr::null_mut();
         }

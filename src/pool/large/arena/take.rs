@@ -36,7 +36,8 @@ impl ArenaState {
         Some((off, need, ealign))
     }
 
-    /// One attempt at a request, under the lock.
+    /// One attempt at a request, under the lock. With `resident_only`, a request that would
+    /// fault fresh pages in (or grow the arena) is answered `Step::Fresh` instead.
     pub(super) fn try_take(
         &mut self,
         map: &PageMap,
@@ -44,6 +45,7 @@ impl ArenaState {
         size: usize,
         align: usize,
         now: u64,
+        resident_only: bool,
     ) -> Step {
         if !self.reserve(4) {
             return Step::NoMeta;
@@ -59,6 +61,9 @@ impl ArenaState {
         let zone = u.zone();
         let (h, a) = self.runs[zone].first_fit(need, ealign);
         if h.is_null() {
+            if resident_only {
+                return Step::Fresh;
+            }
             return match need.checked_add(ealign - PAGE) {
                 Some(b) => Step::Grow(zone, b),
                 None => Step::Fail,
@@ -66,6 +71,9 @@ impl ArenaState {
         }
         // SAFETY: `h` is the first extent of a run holding `[a, a + need)`.
         let fresh = unsafe { Self::clean_in(h, a, need) };
+        if fresh > 0 && resident_only {
+            return Step::Fresh;
+        }
         if fresh > 0 {
             // Fresh pages: first keep the kind within its configured capacity, and
             // `live + dirty` within the bound that follows the workload.
