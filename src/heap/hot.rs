@@ -8,11 +8,11 @@
 //! While the cache holds more than the limit (or more than `HOT_SLOTS` blocks), its coldest blocks
 //! flow back to the arena, where any thread can reuse them and decay, the bound and capacities
 //! see them. Blocks larger than the limit bypass the cache: they cannot stay cache-hot anyway.
-//! A request the cache has no fit for, and that the arena could serve only with fresh pages,
-//! first sends the whole cache back (`TensorPool::take_large`): its blocks are of classes the
-//! thread no longer asks for, and in the arena they coalesce and may serve the request. Kept,
-//! they were resident beside the new pages (8 MiB of the inference example's peak RSS, a third
-//! of the tensor-block loops').
+//! A request the cache has no fit for, that the arena could serve only with fresh pages, and
+//! that the cache holds at least as many bytes as, first sends the whole cache back
+//! (`TensorPool::take_large`): its blocks are of classes the thread no longer asks for, and in
+//! the arena they coalesce and may serve the request. Kept, they were resident beside the new
+//! pages (8 MiB of the inference example's peak RSS, a third of the tensor-block loops').
 //!
 //! The limit is the L3 share per core (`CacheTopology::l3_share`) clamped to `THREAD_CACHE_MAX`,
 //! or what `PoolConfig::with_thread_cache` / `TENSORPOOL_THREAD_CACHE` set. The clamp exists
