@@ -236,13 +236,20 @@ struct Sample {
     live: u64,
     peak: u64,
     cached: u64,
+    /// tensorpool's huge-page coverage of its arena, per mille (`/proc/self/smaps`); 0 for the
+    /// others.
+    huge: u64,
 }
 
 fn sample(requests: usize) -> Sample {
-    let cached = if GLOBAL.name() == "tensorpool" {
-        TP.arena_counters().dirty_bytes
+    let (cached, huge) = if GLOBAL.name() == "tensorpool" {
+        let cov = TP.huge_page_coverage().and_then(|c| c.coverage());
+        (
+            TP.arena_counters().dirty_bytes,
+            cov.map_or(0, |c| (c * 1000.0).round() as u64),
+        )
     } else {
-        0
+        (0, 0)
     };
     Sample {
         requests,
@@ -251,6 +258,7 @@ fn sample(requests: usize) -> Sample {
         live: LIVE.load(Relaxed) as u64,
         peak: PEAK.load(Relaxed) as u64,
         cached,
+        huge,
     }
 }
 
@@ -299,8 +307,8 @@ fn child(requests: usize) {
     for s in &all {
         let _ = writeln!(
             out,
-            "S {} {} {} {} {} {}",
-            s.requests, s.maps, s.rss, s.live, s.peak, s.cached
+            "S {} {} {} {} {} {} {}",
+            s.requests, s.maps, s.rss, s.live, s.peak, s.cached, s.huge
         );
     }
     let _ = writeln!(
@@ -337,6 +345,7 @@ fn parse(out: &str) -> Run {
                 live: n(4),
                 peak: n(5),
                 cached: n(6),
+                huge: n(7),
             }),
             Some(&"RESULT") => res = Some(f),
             _ => {}
@@ -376,8 +385,23 @@ fn report(name: &str, r: &Run) {
         .filter(|s| s.peak > 0)
         .map(|s| s.rss as f64 / s.peak as f64)
         .fold(0.0, f64::max);
+    // Huge-page coverage after the warm-up: its lowest and its mean, in percent.
+    let cov: Vec<f64> = r.samples[warm..]
+        .iter()
+        .filter(|s| s.huge > 0)
+        .map(|s| s.huge as f64 / 10.0)
+        .collect();
+    let huge = if cov.is_empty() {
+        "-".to_string()
+    } else {
+        format!(
+            "{:.0}/{:.0}%",
+            cov.iter().copied().fold(f64::INFINITY, f64::min),
+            cov.iter().sum::<f64>() / cov.len() as f64
+        )
+    };
     println!(
-        "{name:<20} {:>7.1} {:>9} {:>6}->{:<6} {:>7.0}->{:<7.0} {:>8.0} {:>8.0} {:>6.3} {:>9.0} {:>9.0}",
+        "{name:<20} {:>7.1} {:>9} {:>6}->{:<6} {:>7.0}->{:<7.0} {:>8.0} {:>8.0} {:>6.3} {:>9.0} {:>9.0} {huge:>9}",
         r.secs,
         r.faults,
         base_maps,
@@ -398,7 +422,7 @@ fn report(name: &str, r: &Run) {
 fn svg(runs: &[(String, Run)]) -> String {
     let (w, h) = (900.0, 420.0);
     let (l, r, t, b) = (70.0, 70.0, 40.0, 60.0);
-    let Some((_, tp)) = runs.iter().find(|(n, _)| n == "tensorpool") else {
+    let Some((tp_name, tp)) = runs.iter().find(|(n, _)| n.starts_with("tensorpool")) else {
         return String::new();
     };
     let max_req = tp.samples.last().map_or(1, |s| s.requests).max(1) as f64;
@@ -409,11 +433,13 @@ fn svg(runs: &[(String, Run)]) -> String {
         .unwrap_or(1) as f64
         / MIB
         * 1.1;
+    // The right axis holds the mapping count and the huge-page coverage in percent.
     let max_maps = runs
         .iter()
         .flat_map(|(_, r)| r.samples.iter().map(|s| s.maps))
         .max()
-        .unwrap_or(1) as f64
+        .unwrap_or(1)
+        .max(100) as f64
         * 1.1;
     let x = |req: usize| l + (w - l - r) * req as f64 / max_req;
     let y = |mib: f64| h - b - (h - t - b) * mib / max_mib;
@@ -424,7 +450,7 @@ fn svg(runs: &[(String, Run)]) -> String {
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
          font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" \
          fill=\"white\"/>\n<text x=\"{l}\" y=\"22\" font-size=\"14\">Soak: {} requests, {THREADS} \
-         threads, random sizes (tensorpool tagged; others' resident memory in grey)</text>\n",
+         threads, random sizes ({tp_name}; others' resident memory in grey)</text>\n",
         max_req as usize
     );
     // Axes and grid.
@@ -457,7 +483,7 @@ fn svg(runs: &[(String, Run)]) -> String {
         s,
         "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">requests served</text>\
          <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" transform=\"rotate(-90 {} {:.1})\">\
-         mappings</text>",
+         mappings, huge pages %</text>",
         (l + w - r) / 2.0,
         h - b + 36.0,
         w - 14.0,
@@ -473,7 +499,7 @@ fn svg(runs: &[(String, Run)]) -> String {
         d
     };
     for (name, run) in runs {
-        if name == "tensorpool" {
+        if name == tp_name {
             continue;
         }
         let d = path(
@@ -488,7 +514,7 @@ fn svg(runs: &[(String, Run)]) -> String {
         );
     }
     type Series = (&'static str, &'static str, &'static str, fn(&Sample) -> f64);
-    let series: [Series; 5] = [
+    let series: [Series; 6] = [
         ("resident", "#d62728", "", |p| p.rss as f64 / MIB),
         ("live", "#1f77b4", "", |p| p.live as f64 / MIB),
         ("peak live so far", "#1f77b4", "4 3", |p| {
@@ -498,9 +524,12 @@ fn svg(runs: &[(String, Run)]) -> String {
             p.cached as f64 / MIB
         }),
         ("mappings (right axis)", "#9467bd", "", |p| p.maps as f64),
+        ("huge pages % (right)", "#ff7f0e", "2 2", |p| {
+            p.huge as f64 / 10.0
+        }),
     ];
     for (i, (label, colour, dash, f)) in series.iter().enumerate() {
-        let maps = i == 4;
+        let maps = i >= 4;
         let d = path(
             &mut tp
                 .samples
@@ -512,7 +541,7 @@ fn svg(runs: &[(String, Run)]) -> String {
             "<path d=\"{d}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\" \
              stroke-dasharray=\"{dash}\"/>"
         );
-        let lx = l + 10.0 + 160.0 * (i % 5) as f64;
+        let lx = l + 10.0 + 134.0 * i as f64;
         let _ = writeln!(
             s,
             "<line x1=\"{lx}\" x2=\"{}\" y1=\"{}\" y2=\"{}\" stroke=\"{colour}\" \
@@ -548,7 +577,7 @@ fn main() {
          written per page; samples every {SAMPLE_EVERY} requests"
     );
     println!(
-        "{:<20} {:>7} {:>9} {:>13} {:>15} {:>8} {:>8} {:>6} {:>9} {:>9}",
+        "{:<20} {:>7} {:>9} {:>13} {:>15} {:>8} {:>8} {:>6} {:>9} {:>9} {:>9}",
         "allocator",
         "secs",
         "faults",
@@ -558,7 +587,8 @@ fn main() {
         "peak",
         "RSS/pk",
         "idle-live",
-        "call-live"
+        "call-live",
+        "huge min/mean"
     );
     let mut runs = Vec::new();
     for name in &allocs {
@@ -574,7 +604,9 @@ fn main() {
          after; RSS warm->late: resident MiB then and the maximum over the last tenth; RSS/pk: \
          the largest ratio of resident memory to the peak of live tensor bytes so far, over all \
          samples; idle-live / call-live: resident minus live MiB after an idle wait of twice the \
-         decay time, and after one more allocation"
+         decay time, and after one more allocation; huge: tensorpool's arena on huge pages \
+         (AnonHugePages / Rss of its mappings), lowest and mean over the samples after the first \
+         tenth"
     );
     if let Some(path) = arg_after(&args, "--svg") {
         // `cargo bench` runs benches in their package's directory: a relative path is taken
