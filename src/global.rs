@@ -95,6 +95,7 @@ impl TensorPool {
         heap::hot::set_limit(
             env.thread_cache.unwrap_or(self.config.thread_cache),
             topology.l3_share(),
+            topology.cores,
         );
         let report = crate::os::getenv(c"TENSORPOOL_REPORT").is_some();
         if env.timeline.unwrap_or(self.config.timeline) || report {

@@ -4,8 +4,10 @@
 //! the budget says whether a working set fits.
 //!
 //! Tests run in parallel threads and each uses a kind of its own (counters are per kind; hot
-//! caches are per thread). Tests that read the arena's contents, or call `trim`, run alone in a
-//! child process: the arena serves any kind from any kind's freed memory.
+//! caches are per thread). Tests that read the arena's contents, call `trim`, or count on their
+//! thread's cache taking every block it frees run alone in a child process: the arena serves
+//! any kind from any kind's freed memory, and all threads' caches share one total (the limit
+//! times the cores), which parallel tests would fill.
 //!
 //! A block holds whole pages (its usable bytes plus its cache colour, the offset of its start in
 //! its first page); thread caches and the arena count those bytes, read here from the
@@ -77,7 +79,7 @@ fn budget_reports_topology_share_and_limit() {
 
 #[test]
 fn reuse_is_most_recently_freed_first_without_the_pool() {
-    if in_child() {
+    if !alone("reuse_is_most_recently_freed_first_without_the_pool") {
         return;
     }
     let kind = TensorKind::Attention;
@@ -294,6 +296,59 @@ fn cached_blocks_go_back_before_fresh_pages_are_taken() {
     fill(b, lb.size(), 0x22);
     check(b, lb.size(), 0x22);
     unsafe { h.deallocate(b, lb) };
+}
+
+/// All thread caches together hold at most the limit times the cores that share the L3: with
+/// 2 cores and a 1 MiB limit, eight threads that each free a 768 KiB block cache at most 2 MiB
+/// between them; the other blocks go back to the arena.
+#[test]
+fn the_caches_together_hold_at_most_the_cores_share() {
+    if !in_child() {
+        common::run_child_test(
+            "the_caches_together_hold_at_most_the_cores_share",
+            &[("TENSORPOOL_CORES", "2")],
+        );
+        return;
+    }
+    const THREADS: usize = 8;
+    let kind = TensorKind::ImageEmbedding;
+    let l = Layout::from_size_align(768 * KIB, 64).unwrap();
+    let freed = std::sync::Arc::new(std::sync::Barrier::new(THREADS + 1));
+    let read = std::sync::Arc::new(std::sync::Barrier::new(THREADS + 1));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|i| {
+            let (freed, read) = (freed.clone(), read.clone());
+            std::thread::spawn(move || {
+                let h = ALLOC.handle(kind);
+                let p = h.allocate(l).unwrap().cast::<u8>();
+                fill(p, l.size(), i as u8);
+                check(p, l.size(), i as u8);
+                unsafe { h.deallocate(p, l) };
+                let mine = ALLOC.budget().thread_hot_bytes;
+                freed.wait();
+                read.wait();
+                mine
+            })
+        })
+        .collect();
+    freed.wait();
+    let hot = ALLOC.stats().kind(kind).hot_bytes;
+    read.wait();
+    let mine: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(mine, hot, "every cached byte is one thread's");
+    assert!(
+        hot >= 768 * KIB as u64,
+        "some thread cached its block: {hot}"
+    );
+    assert!(
+        hot <= 2 * MIB as u64,
+        "{hot} bytes cached by {THREADS} threads, over 2 MiB"
+    );
+    assert_eq!(
+        ALLOC.stats().kind(kind).hot_bytes,
+        0,
+        "exited threads' caches went back"
+    );
 }
 
 #[test]

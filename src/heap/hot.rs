@@ -39,15 +39,45 @@ shared_static! {
     static LIMIT: AtomicUsize = AtomicUsize::new(0);
 }
 
+shared_static! {
+    /// What all thread caches may hold together: the limit times the cores that share the
+    /// last-level cache (at most that many threads run at once, each with its share).
+    static TOTAL_LIMIT: AtomicUsize = AtomicUsize::new(0);
+}
+
+shared_static! {
+    /// What the thread caches have reserved of `TOTAL_LIMIT` together: the sum of their
+    /// `reserved`.
+    static RESERVED: AtomicUsize = AtomicUsize::new(0);
+}
+
 /// Set the thread-cache limit (at configuration). `THREAD_CACHE_AUTO` derives it from the L3
-/// share per core, `l3_share`.
-pub(crate) fn set_limit(configured: usize, l3_share: usize) {
+/// share per core, `l3_share`; all caches together hold at most `cores` limits.
+pub(crate) fn set_limit(configured: usize, l3_share: usize, cores: usize) {
     let limit = if configured == THREAD_CACHE_AUTO {
         l3_share.min(THREAD_CACHE_MAX)
     } else {
         configured
     };
-    LIMIT.store(limit.min(THREAD_CACHE_LIMIT_MAX), Ordering::Relaxed);
+    let limit = limit.min(THREAD_CACHE_LIMIT_MAX);
+    TOTAL_LIMIT.store(limit.saturating_mul(cores.max(1)), Ordering::Relaxed);
+    LIMIT.store(limit, Ordering::Relaxed);
+}
+
+/// Reserve `bytes` of the caches' shared total; false if that would pass it.
+fn reserve(bytes: usize) -> bool {
+    let total = TOTAL_LIMIT.load(Ordering::Relaxed);
+    let mut cur = RESERVED.load(Ordering::Relaxed);
+    loop {
+        if cur + bytes > total {
+            return false;
+        }
+        match RESERVED.compare_exchange_weak(cur, cur + bytes, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => return true,
+            Err(v) => cur = v,
+        }
+    }
 }
 
 /// The thread-cache limit in force.
@@ -84,6 +114,10 @@ pub(crate) struct HotCache {
     full: u32,
     clock: u64,
     bytes: usize,
+    /// This cache's claim on the caches' shared total (`RESERVED`): `bytes <= reserved`,
+    /// taken in grants of a quarter of the limit so that the shared counter is written once
+    /// per several puts, and given back when the cache shrinks well below it.
+    reserved: usize,
     pub(crate) counters: [HotCounters; NUM_KINDS],
 }
 
@@ -136,6 +170,7 @@ impl HotCache {
         let (start, got) = (self.starts[i], self.held[i] as usize);
         let e = self.descs[i];
         self.empty(i, kind);
+        self.shrink_claim();
         note_held(kind, true, got as u64);
         // SAFETY: cached blocks are blocks this thread freed and nobody else holds.
         unsafe { large::reuse(e) };
@@ -157,11 +192,32 @@ impl HotCache {
         if bytes > limit {
             return false;
         }
-        // SAFETY: as above.
-        unsafe { large::prepare_hot(e) };
         while self.full == u32::MAX || self.bytes + bytes > limit {
             self.flow_back_coldest();
         }
+        // Within the caches' shared total: grow this cache's claim (a quarter of the limit at a
+        // time, never past the limit), else make room in what it holds, else leave the block
+        // to the arena: the other threads' caches hold the total.
+        if self.bytes + bytes > self.reserved {
+            let need = self.bytes + bytes - self.reserved;
+            let grant = (limit / 4)
+                .min(limit.saturating_sub(self.reserved))
+                .max(need);
+            if reserve(grant) {
+                self.reserved += grant;
+            } else if reserve(need) {
+                self.reserved += need;
+            } else {
+                while self.full != 0 && self.bytes + bytes > self.reserved {
+                    self.flow_back_coldest();
+                }
+                if self.bytes + bytes > self.reserved {
+                    return false;
+                }
+            }
+        }
+        // SAFETY: as above.
+        unsafe { large::prepare_hot(e) };
         let i = (!self.full).trailing_zeros() as usize;
         self.clock += 1;
         self.tags[i] = tag(kind, class_below(usable));
@@ -177,11 +233,14 @@ impl HotCache {
         true
     }
 
-    /// Send every cached block back to its pool (thread exit, `trim`).
+    /// Send every cached block back to its pool (thread exit, `trim`), and the cache's claim
+    /// on the shared total with them.
     pub(crate) fn flush(&mut self) {
         while self.full != 0 {
             self.flow_back_coldest();
         }
+        RESERVED.fetch_sub(self.reserved, Ordering::Relaxed);
+        self.reserved = 0;
     }
 
     /// Free slot `i` (holding a block of `kind`).
@@ -189,6 +248,17 @@ impl HotCache {
         self.full &= !(1 << i);
         self.bytes -= self.held[i] as usize;
         self.counters[kind].bytes.sub(self.held[i] as u64);
+    }
+
+    /// After a take: a claim on the shared total that the cache no longer fills by half a
+    /// limit goes back down to a quarter limit above what it holds.
+    fn shrink_claim(&mut self) {
+        let quarter = limit() / 4;
+        if self.reserved > self.bytes + 2 * quarter {
+            let keep = self.bytes + quarter;
+            RESERVED.fetch_sub(self.reserved - keep, Ordering::Relaxed);
+            self.reserved = keep;
+        }
     }
 
     fn flow_back_coldest(&mut self) {
