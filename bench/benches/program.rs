@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 use tensorpool_bench::{
-    arg_after, mappings, median, minor_faults, run_child, status_bytes, Rng, Switch,
+    arg_after, best_other, mappings, median, minor_faults, run_child, status_bytes, Rng, Switch,
 };
 
 #[global_allocator]
@@ -232,24 +232,21 @@ fn main() {
             m[4]
         );
     }
-    let others: Vec<usize> = (0..allocs.len())
-        .filter(|&i| !allocs[i].starts_with("tensorpool"))
-        .collect();
     for (i, name) in allocs.iter().enumerate() {
-        if !name.starts_with("tensorpool") || others.is_empty() {
+        if !name.starts_with("tensorpool") {
             continue;
         }
-        let best = |k: usize| {
-            others
-                .iter()
-                .map(|&o| med[o][k])
-                .fold(f64::INFINITY, f64::min)
+        let Some(best) = (0..med[i].len())
+            .map(|k| best_other(&allocs, |o| med[o][k]))
+            .collect::<Option<Vec<f64>>>()
+        else {
+            continue;
         };
         println!(
             "{name} / best other: wall {:.2}, faults {:.2}, peak RSS {:.2}",
-            med[i][0] / best(0),
-            med[i][2] / best(2),
-            med[i][3] / best(3)
+            med[i][0] / best[0],
+            med[i][2] / best[2],
+            med[i][3] / best[3]
         );
     }
 }

@@ -194,6 +194,16 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// The lowest `value(i)` over the configurations `i` of `allocs` that are not tensorpool's; `None`
+/// when every configuration is tensorpool's. The denominator of each "tensorpool / best other"
+/// ratio.
+pub fn best_other(allocs: &[String], value: impl Fn(usize) -> f64) -> Option<f64> {
+    (0..allocs.len())
+        .filter(|&i| !allocs[i].starts_with("tensorpool"))
+        .map(value)
+        .reduce(f64::min)
+}
+
 /// The value after `flag` on the command line.
 pub fn arg_after(args: &[String], flag: &str) -> Option<String> {
     args.iter()
