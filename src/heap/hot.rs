@@ -216,6 +216,7 @@ impl HotCache {
                 }
             }
         }
+        debug_assert!(self.bytes + bytes <= self.reserved.min(limit));
         // SAFETY: as above.
         unsafe { large::prepare_hot(e) };
         let i = (!self.full).trailing_zeros() as usize;

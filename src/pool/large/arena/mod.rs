@@ -1,15 +1,15 @@
 //! The extent arena: the address space every large block and every small-block segment is carved
 //! from.
 //!
-//! **Chunks and regions.** Memory comes from the OS in chunks (64 MiB at first for blocks,
-//! one segment (4 MiB) for segments, doubling up to 1 GiB, or what one request needs), 2 MiB-aligned so huge
-//! pages stay possible, mapped read-write once and never split by `mprotect` or `mremap`. Blocks
-//! and segments live in zones of their own. The block zone starts at a randomised hint far from
-//! the kernel's own placements (`BLOCK_HINT`) and each new chunk is asked for just above the
-//! highest one (a hint, never `MAP_FIXED`), so consecutive chunks usually touch: the kernel then
-//! merges them into one mapping, and the arena treats touching chunks as one *region*, in which
-//! free extents coalesce across the old chunk boundary. The process's mapping count is
-//! therefore the number of regions, not of blocks.
+//! **Chunks and regions.** Memory comes from the OS in chunks (64 MiB at first for blocks, one
+//! segment (4 MiB) for segments, doubling up to 1 GiB, or what one request needs), 2 MiB-aligned
+//! so huge pages stay possible, mapped read-write once and never split by `mprotect` or
+//! `mremap`. Blocks and segments live in zones of their own. The block zone starts at a
+//! randomised hint far from the kernel's own placements (`BLOCK_HINT`) and each new chunk is
+//! asked for just above the highest one (a hint, never `MAP_FIXED`), so consecutive chunks
+//! usually touch: the kernel then merges them into one mapping, and the arena treats touching
+//! chunks as one *region*, in which free extents coalesce across the old chunk boundary. The
+//! process's mapping count is therefore the number of regions, not of blocks.
 //!
 //! **Extents.** A region is tiled by extents (see `extent`): live blocks, segments, and free
 //! extents, which are *dirty* (resident, kept for reuse) or *clean* (never touched, or purged).
