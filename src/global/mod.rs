@@ -18,6 +18,8 @@ use crate::sync::{shared_static, AtomicBool, Ordering};
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
 
+mod exit;
+
 shared_static! {
     /// Whether a configuration has been applied.
     static CONFIGURED: AtomicBool = AtomicBool::new(false);
@@ -88,8 +90,8 @@ impl TensorPool {
         crate::background::configure(background);
         let report = env.exit_report.unwrap_or(self.config.exit_report);
         if report != ExitReport::Off {
-            EXIT_REPORT.store(report as u8, core::sync::atomic::Ordering::Relaxed);
-            crate::os::at_exit(exit_report);
+            exit::EXIT_REPORT.store(report as u8, core::sync::atomic::Ordering::Relaxed);
+            crate::os::at_exit(exit::exit_report);
         }
         let (topology, _) = crate::topology::current();
         heap::hot::set_limit(
@@ -102,7 +104,7 @@ impl TensorPool {
             crate::timeline::start(0);
         }
         if report {
-            crate::os::at_exit(html_report_at_exit);
+            crate::os::at_exit(exit::html_report_at_exit);
         }
         true
     }
@@ -143,7 +145,7 @@ impl TensorPool {
     /// their stacks (profiling on). Allocates and resolves symbols: call it outside hot paths.
     pub fn report_html(&self) -> String {
         let mut comm = [0u8; 64];
-        let prog = program_name(&mut comm);
+        let prog = exit::program_name(&mut comm);
         crate::profile::unsampled(|| {
             let title = format!("{prog} (pid {})", crate::os::pid());
             crate::report::html(&title, &self.stats(), &self.timeline(), &self.profile())
@@ -721,134 +723,5 @@ unsafe impl GlobalAlloc for TensorPool {
         }
         // SAFETY: `p` is live with `layout.size()` bytes (the caller's contract).
         unsafe { self.realloc_move(p, layout.size(), new_size, align) }
-    }
-}
-
-/// The exit report chosen (`ExitReport as u8`); statistics, not synchronisation.
-static EXIT_REPORT: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
-
-/// Print the statistics at process exit (registered with `atexit`), allocating nothing: to
-/// stderr, or to the file `TENSORPOOL_STATS_FILE` names (`%p` replaced by the pid), so that each
-/// process of a family (a shell shim, workers) reports on its own. The table's first line names
-/// the program and the pid.
-extern "C" fn exit_report() {
-    use core::fmt::Write;
-    let mode = EXIT_REPORT.load(core::sync::atomic::Ordering::Relaxed);
-    let stats = TensorPool::new().stats();
-    let pid = crate::os::pid();
-    let file = env_path(c"TENSORPOOL_STATS_FILE", pid).and_then(|mut p| {
-        let fd = crate::os::create_file(p.as_cstr()?);
-        if fd.is_none() {
-            crate::os::write_stderr(
-                b"tensorpool: TENSORPOOL_STATS_FILE cannot be created; reporting to stderr\n",
-            );
-        }
-        fd
-    });
-    let mut w = FdWriter {
-        fd: file.unwrap_or(2),
-        buf: crate::text::StackStr::new(),
-    };
-    let mut comm = [0u8; 64];
-    let prog = program_name(&mut comm);
-    if mode == ExitReport::Json as u8 {
-        let _ = stats.write_json(&mut w);
-        let _ = w.write_char('\n');
-    } else {
-        let _ = write!(
-            w,
-            "tensorpool: statistics at exit of {prog} (pid {pid})\n{stats}"
-        );
-        for (k, p) in TensorKind::ALL.iter().zip(&stats.kinds) {
-            if p.live_bytes > 0 {
-                let _ = writeln!(
-                    w,
-                    "tensorpool: still live at exit: {} {} ({} bytes)",
-                    k.name(),
-                    crate::text::Bytes(p.live_bytes),
-                    p.live_bytes
-                );
-            }
-        }
-        if crate::profile::on() {
-            w.flush();
-            let text = crate::profile::snapshot().to_text(5);
-            crate::os::write_fd(w.fd, text.as_bytes());
-        }
-    }
-    w.flush();
-    if let Some(fd) = file {
-        crate::os::close(fd);
-    }
-}
-
-/// `TENSORPOOL_STATS_FILE` with every `%p` replaced by `pid` (and `%%` by `%`), if set.
-/// The program's name (`/proc/self/comm`, read into `buf` without allocating), or `?`.
-fn program_name(buf: &mut [u8; 64]) -> &str {
-    crate::os::read_small_file(b"/proc/self", b"comm", buf)
-        .and_then(|b| core::str::from_utf8(b).ok())
-        .map_or("?", str::trim)
-}
-
-/// The path a variable names, `%p` replaced by `pid` (`%%`: a `%`); None if unset or too long.
-fn env_path(var: &core::ffi::CStr, pid: u32) -> Option<crate::text::StackStr<512>> {
-    use core::fmt::Write;
-    let raw = crate::os::getenv(var)?;
-    let mut path = crate::text::StackStr::<512>::new();
-    let mut i = 0;
-    while i < raw.len() {
-        let r = match (raw[i], raw.get(i + 1)) {
-            (b'%', Some(b'p')) => {
-                i += 1;
-                write!(path, "{pid}")
-            }
-            (b'%', Some(b'%')) => {
-                i += 1;
-                path.push_bytes(b"%")
-            }
-            (c, _) => path.push_bytes(&[c]),
-        };
-        r.ok()?;
-        i += 1;
-    }
-    Some(path)
-}
-
-/// `TENSORPOOL_REPORT=path.html` (`%p`: the pid): the HTML report at exit.
-extern "C" fn html_report_at_exit() {
-    let Some(path) = env_path(c"TENSORPOOL_REPORT", crate::os::pid()) else {
-        return;
-    };
-    if TensorPool::new()
-        .write_html(std::ffi::OsStr::new(path.as_str()))
-        .is_err()
-    {
-        crate::os::write_stderr(b"tensorpool: TENSORPOOL_REPORT cannot be written\n");
-    }
-}
-
-/// Formats into a stack buffer and writes it to a descriptor as it fills.
-struct FdWriter {
-    fd: i32,
-    buf: crate::text::StackStr<2048>,
-}
-
-impl FdWriter {
-    fn flush(&mut self) {
-        crate::os::write_fd(self.fd, self.buf.as_bytes());
-        self.buf.clear();
-    }
-}
-
-impl core::fmt::Write for FdWriter {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        if self.buf.write_str(s).is_ok() {
-            return Ok(());
-        }
-        self.flush();
-        if self.buf.write_str(s).is_err() {
-            crate::os::write_fd(self.fd, s.as_bytes());
-        }
-        Ok(())
     }
 }
