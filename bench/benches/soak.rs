@@ -520,10 +520,8 @@ fn svg(runs: &[(String, Run)]) -> String {
         ("peak live so far", "#1f77b4", "4 3", |p| {
             p.peak as f64 / MIB
         }),
-        ("cached (arena dirty)", "#2ca02c", "", |p| {
-            p.cached as f64 / MIB
-        }),
-        ("mappings (right axis)", "#9467bd", "", |p| p.maps as f64),
+        ("cached (dirty)", "#2ca02c", "", |p| p.cached as f64 / MIB),
+        ("mappings (right)", "#9467bd", "", |p| p.maps as f64),
         ("huge pages % (right)", "#ff7f0e", "2 2", |p| {
             p.huge as f64 / 10.0
         }),
