@@ -1,5 +1,7 @@
-//! A forked child can allocate (no lock inherited from another thread) and exits cleanly.
+//! A forked child can allocate (no lock inherited from another thread) and exits cleanly, and
+//! its thread cache is not starved by the parent's other threads' caches.
 use tensorpool::TensorPool;
+mod common;
 
 #[global_allocator]
 static ALLOC: TensorPool = TensorPool::new();
@@ -45,4 +47,59 @@ fn child_allocates_after_fork_while_other_threads_allocate() {
     for w in workers {
         w.join().unwrap();
     }
+}
+
+/// The thread caches share one total (the limit times the cores). After `fork` only the forking
+/// thread exists: the caches of the parent's other threads must not use up the child's total.
+/// With a 1 MiB limit and 2 cores, two threads each hold a 768 KiB block in their cache across
+/// the fork (1.5 of the 2 MiB); the child then frees a block of the same size, which its own
+/// cache must take.
+#[test]
+fn a_forked_child_has_the_thread_caches_total_to_itself() {
+    if std::env::var_os("TENSORPOOL_TEST_CHILD").is_none() {
+        common::run_child_test(
+            "a_forked_child_has_the_thread_caches_total_to_itself",
+            &[("TENSORPOOL_THREAD_CACHE", "1M"), ("TENSORPOOL_CORES", "2")],
+        );
+        return;
+    }
+    const SIZE: usize = 768 << 10;
+    let cached = std::sync::Arc::new(std::sync::Barrier::new(3));
+    let forked = std::sync::Arc::new(std::sync::Barrier::new(3));
+    let holders: Vec<_> = (0..2)
+        .map(|_| {
+            let (cached, forked) = (cached.clone(), forked.clone());
+            std::thread::spawn(move || {
+                drop(std::hint::black_box(vec![1u8; SIZE]));
+                assert!(ALLOC.budget().thread_hot_bytes >= SIZE as u64);
+                cached.wait();
+                forked.wait();
+            })
+        })
+        .collect();
+    cached.wait();
+    // SAFETY (test): the child only allocates, frees, reads the budget and calls _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        drop(std::hint::black_box(vec![2u8; SIZE]));
+        let hot = ALLOC.budget().thread_hot_bytes;
+        unsafe { libc::_exit(if hot >= SIZE as u64 { 0 } else { 3 }) };
+    }
+    let mut status = 0;
+    // SAFETY (test): waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    forked.wait();
+    for h in holders {
+        h.join().unwrap();
+    }
+    assert!(
+        libc::WIFEXITED(status),
+        "child did not exit normally: {status}"
+    );
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "the child's cache took nothing: the parent's threads held the total"
+    );
 }

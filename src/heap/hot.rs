@@ -64,6 +64,12 @@ pub(crate) fn set_limit(configured: usize, l3_share: usize, cores: usize) {
     LIMIT.store(limit, Ordering::Relaxed);
 }
 
+/// In a child after `fork`: only the forking thread exists, so the shared total holds its
+/// cache's claim alone (the other threads' heaps are the parent's, and never free theirs).
+pub(crate) fn after_fork_in_child(own: &HotCache) {
+    RESERVED.store(own.reserved, Ordering::Relaxed);
+}
+
 /// Reserve `bytes` of the caches' shared total; false if that would pass it.
 fn reserve(bytes: usize) -> bool {
     let total = TOTAL_LIMIT.load(Ordering::Relaxed);

@@ -133,7 +133,7 @@ shared_static! {
 #[cold]
 pub(crate) unsafe fn init_thread() -> *mut Heap {
     if !FORK_HANDLER.load(Ordering::Acquire) && !FORK_HANDLER.swap(true, Ordering::AcqRel) {
-        os::at_fork(fork_prepare, fork_release, fork_release);
+        os::at_fork(fork_prepare, fork_release, fork_child);
     }
     let heap = HEAPS.acquire();
     if heap.is_null() {
@@ -226,7 +226,18 @@ unsafe extern "C" fn fork_prepare() {
     EXIT_KEY_LOCK.raw_lock();
 }
 
-/// After `fork`, in the parent and the child.
+/// After `fork`, in the parent.
 unsafe extern "C" fn fork_release() {
     EXIT_KEY_LOCK.raw_unlock();
+}
+
+/// After `fork`, in the child: as in the parent, and the thread caches' shared total counts
+/// only this thread's claim (the threads that held the others do not exist here).
+unsafe extern "C" fn fork_child() {
+    EXIT_KEY_LOCK.raw_unlock();
+    let heap = super::types::current_heap();
+    if !heap.is_null() {
+        // SAFETY: the calling thread's own heap, the only live one in the child.
+        unsafe { super::hot::after_fork_in_child(&(*heap).hot) };
+    }
 }
