@@ -17,19 +17,12 @@
 use std::collections::HashMap;
 use std::time::Instant;
 use tensorpool_bench::{
-    arg_after, best_other, mappings, median, minor_faults, run_child, status_bytes, Rng, Switch,
+    arg_after, mappings, median, minor_faults, print_ratios, run_child, status_bytes, Rng, Switch,
+    UNTAGGED_CONFIGS,
 };
 
 #[global_allocator]
 static GLOBAL: Switch = Switch;
-
-const ALLOCS: [&str; 5] = [
-    "tensorpool-untagged",
-    "tensorpool-untagged-4k",
-    "system",
-    "mimalloc",
-    "jemalloc",
-];
 
 /// A corpus of `tokens` words over a vocabulary of `vocab` random words, in lines of 24 words.
 fn corpus(rng: &mut Rng, vocab: usize, tokens: usize) -> Vec<String> {
@@ -182,7 +175,7 @@ fn main() {
     }
     let rounds: usize = arg_after(&args, "--rounds").map_or(3, |v| v.parse().unwrap());
     let allocs: Vec<String> = arg_after(&args, "--allocs").map_or_else(
-        || ALLOCS.iter().map(|s| s.to_string()).collect(),
+        || UNTAGGED_CONFIGS.iter().map(|s| s.to_string()).collect(),
         |v| v.split(',').map(String::from).collect(),
     );
     let sc = scale.to_string();
@@ -232,21 +225,9 @@ fn main() {
             m[4]
         );
     }
-    for (i, name) in allocs.iter().enumerate() {
-        if !name.starts_with("tensorpool") {
-            continue;
-        }
-        let Some(best) = (0..med[i].len())
-            .map(|k| best_other(&allocs, |o| med[o][k]))
-            .collect::<Option<Vec<f64>>>()
-        else {
-            continue;
-        };
-        println!(
-            "{name} / best other: wall {:.2}, faults {:.2}, peak RSS {:.2}",
-            med[i][0] / best[0],
-            med[i][2] / best[2],
-            med[i][3] / best[3]
-        );
-    }
+    print_ratios(
+        &allocs,
+        &med,
+        &[("wall", 0), ("faults", 2), ("peak RSS", 3)],
+    );
 }

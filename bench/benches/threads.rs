@@ -17,19 +17,13 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tensorpool_bench::{
-    arg_after, best_other, mappings, median, minor_faults, run_child, status_bytes, Rng, Switch,
+    arg_after, mappings, median, minor_faults, print_ratios, run_child, status_bytes, Rng, Switch,
+    UNTAGGED_CONFIGS,
 };
 
 #[global_allocator]
 static GLOBAL: Switch = Switch;
 
-const ALLOCS: [&str; 5] = [
-    "tensorpool-untagged",
-    "tensorpool-untagged-4k",
-    "system",
-    "mimalloc",
-    "jemalloc",
-];
 const KEEP: usize = 4;
 const SEND_EVERY: u64 = 8;
 const PAGE: usize = 4096;
@@ -154,7 +148,7 @@ fn main() {
     }
     let rounds: usize = arg_after(&args, "--rounds").map_or(3, |v| v.parse().unwrap());
     let allocs: Vec<String> = arg_after(&args, "--allocs").map_or_else(
-        || ALLOCS.iter().map(|s| s.to_string()).collect(),
+        || UNTAGGED_CONFIGS.iter().map(|s| s.to_string()).collect(),
         |v| v.split(',').map(String::from).collect(),
     );
     let (ts, bs) = (threads.to_string(), blocks.to_string());
@@ -201,22 +195,10 @@ fn main() {
             m[4]
         );
     }
-    for (i, name) in allocs.iter().enumerate() {
-        if !name.starts_with("tensorpool") {
-            continue;
-        }
-        let Some(best) = (0..med[i].len())
-            .map(|k| best_other(&allocs, |o| med[o][k]))
-            .collect::<Option<Vec<f64>>>()
-        else {
-            continue;
-        };
-        println!(
-            "{name} / best other: time {:.2}, faults {:.2}, peak RSS {:.2}",
-            med[i][0] / best[0],
-            med[i][1] / best[1],
-            med[i][2] / best[2]
-        );
-    }
+    print_ratios(
+        &allocs,
+        &med,
+        &[("time", 0), ("faults", 1), ("peak RSS", 2)],
+    );
     println!("peak MiB: VmHWM of the child; live MiB: the peak of live block bytes; maps: /proc/self/maps lines at the end");
 }

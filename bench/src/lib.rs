@@ -194,6 +194,16 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// The configurations a benchmark of the untagged global path compares by default: tensorpool
+/// (huge pages on, then off) against glibc, mimalloc and jemalloc.
+pub const UNTAGGED_CONFIGS: [&str; 5] = [
+    "tensorpool-untagged",
+    "tensorpool-untagged-4k",
+    "system",
+    "mimalloc",
+    "jemalloc",
+];
+
 /// The lowest `value(i)` over the configurations `i` of `allocs` that are not tensorpool's; `None`
 /// when every configuration is tensorpool's. The denominator of each "tensorpool / best other"
 /// ratio.
@@ -202,6 +212,25 @@ pub fn best_other(allocs: &[String], value: impl Fn(usize) -> f64) -> Option<f64
         .filter(|&i| !allocs[i].starts_with("tensorpool"))
         .map(value)
         .reduce(f64::min)
+}
+
+/// Print `NAME / best other: LABEL RATIO, ...` for each tensorpool configuration of `allocs`,
+/// over the columns `cols` (a label and an index into each configuration's medians `med`).
+pub fn print_ratios<const N: usize>(allocs: &[String], med: &[[f64; N]], cols: &[(&str, usize)]) {
+    for (i, name) in allocs.iter().enumerate() {
+        if !name.starts_with("tensorpool") {
+            continue;
+        }
+        let ratios: Option<Vec<String>> = cols
+            .iter()
+            .map(|&(label, k)| {
+                best_other(allocs, |o| med[o][k]).map(|b| format!("{label} {:.2}", med[i][k] / b))
+            })
+            .collect();
+        if let Some(r) = ratios {
+            println!("{name} / best other: {}", r.join(", "));
+        }
+    }
 }
 
 /// The value after `flag` on the command line.
