@@ -8,7 +8,7 @@
 //! cache line.
 //!
 //! Modules, lowest layer first (each uses only those above it in this list): `os`, `sync`,
-//! `text`, `tiles`; `class`, `kind`, `meta`, `env`; `topology`, `options`, `stats`, `pagemap`,
+//! `text`, `tiles`; `class`, `kind`, `meta`, `env`, `scope`; `topology`, `options`, `stats`, `pagemap`,
 //! `timeline`; `pool` (`slab`, `large`); `heap`, `background`; `budget`, `global`; `handle`,
 //! `adapter`. `.ci/module_cycles.py` checks that no import runs back up.
 //!
@@ -46,6 +46,7 @@ mod pagemap;
 mod pool;
 mod profile;
 mod report;
+mod scope;
 mod stats;
 mod sync;
 mod text;
@@ -69,6 +70,10 @@ pub use os::resident_bytes;
 #[cfg(feature = "check")]
 pub use pool::large::Census as ArenaCensus;
 pub use profile::{Frame, Profile, ProfileSite, PROFILE_FRAMES, PROFILE_RECORDS};
+pub use scope::{
+    scope, ScopeBytes, ScopeError, ScopeGuard, ScopeStats, Scopes, SCOPE_CAPACITY, SCOPE_DEPTH_MAX,
+    SCOPE_NAME_MAX,
+};
 pub use stats::{ArenaCounters, HugePageCoverage, LargeCounters};
 pub use stats::{PoolStats, Stats, COLUMNS as STATS_COLUMNS};
 pub use tiles::{plan_matmul, plan_tiles, round_to_line, MatmulBlocks, PlanError, TilePlan};

@@ -66,6 +66,8 @@ struct Record {
     rate: usize,
     kind: u8,
     depth: u8,
+    /// The allocating thread's scope (`scope`; 0: none).
+    scope: u16,
     t_ns: u64,
     frames: [usize; PROFILE_FRAMES],
 }
@@ -77,6 +79,7 @@ impl Record {
         rate: 0,
         kind: 0,
         depth: 0,
+        scope: 0,
         t_ns: 0,
         frames: [0; PROFILE_FRAMES],
     };
@@ -184,6 +187,7 @@ pub(crate) fn record(ptr: *mut u8, size: usize, kind: usize) {
         rate: rate(),
         kind: kind as u8,
         depth: depth as u8,
+        scope: crate::scope::current(),
         t_ns: crate::os::now_ns(),
         frames,
     };
@@ -257,6 +261,9 @@ pub struct ProfileSite {
     pub samples: u64,
     /// When the oldest of them was taken (`CLOCK_MONOTONIC` nanoseconds).
     pub oldest_ns: u64,
+    /// The scope path the blocks were allocated in (`Scopes`' paths: names joined by `/`;
+    /// empty outside every scope).
+    pub scope: String,
     /// The stack from the call site outwards (innermost first); the allocator's own frames,
     /// and those of `alloc`, `core` and `std` below the call site, are left out.
     pub stack: Vec<Frame>,
@@ -355,9 +362,9 @@ fn snapshot_unsampled() -> Profile {
     let mut recs: Vec<Record> = Vec::with_capacity(PROFILE_RECORDS);
     // `recs` has room for the whole table, so copying allocates nothing under the lock.
     TABLE.with(|t| recs.extend_from_slice(&t.records[..t.len]));
-    // (kind, return addresses) -> (estimated bytes, estimated blocks, samples, oldest time)
+    // (kind, scope, return addresses) -> (estimated bytes, estimated blocks, samples, oldest time)
     type Group = (f64, u64, u64, u64);
-    let mut groups: std::collections::HashMap<(u8, Vec<usize>), Group> =
+    let mut groups: std::collections::HashMap<(u8, u16, Vec<usize>), Group> =
         std::collections::HashMap::new();
     for r in &recs {
         let s = r.size as f64;
@@ -365,7 +372,7 @@ fn snapshot_unsampled() -> Profile {
         let p = 1.0 - (-s / m).exp();
         let scale = if p > 0.0 { 1.0 / p } else { 1.0 };
         let e = groups
-            .entry((r.kind, r.frames[..r.depth as usize].to_vec()))
+            .entry((r.kind, r.scope, r.frames[..r.depth as usize].to_vec()))
             .or_insert((0.0, 0, 0, u64::MAX));
         e.0 += s * scale;
         e.1 += scale.round() as u64;
@@ -375,36 +382,41 @@ fn snapshot_unsampled() -> Profile {
     let mut cache: std::collections::HashMap<usize, Vec<Frame>> = Default::default();
     let mut sites: Vec<ProfileSite> = groups
         .into_iter()
-        .map(|((kind, ips), (bytes, blocks, samples, oldest_ns))| {
-            let mut stack: Vec<Frame> = Vec::new();
-            for ip in ips {
-                stack.extend(
-                    cache
-                        .entry(ip)
-                        .or_insert_with(|| resolve_all(ip))
-                        .iter()
-                        .cloned(),
-                );
-            }
-            let first = stack
-                .iter()
-                .position(|f| !internal(&f.function))
-                .unwrap_or(0);
-            stack.drain(..first);
-            ProfileSite {
-                kind: TensorKind::from_index(kind as usize).unwrap_or_default(),
-                bytes: bytes.round() as u64,
-                blocks: blocks.max(samples),
-                samples,
-                oldest_ns,
-                stack,
-            }
-        })
+        .map(
+            |((kind, scope, ips), (bytes, blocks, samples, oldest_ns))| {
+                let mut stack: Vec<Frame> = Vec::new();
+                for ip in ips {
+                    stack.extend(
+                        cache
+                            .entry(ip)
+                            .or_insert_with(|| resolve_all(ip))
+                            .iter()
+                            .cloned(),
+                    );
+                }
+                let first = stack
+                    .iter()
+                    .position(|f| !internal(&f.function))
+                    .unwrap_or(0);
+                stack.drain(..first);
+                ProfileSite {
+                    kind: TensorKind::from_index(kind as usize).unwrap_or_default(),
+                    bytes: bytes.round() as u64,
+                    blocks: blocks.max(samples),
+                    samples,
+                    oldest_ns,
+                    scope: crate::scope::report::path_of(scope as usize),
+                    stack,
+                }
+            },
+        )
         .collect();
     // Samples of one kind whose stacks differ only below the call site are one site.
-    sites.sort_by(|a, b| (a.kind.index(), &a.stack).cmp(&(b.kind.index(), &b.stack)));
+    sites.sort_by(|a, b| {
+        (a.kind.index(), &a.scope, &a.stack).cmp(&(b.kind.index(), &b.scope, &b.stack))
+    });
     sites.dedup_by(|b, a| {
-        if a.kind == b.kind && a.stack == b.stack {
+        if a.kind == b.kind && a.scope == b.scope && a.stack == b.stack {
             a.bytes += b.bytes;
             a.blocks += b.blocks;
             a.samples += b.samples;
@@ -508,21 +520,23 @@ impl Profile {
             }
             let _ = write!(
                 out,
-                "{{\"kind\":\"{}\",\"bytes\":{},\"blocks\":{},\"samples\":{},\"stack\":[",
+                "{{\"kind\":\"{}\",\"bytes\":{},\"blocks\":{},\"samples\":{},\"scope\":",
                 s.kind.name(),
                 s.bytes,
                 s.blocks,
                 s.samples
             );
+            crate::text::json_str(&mut out, &s.scope);
+            out.push_str(",\"stack\":[");
             for (j, f) in s.stack.iter().enumerate() {
                 if j > 0 {
                     out.push(',');
                 }
                 out.push_str("{\"function\":");
-                json_str(&mut out, &f.function);
+                crate::text::json_str(&mut out, &f.function);
                 out.push_str(",\"file\":");
                 match &f.file {
-                    Some(file) => json_str(&mut out, file),
+                    Some(file) => crate::text::json_str(&mut out, file),
                     None => out.push_str("null"),
                 }
                 let _ = write!(out, ",\"line\":");
@@ -540,12 +554,17 @@ impl Profile {
         out
     }
 
-    /// Folded stacks (one line per site: `kind;outermost;...;call site bytes`), as flamegraph
-    /// tools (`inferno-flamegraph`, `flamegraph.pl`) read them.
+    /// Folded stacks (one line per site: `kind;scope;...;outermost;...;call site bytes`, one
+    /// frame per scope name, outermost first), as flamegraph tools (`inferno-flamegraph`,
+    /// `flamegraph.pl`) read them.
     pub fn to_folded(&self) -> String {
         let mut out = String::new();
         for s in &self.sites {
             out.push_str(s.kind.name());
+            for name in s.scope.split('/').filter(|n| !n.is_empty()) {
+                out.push(';');
+                out.push_str(&name.replace([';', ' ', '\n'], "_"));
+            }
             for f in s.stack.iter().rev() {
                 out.push(';');
                 out.push_str(&f.function.replace([';', ' ', '\n'], "_"));
@@ -556,17 +575,4 @@ impl Profile {
         }
         out
     }
-}
-
-fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }

@@ -104,6 +104,12 @@ impl SharedStat {
         self.0.fetch_sub(v, core::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Set the value (a peak lowered to the current level by a reset).
+    #[inline]
+    pub(crate) fn set(&self, v: u64) {
+        self.0.store(v, core::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Raise the value to `v` if it is below.
     #[inline]
     pub(crate) fn raise(&self, v: u64) {

@@ -66,6 +66,32 @@ int tensorpool_write_report(int fd);
  * as a labelled line. The first 32 bytes of the name are kept. */
 void tensorpool_mark(const char *name);
 
+/* Scopes: named, nested stretches of a thread's work ("layers.3.self_attn", "request 2").
+ * Large blocks (tensors) allocated while a scope is the thread's innermost are attributed to
+ * it (own bytes) and to every scope around it (inclusive bytes), live and at peak, per kind,
+ * until they are freed by whatever thread. A scope is named by its path: entering "mlp" inside
+ * "layers.3" twice reaches the same scope. */
+
+/* Enter the scope name (the first 104 bytes are kept) inside the calling thread's current one.
+ * Returns the new depth (1 at the top), or -1 with errno set, changing nothing: EINVAL for a
+ * null or empty name, ENOSPC when 4096 scopes exist, E2BIG when scopes nest 255 deep. */
+int tensorpool_scope_push(const char *name);
+
+/* Leave the calling thread's innermost scope. Returns the depth left (0: outside every scope),
+ * or -1 with errno EINVAL if no scope was entered. */
+int tensorpool_scope_pop(void);
+
+/* The calling thread's scope depth (0: outside every scope). */
+int tensorpool_scope_depth(void);
+
+/* Lower every scope's peaks to its live bytes now: peaks from here on are of what runs next. */
+void tensorpool_scope_reset_peaks(void);
+
+/* Write every scope with its bytes to a file descriptor: a table if format is 0, one JSON line
+ * if 1 ({"large_live", "outside_live", "refused", "scopes": [{"id", "parent", "name", "path",
+ * "depth", "own", "inclusive"}]}). Returns 0, or -1 with errno set (EINVAL: another format). */
+int tensorpool_write_scopes(int fd, int format);
+
 /* glibc's malloc_trim, malloc_stats, mallinfo, mallinfo2 and malloc_info are exported too, with
  * glibc's signatures (<malloc.h>): malloc_trim releases every cached page and returns 1 if it
  * released any; mallinfo2's uordblks are live bytes, fordblks free bytes kept resident, hblks and

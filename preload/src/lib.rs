@@ -397,6 +397,74 @@ pub unsafe extern "C" fn tensorpool_mark(name: *const c_char) {
     }
 }
 
+/// Enter the scope `name` inside the calling thread's current one (`TensorPool::push_scope`):
+/// large blocks allocated until the matching `tensorpool_scope_pop` are attributed to it.
+/// Returns the new depth (1 at the top), or -1 with errno set, changing nothing: `EINVAL` for a
+/// null or empty name, `ENOSPC` when the scope table is full, `E2BIG` when scopes nest too deep.
+///
+/// # Safety
+/// `name` is null or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn tensorpool_scope_push(name: *const c_char) -> c_int {
+    if name.is_null() {
+        set_errno(libc::EINVAL);
+        return -1;
+    }
+    // SAFETY: the caller's contract.
+    let bytes = unsafe { CStr::from_ptr(name) }.to_bytes();
+    match ALLOC.push_scope(bytes) {
+        Ok(depth) => depth as c_int,
+        Err(e) => {
+            set_errno(match e {
+                tensorpool::ScopeError::EmptyName => libc::EINVAL,
+                tensorpool::ScopeError::Full => libc::ENOSPC,
+                tensorpool::ScopeError::TooDeep => libc::E2BIG,
+            });
+            -1
+        }
+    }
+}
+
+/// Leave the calling thread's innermost scope. Returns the depth left (0: outside every
+/// scope), or -1 with errno `EINVAL` if no scope was entered.
+#[no_mangle]
+pub extern "C" fn tensorpool_scope_pop() -> c_int {
+    match ALLOC.pop_scope() {
+        Some(d) => d as c_int,
+        None => {
+            set_errno(libc::EINVAL);
+            -1
+        }
+    }
+}
+
+/// The calling thread's scope depth (0: outside every scope).
+#[no_mangle]
+pub extern "C" fn tensorpool_scope_depth() -> c_int {
+    ALLOC.scope_depth() as c_int
+}
+
+/// Lower every scope's peaks to its live bytes now (`TensorPool::reset_scope_peaks`).
+#[no_mangle]
+pub extern "C" fn tensorpool_scope_reset_peaks() {
+    ALLOC.reset_scope_peaks();
+}
+
+/// Write the scopes and their bytes (`TensorPool::scopes`) to `fd`: the table if `format` is
+/// 0, JSON if 1. Returns 0, or -1 with errno set (`EINVAL` for another format).
+#[no_mangle]
+pub extern "C" fn tensorpool_write_scopes(fd: c_int, format: c_int) -> c_int {
+    let text = match format {
+        0 => ALLOC.scopes().to_string(),
+        1 => ALLOC.scopes().to_json() + "\n",
+        _ => {
+            set_errno(libc::EINVAL);
+            return -1;
+        }
+    };
+    write_fd(fd, text.as_bytes())
+}
+
 /// Write all of `bytes` to `fd`, retrying on `EINTR`; 0, or -1 with errno set.
 fn write_fd(fd: c_int, mut rest: &[u8]) -> c_int {
     while !rest.is_empty() {

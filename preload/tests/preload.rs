@@ -500,6 +500,65 @@ fn the_profile_is_written_from_c() {
     );
 }
 
+/// Scopes from C: the leaking layer's MLP is named with its block, the layers' inclusive bytes
+/// add up their attention and MLP scopes per kind, and misuse returns -1 with errno.
+#[test]
+fn scopes_attribute_blocks_from_c() {
+    let exe = compile("scopes.c");
+    let out = run(&mut Command::new(&exe), true);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("depth_in=1\n"), "{text}");
+    assert!(
+        text.contains("pop_outside=-1 einval=1 null=-1 einval=1 empty=-1 depth=0"),
+        "{text}"
+    );
+    assert!(text.contains("bad_format=-1"), "{text}");
+    let json = text.lines().last().unwrap();
+    let v: serde_json::Value = serde_json::from_str(json).expect(json);
+    let scope = |path: &str| {
+        v["scopes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["path"] == path)
+            .unwrap_or_else(|| panic!("{path} not in {json}"))
+            .clone()
+    };
+    let live = |s: &serde_json::Value, part: &str| s[part]["live_total"].as_u64().unwrap();
+    let mib = 1u64 << 20;
+    // Blocks hold whole pages and a cache colour: a little more than asked.
+    let about = |got: u64, want: u64| got >= want && got < want + 64 * 1024;
+    let leaky = scope("model/layers.1/mlp");
+    assert!(about(live(&leaky, "own"), 2 * mib), "{json}");
+    assert!(about(
+        leaky["own"]["live"]["activation"].as_u64().unwrap(),
+        2 * mib
+    ));
+    assert_eq!(live(&scope("model/layers.0/mlp"), "own"), 0, "{json}");
+    let attn = scope("model/layers.0/attn");
+    assert!(about(
+        attn["own"]["live"]["kv_cache"].as_u64().unwrap(),
+        mib
+    ));
+    assert!(about(
+        attn["own"]["peak"]["attention"].as_u64().unwrap(),
+        3 * mib
+    ));
+    assert_eq!(attn["own"]["live"]["attention"].as_u64().unwrap(), 0);
+    let l1 = scope("model/layers.1");
+    assert_eq!(
+        live(&l1, "inclusive"),
+        live(&scope("model/layers.1/attn"), "inclusive") + live(&leaky, "inclusive")
+    );
+    let model = scope("model");
+    assert!(about(live(&model, "inclusive"), 4 * mib), "{json}");
+    // Layer 1 at its attention: layer 0's KV block, its own and its scores.
+    assert!(
+        about(model["inclusive"]["peak_total"].as_u64().unwrap(), 5 * mib),
+        "{json}"
+    );
+}
+
 /// Bad frees in C, as users make them: each stops the process with SIGABRT and a message (glibc
 /// aborts or crashes on all of them; tensorpool before its free checks let three of them corrupt
 /// its heap silently). A correct program still exits 0.

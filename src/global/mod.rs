@@ -140,6 +140,52 @@ impl TensorPool {
         crate::profile::snapshot()
     }
 
+    /// Run `f` in the scope `name`, inside the calling thread's current scope: the large
+    /// blocks it allocates are attributed to the scope (see `scopes`). If the scope cannot be
+    /// entered (an empty name, a full table), `f` runs all the same and the refusal is counted
+    /// in `Scopes::refused`.
+    pub fn scope<R>(&self, name: &str, f: impl FnOnce() -> R) -> R {
+        crate::scope::scope(name, f)
+    }
+
+    /// Enter the scope `name` until the guard is dropped (see `scope`).
+    pub fn enter_scope(&self, name: &str) -> Result<crate::ScopeGuard, crate::ScopeError> {
+        crate::ScopeGuard::enter(name)
+    }
+
+    /// Every scope entered so far with its large-block bytes, own and inclusive, live and at
+    /// peak, per kind, and the bytes allocated outside every scope. Allocates: call it outside
+    /// hot paths.
+    pub fn scopes(&self) -> crate::Scopes {
+        let held = crate::stats::HELD.iter().map(|h| h.get()).sum();
+        crate::profile::unsampled(|| crate::scope::report::snapshot(held))
+    }
+
+    /// Lower every scope's peaks to its live bytes now, so that the next `scopes` reports the
+    /// peaks of what runs from here (a test, a request).
+    pub fn reset_scope_peaks(&self) {
+        crate::scope::reset_peaks();
+    }
+
+    /// Enter the scope `name` (any bytes; the first `SCOPE_NAME_MAX` are kept) for callers
+    /// that cannot hold a guard, such as a C API or a Python hook: leave it with `pop_scope`.
+    /// Returns the new depth.
+    pub fn push_scope(&self, name: &[u8]) -> Result<usize, crate::ScopeError> {
+        crate::scope::push(name)?;
+        Ok(crate::scope::depth())
+    }
+
+    /// Leave the calling thread's innermost scope; the depth left, or `None` (nothing
+    /// changed) if no scope was entered.
+    pub fn pop_scope(&self) -> Option<usize> {
+        crate::scope::pop()
+    }
+
+    /// The calling thread's scope depth (0: outside every scope).
+    pub fn scope_depth(&self) -> usize {
+        crate::scope::depth()
+    }
+
     /// The memory report as one self-contained HTML page: the timeline (whole run, and one
     /// chart per marked stretch), the per-kind table, and the top live call sites per kind with
     /// their stacks (profiling on). Allocates and resolves symbols: call it outside hot paths.
@@ -404,7 +450,16 @@ impl TensorPool {
             return crate::checked::alloc(size, align, kind);
         }
         let p = self.take_large(kind, size, align);
-        if !p.is_null() && crate::profile::should_sample(size) {
+        if p.is_null() {
+            return p;
+        }
+        let scope = crate::scope::current();
+        if scope != 0 {
+            let e = ARENA.lookup(p);
+            // SAFETY: `e` is the block just handed to this thread, held by it.
+            unsafe { large::set_scope(e, scope) };
+        }
+        if crate::profile::should_sample(size) {
             heap::note_sampled(p, size, kind);
         }
         p
@@ -474,6 +529,7 @@ impl TensorPool {
             if large::take_sampled(e) {
                 crate::profile::remove(p);
             }
+            large::take_scope(e);
             if !heap::hot_put(e) {
                 ARENA.free(e);
             }
@@ -520,9 +576,13 @@ impl TensorPool {
             Some(o) => new_size < o,
             None => new_size <= usable / 2,
         };
+        // SAFETY: as above.
+        let before = unsafe { large::block_info(e) }.2;
         // A large block shrinking into the small classes moves (a few KiB copied).
         // SAFETY: as above.
         if new_size > crate::class::SMALL_MAX && unsafe { ARENA.resize(e, p, new_size, shrink) } {
+            // SAFETY: as above.
+            unsafe { large::rescope(e, before) };
             p
         } else {
             ptr::null_mut()

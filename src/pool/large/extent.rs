@@ -69,6 +69,9 @@ pub(crate) struct Extent {
     pub(crate) zone: u8,
     /// Live: the block is sampled by the profiler (`profile`), so its free drops the record.
     pub(crate) sampled: bool,
+    /// Live: the scope the block was allocated in (`scope`; 0: none), whose bytes its free
+    /// subtracts.
+    pub(crate) scope: u16,
     /// Tree priority (a hash of `base`, fixed while the extent is in a tree).
     pub(crate) prio: u32,
     /// First byte (page-aligned).
@@ -120,6 +123,7 @@ impl Extent {
         zero: false,
         zone: 0,
         sampled: false,
+        scope: 0,
         prio: 0,
         base: 0,
         size: 0,

@@ -145,6 +145,53 @@ pub(crate) unsafe fn take_sampled(e: *mut Extent) -> bool {
     }
 }
 
+/// Attribute the live block `e` to scope `scope` (non-zero): its bytes are added to the
+/// scope's, and subtracted again at its free (`take_scope`).
+///
+/// # Safety
+/// The caller holds the block, which has no scope yet.
+pub(crate) unsafe fn set_scope(e: *mut Extent, scope: u16) {
+    // SAFETY: the caller's contract: nobody else changes a held block's descriptor.
+    unsafe {
+        debug_assert_eq!((*e).scope, 0);
+        (*e).scope = scope;
+        crate::scope::add(scope, (*e).kind as usize, (*e).size as u64);
+    }
+}
+
+/// The live block `e` leaves its scope (if it has one): its bytes are subtracted from the
+/// scope's. Called at its free, before the descriptor changes hands.
+///
+/// # Safety
+/// The caller holds the block.
+#[inline]
+pub(crate) unsafe fn take_scope(e: *mut Extent) {
+    // SAFETY: as in `set_scope`. Read first: the common answer writes nothing.
+    unsafe {
+        let s = (*e).scope;
+        if s != 0 {
+            (*e).scope = 0;
+            crate::scope::sub(s, (*e).kind as usize, (*e).size as u64);
+        }
+    }
+}
+
+/// The live block `e` changed size in place from `before` bytes: its scope's bytes follow.
+///
+/// # Safety
+/// The caller holds the block.
+pub(crate) unsafe fn rescope(e: *mut Extent, before: usize) {
+    // SAFETY: as in `set_scope`.
+    unsafe {
+        let (s, k, now) = ((*e).scope, (*e).kind as usize, (*e).size);
+        if s != 0 && now > before {
+            crate::scope::add(s, k, (now - before) as u64);
+        } else if s != 0 && now < before {
+            crate::scope::sub(s, k, (before - now) as u64);
+        }
+    }
+}
+
 /// A block from a hot cache handed out again.
 ///
 /// # Safety

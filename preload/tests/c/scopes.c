@@ -1,0 +1,79 @@
+/* Scopes from C: a model of two layers, each with an attention and an MLP scope; the MLP of
+ * layer 1 keeps (leaks) a 4 MiB block, everything else is freed; error cases return -1 with
+ * errno. Prints the checks, then the scopes as JSON on the last line. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { TP_KIND_ATTENTION = 1, TP_KIND_KV_CACHE = 2, TP_KIND_ACTIVATION = 5 };
+
+static int (*push)(const char *);
+static int (*pop)(void);
+static int (*depth)(void);
+static int (*set_kind)(int);
+static int (*write_scopes)(int, int);
+
+static void *layer(int i, void **kept) {
+    char name[32];
+    snprintf(name, sizeof name, "layers.%d", i);
+    push(name);
+    push("attn");
+    int prev = set_kind(TP_KIND_ATTENTION);
+    char *scores = malloc(3 << 20);
+    memset(scores, 1, 3 << 20);
+    set_kind(TP_KIND_KV_CACHE);
+    void *kv = malloc(1 << 20);
+    memset(kv, 2, 1 << 20);
+    set_kind(prev);
+    free(scores);
+    pop();
+    push("mlp");
+    prev = set_kind(TP_KIND_ACTIVATION);
+    char *h = malloc(2 << 20);
+    memset(h, 3, 2 << 20);
+    if (i == 1)
+        *kept = h;
+    else
+        free(h);
+    set_kind(prev);
+    pop();
+    pop();
+    return kv;
+}
+
+int main(void) {
+    push = (int (*)(const char *))dlsym(RTLD_DEFAULT, "tensorpool_scope_push");
+    pop = (int (*)(void))dlsym(RTLD_DEFAULT, "tensorpool_scope_pop");
+    depth = (int (*)(void))dlsym(RTLD_DEFAULT, "tensorpool_scope_depth");
+    set_kind = (int (*)(int))dlsym(RTLD_DEFAULT, "tensorpool_set_kind");
+    write_scopes = (int (*)(int, int))dlsym(RTLD_DEFAULT, "tensorpool_write_scopes");
+    if (!push || !pop || !depth || !set_kind || !write_scopes)
+        return 5;
+    void *kept = NULL, *kv[2];
+    if (push("model") != 1)
+        return 6;
+    for (int i = 0; i < 2; i++)
+        kv[i] = layer(i, &kept);
+    printf("depth_in=%d\n", depth());
+    pop();
+    errno = 0;
+    int r1 = pop();
+    int e1 = errno;
+    errno = 0;
+    int r2 = push(NULL);
+    int e2 = errno;
+    int r3 = push("");
+    printf("pop_outside=%d einval=%d null=%d einval=%d empty=%d depth=%d\n", r1, e1 == EINVAL,
+           r2, e2 == EINVAL, r3, depth());
+    printf("bad_format=%d\n", write_scopes(1, 7));
+    fflush(stdout);
+    if (write_scopes(1, 1) != 0)
+        return 7;
+    free(kv[0]);
+    free(kv[1]);
+    (void)kept;
+    return 0;
+}
