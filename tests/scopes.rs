@@ -109,10 +109,10 @@ fn a_block_grown_in_place_counts_its_new_size() {
     let k = TensorKind::Activation;
     let (v, n) = ALLOC.scope("grown", || with_kind(k, || block(k, MIB)));
     let mut v = v;
-    let before = ALLOC.large_counters(k).granted_bytes;
+    let at = v.as_ptr();
     let live_before = ALLOC.large_counters(k).live_bytes;
     v.resize(3 * MIB, 2); // grows in place or moves, outside the scope either way
-    let grew_in_place = ALLOC.large_counters(k).granted_bytes == before;
+    let grew_in_place = v.as_ptr() == at;
     let s = ALLOC.scopes();
     let own = s.get("grown").unwrap().own;
     if grew_in_place {
@@ -199,4 +199,31 @@ fn the_top_scopes_and_the_bytes_outside_them_sum_to_the_large_live_bytes() {
         .sum();
     assert!(s.large_live <= held, "live less the thread caches");
     drop((outside, a, b));
+}
+
+#[test]
+fn threads_outside_every_scope_allocate_into_the_sharing_threads_scope() {
+    let name = "threads_outside_every_scope_allocate_into_the_sharing_threads_scope";
+    if std::env::var_os("TENSORPOOL_TEST_CHILD").is_none() {
+        common::run_child_test(name, &[]);
+        return;
+    }
+    // The worker's kind is its own (the general kind): kinds are not shared.
+    let k = TensorKind::General;
+    let worker = || std::thread::spawn(move || block(k, 2 * MIB)).join().unwrap();
+    ALLOC.share_scopes(true);
+    let (v, n) = ALLOC.scope("shared", worker);
+    let s = ALLOC.scopes();
+    assert!(n >= 2 * MIB as u64);
+    assert_eq!(s.get("shared").unwrap().own.live[k.index()], n);
+    // Outside every scope, the sharing thread shares none; and a thread that stopped sharing
+    // shares nothing.
+    let (w, _) = worker();
+    ALLOC.share_scopes(false);
+    let (x, _) = ALLOC.scope("not-shared", worker);
+    let s = ALLOC.scopes();
+    assert_eq!(s.get("shared").unwrap().own.live_total, n);
+    assert_eq!(s.get("not-shared").unwrap().own.live_total, 0);
+    drop((v, w, x));
+    assert_eq!(ALLOC.scopes().get("shared").unwrap().own.live_total, 0);
 }

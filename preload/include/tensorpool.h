@@ -84,6 +84,11 @@ int tensorpool_scope_pop(void);
 /* The calling thread's scope depth (0: outside every scope). */
 int tensorpool_scope_depth(void);
 
+/* Share the calling thread's scopes (on non-zero) or stop: threads outside every scope (an
+ * operator's worker threads) then allocate into the calling thread's current scope. One thread
+ * shares at a time; the last to call wins. */
+void tensorpool_scope_share(int on);
+
 /* Lower every scope's peaks to its live bytes now: peaks from here on are of what runs next. */
 void tensorpool_scope_reset_peaks(void);
 

@@ -444,6 +444,14 @@ pub extern "C" fn tensorpool_scope_depth() -> c_int {
     ALLOC.scope_depth() as c_int
 }
 
+/// Share the calling thread's scopes with every thread outside all scopes (`on` non-zero), or
+/// stop (`TensorPool::share_scopes`): worker threads then allocate into the calling thread's
+/// current scope.
+#[no_mangle]
+pub extern "C" fn tensorpool_scope_share(on: c_int) {
+    ALLOC.share_scopes(on != 0);
+}
+
 /// Lower every scope's peaks to its live bytes now (`TensorPool::reset_scope_peaks`).
 #[no_mangle]
 pub extern "C" fn tensorpool_scope_reset_peaks() {

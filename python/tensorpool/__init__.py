@@ -14,6 +14,15 @@ Inside such a program::
         cache = np.zeros((2, 8, 4096, 64), np.float32)   # land in the KV-cache pool
     tensorpool.memory_stats()["allocated_bytes.kv_cache.current"]
 
+Scopes name stretches of a thread's work; large blocks (tensors) allocated inside count
+towards the scope and those around it, per kind, live and at peak::
+
+    with tensorpool.scope("prefill"):
+        logits = model(ids)
+    tensorpool.scopes()["scopes"]    # [{"path": "prefill", "inclusive": {...}, ...}]
+
+``tensorpool.torch.instrument(model)`` makes every module call of a PyTorch model a scope.
+
 Every function but :func:`is_active`, :func:`library_path` and :data:`KINDS` raises
 :class:`NotActiveError` (a ``RuntimeError``) when the library is not preloaded, saying how to
 start under the launcher: nothing silently does nothing.
@@ -55,6 +64,10 @@ __all__ = [
     "mark",
     "write_report",
     "profile",
+    "scope",
+    "scopes",
+    "reset_scope_peaks",
+    "share_scopes",
     "__version__",
 ]
 
@@ -101,6 +114,14 @@ def _load() -> Optional[ctypes.CDLL]:
             g.tensorpool_mark.argtypes = [ctypes.c_char_p]
             g.tensorpool_write_report.argtypes = [ctypes.c_int]
             g.tensorpool_write_profile.argtypes = [ctypes.c_int, ctypes.c_int]
+            g.tensorpool_scope_push.argtypes = [ctypes.c_char_p]
+            g.tensorpool_scope_push.restype = ctypes.c_int
+            g.tensorpool_scope_pop.restype = ctypes.c_int
+            g.tensorpool_scope_depth.restype = ctypes.c_int
+            g.tensorpool_scope_reset_peaks.restype = None
+            g.tensorpool_scope_share.argtypes = [ctypes.c_int]
+            g.tensorpool_scope_share.restype = None
+            g.tensorpool_write_scopes.argtypes = [ctypes.c_int, ctypes.c_int]
             _lib = g
         return _lib
 
@@ -266,3 +287,72 @@ def profile() -> Dict[str, Any]:
             "tensorpool: profiling is off; start with `python -m tensorpool run --profile 512K ...`"
         )
     return p
+
+
+_SCOPE_ERRORS = {
+    22: "a scope needs a non-empty name",  # EINVAL
+    28: "the scope table is full (4096 distinct scopes)",  # ENOSPC
+    7: "scopes nest 255 deep already",  # E2BIG
+}
+
+
+def _push_scope(name: str) -> None:
+    """Enter scope ``name`` on this thread; raises ``ValueError`` (empty name) or
+    ``RuntimeError`` (a full table, nesting too deep), changing nothing."""
+    if not isinstance(name, str):
+        raise TypeError(f"a scope name is a str, not {type(name).__name__}")
+    lib = _need()
+    if lib.tensorpool_scope_push(name.encode()) < 0:
+        err = ctypes.get_errno()
+        msg = f"tensorpool: cannot enter scope {name!r}: {_SCOPE_ERRORS.get(err, os.strerror(err))}"
+        raise (ValueError if err == 22 else RuntimeError)(msg)
+
+
+class scope(contextlib.ContextDecorator):
+    """Large blocks this thread allocates inside the block are attributed to the scope ``name``
+    (and to the scopes around it): see :func:`scopes`. A context manager and a decorator;
+    scopes nest, are per thread, and end also on an exception::
+
+        with tensorpool.scope("decode"):
+            for _ in range(16):
+                step()
+
+    An empty name is a ``ValueError``; a full scope table (4096 distinct scopes) or scopes
+    nested 255 deep a ``RuntimeError``, raised at entry.
+    """
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"tensorpool: a scope needs a non-empty str name, not {name!r}")
+        self.name = name
+
+    def __enter__(self) -> "scope":
+        _push_scope(self.name)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _need().tensorpool_scope_pop()
+
+
+def scopes() -> Dict[str, Any]:
+    """Every scope entered so far: ``{"large_live", "outside_live", "refused", "scopes": [{"id",
+    "parent", "name", "path", "depth", "own", "inclusive"}]}``, where ``own`` counts the blocks
+    allocated while the scope was the innermost and ``inclusive`` those of the scopes inside it
+    too, each as ``{"live": {kind: bytes}, "peak": {kind: bytes}, "live_total", "peak_total"}``.
+    Large blocks only (above 16 KiB: tensors); ``outside_live`` is what was allocated outside
+    every scope."""
+    lib = _need()
+    return json.loads(_read_fd(lambda fd: lib.tensorpool_write_scopes(fd, 1), "write_scopes"))
+
+
+def reset_scope_peaks() -> None:
+    """Lower every scope's peaks to its live bytes now (peaks from here on are of what runs
+    next: a test, a request)."""
+    _need().tensorpool_scope_reset_peaks()
+
+
+def share_scopes(on: bool = True) -> None:
+    """Share this thread's scopes with every thread outside all scopes (or stop): worker
+    threads (PyTorch's intra-op threads, a thread pool's) then allocate into this thread's
+    current scope. One thread shares at a time; the last to call wins."""
+    _need().tensorpool_scope_share(1 if on else 0)

@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="record the memory timeline (TENSORPOOL_TIMELINE)")
     run.add_argument("--thread-cache", type=_size, metavar="BYTES",
                      help="bytes of freed large blocks each thread keeps (TENSORPOOL_THREAD_CACHE)")
+    run.add_argument("--torch-modules", action="store_true",
+                     help="PyTorch: every module call is a scope (its path), tensors get a kind from "
+                          "the module; the per-module table is printed at exit")
     run.add_argument("--check", choices=["default", "full"],
                      help="full: canaries, quarantine, census at exit (TENSORPOOL_CHECK)")
     # The target is taken apart by `_split` (everything after it is the program's); these
@@ -93,6 +96,8 @@ def _env(ns: argparse.Namespace) -> dict:
             env[var] = str(v)
     if ns.timeline:
         env["TENSORPOOL_TIMELINE"] = "1"
+    if ns.torch_modules:
+        env["TENSORPOOL_TORCH_MODULES"] = "1"
     return env
 
 
@@ -109,6 +114,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run.error("the program is required: a script, -m module or -c code")
     env = _env(ns)
     cmd: List[str] = [sys.executable, *target, *args]
+    if ns.torch_modules:
+        # A bootstrap installs the module hooks, then runs the program as the interpreter would.
+        cmd = [sys.executable, "-m", "tensorpool._run", *target, *args]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, cmd, env)

@@ -181,6 +181,14 @@ impl TensorPool {
         crate::scope::pop()
     }
 
+    /// Share the calling thread's scopes with every thread outside all scopes (`on`), or stop:
+    /// the large blocks those threads allocate (an operator's worker threads, allocating for
+    /// the module the calling thread runs) go to the calling thread's current scope. One thread
+    /// shares at a time; the last to call wins.
+    pub fn share_scopes(&self, on: bool) {
+        crate::scope::share(on);
+    }
+
     /// The calling thread's scope depth (0: outside every scope).
     pub fn scope_depth(&self) -> usize {
         crate::scope::depth()
