@@ -68,6 +68,25 @@ PATH="$root/target/wheel-venv/bin:$nocargo" bash -c '
 
 [ $quick = 1 ] && { step "done (quick)"; exit 0; }
 
+# PyTorch on CPU (a 540 MB wheel, with the CUDA libraries pip cannot leave out: about 90 s and
+# 5.6 GB once) and transformers, in a venv of their own made once and reused: the per-module
+# attribution on a real model, the --torch-modules launcher, the pytest marker with a model.
+tvenv=target/torch-venv
+if ! "$tvenv/bin/python" -c "import torch, transformers, pytest, numpy" 2>/dev/null; then
+  step "a venv with torch and transformers ($tvenv)"
+  rm -rf "$tvenv"
+  if ! { python3 -m venv "$tvenv" &&
+    "$tvenv/bin/python" -m pip install --quiet --disable-pip-version-check torch transformers pytest numpy; }; then
+    echo "WARNING: torch and transformers could not be installed: the PyTorch tests are skipped"
+  fi
+fi
+if "$tvenv/bin/python" -c "import torch, transformers" 2>/dev/null; then
+  step "PyTorch: a Qwen2 model instrumented per module, from the wheel ($tvenv)"
+  "$tvenv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$wheel"
+  PATH="$root/$tvenv/bin:$nocargo" python -m pytest -q -p no:cacheprovider \
+    python/tests/test_torch.py python/tests/test_tensorpool.py -k "torch or scope or pytest"
+fi
+
 step "the censuses of the arena and the thread heaps (--features check)"
 cargo test --release -p tensorpool --features check --test arena --test heap_check
 step "the crate packages for crates.io (cargo publish --dry-run)"

@@ -13,16 +13,23 @@ static ALLOC: TensorPool = TensorPool::new();
 #[inline(never)]
 fn request(n: usize) -> Vec<Vec<u8>> {
     ALLOC.mark(&format!("request {n}"));
-    let kv = with_kind(TensorKind::KvCache, || vec![1u8; (2 + n) << 20]);
-    for i in 0..20 {
-        let act = with_kind(TensorKind::Activation, || vec![i as u8; 3 << 20]);
-        let attn = with_kind(TensorKind::Attention, || vec![2u8; (1 + i % 3) << 20]);
-        std::hint::black_box((&act, &attn));
-    }
-    vec![kv]
+    ALLOC.scope(&format!("request {n}"), || {
+        let kv = with_kind(TensorKind::KvCache, || vec![1u8; (2 + n) << 20]);
+        for i in 0..20 {
+            let act = with_kind(TensorKind::Activation, || vec![i as u8; 3 << 20]);
+            let attn = ALLOC.scope("attention", || {
+                with_kind(TensorKind::Attention, || vec![2u8; (1 + i % 3) << 20])
+            });
+            std::hint::black_box((&act, &attn));
+        }
+        vec![kv]
+    })
 }
 
 fn program() {
+    // Weights: held through every request, so each request's chart draws them as a baseline.
+    let weights = vec![7u8; 24 << 20];
+    std::mem::forget(weights);
     let mut kept = Vec::new();
     for n in 1..=3 {
         let r = request(n);
@@ -111,6 +118,30 @@ fn the_report_opens_in_a_browser() {
     );
     let kv = html.find("<h3>kv_cache</h3>").expect("kv_cache call sites");
     assert!(html[kv..].contains("request"), "the KV cache's site");
+    // The weights are a baseline of each request's chart, not a band.
+    assert_eq!(html.matches("above a baseline of 24.0 MiB").count(), 3);
+    // The scopes' table: each request, with its attention scope inside.
+    assert!(html.contains("<h2>Memory by scope</h2>"));
+    assert_eq!(
+        html.matches("<tr class=\"scope\" data-depth=\"1\">")
+            .count(),
+        3
+    );
+    assert_eq!(
+        html.matches("<tr class=\"scope\" data-depth=\"2\">")
+            .count(),
+        3
+    );
+    assert!(html.contains(">attention</td>"));
+    // Stacks trimmed to the program's frames; the runtime's folded.
+    assert!(
+        html.contains("<details class=\"trimmed\"><summary>"),
+        "a trimmed run"
+    );
+    assert!(html.contains("of Rust's standard library</summary>"));
+    // The flame graph, with the kept KV cache under its request's scope.
+    assert!(html.contains("id=\"fg-search\""));
+    assert!(html.contains("title=\"[request 3]: "), "a scope's box");
 
     let Some(chromium) = chromium() else {
         assert!(
@@ -130,9 +161,10 @@ fn the_report_opens_in_a_browser() {
     );
     let console: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE")).collect();
     assert!(
-        console
-            .iter()
-            .any(|l| l.contains("tensorpool report:") && l.contains("4 charts")),
+        console.iter().any(|l| l.contains("tensorpool report:")
+            && l.contains("4 charts, 6 scopes")
+            && !l.contains(" 0 flame boxes")
+            && !l.contains(" 0 trimmed runs")),
         "{log}"
     );
     assert!(

@@ -210,7 +210,11 @@ fn threads_outside_every_scope_allocate_into_the_sharing_threads_scope() {
     }
     // The worker's kind is its own (the general kind): kinds are not shared.
     let k = TensorKind::General;
-    let worker = || std::thread::spawn(move || block(k, 2 * MIB)).join().unwrap();
+    let worker = || {
+        std::thread::spawn(move || block(k, 2 * MIB))
+            .join()
+            .unwrap()
+    };
     ALLOC.share_scopes(true);
     let (v, n) = ALLOC.scope("shared", worker);
     let s = ALLOC.scopes();

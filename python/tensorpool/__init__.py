@@ -68,6 +68,7 @@ __all__ = [
     "scopes",
     "reset_scope_peaks",
     "share_scopes",
+    "scope_depth",
     "__version__",
 ]
 
@@ -356,3 +357,8 @@ def share_scopes(on: bool = True) -> None:
     threads (PyTorch's intra-op threads, a thread pool's) then allocate into this thread's
     current scope. One thread shares at a time; the last to call wins."""
     _need().tensorpool_scope_share(1 if on else 0)
+
+
+def scope_depth() -> int:
+    """This thread's scope depth (0: outside every scope)."""
+    return int(_need().tensorpool_scope_depth())

@@ -202,7 +202,13 @@ impl TensorPool {
         let prog = exit::program_name(&mut comm);
         crate::profile::unsampled(|| {
             let title = format!("{prog} (pid {})", crate::os::pid());
-            crate::report::html(&title, &self.stats(), &self.timeline(), &self.profile())
+            crate::report::html(
+                &title,
+                &self.stats(),
+                &self.timeline(),
+                &self.profile(),
+                &self.scopes(),
+            )
         })
     }
 
