@@ -77,6 +77,15 @@ void tensorpool_mark(const char *name);
  * null or empty name, ENOSPC when 4096 scopes exist, E2BIG when scopes nest 255 deep. */
 int tensorpool_scope_push(const char *name);
 
+/* Enter the scope name and set the calling thread's kind in one call (hooks that run on every
+ * module call): returns a token for tensorpool_scope_leave_kind, or -1 with errno EINVAL
+ * (nothing changes) for a null name or an unknown kind. A scope that cannot be entered (a full
+ * table, too deep) is counted as refused and only the kind changes. */
+int tensorpool_scope_enter_kind(const char *name, int kind);
+
+/* Undo tensorpool_scope_enter_kind: its kind comes back and its scope, if entered, is left. */
+void tensorpool_scope_leave_kind(int token);
+
 /* Leave the calling thread's innermost scope. Returns the depth left (0: outside every scope),
  * or -1 with errno EINVAL if no scope was entered. */
 int tensorpool_scope_pop(void);

@@ -425,6 +425,43 @@ pub unsafe extern "C" fn tensorpool_scope_push(name: *const c_char) -> c_int {
     }
 }
 
+/// Enter the scope `name` and make `kind` the calling thread's kind in one call (for hooks
+/// that run on every module call, such as `tensorpool.torch`'s): returns a token for
+/// `tensorpool_scope_leave_kind`, or -1 with errno `EINVAL` (changing nothing) for a null name
+/// or an unknown kind. A scope that cannot be entered (a full table, nesting too deep) is
+/// counted as refused and only the kind changes.
+///
+/// # Safety
+/// `name` is null or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn tensorpool_scope_enter_kind(name: *const c_char, kind: c_int) -> c_int {
+    let k = usize::try_from(kind).ok().and_then(TensorKind::from_index);
+    let (false, Some(k)) = (name.is_null(), k) else {
+        set_errno(libc::EINVAL);
+        return -1;
+    };
+    // SAFETY: the caller's contract.
+    let bytes = unsafe { CStr::from_ptr(name) }.to_bytes();
+    let pushed = ALLOC.push_scope(bytes).is_ok();
+    let prev = tensorpool::set_current_kind(k).index() as c_int;
+    prev | (pushed as c_int) << 8
+}
+
+/// Undo `tensorpool_scope_enter_kind`: the kind before it comes back, and its scope is left if
+/// it was entered. A negative token is ignored.
+#[no_mangle]
+pub extern "C" fn tensorpool_scope_leave_kind(token: c_int) {
+    if token < 0 {
+        return;
+    }
+    if let Some(k) = TensorKind::from_index((token & 0xff) as usize) {
+        tensorpool::set_current_kind(k);
+    }
+    if token & 0x100 != 0 {
+        ALLOC.pop_scope();
+    }
+}
+
 /// Leave the calling thread's innermost scope. Returns the depth left (0: outside every
 /// scope), or -1 with errno `EINVAL` if no scope was entered.
 #[no_mangle]

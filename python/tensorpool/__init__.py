@@ -39,7 +39,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional, TypeVar, Union
 
-__version__ = "0.2.1"
+__version__ = "0.3.0"
 
 #: The tensor kinds, in the library's order (their index is the C API's kind number).
 KINDS = (
@@ -120,6 +120,10 @@ def _load() -> Optional[ctypes.CDLL]:
             g.tensorpool_scope_pop.restype = ctypes.c_int
             g.tensorpool_scope_depth.restype = ctypes.c_int
             g.tensorpool_scope_reset_peaks.restype = None
+            g.tensorpool_scope_enter_kind.argtypes = [ctypes.c_char_p, ctypes.c_int]
+            g.tensorpool_scope_enter_kind.restype = ctypes.c_int
+            g.tensorpool_scope_leave_kind.argtypes = [ctypes.c_int]
+            g.tensorpool_scope_leave_kind.restype = None
             g.tensorpool_scope_share.argtypes = [ctypes.c_int]
             g.tensorpool_scope_share.restype = None
             g.tensorpool_write_scopes.argtypes = [ctypes.c_int, ctypes.c_int]

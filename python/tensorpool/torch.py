@@ -69,8 +69,14 @@ _caches_patched = False
 _global = None
 
 
+_cdll = None
+
+
 def _lib():
-    return tensorpool._need()
+    global _cdll
+    if _cdll is None:
+        _cdll = tensorpool._need()
+    return _cdll
 
 
 def kind_of_module(module: Any, parent_kind: Optional[str] = None,
@@ -99,20 +105,15 @@ def _enter(tag: Tuple[bytes, int]) -> None:
         # The thread running the model lends its scopes to the operators' worker threads,
         # which allocate scratch and outputs for the module it runs.
         lib.tensorpool_scope_share(1)
-    # A refused scope (a full table) is counted by the allocator; the model runs on.
-    pushed = lib.tensorpool_scope_push(tag[0]) >= 0
-    st.append((pushed, lib.tensorpool_set_kind(tag[1])))
+    # One call enters the scope and sets the kind; a refused scope (a full table) is counted
+    # by the allocator and the model runs on.
+    st.append(lib.tensorpool_scope_enter_kind(tag[0], tag[1]))
 
 
 def _exit() -> None:
     st = _stack()
-    if not st:
-        return
-    pushed, prev = st.pop()
-    lib = _lib()
-    lib.tensorpool_set_kind(prev)
-    if pushed:
-        lib.tensorpool_scope_pop()
+    if st:
+        _lib().tensorpool_scope_leave_kind(st.pop())
 
 
 def _kind_index(kind: str) -> int:

@@ -356,6 +356,21 @@ pub(crate) fn refused() -> usize {
 
 /// Run `f` in the scope `name` (see `ScopeGuard`). If the scope cannot be entered (an empty
 /// name, a full table), `f` runs in the current scope and the refusal is counted.
+///
+/// ```
+/// use tensorpool::TensorPool;
+///
+/// #[global_allocator]
+/// static ALLOC: TensorPool = TensorPool::new();
+///
+/// fn main() {
+///     let weights = tensorpool::scope("load", || vec![1u8; 1 << 20]);
+///     let s = ALLOC.scopes();
+///     assert!(s.get("load").unwrap().own.live_total >= 1 << 20);
+///     drop(weights);
+///     assert_eq!(ALLOC.scopes().get("load").unwrap().own.live_total, 0);
+/// }
+/// ```
 pub fn scope<R>(name: &str, f: impl FnOnce() -> R) -> R {
     let _guard = ScopeGuard::enter(name).ok();
     f()
