@@ -513,6 +513,10 @@ fn scopes_attribute_blocks_from_c() {
         "{text}"
     );
     assert!(text.contains("bad_format=-1"), "{text}");
+    assert!(
+        text.contains("enter_kind depth=1 kind=2 after depth=0 kind=0 bad=-1 einval=1"),
+        "{text}"
+    );
     let json = text.lines().last().unwrap();
     let v: serde_json::Value = serde_json::from_str(json).expect(json);
     let scope = |path: &str| {
@@ -549,6 +553,11 @@ fn scopes_attribute_blocks_from_c() {
     assert_eq!(
         live(&l1, "inclusive"),
         live(&scope("model/layers.1/attn"), "inclusive") + live(&leaky, "inclusive")
+    );
+    let kinded = scope("kinded");
+    assert!(
+        about(kinded["own"]["live"]["kv_cache"].as_u64().unwrap(), mib),
+        "{json}"
     );
     let model = scope("model");
     assert!(about(live(&model, "inclusive"), 4 * mib), "{json}");

@@ -15,6 +15,9 @@ static int (*pop)(void);
 static int (*depth)(void);
 static int (*set_kind)(int);
 static int (*write_scopes)(int, int);
+static int (*enter_kind)(const char *, int);
+static void (*leave_kind)(int);
+static int (*get_kind)(void);
 
 static void *layer(int i, void **kept) {
     char name[32];
@@ -50,7 +53,11 @@ int main(void) {
     depth = (int (*)(void))dlsym(RTLD_DEFAULT, "tensorpool_scope_depth");
     set_kind = (int (*)(int))dlsym(RTLD_DEFAULT, "tensorpool_set_kind");
     write_scopes = (int (*)(int, int))dlsym(RTLD_DEFAULT, "tensorpool_write_scopes");
-    if (!push || !pop || !depth || !set_kind || !write_scopes)
+    enter_kind = (int (*)(const char *, int))dlsym(RTLD_DEFAULT, "tensorpool_scope_enter_kind");
+    leave_kind = (void (*)(int))dlsym(RTLD_DEFAULT, "tensorpool_scope_leave_kind");
+    get_kind = (int (*)(void))dlsym(RTLD_DEFAULT, "tensorpool_get_kind");
+    if (!push || !pop || !depth || !set_kind || !write_scopes || !enter_kind || !leave_kind ||
+        !get_kind)
         return 5;
     void *kept = NULL, *kv[2];
     if (push("model") != 1)
@@ -69,6 +76,16 @@ int main(void) {
     printf("pop_outside=%d einval=%d null=%d einval=%d empty=%d depth=%d\n", r1, e1 == EINVAL,
            r2, e2 == EINVAL, r3, depth());
     printf("bad_format=%d\n", write_scopes(1, 7));
+    /* The hooks' one-call pair: scope and kind in, both back out. */
+    int tok = enter_kind("kinded", TP_KIND_KV_CACHE);
+    int in_depth = depth(), in_kind = get_kind();
+    void *kinded = malloc(1 << 20);
+    memset(kinded, 4, 1 << 20);
+    leave_kind(tok);
+    errno = 0;
+    int bad = enter_kind("kinded", 17);
+    printf("enter_kind depth=%d kind=%d after depth=%d kind=%d bad=%d einval=%d\n", in_depth,
+           in_kind, depth(), get_kind(), bad, errno == EINVAL);
     fflush(stdout);
     if (write_scopes(1, 1) != 0)
         return 7;
