@@ -13,7 +13,7 @@ counted is what the scopes count: large blocks (above 16 KiB: tensor storage) al
 test's thread, or by threads outside every scope while it shares (``tensorpool.share_scopes``:
 ``tensorpool.torch`` turns it on).
 
-Run pytest under the allocator: ``python -m tensorpool run -m pytest``. Elsewhere a test with
+Run pytest (8 or later) under the allocator: ``python -m tensorpool run -m pytest``. Elsewhere a test with
 the marker is skipped, saying so. A malformed marker (an unknown kind, a size that is not one)
 is an error of the test, not a pass.
 """
