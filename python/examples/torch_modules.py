@@ -20,18 +20,20 @@ import sys
 import time
 
 
-def build():
+def build(layers=8, vocab=8192):
+    """The model (random weights, seeded), its config and a prompt of 256 token ids."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    cfg = Qwen2Config(vocab_size=8192, hidden_size=512, intermediate_size=1408,
-                      num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
+    cfg = Qwen2Config(vocab_size=vocab, hidden_size=512, intermediate_size=1408,
+                      num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=4,
                       max_position_embeddings=1024)
     torch.manual_seed(0)
     return cfg, Qwen2ForCausalLM(cfg).eval(), torch.randint(0, cfg.vocab_size, (1, 256))
 
 
 def generate(cfg, model, ids, steps=16):
+    """One prefill of ``ids`` and ``steps`` greedy decode steps; the last output and the cache."""
     import torch
     from transformers import DynamicCache
 

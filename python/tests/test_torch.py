@@ -15,26 +15,21 @@ pytest.importorskip("transformers")
 
 PY = sys.executable
 
-MODEL = """
-import json, torch, tensorpool, tensorpool.torch as tpt
-from transformers import Qwen2Config, Qwen2ForCausalLM, DynamicCache
-cfg = Qwen2Config(vocab_size=4096, hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
-                  num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024)
-torch.manual_seed(0)
-model = Qwen2ForCausalLM(cfg).eval()
-ids = torch.randint(0, cfg.vocab_size, (1, 256))
+EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
+
+# The example's model with 4 layers and 4,096 tokens: `cfg`, `model`, `ids` (256 tokens), and
+# `run(model, steps)`, a prefill and greedy decode steps returning the output and the cache.
+MODEL = f"""
+import json, sys, torch, tensorpool, tensorpool.torch as tpt
+sys.path.insert(0, {EXAMPLES!r})
+from torch_modules import build, generate
+cfg, model, ids = build(layers=4, vocab=4096)
 
 def live():
     return tensorpool.memory_stats()["allocated_bytes.all.current"]
 
 def run(model, steps=16):
-    cache = DynamicCache(config=cfg)
-    with torch.no_grad():
-        out = model(ids, past_key_values=cache, use_cache=True)
-        for _ in range(steps):
-            nxt = out.logits[:, -1:].argmax(-1)
-            out = model(nxt, past_key_values=cache, use_cache=True)
-    return out, cache
+    return generate(cfg, model, ids, steps)
 """
 
 
