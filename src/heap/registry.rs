@@ -220,20 +220,23 @@ pub(crate) fn collect_abandoned() {
     });
 }
 
-/// Fork preparation: hold the exit key's lock, so the child never inherits it held by a thread
-/// that does not exist there.
+/// Fork preparation: hold the exit key's lock and the scope table's, so the child never
+/// inherits them held by a thread that does not exist there.
 unsafe extern "C" fn fork_prepare() {
     EXIT_KEY_LOCK.raw_lock();
+    crate::scope::hold_across_fork();
 }
 
 /// After `fork`, in the parent.
 unsafe extern "C" fn fork_release() {
+    crate::scope::release_after_fork();
     EXIT_KEY_LOCK.raw_unlock();
 }
 
 /// After `fork`, in the child: as in the parent, and the thread caches' shared total counts
 /// only this thread's claim (the threads that held the others do not exist here).
 unsafe extern "C" fn fork_child() {
+    crate::scope::release_after_fork();
     EXIT_KEY_LOCK.raw_unlock();
     let heap = super::types::current_heap();
     if !heap.is_null() {

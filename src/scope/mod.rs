@@ -349,6 +349,17 @@ pub(crate) fn reset_peaks() {
     }
 }
 
+/// Hold the scope table's lock across `fork` (the heap registry's fork handlers call this and
+/// `release_after_fork`), so a child never inherits it held by a thread it does not have.
+pub(crate) fn hold_across_fork() {
+    INTERN.raw_lock();
+}
+
+/// Release what `hold_across_fork` took (in the parent and in the child).
+pub(crate) fn release_after_fork() {
+    INTERN.raw_unlock();
+}
+
 /// Entries refused so far (a full table, scopes too deep).
 pub(crate) fn refused() -> usize {
     REFUSED.load(Relaxed)
