@@ -48,6 +48,22 @@ shared_static! {
     static DROPPED: AtomicUsize = AtomicUsize::new(0);
 }
 
+shared_static! {
+    /// A copy of `TABLE` taken when the program's large live bytes last reached `PEAK_MARK`:
+    /// the samples live at (within a sixteenth of) the peak.
+    static PEAK_TABLE: SpinLock<Table> = SpinLock::new(Table::new());
+}
+
+shared_static! {
+    /// Large live bytes at which the next copy is taken (a sixteenth above the last copy's).
+    static PEAK_MARK: AtomicUsize = AtomicUsize::new(0);
+}
+
+shared_static! {
+    /// Large live bytes when `PEAK_TABLE` was copied.
+    static PEAK_BYTES: AtomicUsize = AtomicUsize::new(0);
+}
+
 thread_local! {
     /// Bytes this thread allocates before its next sample.
     static UNTIL: Cell<i64> = const { Cell::new(0) };
@@ -205,6 +221,30 @@ pub(crate) fn record(ptr: *mut u8, size: usize, kind: usize) {
     BUSY.set(false);
 }
 
+/// The program's large live bytes are `live` now (profiling on): at a new peak, a sixteenth
+/// above the last copy's, copy the table of live samples, so that the report can show what was
+/// live at the peak. Copies are geometrically spaced: about 11 per doubling of the peak.
+/// A thread making a report (its allocations unsampled: symbol tables) does not move the peak.
+#[inline]
+pub(crate) fn note_live(live: usize) {
+    if live >= PEAK_MARK.load(Ordering::Relaxed) && !BUSY.get() {
+        keep_peak(live);
+    }
+}
+
+#[cold]
+fn keep_peak(live: usize) {
+    PEAK_MARK.store(live + live / 16 + 1, Ordering::Relaxed);
+    // Lock order: the live table, then the copy (only here are both held).
+    TABLE.with(|t| {
+        PEAK_TABLE.with(|p| {
+            p.records[..t.len].copy_from_slice(&t.records[..t.len]);
+            p.len = t.len;
+        })
+    });
+    PEAK_BYTES.store(live, Ordering::Relaxed);
+}
+
 /// Run `f` with the calling thread's allocations unsampled (a report's own allocations must not
 /// show in the profile it reports).
 pub(crate) fn unsampled<R>(f: impl FnOnce() -> R) -> R {
@@ -355,13 +395,19 @@ fn resolve_all(ip: usize) -> Vec<Frame> {
 /// The current profile: live sampled blocks grouped by kind and stack, with estimates. Allocates
 /// (call it outside hot paths); resolves symbols outside every lock.
 pub(crate) fn snapshot() -> Profile {
-    unsampled(snapshot_unsampled)
+    unsampled(|| snapshot_of(&TABLE))
 }
 
-fn snapshot_unsampled() -> Profile {
+/// The profile of the samples that were live at the highest large live bytes seen (within a
+/// sixteenth), and those bytes; empty with 0 when profiling is off.
+pub(crate) fn snapshot_at_peak() -> (Profile, usize) {
+    unsampled(|| (snapshot_of(&PEAK_TABLE), PEAK_BYTES.load(Ordering::Relaxed)))
+}
+
+fn snapshot_of(table: &SpinLock<Table>) -> Profile {
     let mut recs: Vec<Record> = Vec::with_capacity(PROFILE_RECORDS);
     // `recs` has room for the whole table, so copying allocates nothing under the lock.
-    TABLE.with(|t| recs.extend_from_slice(&t.records[..t.len]));
+    table.with(|t| recs.extend_from_slice(&t.records[..t.len]));
     // (kind, scope, return addresses) -> (estimated bytes, estimated blocks, samples, oldest time)
     type Group = (f64, u64, u64, u64);
     let mut groups: std::collections::HashMap<(u8, u16, Vec<usize>), Group> =

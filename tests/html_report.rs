@@ -141,6 +141,16 @@ fn the_report_opens_in_a_browser() {
     assert!(html.contains("of Rust's standard library</summary>"));
     // The flame graph, with the kept KV cache under its request's scope.
     assert!(html.contains("id=\"fg-search\""));
+    // At the peak: the weights, request 3's KV cache and its activations and attention.
+    assert!(
+        html.contains("<h3>At the peak ("),
+        "the flame graph at the peak"
+    );
+    let peak = &html[html.find("id=\"fg-peak\"").expect("the peak's graph")..];
+    assert!(
+        peak.contains("title=\"activation: "),
+        "activations live at the peak"
+    );
     assert!(html.contains("title=\"[request 3]: "), "a scope's box");
 
     let Some(chromium) = chromium() else {

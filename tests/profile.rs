@@ -41,8 +41,20 @@ fn keep_small_objects() -> Vec<Box<[u64; 8]>> {
     (0..100_000).map(|i| Box::new([i; 8])).collect()
 }
 
+/// 64 MiB of activations live at once, then freed: the run's peak.
+#[inline(never)]
+fn peak_burst() -> u64 {
+    let blocks: Vec<Vec<u8>> = (0..4)
+        .map(|i| with_kind(TensorKind::Activation, || vec![i as u8; 16 << 20]))
+        .collect();
+    blocks.iter().map(|b| b[b.len() - 1] as u64).sum()
+}
+
 fn program() {
     let kept = leak_kv_cache();
+    if std::env::var("PROFILE_OUT").as_deref() == Ok("peak") {
+        println!("burst {}", peak_burst());
+    }
     let sum = churn_kv_and_activations();
     let small = keep_small_objects();
     println!("sum {sum} {}", small.len());
@@ -51,6 +63,15 @@ fn program() {
     match std::env::var("PROFILE_OUT").as_deref() {
         Ok("folded") => print!("{}", ALLOC.profile().to_folded()),
         Ok("json") => println!("{}", ALLOC.profile().to_json()),
+        Ok("peak") => {
+            let (at_peak, bytes) = ALLOC.profile_at_peak();
+            println!("peak bytes {bytes}");
+            print!(
+                "AT PEAK\n{}NOW\n{}",
+                at_peak.to_text(5),
+                ALLOC.profile().to_text(5)
+            );
+        }
         _ => {}
     }
     std::mem::forget(kept);
@@ -181,5 +202,46 @@ fn profiling_off_reports_nothing() {
     assert!(
         err.contains("tensorpool: still live at exit: kv_cache"),
         "{err}"
+    );
+}
+
+/// The profile at the peak holds what was live then (the 64 MiB burst, freed since, and the
+/// leaked KV caches); the profile now holds the leak only.
+#[test]
+fn the_profile_at_the_peak_shows_what_was_live_then() {
+    if std::env::var_os("PROFILE_CHILD").is_some() {
+        return;
+    }
+    let (out, _) = run("512K", "peak");
+    let peak: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("peak bytes "))
+        .expect(&out)
+        .parse()
+        .unwrap();
+    assert!(peak >= 88 << 20, "the burst and the leak: {peak}");
+    let (at_peak, now) = out.split_once("NOW\n").expect(&out);
+    let burst: Vec<&str> = at_peak
+        .lines()
+        .filter(|l| l.contains("peak_burst"))
+        .collect();
+    assert_eq!(burst.len(), 1, "{out}");
+    let bytes = parse_bytes(
+        burst[0]
+            .split_whitespace()
+            .skip(1)
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+            .as_str(),
+    );
+    assert!(
+        (60.0 * 1048576.0..=68.0 * 1048576.0).contains(&bytes),
+        "{out}"
+    );
+    assert!(at_peak.contains("leak_kv_cache"), "{out}");
+    assert!(
+        !now.contains("peak_burst") && now.contains("leak_kv_cache"),
+        "{out}"
     );
 }

@@ -194,6 +194,15 @@ impl TensorPool {
         crate::scope::depth()
     }
 
+    /// The profile of the sampled blocks that were live when the program's large live bytes
+    /// were highest (within a sixteenth: a copy of the samples is kept at each new peak a
+    /// sixteenth above the last), and those bytes. Empty, with 0, when profiling is off.
+    /// Allocates: call it outside hot paths.
+    pub fn profile_at_peak(&self) -> (crate::profile::Profile, u64) {
+        let (p, live) = crate::profile::snapshot_at_peak();
+        (p, live as u64)
+    }
+
     /// The memory report as one self-contained HTML page: the timeline (whole run, and one
     /// chart per marked stretch), the per-kind table, and the top live call sites per kind with
     /// their stacks (profiling on). Allocates and resolves symbols: call it outside hot paths.
@@ -207,6 +216,7 @@ impl TensorPool {
                 &self.stats(),
                 &self.timeline(),
                 &self.profile(),
+                &self.profile_at_peak(),
                 &self.scopes(),
             )
         })
@@ -475,6 +485,10 @@ impl TensorPool {
         }
         if crate::profile::should_sample(size) {
             heap::note_sampled(p, size, kind);
+        }
+        if crate::profile::on() {
+            let live: u64 = crate::stats::HELD.iter().map(|h| h.get()).sum();
+            crate::profile::note_live(live as usize);
         }
         p
     }

@@ -77,7 +77,10 @@ pub(crate) fn runtime(function: &str) -> Option<&'static str> {
     // `<T as Trait>::f`: a runtime's type, or a runtime's trait implemented by a closure or a
     // type parameter (`<F as core::ops::FnOnce<()>>::call_once`).
     if let Some((ty, tr)) = f.split_once(" as ") {
-        let generic = ty.len() == 1 || ty.contains("{{closure}}");
+        let generic = ty.len() == 1
+            || ty.contains("{{closure}}")
+            || ty.starts_with("fn(")
+            || ty.starts_with("dyn ");
         return runtime(ty).or(if generic { runtime(tr) } else { None });
     }
     None
@@ -142,5 +145,9 @@ mod tests {
             Some("Rust's standard library")
         );
         assert_eq!(runtime("<myapp::Model as core::fmt::Display>::fmt"), None);
+        assert_eq!(
+            runtime("<fn() -> core::result::Result<(), alloc::string::String> as core::ops::function::FnOnce<()>>::call_once"),
+            Some("Rust's standard library")
+        );
     }
 }

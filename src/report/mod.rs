@@ -31,6 +31,7 @@ pub(crate) fn html(
     stats: &Stats,
     timeline: &Timeline,
     profile: &Profile,
+    at_peak: &(Profile, u64),
     scopes: &Scopes,
 ) -> String {
     let mut s = String::new();
@@ -45,7 +46,7 @@ pub(crate) fn html(
     table_section(&mut s, stats);
     scopes_section(&mut s, scopes);
     profile_section(&mut s, profile);
-    flame_section(&mut s, profile);
+    flame_section(&mut s, profile, at_peak);
     let _ = write!(s, "<script>{SCRIPT}</script>\n</body></html>\n");
     s
 }
@@ -306,19 +307,34 @@ fn scopes_section(s: &mut String, sc: &Scopes) {
     }
 }
 
-fn flame_section(s: &mut String, p: &Profile) {
-    let graph = flame::html(p);
-    if graph.is_empty() {
+fn flame_section(s: &mut String, now: &Profile, at_peak: &(Profile, u64)) {
+    let (peak, peak_bytes) = at_peak;
+    let (graph_peak, graph_now) = (flame::html(peak), flame::html(now));
+    if graph_peak.is_empty() && graph_now.is_empty() {
         return;
     }
     s.push_str(
-        "<h2>Flame graph of live memory</h2>\n<p class=\"note\">Live sampled bytes now, by \
-         kind, scope ([in brackets]) and the program's frames, outermost at the top; hover a box \
-         for its bytes. <input id=\"fg-search\" type=\"search\" placeholder=\"search \
-         functions, scopes\"> <span id=\"fg-found\"></span></p>\n<div class=\"flame\">",
+        "<h2>Flame graph of live memory</h2>\n<p class=\"note\">Sampled bytes by kind, scope \
+         ([in brackets]) and the program's frames, outermost at the top; hover a box for its \
+         bytes. <input id=\"fg-search\" type=\"search\" placeholder=\"search functions, \
+         scopes\"> <span id=\"fg-found\"></span></p>\n",
     );
-    s.push_str(&graph);
-    s.push_str("</div>\n");
+    if !graph_peak.is_empty() {
+        let _ = writeln!(
+            s,
+            "<h3>At the peak ({} of large blocks live)</h3>\n<div class=\"flame\" \
+             id=\"fg-peak\">{graph_peak}</div>",
+            Bytes(*peak_bytes)
+        );
+    }
+    if !graph_now.is_empty() {
+        let _ = writeln!(
+            s,
+            "<details{}><summary>Live when the report was made</summary>\
+             <div class=\"flame\" id=\"fg-now\">{graph_now}</div></details>",
+            if graph_peak.is_empty() { " open" } else { "" }
+        );
+    }
 }
 
 /// `&`, `<`, `>` and `"` escaped for HTML text and attributes.
