@@ -8,7 +8,7 @@
 //! cache line.
 //!
 //! Modules, lowest layer first (each uses only those above it in this list): `os`, `sync`,
-//! `text`, `tiles`; `class`, `kind`, `meta`, `env`, `scope`; `topology`, `options`, `stats`, `pagemap`,
+//! `text`, `tiles`; `class`, `kind`, `meta`, `env`, `scope`, `pystack`; `topology`, `options`, `stats`, `pagemap`,
 //! `timeline`; `pool` (`slab`, `large`); `heap`, `background`; `budget`, `global`; `handle`,
 //! `adapter`. `.ci/module_cycles.py` checks that no import runs back up.
 //!
@@ -45,6 +45,7 @@ mod os;
 mod pagemap;
 mod pool;
 mod profile;
+mod pystack;
 mod report;
 mod scope;
 mod stats;
@@ -70,6 +71,7 @@ pub use os::resident_bytes;
 #[cfg(feature = "check")]
 pub use pool::large::Census as ArenaCensus;
 pub use profile::{Frame, Profile, ProfileSite, PROFILE_FRAMES, PROFILE_RECORDS};
+pub use pystack::{PythonStacksError, PYTHON_FRAMES};
 pub use scope::{
     scope, ScopeBytes, ScopeError, ScopeGuard, ScopeStats, Scopes, SCOPE_CAPACITY, SCOPE_DEPTH_MAX,
     SCOPE_NAME_MAX,

@@ -373,6 +373,14 @@ fn abort() -> ! {
     unsafe { libc::abort() }
 }
 
+/// The address of the symbol `name` in the process's global scope (the program and every
+/// library loaded with it), or null: how the Python shadow stack finds the interpreter's C API
+/// without linking against it (the library is preloaded into programs that have none).
+pub(crate) fn symbol(name: &core::ffi::CStr) -> *mut core::ffi::c_void {
+    // SAFETY: `name` is a NUL-terminated string; RTLD_DEFAULT searches the global scope.
+    unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) }
+}
+
 /// Run `f` at normal process exit (`atexit`). Returns false if it could not be registered.
 pub(crate) fn at_exit(f: extern "C" fn()) -> bool {
     // SAFETY: `f` is a plain function that lives for the whole program.

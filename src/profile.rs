@@ -24,6 +24,7 @@
 //! thread's current one), which is what profiling costs.
 
 use crate::kind::TensorKind;
+use crate::pystack::PYTHON_FRAMES;
 use crate::sync::{shared_static, AtomicUsize, Ordering, SpinLock};
 use core::cell::Cell;
 
@@ -84,6 +85,9 @@ struct Record {
     depth: u8,
     /// The allocating thread's scope (`scope`; 0: none).
     scope: u16,
+    /// Python frames (function id, line), innermost first (`pystack`), and how many.
+    py_depth: u8,
+    py: [(u32, u32); PYTHON_FRAMES],
     t_ns: u64,
     frames: [usize; PROFILE_FRAMES],
 }
@@ -96,6 +100,8 @@ impl Record {
         kind: 0,
         depth: 0,
         scope: 0,
+        py_depth: 0,
+        py: [(0, 0); PYTHON_FRAMES],
         t_ns: 0,
         frames: [0; PROFILE_FRAMES],
     };
@@ -197,6 +203,8 @@ pub(crate) fn record(ptr: *mut u8, size: usize, kind: usize) {
             depth < PROFILE_FRAMES
         });
     }
+    let mut py = [(0, 0); PYTHON_FRAMES];
+    let py_depth = crate::pystack::capture(&mut py);
     let rec = Record {
         ptr: ptr as usize,
         size,
@@ -204,6 +212,8 @@ pub(crate) fn record(ptr: *mut u8, size: usize, kind: usize) {
         kind: kind as u8,
         depth: depth as u8,
         scope: crate::scope::current(),
+        py_depth: py_depth as u8,
+        py,
         t_ns: crate::os::now_ns(),
         frames,
     };
@@ -304,15 +314,22 @@ pub struct ProfileSite {
     /// The scope path the blocks were allocated in (`Scopes`' paths: names joined by `/`;
     /// empty outside every scope).
     pub scope: String,
+    /// The Python frames of the allocating thread, innermost first (qualified name, file and
+    /// current line), where Python stacks are kept (`tensorpool.python_stacks()`); else empty.
+    pub python: Vec<Frame>,
     /// The stack from the call site outwards (innermost first); the allocator's own frames,
     /// and those of `alloc`, `core` and `std` below the call site, are left out.
     pub stack: Vec<Frame>,
 }
 
 impl ProfileSite {
-    /// The call site: the first frame of the stack (`"?"` if the stack is empty).
+    /// The call site: the innermost Python frame where there is one, else the first frame of
+    /// the stack (`"?"` if both are empty).
     pub fn call_site(&self) -> String {
-        self.stack.first().map_or("?".into(), |f| f.to_string())
+        self.python
+            .first()
+            .or(self.stack.first())
+            .map_or("?".into(), |f| f.to_string())
     }
 }
 
@@ -408,17 +425,23 @@ fn snapshot_of(table: &SpinLock<Table>) -> Profile {
     let mut recs: Vec<Record> = Vec::with_capacity(PROFILE_RECORDS);
     // `recs` has room for the whole table, so copying allocates nothing under the lock.
     table.with(|t| recs.extend_from_slice(&t.records[..t.len]));
-    // (kind, scope, return addresses) -> (estimated bytes, estimated blocks, samples, oldest time)
+    // (kind, scope, Python frames, return addresses) -> (estimated bytes, estimated blocks,
+    // samples, oldest time)
     type Group = (f64, u64, u64, u64);
-    let mut groups: std::collections::HashMap<(u8, u16, Vec<usize>), Group> =
-        std::collections::HashMap::new();
+    type Key = (u8, u16, Vec<(u32, u32)>, Vec<usize>);
+    let mut groups: std::collections::HashMap<Key, Group> = std::collections::HashMap::new();
     for r in &recs {
         let s = r.size as f64;
         let m = r.rate.max(1) as f64;
         let p = 1.0 - (-s / m).exp();
         let scale = if p > 0.0 { 1.0 / p } else { 1.0 };
         let e = groups
-            .entry((r.kind, r.scope, r.frames[..r.depth as usize].to_vec()))
+            .entry((
+                r.kind,
+                r.scope,
+                r.py[..r.py_depth as usize].to_vec(),
+                r.frames[..r.depth as usize].to_vec(),
+            ))
             .or_insert((0.0, 0, 0, u64::MAX));
         e.0 += s * scale;
         e.1 += scale.round() as u64;
@@ -429,7 +452,7 @@ fn snapshot_of(table: &SpinLock<Table>) -> Profile {
     let mut sites: Vec<ProfileSite> = groups
         .into_iter()
         .map(
-            |((kind, scope, ips), (bytes, blocks, samples, oldest_ns))| {
+            |((kind, scope, py, ips), (bytes, blocks, samples, oldest_ns))| {
                 let mut stack: Vec<Frame> = Vec::new();
                 for ip in ips {
                     stack.extend(
@@ -452,6 +475,17 @@ fn snapshot_of(table: &SpinLock<Table>) -> Profile {
                     samples,
                     oldest_ns,
                     scope: crate::scope::report::path_of(scope as usize),
+                    python: py
+                        .iter()
+                        .map(|&(id, line)| {
+                            let (function, file, _) = crate::pystack::function(id);
+                            Frame {
+                                function,
+                                file: (!file.is_empty()).then_some(file),
+                                line: Some(line),
+                            }
+                        })
+                        .collect(),
                     stack,
                 }
             },
@@ -459,10 +493,11 @@ fn snapshot_of(table: &SpinLock<Table>) -> Profile {
         .collect();
     // Samples of one kind whose stacks differ only below the call site are one site.
     sites.sort_by(|a, b| {
-        (a.kind.index(), &a.scope, &a.stack).cmp(&(b.kind.index(), &b.scope, &b.stack))
+        let key = |s: &ProfileSite| (s.kind.index(), s.scope.clone(), s.python.clone());
+        (key(a), &a.stack).cmp(&(key(b), &b.stack))
     });
     sites.dedup_by(|b, a| {
-        if a.kind == b.kind && a.scope == b.scope && a.stack == b.stack {
+        if a.kind == b.kind && a.scope == b.scope && a.python == b.python && a.stack == b.stack {
             a.bytes += b.bytes;
             a.blocks += b.blocks;
             a.samples += b.samples;
@@ -573,35 +608,19 @@ impl Profile {
                 s.samples
             );
             crate::text::json_str(&mut out, &s.scope);
-            out.push_str(",\"stack\":[");
-            for (j, f) in s.stack.iter().enumerate() {
-                if j > 0 {
-                    out.push(',');
-                }
-                out.push_str("{\"function\":");
-                crate::text::json_str(&mut out, &f.function);
-                out.push_str(",\"file\":");
-                match &f.file {
-                    Some(file) => crate::text::json_str(&mut out, file),
-                    None => out.push_str("null"),
-                }
-                let _ = write!(out, ",\"line\":");
-                match f.line {
-                    Some(l) => {
-                        let _ = write!(out, "{l}");
-                    }
-                    None => out.push_str("null"),
-                }
-                out.push('}');
-            }
-            out.push_str("]}");
+            out.push_str(",\"python\":");
+            frames_json(&mut out, &s.python);
+            out.push_str(",\"stack\":");
+            frames_json(&mut out, &s.stack);
+            out.push('}');
         }
         out.push_str("]}");
         out
     }
 
-    /// Folded stacks (one line per site: `kind;scope;...;outermost;...;call site bytes`, one
-    /// frame per scope name, outermost first), as flamegraph tools (`inferno-flamegraph`,
+    /// Folded stacks (one line per site: `kind;scope;...;py:outermost;...;native outermost;
+    /// ...;call site bytes`: one frame per scope name, then the Python frames prefixed `py:`,
+    /// then the native ones, outermost first), as flamegraph tools (`inferno-flamegraph`,
     /// `flamegraph.pl`) read them.
     pub fn to_folded(&self) -> String {
         let mut out = String::new();
@@ -610,6 +629,10 @@ impl Profile {
             for name in s.scope.split('/').filter(|n| !n.is_empty()) {
                 out.push(';');
                 out.push_str(&name.replace([';', ' ', '\n'], "_"));
+            }
+            for f in s.python.iter().rev() {
+                out.push_str(";py:");
+                out.push_str(&f.function.replace([';', ' ', '\n'], "_"));
             }
             for f in s.stack.iter().rev() {
                 out.push(';');
@@ -621,4 +644,31 @@ impl Profile {
         }
         out
     }
+}
+
+/// `[{"function", "file", "line"}, ...]`.
+fn frames_json(out: &mut String, frames: &[Frame]) {
+    use core::fmt::Write;
+    out.push('[');
+    for (j, f) in frames.iter().enumerate() {
+        if j > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"function\":");
+        crate::text::json_str(out, &f.function);
+        out.push_str(",\"file\":");
+        match &f.file {
+            Some(file) => crate::text::json_str(out, file),
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"line\":");
+        match f.line {
+            Some(l) => {
+                let _ = write!(out, "{l}");
+            }
+            None => out.push_str("null"),
+        }
+        out.push('}');
+    }
+    out.push(']');
 }

@@ -106,6 +106,13 @@ void tensorpool_scope_reset_peaks(void);
  * "depth", "own", "inclusive"}]}). Returns 0, or -1 with errno set (EINVAL: another format). */
 int tensorpool_write_scopes(int fd, int format);
 
+/* Keep (on non-zero) or stop keeping the Python stacks of sampled allocations (profiling on):
+ * a profile function the interpreter calls at every Python call and return keeps a shadow
+ * stack the sampler reads without calling into the interpreter. Call it from Python (ctypes:
+ * the interpreter's lock held). Returns 1 when every thread is covered (Python 3.12+), 0 when
+ * the calling thread is, -1 with errno ENOSYS without a Python interpreter. */
+int tensorpool_python_stacks(int on);
+
 /* glibc's malloc_trim, malloc_stats, mallinfo, mallinfo2 and malloc_info are exported too, with
  * glibc's signatures (<malloc.h>): malloc_trim releases every cached page and returns 1 if it
  * released any; mallinfo2's uordblks are live bytes, fordblks free bytes kept resident, hblks and

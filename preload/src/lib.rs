@@ -462,6 +462,21 @@ pub extern "C" fn tensorpool_scope_leave_kind(token: c_int) {
     }
 }
 
+/// Keep (`on` non-zero) or stop keeping the Python stacks of sampled allocations
+/// (`TensorPool::python_stacks`; call it from Python, with the interpreter's lock held).
+/// Returns 1 when every thread is covered (Python 3.12+), 0 when the calling thread is, or -1
+/// with errno `ENOSYS` in a process without a Python interpreter.
+#[no_mangle]
+pub extern "C" fn tensorpool_python_stacks(on: c_int) -> c_int {
+    match ALLOC.python_stacks(on != 0) {
+        Ok(all) => all as c_int,
+        Err(_) => {
+            set_errno(libc::ENOSYS);
+            -1
+        }
+    }
+}
+
 /// Leave the calling thread's innermost scope. Returns the depth left (0: outside every
 /// scope), or -1 with errno `EINVAL` if no scope was entered.
 #[no_mangle]

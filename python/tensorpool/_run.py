@@ -1,6 +1,6 @@
 """``python -m tensorpool._run (script.py | -m module | -c code) [args...]``: run the program
 as the interpreter would, after setting up what the launcher's ``--torch-modules`` asks for
-(global module hooks, the per-module table at exit). The launcher execs this with the library
+(global module hooks, the per-module table at exit) and ``--python-stacks``. The launcher execs this with the library
 preloaded; ``sys.argv`` and ``sys.path[0]`` are the program's, as under ``python script.py``."""
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ import sys
 def main(argv: list) -> None:
     if not argv:
         raise SystemExit("tensorpool._run: the program is required: a script, -m module or -c code")
+    if os.environ.get("TENSORPOOL_PYTHON_STACKS") == "1":
+        import tensorpool
+
+        tensorpool.python_stacks(True)
     if os.environ.get("TENSORPOOL_TORCH_MODULES") == "1":
         import tensorpool.torch
 

@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--torch-modules", action="store_true",
                      help="PyTorch: every module call is a scope (its path), tensors get a kind from "
                           "the module; the per-module table is printed at exit")
+    run.add_argument("--python-stacks", action="store_true",
+                     help="record the Python frames of sampled allocations (with --profile)")
     run.add_argument("--check", choices=["default", "full"],
                      help="full: canaries, quarantine, census at exit (TENSORPOOL_CHECK)")
     # The target is taken apart by `_split` (everything after it is the program's); these
@@ -98,6 +100,8 @@ def _env(ns: argparse.Namespace) -> dict:
         env["TENSORPOOL_TIMELINE"] = "1"
     if ns.torch_modules:
         env["TENSORPOOL_TORCH_MODULES"] = "1"
+    if ns.python_stacks:
+        env["TENSORPOOL_PYTHON_STACKS"] = "1"
     return env
 
 
@@ -114,8 +118,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run.error("the program is required: a script, -m module or -c code")
     env = _env(ns)
     cmd: List[str] = [sys.executable, *target, *args]
-    if ns.torch_modules:
-        # A bootstrap installs the module hooks, then runs the program as the interpreter would.
+    if ns.python_stacks and ns.profile is None:
+        run.error("--python-stacks records the stacks of sampled allocations: add --profile 512K")
+    if ns.torch_modules or ns.python_stacks:
+        # A bootstrap installs the hooks, then runs the program as the interpreter would.
         cmd = [sys.executable, "-m", "tensorpool._run", *target, *args]
     sys.stdout.flush()
     sys.stderr.flush()

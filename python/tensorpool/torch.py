@@ -73,9 +73,11 @@ _cdll = None
 
 
 def _lib():
+    # The hooks' calls hold the interpreter's lock (PyDLL): releasing and taking it back
+    # around each would cost more than the calls.
     global _cdll
     if _cdll is None:
-        _cdll = tensorpool._need()
+        _cdll = tensorpool._need_py()
     return _cdll
 
 

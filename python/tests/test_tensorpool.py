@@ -304,6 +304,53 @@ def test_the_pytest_marker_fails_a_test_over_its_limit(tmp_path):
     assert q.returncode == 0 and "python -m tensorpool run -m pytest" in q.stdout, q.stdout
 
 
+PYTHON_STACKS = """
+import json, os, sys, threading, numpy as np, tensorpool
+
+def make_cache(n):
+    return [np.ones(1 << 20, np.float64) for _ in range(n)]   # line 5: 8 MiB each
+
+class Model:
+    def forward(self):
+        return make_cache(3)                                   # line 9
+
+def worker(out):
+    out.append(np.ones(1 << 21, np.float32))                  # line 12
+
+kept = Model().forward()
+out = []
+t = threading.Thread(target=worker, args=(out,))
+t.start()
+t.join()
+tensorpool.write_report(sys.argv[1])
+print(json.dumps(tensorpool.profile()))
+"""
+
+
+def test_python_stacks_name_the_python_functions_that_allocated(tmp_path):
+    script = tmp_path / "stacks.py"
+    script.write_text(PYTHON_STACKS)
+    page = tmp_path / "report.html"
+    p = launch("--profile", "512K", "--python-stacks", str(script), str(page))
+    sites = json.loads(p.stdout.splitlines()[-1])["sites"]
+
+    def frames(s):
+        return [(f["function"], os.path.basename(f["file"] or ""), f["line"]) for f in s["python"]]
+
+    cache = [s for s in sites if ("make_cache", "stacks.py", 5) in frames(s)]
+    assert len(cache) == 1 and 24 << 20 <= cache[0]["bytes"] <= 26 << 20, sites
+    assert ("Model.forward", "stacks.py", 9) in frames(cache[0])
+    assert cache[0]["stack"], "the native frames stay"
+    # A thread started after the stacks were turned on is covered too.
+    assert any(("worker", "stacks.py", 12) in frames(s) for s in sites), sites
+    html = page.read_text()
+    assert "py: make_cache (" in html and "stacks.py:5)" in html
+    assert "py: Model.forward" in html
+    # Without --profile there is nothing to attach the stacks to: refused.
+    q = launch("--python-stacks", str(script), str(page), check=False)
+    assert q.returncode == 2 and "add --profile" in q.stderr
+
+
 def test_without_the_launcher_the_api_says_how_to_start():
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)

@@ -203,6 +203,17 @@ impl TensorPool {
         (p, live as u64)
     }
 
+    /// Keep (`on`) or stop keeping the Python stacks of sampled allocations, in a process with
+    /// a Python interpreter: a profile function the interpreter calls at every Python call and
+    /// return keeps a shadow stack that the sampler reads (see `ProfileSite::python`). For
+    /// every thread on Python 3.12+ (returns `Ok(true)`), else for the calling thread
+    /// (`Ok(false)`). Call it from Python (the interpreter's lock held): the C API's
+    /// `tensorpool_python_stacks`, `tensorpool.python_stacks()`. It replaces another profile
+    /// function (cProfile's), as `sys.setprofile` does.
+    pub fn python_stacks(&self, on: bool) -> Result<bool, crate::PythonStacksError> {
+        crate::pystack::install(on)
+    }
+
     /// The memory report as one self-contained HTML page: the timeline (whole run, and one
     /// chart per marked stretch), the per-kind table, and the top live call sites per kind with
     /// their stacks (profiling on). Allocates and resolves symbols: call it outside hot paths.

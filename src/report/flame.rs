@@ -1,6 +1,7 @@
 //! The flame graph of live memory (an icicle: the whole at the top, call sites at the bottom),
 //! drawn as nested boxes in the page: kind, then the scopes the blocks were allocated in, then
-//! the program's frames from the outermost in (the runtime's left out, see `frames`). A box's
+//! the Python frames where they were recorded, then the program's native frames from the
+//! outermost in (the runtime's left out, see `frames`). A box's
 //! width is its share of its parent's bytes; the page's search box marks the boxes whose name
 //! matches and sums their bytes.
 
@@ -54,6 +55,12 @@ pub(crate) fn html(p: &Profile) -> String {
                 .split('/')
                 .filter(|n| !n.is_empty())
                 .map(|n| format!("[{n}]")),
+        );
+        path.extend(
+            site.python
+                .iter()
+                .rev()
+                .map(|f| format!("py: {}", f.function)),
         );
         let program = site
             .stack

@@ -199,6 +199,14 @@ fn profile_section(s: &mut String, p: &Profile) {
                         let _ = write!(o, " in scope {}", esc(&st.scope));
                     }
                     o.push_str(":\n");
+                    // Python's frames first, where they were recorded: the program's own words.
+                    for f in &st.python {
+                        let _ = writeln!(
+                            o,
+                            "<div class=\"frame py\">py: {}</div>",
+                            esc(&f.to_string())
+                        );
+                    }
                     o.push_str(&trimmed(&st.stack));
                     o
                 })
@@ -364,7 +372,7 @@ details.trimmed{color:#888}details.trimmed>summary{font-style:italic}\
 .flame{font:11px sans-serif;border:1px solid #ccc}.fg{box-sizing:border-box;overflow:hidden}\
 .fg-label{background:#f2b36b;border:1px solid #fff;white-space:nowrap;overflow:hidden;\
 text-overflow:ellipsis;padding:1px 2px}.fg-kids{display:flex}\
-.fg.match>.fg-label{background:#d35cd3;color:#fff}";
+.fg.match>.fg-label{background:#d35cd3;color:#fff}.frame.py{color:#1f5fa8}";
 
 /// Zoom buttons for the chart that follows them.
 const ZOOM: &str = "<div class=\"zoom\"><button data-z=\"2\">zoom in</button> \
