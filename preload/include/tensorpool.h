@@ -78,13 +78,16 @@ void tensorpool_mark(const char *name);
 int tensorpool_scope_push(const char *name);
 
 /* Enter the scope name and set the calling thread's kind in one call (hooks that run on every
- * module call): returns a token for tensorpool_scope_leave_kind, or -1 with errno EINVAL
- * (nothing changes) for a null name or an unknown kind. A scope that cannot be entered (a full
- * table, too deep) is counted as refused and only the kind changes. */
+ * module call); tensorpool_scope_leave_kind undoes the innermost. The thread's outermost entry
+ * also shares its scopes with threads outside all scopes (see tensorpool_scope_share). Returns
+ * the new hook depth, or -1 with errno EINVAL (nothing changes) for a null name or an unknown
+ * kind. A scope that cannot be entered (a full table, too deep) is counted as refused and only
+ * the kind changes. */
 int tensorpool_scope_enter_kind(const char *name, int kind);
 
-/* Undo tensorpool_scope_enter_kind: its kind comes back and its scope, if entered, is left. */
-void tensorpool_scope_leave_kind(int token);
+/* Undo the thread's innermost tensorpool_scope_enter_kind: its kind comes back and its scope, if
+ * entered, is left. Returns the hook depth left, or -1 with errno EINVAL if there was none. */
+int tensorpool_scope_leave_kind(void);
 
 /* Leave the calling thread's innermost scope. Returns the depth left (0: outside every scope),
  * or -1 with errno EINVAL if no scope was entered. */

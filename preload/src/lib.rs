@@ -425,11 +425,24 @@ pub unsafe extern "C" fn tensorpool_scope_push(name: *const c_char) -> c_int {
     }
 }
 
-/// Enter the scope `name` and make `kind` the calling thread's kind in one call (for hooks
-/// that run on every module call, such as `tensorpool.torch`'s): returns a token for
-/// `tensorpool_scope_leave_kind`, or -1 with errno `EINVAL` (changing nothing) for a null name
-/// or an unknown kind. A scope that cannot be entered (a full table, nesting too deep) is
-/// counted as refused and only the kind changes.
+thread_local! {
+    /// What each `tensorpool_scope_enter_kind` of the thread changed (the kind before it, and
+    /// whether it entered a scope), innermost last; entries past `HOOK_DEPTH` are counted only.
+    static HOOK_TOKENS: [core::cell::Cell<u16>; HOOK_DEPTH] =
+        const { [const { core::cell::Cell::new(0) }; HOOK_DEPTH] };
+    static HOOK_DEPTH_NOW: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+}
+
+/// Hook entries kept per thread.
+const HOOK_DEPTH: usize = 256;
+
+/// Enter the scope `name` and make `kind` the calling thread's kind in one call, for hooks that
+/// run on every module call (`tensorpool.torch`'s); `tensorpool_scope_leave_kind` undoes the
+/// innermost. The thread's outermost entry also shares its scopes with threads outside all
+/// scopes (`tensorpool_scope_share`): a model's operators' worker threads. Returns the new
+/// hook depth, or -1 with errno `EINVAL` (changing nothing) for a null name or an unknown kind.
+/// A scope that cannot be entered (a full table, nesting too deep) is counted as refused and
+/// only the kind changes.
 ///
 /// # Safety
 /// `name` is null or a NUL-terminated string.
@@ -442,24 +455,43 @@ pub unsafe extern "C" fn tensorpool_scope_enter_kind(name: *const c_char, kind: 
     };
     // SAFETY: the caller's contract.
     let bytes = unsafe { CStr::from_ptr(name) }.to_bytes();
+    let d = HOOK_DEPTH_NOW.get();
+    if d == 0 {
+        ALLOC.share_scopes(true);
+    }
     let pushed = ALLOC.push_scope(bytes).is_ok();
-    let prev = tensorpool::set_current_kind(k).index() as c_int;
-    prev | (pushed as c_int) << 8
-}
-
-/// Undo `tensorpool_scope_enter_kind`: the kind before it comes back, and its scope is left if
-/// it was entered. A negative token is ignored.
-#[no_mangle]
-pub extern "C" fn tensorpool_scope_leave_kind(token: c_int) {
-    if token < 0 {
-        return;
-    }
-    if let Some(k) = TensorKind::from_index((token & 0xff) as usize) {
-        tensorpool::set_current_kind(k);
-    }
-    if token & 0x100 != 0 {
+    let prev = tensorpool::set_current_kind(k).index() as u16;
+    if d < HOOK_DEPTH {
+        HOOK_TOKENS.with(|t| t[d].set(prev | (pushed as u16) << 8));
+    } else if pushed {
+        // Not kept: undo the scope now rather than leave it unbalanced.
         ALLOC.pop_scope();
     }
+    HOOK_DEPTH_NOW.set(d + 1);
+    (d + 1) as c_int
+}
+
+/// Undo the innermost `tensorpool_scope_enter_kind` of the thread: its kind comes back and its
+/// scope, if entered, is left. Returns the hook depth left, or -1 with errno `EINVAL` if there
+/// was none.
+#[no_mangle]
+pub extern "C" fn tensorpool_scope_leave_kind() -> c_int {
+    let d = HOOK_DEPTH_NOW.get();
+    if d == 0 {
+        set_errno(libc::EINVAL);
+        return -1;
+    }
+    HOOK_DEPTH_NOW.set(d - 1);
+    if d <= HOOK_DEPTH {
+        let token = HOOK_TOKENS.with(|t| t[d - 1].get());
+        if let Some(k) = TensorKind::from_index((token & 0xff) as usize) {
+            tensorpool::set_current_kind(k);
+        }
+        if token & 0x100 != 0 {
+            ALLOC.pop_scope();
+        }
+    }
+    (d - 1) as c_int
 }
 
 /// Keep (`on` non-zero) or stop keeping the Python stacks of sampled allocations

@@ -514,7 +514,10 @@ fn scopes_attribute_blocks_from_c() {
     );
     assert!(text.contains("bad_format=-1"), "{text}");
     assert!(
-        text.contains("enter_kind depth=1 kind=2 after depth=0 kind=0 bad=-1 einval=1"),
+        text.contains(
+            "enter_kind hooks=1 depth=1 kind=2 left=0 after depth=0 kind=0 bad=-1 einval=1 \
+             extra=-1 einval=1"
+        ),
         "{text}"
     );
     let json = text.lines().last().unwrap();

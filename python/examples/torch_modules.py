@@ -5,6 +5,8 @@ weights on torch CPU, one prefill of 256 tokens and 16 decode steps, under tenso
     python -m tensorpool run python/examples/torch_modules.py off      # the same run, no hooks
     python python/examples/torch_modules.py compare 5                  # wall time on vs off,
                                                                        # 5 alternating runs each
+    python -m tensorpool run python/examples/torch_modules.py pairs 25 [general]
+                                          # 25 alternating pairs in one process: the median ratio
     python python/examples/torch_modules.py profiler   # torch.profiler(profile_memory=True)
     python -m memray run -o run.bin python/examples/torch_modules.py plain   # memray's view
 
@@ -95,6 +97,37 @@ def profiler():
     print(prof.key_averages().table(sort_by="self_cpu_memory_usage", row_limit=12))
 
 
+def pairs(n, general=False):
+    """In one process (under the launcher): ``n`` pairs of runs, instrumented and not, in
+    alternating order; the median of the pairwise time ratios. ``general``: every module under
+    the general kind (the uninstrumented run's pools), to separate the kinds' share."""
+    import statistics
+    import warnings
+
+    import tensorpool.torch as tpt
+
+    warnings.filterwarnings("ignore")
+    cfg, model, ids = build()
+    generate(cfg, model, ids[:, :8], steps=1)
+    ratios, on, off = [], [], []
+    for i in range(n):
+        t = {}
+        for mode in ("off", "on") if i % 2 == 0 else ("on", "off"):
+            ins = None
+            if mode == "on":
+                ins = tpt.instrument(model, kinds={"": "general"} if general else None)
+            t0 = time.perf_counter()
+            generate(cfg, model, ids)
+            t[mode] = time.perf_counter() - t0
+            if ins is not None:
+                ins.remove()
+        ratios.append(t["on"] / t["off"])
+        on.append(t["on"])
+        off.append(t["off"])
+    print(json.dumps({"pairs": n, "general": general, "median_ratio": statistics.median(ratios),
+                      "median_on_s": statistics.median(on), "median_off_s": statistics.median(off)}))
+
+
 def compare(n):
     here = os.path.abspath(__file__)
     walls = {"on": [], "off": []}
@@ -117,7 +150,10 @@ if __name__ == "__main__":
         generate(cfg, model, ids)
     elif what == "profiler":
         profiler()
+    elif what == "pairs":
+        pairs(int(sys.argv[2]) if len(sys.argv) > 2 else 25, "general" in sys.argv[3:])
     elif what == "compare":
         compare(int(sys.argv[2]) if len(sys.argv) > 2 else 5)
     else:
-        raise SystemExit("usage: torch_modules.py (on | off | plain | profiler | compare [N])")
+        raise SystemExit("usage: torch_modules.py (on | off | plain | profiler | compare [N] | "
+                         "pairs [N] [general])")

@@ -121,10 +121,6 @@ def _load() -> Optional[ctypes.CDLL]:
             g.tensorpool_scope_pop.restype = ctypes.c_int
             g.tensorpool_scope_depth.restype = ctypes.c_int
             g.tensorpool_scope_reset_peaks.restype = None
-            g.tensorpool_scope_enter_kind.argtypes = [ctypes.c_char_p, ctypes.c_int]
-            g.tensorpool_scope_enter_kind.restype = ctypes.c_int
-            g.tensorpool_scope_leave_kind.argtypes = [ctypes.c_int]
-            g.tensorpool_scope_leave_kind.restype = None
             g.tensorpool_scope_share.argtypes = [ctypes.c_int]
             g.tensorpool_scope_share.restype = None
             g.tensorpool_write_scopes.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -147,8 +143,8 @@ def _need_py() -> ctypes.PyDLL:
         g.tensorpool_python_stacks.restype = ctypes.c_int
         g.tensorpool_scope_enter_kind.argtypes = [ctypes.c_char_p, ctypes.c_int]
         g.tensorpool_scope_enter_kind.restype = ctypes.c_int
-        g.tensorpool_scope_leave_kind.argtypes = [ctypes.c_int]
-        g.tensorpool_scope_leave_kind.restype = None
+        g.tensorpool_scope_leave_kind.argtypes = []
+        g.tensorpool_scope_leave_kind.restype = ctypes.c_int
         g.tensorpool_scope_share.argtypes = [ctypes.c_int]
         g.tensorpool_scope_share.restype = None
         g.tensorpool_set_kind.argtypes = [ctypes.c_int]

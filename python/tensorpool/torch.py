@@ -61,7 +61,6 @@ KIND_RULES: List[Tuple[str, str]] = [
 ]
 
 _DEFAULT_KIND = "activation"
-_tls = threading.local()
 _names: Dict[str, str] = {}  # scope name -> kind, for every module named
 _weights: Dict[str, int] = {}  # scope name -> parameter and buffer bytes it owns directly
 _lock = threading.Lock()
@@ -93,29 +92,22 @@ def kind_of_module(module: Any, parent_kind: Optional[str] = None,
     return parent_kind or _DEFAULT_KIND
 
 
-def _stack() -> list:
-    st = getattr(_tls, "stack", None)
-    if st is None:
-        st = _tls.stack = []
-    return st
-
-
-def _enter(tag: Tuple[bytes, int]) -> None:
+def _hooks(tag: Tuple[bytes, int]):
+    """The pre and post hooks of one module: one C call each (the allocator keeps the stack of
+    what each entry changed, and the thread's outermost entry shares its scopes with the
+    operators' worker threads). A refused scope (a full table) is counted by the allocator and
+    the model runs on."""
     lib = _lib()
-    st = _stack()
-    if not st:
-        # The thread running the model lends its scopes to the operators' worker threads,
-        # which allocate scratch and outputs for the module it runs.
-        lib.tensorpool_scope_share(1)
-    # One call enters the scope and sets the kind; a refused scope (a full table) is counted
-    # by the allocator and the model runs on.
-    st.append(lib.tensorpool_scope_enter_kind(tag[0], tag[1]))
+    enter, leave = lib.tensorpool_scope_enter_kind, lib.tensorpool_scope_leave_kind
+    name, kind = tag
 
+    def pre(module: Any, args: Any) -> None:
+        enter(name, kind)
 
-def _exit() -> None:
-    st = _stack()
-    if st:
-        _lib().tensorpool_scope_leave_kind(st.pop())
+    def post(module: Any, args: Any, output: Any) -> None:
+        leave()
+
+    return pre, post
 
 
 def _kind_index(kind: str) -> int:
@@ -214,14 +206,6 @@ class Instrumentation:
         self.remove()
 
 
-def _pre(module: Any, args: Any) -> None:
-    _enter(module.__dict__["_tensorpool_tag"])
-
-
-def _post(module: Any, args: Any, output: Any) -> None:
-    _exit()
-
-
 def instrument(model: Any, kinds: Optional[Dict[str, str]] = None,
                name: Optional[str] = None) -> Instrumentation:
     """Make every call of ``model``'s modules a scope named by the module's path (the model
@@ -237,8 +221,9 @@ def instrument(model: Any, kinds: Optional[Dict[str, str]] = None,
     mods = _name_modules(model, root, rules)
     handles = []
     for m in mods:
-        handles.append(m.register_forward_pre_hook(_pre))
-        handles.append(m.register_forward_hook(_post, always_call=True))
+        pre, post = _hooks(m.__dict__["_tensorpool_tag"])
+        handles.append(m.register_forward_pre_hook(pre))
+        handles.append(m.register_forward_hook(post, always_call=True))
     _patch_caches()
     return Instrumentation(model, handles, [m.__dict__["_tensorpool_tag"][0].decode() for m in mods])
 
@@ -255,15 +240,18 @@ def install_global_hooks(kinds: Optional[Dict[str, str]] = None) -> None:
         return
     rules = list((kinds or {}).items()) + KIND_RULES
 
+    lib = _lib()
+    enter, leave = lib.tensorpool_scope_enter_kind, lib.tensorpool_scope_leave_kind
+
     def pre(module: Any, args: Any) -> None:
         tag = module.__dict__.get("_tensorpool_tag")
         if tag is None:
             _name_modules(module, type(module).__name__, rules)
             tag = module.__dict__["_tensorpool_tag"]
-        _enter(tag)
+        enter(tag[0], tag[1])
 
     def post(module: Any, args: Any, output: Any) -> None:
-        _exit()
+        leave()
 
     mm = torch.nn.modules.module
     _global = (mm.register_module_forward_pre_hook(pre),

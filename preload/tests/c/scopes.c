@@ -16,7 +16,7 @@ static int (*depth)(void);
 static int (*set_kind)(int);
 static int (*write_scopes)(int, int);
 static int (*enter_kind)(const char *, int);
-static void (*leave_kind)(int);
+static int (*leave_kind)(void);
 static int (*get_kind)(void);
 
 static void *layer(int i, void **kept) {
@@ -54,7 +54,7 @@ int main(void) {
     set_kind = (int (*)(int))dlsym(RTLD_DEFAULT, "tensorpool_set_kind");
     write_scopes = (int (*)(int, int))dlsym(RTLD_DEFAULT, "tensorpool_write_scopes");
     enter_kind = (int (*)(const char *, int))dlsym(RTLD_DEFAULT, "tensorpool_scope_enter_kind");
-    leave_kind = (void (*)(int))dlsym(RTLD_DEFAULT, "tensorpool_scope_leave_kind");
+    leave_kind = (int (*)(void))dlsym(RTLD_DEFAULT, "tensorpool_scope_leave_kind");
     get_kind = (int (*)(void))dlsym(RTLD_DEFAULT, "tensorpool_get_kind");
     if (!push || !pop || !depth || !set_kind || !write_scopes || !enter_kind || !leave_kind ||
         !get_kind)
@@ -77,15 +77,19 @@ int main(void) {
            r2, e2 == EINVAL, r3, depth());
     printf("bad_format=%d\n", write_scopes(1, 7));
     /* The hooks' one-call pair: scope and kind in, both back out. */
-    int tok = enter_kind("kinded", TP_KIND_KV_CACHE);
+    int hooks = enter_kind("kinded", TP_KIND_KV_CACHE);
     int in_depth = depth(), in_kind = get_kind();
     void *kinded = malloc(1 << 20);
     memset(kinded, 4, 1 << 20);
-    leave_kind(tok);
+    int left = leave_kind();
     errno = 0;
     int bad = enter_kind("kinded", 17);
-    printf("enter_kind depth=%d kind=%d after depth=%d kind=%d bad=%d einval=%d\n", in_depth,
-           in_kind, depth(), get_kind(), bad, errno == EINVAL);
+    int e3 = errno == EINVAL;
+    errno = 0;
+    int extra = leave_kind();
+    printf("enter_kind hooks=%d depth=%d kind=%d left=%d after depth=%d kind=%d bad=%d einval=%d "
+           "extra=%d einval=%d\n",
+           hooks, in_depth, in_kind, left, depth(), get_kind(), bad, e3, extra, errno == EINVAL);
     fflush(stdout);
     if (write_scopes(1, 1) != 0)
         return 7;
