@@ -36,6 +36,12 @@ pub(crate) fn held_add(kind: usize, bytes: u64) {
     HELD_PEAK[kind].raise(v);
 }
 
+/// Large-block bytes the program holds, every kind together.
+#[inline]
+pub(crate) fn held_total() -> u64 {
+    HELD.iter().map(|h| h.get()).sum()
+}
+
 /// `bytes` of kind `kind` given back by the program.
 #[inline]
 pub(crate) fn held_sub(kind: usize, bytes: u64) {
