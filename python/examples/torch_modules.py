@@ -2,11 +2,13 @@
 weights on torch CPU, one prefill of 256 tokens and 16 decode steps, under tensorpool.
 
     python -m tensorpool run python/examples/torch_modules.py on       # instrumented: the table
-    python -m tensorpool run python/examples/torch_modules.py off      # the same run, no hooks
+    python -m tensorpool run python/examples/torch_modules.py off      # the same run, not instrumented
     python python/examples/torch_modules.py compare 5                  # wall time on vs off,
                                                                        # 5 alternating runs each
     python -m tensorpool run python/examples/torch_modules.py pairs 25 [general]
                                           # 25 alternating pairs in one process: the median ratio
+    python -m tensorpool run python/examples/torch_modules.py calls   # per module call: bare,
+                                          # instrumented, and the same C calls from torch hooks
     python python/examples/torch_modules.py profiler   # torch.profiler(profile_memory=True)
     python -m memray run -o run.bin python/examples/torch_modules.py plain   # memray's view
 
@@ -128,6 +130,45 @@ def pairs(n, general=False):
                       "median_on_s": statistics.median(on), "median_off_s": statistics.median(off)}))
 
 
+def calls(rounds=7, n=100_000):
+    """Per call of a trivial module, medians of ``rounds`` alternating rounds of ``n`` calls:
+    bare, instrumented (the wrapped ``forward``), and the same two C calls made from a forward
+    pre-hook and a post-hook instead (what an instrumentation by hooks would cost)."""
+    import torch
+
+    import tensorpool
+    import tensorpool.torch as tpt
+
+    lib = tensorpool._need_py()
+    enter, leave = lib.tensorpool_scope_enter_kind, lib.tensorpool_scope_leave_kind
+    x = torch.zeros(1)
+
+    def bare():
+        return torch.nn.Identity()
+
+    def wrapped():
+        m = torch.nn.Identity()
+        tpt.instrument(m)
+        return m
+
+    def hooked():
+        m = torch.nn.Identity()
+        m.register_forward_pre_hook(lambda mod, a: enter(b"Identity", 0))
+        m.register_forward_hook(lambda mod, a, o: leave(), always_call=True)
+        return m
+
+    ns = {"bare": [], "instrumented": [], "hooks": []}
+    for r in range(rounds):
+        order = list(ns) if r % 2 == 0 else list(reversed(ns))
+        for name in order:
+            m = {"bare": bare, "instrumented": wrapped, "hooks": hooked}[name]()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                m(x)
+            ns[name].append((time.perf_counter() - t0) / n * 1e9)
+    print(json.dumps({k: round(statistics.median(v)) for k, v in ns.items()} | {"unit": "ns"}))
+
+
 def compare(n):
     here = os.path.abspath(__file__)
     walls = {"on": [], "off": []}
@@ -152,8 +193,10 @@ if __name__ == "__main__":
         profiler()
     elif what == "pairs":
         pairs(int(sys.argv[2]) if len(sys.argv) > 2 else 25, "general" in sys.argv[3:])
+    elif what == "calls":
+        calls()
     elif what == "compare":
         compare(int(sys.argv[2]) if len(sys.argv) > 2 else 5)
     else:
         raise SystemExit("usage: torch_modules.py (on | off | plain | profiler | compare [N] | "
-                         "pairs [N] [general])")
+                         "pairs [N] [general] | calls)")

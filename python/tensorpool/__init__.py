@@ -133,8 +133,8 @@ _pylib: Optional[ctypes.PyDLL] = None
 
 def _need_py() -> ctypes.PyDLL:
     """The library's quick functions called with the interpreter's lock held (``PyDLL``; a
-    ``CDLL`` call releases it): the hooks run on every module call, and setting a profile
-    function must hold the lock."""
+    ``CDLL`` call releases it): ``tensorpool.torch`` enters a scope on every module call, and
+    setting a profile function must hold the lock."""
     global _pylib
     _need()
     if _pylib is None:

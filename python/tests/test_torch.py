@@ -108,7 +108,7 @@ print(json.dumps(growth[:3]))
     assert top[1][0] == 0, "nothing else grows"
 
 
-def test_hooks_stay_balanced_when_a_forward_raises():
+def test_scopes_stay_balanced_when_a_forward_raises():
     p = launch(MODEL + """
 tpt.instrument(model)
 bad = torch.zeros((1, 3), dtype=torch.float32)   # not token ids: embedding raises
@@ -159,3 +159,35 @@ def test_a_pytest_limit_on_the_kv_cache_of_a_real_model(tmp_path):
     assert p.returncode == 1, out
     assert "over the limit of 1.0 MiB" in out and "self_attn" in out, out
     assert "1 failed, 1 passed" in out, out
+
+
+def test_instrumenting_wraps_forward_once_and_remove_restores_it():
+    p = launch(MODEL + """
+import copy
+mlp = model.model.layers[1].mlp
+seen = []
+class Probe(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+    def forward(self, x):
+        seen.append(tensorpool.scope_depth())
+        return self.inner(x)
+mlp.act_fn = Probe(mlp.act_fn)
+a = tpt.instrument(model)
+b = tpt.instrument(model)          # again: the wrappers are replaced, not nested
+run(model, steps=0)
+copied = copy.deepcopy(model)      # a copy's wrappers call the copy
+same = copied.model.layers[1].mlp.forward.args[0].__self__ is copied.model.layers[1].mlp
+b.remove()
+a.remove()
+run(model, steps=0)
+print(json.dumps({"depths": seen, "copy_calls_copy": same,
+                  "left": sum("forward" in m.__dict__ for m in model.modules()),
+                  "depth_after": tensorpool.scope_depth()}))
+""")
+    r = json.loads(p.stdout.splitlines()[-1])
+    # Qwen2ForCausalLM > model > layers.1 > mlp > act_fn: 5 deep once instrumented, 0 after.
+    assert r["depths"] == [5, 0], r
+    assert r["copy_calls_copy"], r
+    assert r["left"] == 0 and r["depth_after"] == 0, r
