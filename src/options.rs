@@ -3,6 +3,7 @@
 
 use crate::env::{read_var, Kept};
 use crate::kind::{TensorKind, NUM_KINDS};
+use crate::sync::{shared_static, AtomicUsize, Ordering};
 use crate::text::{is_one_of, parse_size, parse_uint, trim};
 
 /// Capacity value meaning "the default": the kind keeps no fixed number and the arena's memory
@@ -401,5 +402,76 @@ mod tests {
             assert!(HugePages::Always.resolve(k));
         }
         assert!(!HugePages::Never.resolve(Thp::Always));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Whether the configuration has been applied
+// ---------------------------------------------------------------------------------------------
+
+/// `CONFIG`: none applied yet, one being applied (by the thread whose `CONFIGURING` is set),
+/// applied.
+const UNCONFIGURED: usize = 0;
+const APPLYING: usize = 1;
+const APPLIED: usize = 2;
+
+shared_static! {
+    /// Where the configuration stands. Another thread's first large allocation waits while one
+    /// is being applied: it once went ahead with the thread caches' total still zero and cached
+    /// nothing (a test's thread, one time in twelve).
+    static CONFIG: AtomicUsize = AtomicUsize::new(UNCONFIGURED);
+}
+
+thread_local! {
+    /// Whether the calling thread is applying the configuration (it may allocate meanwhile,
+    /// and must not wait for itself).
+    static CONFIGURING: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+/// Whether a configuration has been applied (a load on the large path).
+#[inline]
+pub(crate) fn configured() -> bool {
+    CONFIG.load(Ordering::Acquire) == APPLIED
+}
+
+/// Claim the applying of the configuration: true if the caller is to apply it (then
+/// `end_configure`). Otherwise it was applied, or another thread applies it and this waits
+/// until it has (that thread takes no lock the caller could hold and waits for no other
+/// thread), or the caller is that thread, allocating meanwhile.
+pub(crate) fn begin_configure() -> bool {
+    match CONFIG.compare_exchange(UNCONFIGURED, APPLYING, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => {
+            CONFIGURING.set(true);
+            true
+        }
+        Err(_) => {
+            if !CONFIGURING.get() {
+                wait_applied();
+            }
+            false
+        }
+    }
+}
+
+/// The configuration claimed by `begin_configure` is applied.
+pub(crate) fn end_configure() {
+    CONFIGURING.set(false);
+    CONFIG.store(APPLIED, Ordering::Release);
+}
+
+/// Wait while another thread applies the configuration.
+fn wait_applied() {
+    while CONFIG.load(Ordering::Acquire) == APPLYING && !CONFIGURING.get() {
+        crate::sync::yield_now();
+    }
+}
+
+/// After `fork`, in the child: a configuration another thread was applying at the fork will
+/// never be finished by it (it does not exist here), so the child applies it again (its
+/// registrations are made once). Waiting for it before the fork instead could deadlock: the
+/// applying thread registers a fork handler, which takes the lock `fork` holds.
+pub(crate) fn after_fork_in_child() {
+    if CONFIG.load(Ordering::Relaxed) == APPLYING && !CONFIGURING.get() {
+        CONFIG.store(UNCONFIGURED, Ordering::Relaxed);
     }
 }

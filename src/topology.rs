@@ -279,12 +279,10 @@ pub(crate) fn current() -> (CacheTopology, TopologySource) {
         STATE.store(2, Ordering::Release);
         return t;
     }
-    // Another thread is detecting: the answer is a few file reads away.
-    while STATE.load(Ordering::Acquire) != 2 {
-        crate::sync::yield_now();
-    }
-    // SAFETY: as above.
-    unsafe { *core::ptr::addr_of!(DETECTED) }
+    // Another thread is detecting: work it out here too (a few file reads, the same answer)
+    // rather than wait. Waiting hung a forked child whose parent forked while another thread
+    // was detecting: that thread does not exist in the child, and `STATE` stayed 1 there.
+    detect_with_overrides()
 }
 
 fn detect_with_overrides() -> (CacheTopology, TopologySource) {

@@ -71,9 +71,12 @@ fn a_forked_child_has_the_thread_caches_total_to_itself() {
             let (cached, forked) = (cached.clone(), forked.clone());
             std::thread::spawn(move || {
                 drop(std::hint::black_box(vec![1u8; SIZE]));
-                assert!(ALLOC.budget().thread_hot_bytes >= SIZE as u64);
+                // Checked after the barriers: a holder that panicked here left the others
+                // waiting for ever.
+                let held = ALLOC.budget().thread_hot_bytes;
                 cached.wait();
                 forked.wait();
+                held
             })
         })
         .collect();
@@ -90,9 +93,12 @@ fn a_forked_child_has_the_thread_caches_total_to_itself() {
     // SAFETY (test): waiting for our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
     forked.wait();
-    for h in holders {
-        h.join().unwrap();
-    }
+    let held: Vec<u64> = holders.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(
+        held.iter().all(|&b| b >= SIZE as u64),
+        "each holder's cache took its block before the fork: {held:?}, all caches {:?}",
+        ALLOC.budget().hot_bytes
+    );
     assert!(
         libc::WIFEXITED(status),
         "child did not exit normally: {status}"

@@ -16,17 +16,11 @@ use crate::pagemap;
 use crate::pool::large::{self, ARENA};
 use crate::pool::slab;
 use crate::stats::{ArenaCounters, LargeCounters};
-use crate::sync::{shared_static, AtomicBool, Ordering};
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
 
 mod exit;
 mod observe;
-
-shared_static! {
-    /// Whether a configuration has been applied.
-    static CONFIGURED: AtomicBool = AtomicBool::new(false);
-}
 
 /// The allocator. Declare it as the global allocator of an inference binary:
 ///
@@ -56,7 +50,7 @@ impl TensorPool {
     /// Apply this value's configuration now if no configuration has been applied yet (otherwise the
     /// allocator applies it at its first large allocation). Returns whether this call applied it.
     pub fn init(&self) -> bool {
-        if CONFIGURED.load(Ordering::Acquire) {
+        if crate::options::configured() {
             return false;
         }
         self.configure()
@@ -66,9 +60,15 @@ impl TensorPool {
     /// environment variables (read here, once, without allocating).
     #[cold]
     fn configure(&self) -> bool {
-        if CONFIGURED.swap(true, Ordering::AcqRel) {
+        if !crate::options::begin_configure() {
             return false;
         }
+        self.apply_config();
+        crate::options::end_configure();
+        true
+    }
+
+    fn apply_config(&self) {
         let env = crate::options::read_env(&self.config);
         ARENA.with(|s| {
             for (k, &cap) in self.config.capacity.iter().enumerate() {
@@ -93,8 +93,13 @@ impl TensorPool {
         crate::background::configure(background);
         let report = env.exit_report.unwrap_or(self.config.exit_report);
         if report != ExitReport::Off {
-            exit::EXIT_REPORT.store(report as u8, core::sync::atomic::Ordering::Relaxed);
-            crate::os::at_exit(exit::exit_report);
+            // Registered once (a forked child applies the configuration again when its
+            // parent was applying it at the fork).
+            let before =
+                exit::EXIT_REPORT.swap(report as u8, core::sync::atomic::Ordering::Relaxed);
+            if before == ExitReport::Off as u8 {
+                crate::os::at_exit(exit::exit_report);
+            }
         }
         let (topology, _) = crate::topology::current();
         heap::hot::set_limit(
@@ -106,10 +111,11 @@ impl TensorPool {
         if env.timeline.unwrap_or(self.config.timeline) || report {
             crate::timeline::start(0);
         }
-        if report {
+        static HTML_AT_EXIT: core::sync::atomic::AtomicBool =
+            core::sync::atomic::AtomicBool::new(false);
+        if report && !HTML_AT_EXIT.swap(true, core::sync::atomic::Ordering::Relaxed) {
             crate::os::at_exit(exit::html_report_at_exit);
         }
-        true
     }
 
     /// Change one kind's soft capacity (live + cached large-block bytes) at run time:
@@ -335,7 +341,7 @@ impl TensorPool {
 
     #[inline(never)]
     fn alloc_large(&self, kind: usize, size: usize, align: usize) -> *mut u8 {
-        if !CONFIGURED.load(Ordering::Relaxed) {
+        if !crate::options::configured() {
             self.configure();
         }
         if crate::checked::full() {

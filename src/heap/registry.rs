@@ -233,9 +233,11 @@ unsafe extern "C" fn fork_release() {
     EXIT_KEY_LOCK.raw_unlock();
 }
 
-/// After `fork`, in the child: as in the parent, and the thread caches' shared total counts
-/// only this thread's claim (the threads that held the others do not exist here).
+/// After `fork`, in the child: as in the parent, a configuration left half applied by another
+/// thread is applied again, and the thread caches' shared total counts only this thread's
+/// claim (the threads that held the others do not exist here).
 unsafe extern "C" fn fork_child() {
+    crate::options::after_fork_in_child();
     crate::scope::release_after_fork();
     EXIT_KEY_LOCK.raw_unlock();
     let heap = super::types::current_heap();
