@@ -38,7 +38,11 @@ fn tmp(name: &str) -> PathBuf {
 
 /// Compile one of `tests/c/*.c` into the test's temporary directory.
 fn compile(src: &str) -> PathBuf {
-    let out = tmp("c").join(src.trim_end_matches(".c"));
+    // A name of its own per call: two tests compiling the same source into one path ran a
+    // program the other's linker was rewriting ("Text file busy", now and then).
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out = tmp("c").join(format!("{}-{n}", src.trim_end_matches(".c")));
     let status = Command::new("cc")
         .args([
             "-O2",

@@ -86,6 +86,7 @@ impl TensorPool {
             s.lazy_purge = env.lazy_purge.unwrap_or(self.config.lazy_purge);
             s.decay.set_ms(env.decay_ms.unwrap_or(self.config.decay_ms));
         });
+        ARENA.advise_early_chunks();
         crate::profile::configure(self.config.profile);
         // The configuring thread's heap may exist already.
         heap::follow_mode_here();

@@ -264,6 +264,78 @@ impl Tree {
         }
     }
 
+    /// The highest-addressed node of at least `need` bytes within the subtree at `n`.
+    ///
+    /// # Safety
+    /// `n` is null or a node of this tree.
+    unsafe fn last_fit_in(mut n: *mut Extent, need: usize) -> *mut Extent {
+        // SAFETY: every node reached is this tree's.
+        unsafe {
+            if n.is_null() || (*n).max < need {
+                return ptr::null_mut();
+            }
+            loop {
+                let r = (*n).right;
+                if !r.is_null() && (*r).max >= need {
+                    n = r;
+                } else if (*n).span >= need {
+                    return n;
+                } else {
+                    n = (*n).left;
+                    debug_assert!(!n.is_null());
+                }
+            }
+        }
+    }
+
+    /// The previous node before `e` in address order with at least `need` bytes, or null.
+    ///
+    /// # Safety
+    /// `e` is a node of this tree.
+    unsafe fn prev_fit(mut e: *mut Extent, need: usize) -> *mut Extent {
+        // SAFETY: every node reached is this tree's.
+        unsafe {
+            let l = Self::last_fit_in((*e).left, need);
+            if !l.is_null() {
+                return l;
+            }
+            loop {
+                let p = (*e).parent;
+                if p.is_null() {
+                    return ptr::null_mut();
+                }
+                if (*p).right == e {
+                    if (*p).span >= need {
+                        return p;
+                    }
+                    let l = Self::last_fit_in((*p).left, need);
+                    if !l.is_null() {
+                        return l;
+                    }
+                }
+                e = p;
+            }
+        }
+    }
+
+    /// The highest-addressed node holding `need` bytes that start on a multiple of `align` (a
+    /// power of two, at least a page), and the highest such start in it; `(null, 0)` if there
+    /// is none. For a zone that grows downwards (segments): its oldest memory first.
+    pub(crate) fn last_fit(&self, need: usize, align: usize) -> (*mut Extent, usize) {
+        // SAFETY: the root and everything below it are this tree's nodes.
+        unsafe {
+            let mut e = Self::last_fit_in(self.root, need);
+            while !e.is_null() {
+                let a = ((*e).base + (*e).span - need) & !(align - 1);
+                if a >= (*e).base {
+                    return (e, a);
+                }
+                e = Self::prev_fit(e, need);
+            }
+        }
+        (ptr::null_mut(), 0)
+    }
+
     /// The lowest-addressed node holding `need` bytes that start on a multiple of `align` (a
     /// power of two, at least a page), and that start; `(null, 0)` if there is none.
     pub(crate) fn first_fit(&self, need: usize, align: usize) -> (*mut Extent, usize) {
@@ -331,7 +403,7 @@ mod tests {
 
     /// Random inserts, removals, resizes and fit queries against a map as the oracle.
     #[test]
-    fn first_fit_matches_a_scan_of_an_ordered_map() {
+    fn first_and_last_fit_match_a_scan_of_an_ordered_map() {
         let mut t = Tree::new();
         let mut oracle: BTreeMap<usize, (usize, *mut Extent)> = BTreeMap::new();
         let mut x = 0x2545_F491_4F6C_DD1Du64;
@@ -388,6 +460,16 @@ mod tests {
                 want.unwrap_or((ptr::null_mut(), 0)),
                 got,
                 "step {step}: need {need} align {align}"
+            );
+            let want_last = oracle
+                .iter()
+                .rev()
+                .find(|(&b, &(s, _))| s >= need && (b + s - need) & !(align - 1) >= b)
+                .map(|(&b, &(s, e))| (e, (b + s - need) & !(align - 1)));
+            assert_eq!(
+                want_last.unwrap_or((ptr::null_mut(), 0)),
+                t.last_fit(need, align),
+                "step {step}: last fit, need {need} align {align}"
             );
             if step % 997 == 0 {
                 t.check();

@@ -94,8 +94,11 @@ const CHUNK_MAX: usize = 1 << 30;
 /// in place into the space above it. Where the range is not free (or the address space is
 /// smaller), the kernel places the chunk and the zone grows wherever it can.
 const BLOCK_HINT: (usize, usize) = (0x2000_0000_0000, 0x1000_0000_0000);
-/// Chunks start on this boundary (the huge-page size).
-const CHUNK_ALIGN: usize = HUGE_PAGE;
+/// Each zone's chunks start on this boundary: blocks' on the huge-page size, segments' on the
+/// segment size, so that a chunk holds whole segments from its first byte (on a 2 MiB boundary
+/// a segment needed a chunk with 4 MiB of slack, and the first one, 8 MiB off huge pages, put
+/// 6 MiB of a program's small blocks on 4 KiB pages: 1,500 faults).
+const CHUNK_ALIGN: [usize; ZONES] = [HUGE_PAGE, crate::pool::slab::SEGMENT_SIZE];
 
 /// Blocks below this size start at a rotating cache colour within their first page.
 const COLOUR_MAX: usize = 2 << 20;
@@ -213,6 +216,10 @@ pub(crate) struct ArenaState {
     /// Huge pages: advise them on new chunks (blocks are packed, not aligned to them), and
     /// purge whole free huge pages before cutting into one (`take_dirty`).
     pub(crate) huge_pages: bool,
+    /// Chunks mapped before huge pages were turned on (the segment zone's first chunk is
+    /// mapped at the process's first small allocation, before the options are read), with the
+    /// advice each would have had: `(base, len)`, advised by `advise_early_chunks`.
+    unadvised: [(usize, usize); 4],
 }
 
 // SAFETY: the raw pointers are descriptors and regions owned by the arena, touched only under its
@@ -289,6 +296,7 @@ impl ArenaState {
             decay: Decay::new(super::decay::DEFAULT_MS),
             lazy_purge: false,
             huge_pages: false,
+            unadvised: [(0, 0); 4],
         }
     }
 
@@ -594,7 +602,7 @@ impl Arena {
     /// Map a chunk of at least `bytes` for `zone` (outside the lock) and add it. False if the
     /// OS refuses.
     fn grow(&self, zone: usize, bytes: usize) -> bool {
-        let Some(min) = bytes.checked_next_multiple_of(CHUNK_ALIGN) else {
+        let Some(min) = bytes.checked_next_multiple_of(CHUNK_ALIGN[zone]) else {
             return false;
         };
         let want = self.with(|s| s.chunk_next[zone]).max(min);
@@ -603,16 +611,25 @@ impl Arena {
             (os::now_ns() ^ (&min as *const usize as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         for len in [want, min] {
             let hint = self.with(|s| s.hint(zone, len, seed));
-            let p = regions::map_chunk(hint, len);
+            let p = regions::map_chunk(hint, len, CHUNK_ALIGN[zone]);
             if !p.is_null() {
                 return self.with(|s| {
-                    // Blocks always; segments once the zone outgrew its first chunk, one
-                    // segment: a process whose small blocks fit one segment keeps them on
-                    // 4 KiB pages (a few KiB would hold a resident 2 MiB page), one with more
-                    // fills huge pages (a first chunk of 16 MiB cost a program with 900 MiB of
-                    // small blocks 4,096 faults, 8x mimalloc's in all).
-                    if s.huge_pages && (zone == BLOCKS || s.chunk_next[zone] > CHUNK_MIN[zone]) {
-                        os::advise_huge(p, len);
+                    // Blocks always; segments too, but for the lower half of the zone's first
+                    // chunk, one segment: its slab pages are taken lowest first, so a process
+                    // with a few KiB of small blocks keeps them on 4 KiB pages (a huge page
+                    // would hold 2 MiB resident for them), and one that reaches the upper half
+                    // uses over 32 slab pages, dense enough for a huge page. (A whole first
+                    // segment on 4 KiB pages cost a program with 900 MiB of small blocks 1,024
+                    // faults, 2x mimalloc's in all; a first chunk of 16 MiB, 4,096.)
+                    let advice = if zone == BLOCKS || s.chunk_next[zone] > CHUNK_MIN[zone] {
+                        (p as usize, len)
+                    } else {
+                        (p as usize + len / 2, len / 2)
+                    };
+                    if s.huge_pages {
+                        os::advise_huge(advice.0 as *mut u8, advice.1);
+                    } else if let Some(slot) = s.unadvised.iter_mut().find(|u| u.1 == 0) {
+                        *slot = advice;
                     }
                     if s.reserve(1) {
                         s.add_chunk(zone, p as usize, len);
@@ -628,6 +645,23 @@ impl Arena {
             }
         }
         false
+    }
+
+    /// Huge pages were just turned on: advise the chunks mapped before, as `grow` would have.
+    /// (Pages already faulted stay as they are; the advice is for those to come.)
+    pub(crate) fn advise_early_chunks(&self) {
+        let chunks = self.with(|s| {
+            if s.huge_pages {
+                core::mem::take(&mut s.unadvised)
+            } else {
+                [(0, 0); 4]
+            }
+        });
+        for (p, len) in chunks {
+            if len != 0 {
+                os::advise_huge(p as *mut u8, len);
+            }
+        }
     }
 
     /// The OS refused memory: unmap every free extent (dirty and clean, so that both memory

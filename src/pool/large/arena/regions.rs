@@ -94,7 +94,7 @@ impl ArenaState {
         if low == usize::MAX || low < len {
             0
         } else {
-            (low - len) & !(CHUNK_ALIGN - 1)
+            (low - len) & !(CHUNK_ALIGN[zone] - 1)
         }
     }
 
@@ -247,19 +247,19 @@ impl ArenaState {
     }
 }
 
-/// Map a chunk of `len` bytes aligned to `CHUNK_ALIGN`, at `hint` if possible. Null on refusal.
-pub(super) fn map_chunk(hint: usize, len: usize) -> *mut u8 {
+/// Map a chunk of `len` bytes aligned to `align`, at `hint` if possible. Null on refusal.
+pub(super) fn map_chunk(hint: usize, len: usize, align: usize) -> *mut u8 {
     if hint != 0 {
         let p = os::map_near(hint as *mut u8, len);
         if p.is_null() {
             return p;
         }
-        if p as usize % CHUNK_ALIGN == 0 && (p as usize + len) >> pagemap::ADDR_BITS == 0 {
+        if p as usize % align == 0 && (p as usize + len) >> pagemap::ADDR_BITS == 0 {
             return p;
         }
         os::unmap(p, len);
     }
-    let p = os::map_aligned(len, CHUNK_ALIGN);
+    let p = os::map_aligned(len, align);
     if !p.is_null() && (p as usize + len) >> pagemap::ADDR_BITS != 0 {
         os::unmap(p, len);
         return ptr::null_mut();

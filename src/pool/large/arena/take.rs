@@ -57,14 +57,30 @@ impl ArenaState {
         let Some((off, need, ealign)) = self.placement(u, size, align) else {
             return Step::Fail;
         };
-        // The lowest-addressed fit, at its low end (see `BLOCK_HINT` for why).
+        // The oldest memory first: blocks take the lowest-addressed fit, at its low end (the
+        // zone grows upwards: see `BLOCK_HINT`); segments the highest, at its high end (the
+        // zone grows downwards, each chunk mapped below the last). Lowest first for segments
+        // took a new chunk's clean pages before the dirty ones of segments given back: a program
+        // that freed a 356 MB JSON tree and parsed another faulted 220 MB fresh while 96 MB
+        // of freed segments stayed dirty (peak RSS 1.15x mimalloc's).
         let zone = u.zone();
-        let (h, a) = self.runs[zone].first_fit(need, ealign);
+        let (h, a) = if zone == SEGMENTS {
+            self.runs[zone].last_fit(need, ealign)
+        } else {
+            self.runs[zone].first_fit(need, ealign)
+        };
         if h.is_null() {
             if resident_only {
                 return Step::Fresh;
             }
-            return match need.checked_add(ealign - PAGE) {
+            // A fresh chunk starts on its zone's boundary: an alignment up to that needs no
+            // slack.
+            let slack = if ealign <= CHUNK_ALIGN[zone] {
+                0
+            } else {
+                ealign - PAGE
+            };
+            return match need.checked_add(slack) {
                 Some(b) => Step::Grow(zone, b),
                 None => Step::Fail,
             };
