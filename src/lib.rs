@@ -76,7 +76,7 @@ pub use scope::{
     scope, ScopeBytes, ScopeError, ScopeGuard, ScopeStats, Scopes, SCOPE_CAPACITY, SCOPE_DEPTH_MAX,
     SCOPE_NAME_MAX,
 };
-pub use stats::{ArenaCounters, HugePageCoverage, LargeCounters};
+pub use stats::{ArenaCounters, HugePageCoverage, LargeCounters, LockWaits};
 pub use stats::{PoolStats, Stats, COLUMNS as STATS_COLUMNS};
 pub use tiles::{plan_matmul, plan_tiles, round_to_line, MatmulBlocks, PlanError, TilePlan};
 pub use timeline::{Marker, Sample, Timeline, MARKER_CAPACITY, MARKER_NAME_MAX, TIMELINE_CAPACITY};

@@ -177,6 +177,20 @@ pub struct Stats {
     pub huge_pages: Option<HugePageCoverage>,
 }
 
+/// How long threads waited on the allocator's locks, over the process and all its locks
+/// together (the arena's, taken by a large allocation or free that misses its thread's cache,
+/// and the rare ones: profiles, scope names, thread exit). Counted only when a lock was found
+/// held, so an uncontended lock costs nothing to count.
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct LockWaits {
+    /// Acquisitions that found the lock held.
+    pub contended: u64,
+    /// Busy-wait rounds (a CPU pause each) while a lock was held: the first 64 of each wait.
+    pub spins: u64,
+    /// `sched_yield` calls while a lock was held (each wait past 64 rounds).
+    pub yields: u64,
+}
+
 /// The arena's resident memory and the part of it the kernel backs with transparent huge pages
 /// (the `Rss` and `AnonHugePages` of its mappings in `/proc/self/smaps`).
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]

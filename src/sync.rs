@@ -197,6 +197,37 @@ impl<T> UnsafeCell<T> {
 #[cfg(loom)]
 pub(crate) use loom::cell::UnsafeCell;
 
+/// How often a `RawSpinLock` was found held, over the process, all locks together: counted
+/// on the contended path only (after a failed first attempt), so an uncontended lock pays
+/// nothing. Relaxed adds: they order nothing.
+pub(crate) mod waits {
+    use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+    /// Acquisitions that found the lock held.
+    pub(crate) static CONTENDED: AtomicU64 = AtomicU64::new(0);
+    /// Busy-wait rounds (`spin_hint`) while it was held.
+    pub(crate) static SPINS: AtomicU64 = AtomicU64::new(0);
+    /// `sched_yield` calls while it was held (after 64 spins).
+    pub(crate) static YIELDS: AtomicU64 = AtomicU64::new(0);
+
+    /// (contended, spins, yields) so far.
+    pub(crate) fn get() -> (u64, u64, u64) {
+        (
+            CONTENDED.load(Relaxed),
+            SPINS.load(Relaxed),
+            YIELDS.load(Relaxed),
+        )
+    }
+
+    #[cold]
+    pub(super) fn add(spins: u32) {
+        CONTENDED.fetch_add(1, Relaxed);
+        let s = spins.min(64) as u64;
+        SPINS.fetch_add(s, Relaxed);
+        YIELDS.fetch_add(spins as u64 - s, Relaxed);
+    }
+}
+
 /// The lock word of `SpinLock`: test-and-test-and-set, spinning briefly, then yielding.
 pub(crate) struct RawSpinLock {
     locked: AtomicBool,
@@ -226,10 +257,13 @@ impl RawSpinLock {
                 .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
+                if spins != 0 {
+                    waits::add(spins);
+                }
                 return;
             }
             while self.locked.load(Ordering::Relaxed) {
-                spins += 1;
+                spins = spins.saturating_add(1);
                 if spins < 64 {
                     spin_hint();
                 } else {

@@ -127,12 +127,18 @@ fn child(threads: usize, blocks: usize) {
         b.lock().unwrap().drain(..).for_each(give_back);
     }
     let ms = t0.elapsed().as_secs_f64() * 1e3;
+    // How often tensorpool's threads found a lock held (the arena's), and how many of those
+    // waits yielded: zeros under the other allocators.
+    let w = tensorpool_bench::TP.lock_waits();
     println!(
-        "RESULT {ms:.1} {} {} {} {}",
+        "RESULT {ms:.1} {} {} {} {} {} {} {}",
         minor_faults() - f0,
         status_bytes("VmHWM:"),
         PEAK.load(Relaxed),
-        mappings()
+        mappings(),
+        w.contended,
+        w.spins,
+        w.yields
     );
 }
 
@@ -152,7 +158,7 @@ fn main() {
         |v| v.split(',').map(String::from).collect(),
     );
     let (ts, bs) = (threads.to_string(), blocks.to_string());
-    let mut runs: Vec<Vec<[f64; 5]>> = vec![Vec::new(); allocs.len()];
+    let mut runs: Vec<Vec<[f64; 8]>> = vec![Vec::new(); allocs.len()];
     for round in 0..rounds {
         for j in 0..allocs.len() {
             let i = (j + round) % allocs.len();
@@ -166,7 +172,7 @@ fn main() {
                 .skip(1)
                 .map(|x| x.parse().unwrap())
                 .collect();
-            runs[i].push([v[0], v[1], v[2], v[3], v[4]]);
+            runs[i].push(core::array::from_fn(|k| v[k]));
         }
     }
     println!(
@@ -176,23 +182,35 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<24} {:>9} {:>10} {:>9} {:>9} {:>8} {:>5}",
-        "allocator", "ms", "faults", "peak MiB", "live MiB", "RSS/live", "maps"
+        "{:<24} {:>9} {:>10} {:>9} {:>9} {:>8} {:>5} {:>10} {:>10} {:>8}",
+        "allocator",
+        "ms",
+        "faults",
+        "peak MiB",
+        "live MiB",
+        "RSS/live",
+        "maps",
+        "lock waits",
+        "spins",
+        "yields"
     );
     let mib = |b: f64| b / (1u64 << 20) as f64;
-    let med: Vec<[f64; 5]> = runs
+    let med: Vec<[f64; 8]> = runs
         .iter()
         .map(|r| core::array::from_fn(|k| median(r.iter().map(|x| x[k]).collect())))
         .collect();
     for (name, m) in allocs.iter().zip(&med) {
         println!(
-            "{name:<24} {:>9.0} {:>10.0} {:>9.1} {:>9.1} {:>8.3} {:>5.0}",
+            "{name:<24} {:>9.0} {:>10.0} {:>9.1} {:>9.1} {:>8.3} {:>5.0} {:>10.0} {:>10.0} {:>8.0}",
             m[0],
             m[1],
             mib(m[2]),
             mib(m[3]),
             m[2] / m[3],
-            m[4]
+            m[4],
+            m[5],
+            m[6],
+            m[7]
         );
     }
     print_ratios(
@@ -200,5 +218,5 @@ fn main() {
         &med,
         &[("time", 0), ("faults", 1), ("peak RSS", 2)],
     );
-    println!("peak MiB: VmHWM of the child; live MiB: the peak of live block bytes; maps: /proc/self/maps lines at the end");
+    println!("peak MiB: VmHWM of the child; live MiB: the peak of live block bytes; maps: /proc/self/maps lines at the end; lock waits, spins, yields: tensorpool's `lock_waits()` (acquisitions that found a lock held, busy-wait rounds, sched_yield calls; 0 for the others)");
 }

@@ -29,6 +29,18 @@ impl TensorPool {
         crate::timeline::mark(name);
     }
 
+    /// How often threads found the allocator's locks held, and how long they waited (spins,
+    /// then yields), since the process started. A many-thread program whose large blocks miss
+    /// their thread caches waits on the arena's lock: this says how much.
+    pub fn lock_waits(&self) -> crate::stats::LockWaits {
+        let (contended, spins, yields) = crate::sync::waits::get();
+        crate::stats::LockWaits {
+            contended,
+            spins,
+            yields,
+        }
+    }
+
     /// The profile of live memory by call site and kind, from the sampled allocations
     /// (`TENSORPOOL_PROFILE`, `PoolConfig::with_profile`; empty, with `rate` 0, when profiling
     /// is off). Resolves symbols and allocates: call it outside hot paths.
