@@ -209,108 +209,73 @@ impl Tree {
         }
     }
 
-    /// The lowest-addressed node of at least `need` bytes within the subtree at `n`.
+    /// The child of `e` on the wanted end's side (`HIGH`: the higher addresses), or on the
+    /// other (`NEAR` false).
+    ///
+    /// # Safety
+    /// `e` is a node of this tree.
+    #[inline]
+    unsafe fn child<const HIGH: bool, const NEAR: bool>(e: *mut Extent) -> *mut Extent {
+        // SAFETY: the caller's contract.
+        unsafe {
+            if HIGH == NEAR {
+                (*e).right
+            } else {
+                (*e).left
+            }
+        }
+    }
+
+    /// The node of at least `need` bytes nearest the wanted end (`HIGH`: the highest-addressed,
+    /// else the lowest) within the subtree at `n`.
     ///
     /// # Safety
     /// `n` is null or a node of this tree.
-    unsafe fn first_fit_in(mut n: *mut Extent, need: usize) -> *mut Extent {
+    unsafe fn fit_in<const HIGH: bool>(mut n: *mut Extent, need: usize) -> *mut Extent {
         // SAFETY: every node reached is this tree's.
         unsafe {
             if n.is_null() || (*n).max < need {
                 return ptr::null_mut();
             }
             loop {
-                let l = (*n).left;
-                if !l.is_null() && (*l).max >= need {
-                    n = l;
+                let near = Self::child::<HIGH, true>(n);
+                if !near.is_null() && (*near).max >= need {
+                    n = near;
                 } else if (*n).span >= need {
                     return n;
                 } else {
-                    // `max >= need` and neither the left subtree nor `n` fits.
-                    n = (*n).right;
+                    // `max >= need` and neither the near subtree nor `n` fits.
+                    n = Self::child::<HIGH, false>(n);
                     debug_assert!(!n.is_null());
                 }
             }
         }
     }
 
-    /// The next node after `e` in address order with at least `need` bytes, or null.
+    /// The node after `e`, going away from the wanted end (`HIGH`: down in address order,
+    /// else up), with at least `need` bytes, or null.
     ///
     /// # Safety
     /// `e` is a node of this tree.
-    unsafe fn next_fit(mut e: *mut Extent, need: usize) -> *mut Extent {
+    unsafe fn following_fit<const HIGH: bool>(mut e: *mut Extent, need: usize) -> *mut Extent {
         // SAFETY: every node reached is this tree's.
         unsafe {
-            let r = Self::first_fit_in((*e).right, need);
-            if !r.is_null() {
-                return r;
+            let f = Self::fit_in::<HIGH>(Self::child::<HIGH, false>(e), need);
+            if !f.is_null() {
+                return f;
             }
             loop {
                 let p = (*e).parent;
                 if p.is_null() {
                     return ptr::null_mut();
                 }
-                if (*p).left == e {
+                if Self::child::<HIGH, true>(p) == e {
                     if (*p).span >= need {
                         return p;
                     }
-                    let r = Self::first_fit_in((*p).right, need);
-                    if !r.is_null() {
-                        return r;
-                    }
-                }
-                e = p;
-            }
-        }
-    }
-
-    /// The highest-addressed node of at least `need` bytes within the subtree at `n`.
-    ///
-    /// # Safety
-    /// `n` is null or a node of this tree.
-    unsafe fn last_fit_in(mut n: *mut Extent, need: usize) -> *mut Extent {
-        // SAFETY: every node reached is this tree's.
-        unsafe {
-            if n.is_null() || (*n).max < need {
-                return ptr::null_mut();
-            }
-            loop {
-                let r = (*n).right;
-                if !r.is_null() && (*r).max >= need {
-                    n = r;
-                } else if (*n).span >= need {
-                    return n;
-                } else {
-                    n = (*n).left;
-                    debug_assert!(!n.is_null());
-                }
-            }
-        }
-    }
-
-    /// The previous node before `e` in address order with at least `need` bytes, or null.
-    ///
-    /// # Safety
-    /// `e` is a node of this tree.
-    unsafe fn prev_fit(mut e: *mut Extent, need: usize) -> *mut Extent {
-        // SAFETY: every node reached is this tree's.
-        unsafe {
-            let l = Self::last_fit_in((*e).left, need);
-            if !l.is_null() {
-                return l;
-            }
-            loop {
-                let p = (*e).parent;
-                if p.is_null() {
-                    return ptr::null_mut();
-                }
-                if (*p).right == e {
-                    if (*p).span >= need {
-                        return p;
-                    }
-                    let l = Self::last_fit_in((*p).left, need);
-                    if !l.is_null() {
-                        return l;
+                    let f = Self::fit_in::<HIGH>(Self::child::<HIGH, false>(p), need);
+                    if !f.is_null() {
+                        return f;
                     }
                 }
                 e = p;
@@ -324,13 +289,13 @@ impl Tree {
     pub(crate) fn last_fit(&self, need: usize, align: usize) -> (*mut Extent, usize) {
         // SAFETY: the root and everything below it are this tree's nodes.
         unsafe {
-            let mut e = Self::last_fit_in(self.root, need);
+            let mut e = Self::fit_in::<true>(self.root, need);
             while !e.is_null() {
                 let a = ((*e).base + (*e).span - need) & !(align - 1);
                 if a >= (*e).base {
                     return (e, a);
                 }
-                e = Self::prev_fit(e, need);
+                e = Self::following_fit::<true>(e, need);
             }
         }
         (ptr::null_mut(), 0)
@@ -341,13 +306,13 @@ impl Tree {
     pub(crate) fn first_fit(&self, need: usize, align: usize) -> (*mut Extent, usize) {
         // SAFETY: the root and everything below it are this tree's nodes.
         unsafe {
-            let mut e = Self::first_fit_in(self.root, need);
+            let mut e = Self::fit_in::<false>(self.root, need);
             while !e.is_null() {
                 let a = (*e).base.next_multiple_of(align);
                 if a + need <= (*e).base + (*e).span {
                     return (e, a);
                 }
-                e = Self::next_fit(e, need);
+                e = Self::following_fit::<false>(e, need);
             }
         }
         (ptr::null_mut(), 0)
