@@ -6,10 +6,13 @@
 //! fault a zero page back in on every look at a purged extent), and no user write past a
 //! block's end can reach the allocator's own records.
 //!
-//! A `Meta` is a bump allocator over `CHUNK`-sized zeroed mappings. Its owner serialises access
-//! (it lives inside the arena's lock) and recycles what it no longer needs on its own free lists;
-//! nothing is ever returned to the OS while the arena lives. Invariant:
-//! `cur <= end` and `[cur, end)` is zeroed, unused memory of the newest chunk.
+//! A `Meta` is a bump allocator over zeroed mappings: a first chunk of the size its owner
+//! chooses, on 4 KiB pages (a small process touches a few of them), then `CHUNK`s, or, once the
+//! owner says huge pages are on, whole huge pages advised before any touch (metadata that
+//! outgrew its first chunk is dense: 8 bytes of page map per arena page, 192 per descriptor).
+//! Its owner serialises access (it lives inside the arena's lock) and recycles what it no
+//! longer needs on its own free lists; nothing is ever returned to the OS while the arena
+//! lives. Invariant: `cur <= end` and `[cur, end)` is zeroed, unused memory of the newest chunk.
 
 use crate::os;
 
@@ -21,6 +24,10 @@ const CHUNK: usize = 1 << 20;
 const MAX_CHUNKS: usize = 64;
 
 pub(crate) struct Meta {
+    /// Bytes of the first chunk (`CHUNK` unless made with `with_first`).
+    first: usize,
+    /// Map later chunks as whole huge pages, advised (`set_huge`).
+    huge: bool,
     /// Next free byte of the newest chunk.
     cur: usize,
     /// End of the newest chunk.
@@ -33,8 +40,16 @@ pub(crate) struct Meta {
 }
 
 impl Meta {
+    #[cfg(test)]
     pub(crate) const fn new() -> Self {
+        Self::with_first(CHUNK)
+    }
+
+    /// A metadata source whose first chunk is `first` bytes (a multiple of the page).
+    pub(crate) const fn with_first(first: usize) -> Self {
         Self {
+            first,
+            huge: false,
             cur: 0,
             end: 0,
             mapped: 0,
@@ -52,8 +67,24 @@ impl Meta {
             self.cur = start + size;
             return start as *mut u8;
         }
-        let len = size.next_multiple_of(os::PAGE).max(CHUNK);
-        let p = os::map(len);
+        let later = self.nchunks > 0;
+        let p;
+        let len;
+        if later && self.huge {
+            // Whole huge pages, advised before any touch: metadata that outgrew its first
+            // chunk is dense enough (a page map's leaves over a 1.2 GiB arena faulted 320
+            // times on 4 KiB pages).
+            len = size.next_multiple_of(os::HUGE_PAGE);
+            p = os::map_aligned(len, os::HUGE_PAGE);
+            if !p.is_null() {
+                os::advise_huge(p, len);
+            }
+        } else {
+            len = size
+                .next_multiple_of(os::PAGE)
+                .max(if later { CHUNK } else { self.first });
+            p = os::map(len);
+        }
         if p.is_null() {
             return p;
         }
@@ -66,6 +97,11 @@ impl Meta {
         self.end = p as usize + len;
         debug_assert!(self.cur <= self.end);
         p
+    }
+
+    /// Map the chunks after the first as whole huge pages (`on`), or not.
+    pub(crate) fn set_huge(&mut self, on: bool) {
+        self.huge = on;
     }
 
     /// Unmap every chunk (the owner's end of life; nothing allocated here may be used after).

@@ -71,6 +71,9 @@ const LEVEL_BITS: u32 = 12;
 const FANOUT: usize = 1 << LEVEL_BITS;
 const _: () = assert!(3 * LEVEL_BITS + crate::os::PAGE.trailing_zeros() == ADDR_BITS);
 
+/// Bytes of one node of the tree (what `prepare` takes from its metadata source per node).
+pub(crate) const NODE_BYTES: usize = core::mem::size_of::<Node>();
+
 /// A node of the tree: 4,096 pointers (32 KiB), to nodes of the next level or, at the last
 /// level, to extent descriptors (type-erased here; the arena knows what it stores).
 #[repr(C)]

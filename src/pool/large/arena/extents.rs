@@ -49,7 +49,7 @@ impl ArenaState {
                 break;
             }
         }
-        self.totals.meta_bytes = self.meta.mapped as u64;
+        self.totals.meta_bytes = (self.meta.mapped + self.map_meta.mapped) as u64;
         true
     }
 

@@ -114,7 +114,7 @@ impl ArenaState {
             }
         }
         // Make sure the page map can record the block before anything is cut.
-        if !map.prepare(a, &mut self.meta) {
+        if !map.prepare(a, &mut self.map_meta) {
             return Step::NoMeta;
         }
         // SAFETY: `h` heads a run holding `[a, a + need)`; spares are reserved.
