@@ -193,6 +193,7 @@ pub(crate) fn record(ptr: *mut u8, size: usize, kind: usize) {
     if BUSY.replace(true) {
         return;
     }
+    hold_tables_across_fork();
     let mut frames = [0usize; PROFILE_FRAMES];
     let mut depth = 0;
     // SAFETY: the unwinder walks this thread's own stack; no other thread's.
@@ -231,6 +232,33 @@ pub(crate) fn record(ptr: *mut u8, size: usize, kind: usize) {
     BUSY.set(false);
 }
 
+/// Register, once, before the tables are first locked, a fork handler holding both across
+/// `fork` (the live table, then the copy: the one lock order), so that a child never inherits
+/// one held by a thread it does not have (its first sampled allocation or free would wait for
+/// ever). Registering may allocate: the caller holds no lock and is `BUSY` (not sampled).
+fn hold_tables_across_fork() {
+    #[cfg(not(loom))]
+    {
+        static REGISTERED: core::sync::atomic::AtomicBool =
+            core::sync::atomic::AtomicBool::new(false);
+        if !REGISTERED.load(Ordering::Acquire) && !REGISTERED.swap(true, Ordering::AcqRel) {
+            crate::os::at_fork(fork_prepare, fork_release, fork_release);
+        }
+    }
+}
+
+#[cfg(not(loom))]
+unsafe extern "C" fn fork_prepare() {
+    TABLE.raw_lock();
+    PEAK_TABLE.raw_lock();
+}
+
+#[cfg(not(loom))]
+unsafe extern "C" fn fork_release() {
+    PEAK_TABLE.raw_unlock();
+    TABLE.raw_unlock();
+}
+
 /// The program's large live bytes are `live` now (profiling on): at a new peak, a sixteenth
 /// above the last copy's, copy the table of live samples, so that the report can show what was
 /// live at the peak. Copies are geometrically spaced: about 11 per doubling of the peak.
@@ -245,6 +273,7 @@ pub(crate) fn note_live(live: usize) {
 #[cold]
 fn keep_peak(live: usize) {
     PEAK_MARK.store(live + live / 16 + 1, Ordering::Relaxed);
+    hold_tables_across_fork();
     // Lock order: the live table, then the copy (only here are both held).
     TABLE.with(|t| {
         PEAK_TABLE.with(|p| {
@@ -422,6 +451,7 @@ pub(crate) fn snapshot_at_peak() -> (Profile, usize) {
 }
 
 fn snapshot_of(table: &SpinLock<Table>) -> Profile {
+    hold_tables_across_fork();
     let mut recs: Vec<Record> = Vec::with_capacity(PROFILE_RECORDS);
     // `recs` has room for the whole table, so copying allocates nothing under the lock.
     table.with(|t| recs.extend_from_slice(&t.records[..t.len]));

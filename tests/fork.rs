@@ -49,6 +49,20 @@ fn child_allocates_after_fork_while_other_threads_allocate() {
     }
 }
 
+/// With profiling on (every large block sampled), the other threads lock the profile's tables
+/// at every allocation and free: a child forked meanwhile must not inherit them held.
+#[test]
+fn a_child_forked_while_threads_sample_allocates() {
+    if std::env::var_os("TENSORPOOL_TEST_CHILD").is_none() {
+        common::run_child_test(
+            "a_child_forked_while_threads_sample_allocates",
+            &[("TENSORPOOL_PROFILE", "1K")],
+        );
+        return;
+    }
+    child_allocates_after_fork_while_other_threads_allocate();
+}
+
 /// The thread caches share one total (the limit times the cores). After `fork` only the forking
 /// thread exists: the caches of the parent's other threads must not use up the child's total.
 /// With a 1 MiB limit and 2 cores, two threads each hold a 768 KiB block in their cache across
