@@ -232,7 +232,7 @@ impl LargePool {
 
     /// Allocate `size` bytes (above the small classes) of `kind`, 64-aligned; null on failure.
     pub fn alloc(&self, kind: usize, size: usize) -> *mut u8 {
-        self.0.alloc(kind, size, 64)
+        self.0.alloc_block(kind, size, 64)
     }
 
     /// Free a block of this arena (panics if `p` is not one: the model's assertion).

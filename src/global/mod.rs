@@ -348,18 +348,20 @@ impl TensorPool {
         if crate::checked::full() {
             return crate::checked::alloc(size, align, kind);
         }
-        let p = self.take_large(kind, size, align);
-        if p.is_null() {
-            return p;
+        let e = self.take_large(kind, size, align);
+        if e.is_null() {
+            return ptr::null_mut();
         }
+        // SAFETY: `e` is the block just handed to this thread, held by it.
+        let p = unsafe { large::start(e) };
         let scope = crate::scope::current();
         if scope != 0 {
-            let e = ARENA.lookup(p);
-            // SAFETY: `e` is the block just handed to this thread, held by it.
+            // SAFETY: as above.
             unsafe { large::set_scope(e, scope) };
         }
         if crate::profile::should_sample(size) {
-            heap::note_sampled(p, size, kind);
+            // SAFETY: as above.
+            unsafe { heap::note_sampled(e, size, kind) };
         }
         if crate::profile::on() {
             crate::profile::note_live(crate::stats::held_total() as usize);
@@ -367,12 +369,12 @@ impl TensorPool {
         p
     }
 
-    /// A large block from the thread's cache or the arena.
+    /// A large block from the thread's cache or the arena: its descriptor, or null.
     #[inline]
-    fn take_large(&self, kind: usize, size: usize, align: usize) -> *mut u8 {
-        let p = heap::hot_take(kind, size, align);
-        if !p.is_null() {
-            return p;
+    fn take_large(&self, kind: usize, size: usize, align: usize) -> *mut large::Extent {
+        let e = heap::hot_take(kind, size, align);
+        if !e.is_null() {
+            return e;
         }
         // The thread's cache holds at least this many bytes, none of them a fit: before the
         // arena faults fresh pages in for this request, they go back, where they coalesce with
@@ -381,15 +383,15 @@ impl TensorPool {
         // resident, and only added to the dirty memory the bound then purged (the tensor
         // trace's requests 2-3 faulted 2,351 times instead of 0).
         if heap::hot_bytes_here() >= size {
-            let p = ARENA.alloc_resident(kind, size, align);
-            if !p.is_null() {
-                return p;
+            let e = ARENA.alloc_resident(kind, size, align);
+            if !e.is_null() {
+                return e;
             }
             heap::hot_flush();
         }
-        let p = ARENA.alloc(kind, size, align);
-        if !p.is_null() {
-            return p;
+        let e = ARENA.alloc(kind, size, align);
+        if !e.is_null() {
+            return e;
         }
         // The arena released everything free and still failed: give back this thread's hot
         // cache too and try a last time.

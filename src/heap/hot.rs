@@ -144,9 +144,9 @@ pub(crate) struct HotCounters {
 impl HotCache {
     /// Take a cached block of `kind` for a request of `size` bytes whose start is
     /// `align`-aligned: of its own class if there is one, else of up to four classes larger,
-    /// the most recently freed among the closest; null if there is none.
+    /// the most recently freed among the closest; its descriptor, or null if there is none.
     #[inline]
-    pub(crate) fn take(&mut self, kind: usize, size: usize, align: usize) -> *mut u8 {
+    pub(crate) fn take(&mut self, kind: usize, size: usize, align: usize) -> *mut Extent {
         if self.full == 0 {
             return ptr::null_mut();
         }
@@ -173,7 +173,7 @@ impl HotCache {
         let Some((_, _, i)) = best else {
             return ptr::null_mut();
         };
-        let (start, got) = (self.starts[i], self.held[i] as usize);
+        let got = self.held[i] as usize;
         let e = self.descs[i];
         self.empty(i, kind);
         self.shrink_claim();
@@ -184,7 +184,7 @@ impl HotCache {
         c.hits.add(1);
         c.requested.add(size as u64);
         c.granted.add(got as u64);
-        start
+        e
     }
 
     /// Cache a freed block, sending the coldest blocks back to their pools while over `limit`.

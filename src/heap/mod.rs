@@ -143,10 +143,10 @@ unsafe fn alloc_slow(kh: *mut KindHeap, class: usize, size: usize) -> *mut u8 {
                 // A sampled small request is served as a large block, whose descriptor carries
                 // the flag its free looks for.
                 let large = size.max(crate::class::SMALL_MAX + 1);
-                let p = ARENA.alloc(kind, large, crate::class::block_align(class));
-                if !p.is_null() {
-                    note_sampled(p, size, kind);
-                    return p;
+                let e = ARENA.alloc(kind, large, crate::class::block_align(class));
+                if !e.is_null() {
+                    note_sampled(e, size, kind);
+                    return crate::pool::large::start(e);
                 }
             }
             let b = pop((*kh).direct[class]);
@@ -257,7 +257,7 @@ pub(crate) unsafe fn free_local(page: *mut Page, b: *mut Block) {
 /// A large block of `kind` for a request of `size` bytes from the calling thread's cache, or
 /// null (the size bypasses the cache, or no match).
 #[inline]
-pub(crate) fn hot_take(kind: usize, size: usize, align: usize) -> *mut u8 {
+pub(crate) fn hot_take(kind: usize, size: usize, align: usize) -> *mut Extent {
     if size > hot::limit() {
         return core::ptr::null_mut();
     }
@@ -270,13 +270,15 @@ pub(crate) fn hot_take(kind: usize, size: usize, align: usize) -> *mut u8 {
     unsafe { (*heap).hot.take(kind, size, align) }
 }
 
-/// Flag the large block `p` (of `size` bytes asked, kind `kind`) as sampled and record it.
-pub(crate) fn note_sampled(p: *mut u8, size: usize, kind: usize) {
-    let e = ARENA.lookup(p);
-    if !e.is_null() {
-        // SAFETY: `e` is the live block at `p`, which the caller holds.
-        unsafe { crate::pool::large::set_sampled(e) };
-        crate::profile::record(p, size, kind);
+/// Flag the large block `e` (of `size` bytes asked, kind `kind`) as sampled and record it.
+///
+/// # Safety
+/// `e` is the descriptor of a live block the caller holds.
+pub(crate) unsafe fn note_sampled(e: *mut Extent, size: usize, kind: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        crate::pool::large::set_sampled(e);
+        crate::profile::record(crate::pool::large::start(e), size, kind);
     }
 }
 

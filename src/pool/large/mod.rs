@@ -108,6 +108,16 @@ pub(crate) unsafe fn block_info(e: *mut Extent) -> (*mut u8, usize, usize, usize
     }
 }
 
+/// The first byte of the live block `e` (what the program was handed).
+///
+/// # Safety
+/// `e` is the descriptor of a live block held by the caller.
+#[inline]
+pub(crate) unsafe fn start(e: *mut Extent) -> *mut u8 {
+    // SAFETY: the caller holds the block, so its descriptor is not changed by anyone else.
+    unsafe { (*e).start.load(Relaxed) as *mut u8 }
+}
+
 /// A live block entering its thread's hot cache: marked hot (so a second free is caught) and
 /// no longer known zero.
 ///

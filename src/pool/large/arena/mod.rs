@@ -450,23 +450,28 @@ impl Arena {
         }
     }
 
-    /// Allocate a large block of `kind`: its first byte, or null.
-    pub(crate) fn alloc(&self, kind: usize, size: usize, align: usize) -> *mut u8 {
-        self.alloc_in(kind, size, align, false)
+    /// Allocate a large block of `kind`: its descriptor (`large::start` is its first byte),
+    /// or null. The caller gets the descriptor so that it need not look it up again (scope,
+    /// sampling).
+    pub(crate) fn alloc(&self, kind: usize, size: usize, align: usize) -> *mut Extent {
+        self.take_in(Use::Block(kind), size, align, false)
     }
 
-    /// `alloc` from resident (dirty) memory only: null where it would fault fresh pages in.
-    pub(crate) fn alloc_resident(&self, kind: usize, size: usize, align: usize) -> *mut u8 {
-        self.alloc_in(kind, size, align, true)
-    }
-
-    fn alloc_in(&self, kind: usize, size: usize, align: usize, resident_only: bool) -> *mut u8 {
-        let e = self.take_in(Use::Block(kind), size, align, resident_only);
+    /// `alloc`, answering the block's first byte (or null): for tests and models, which hold
+    /// blocks by address as programs do.
+    #[cfg(any(test, loom))]
+    pub(crate) fn alloc_block(&self, kind: usize, size: usize, align: usize) -> *mut u8 {
+        let e = self.alloc(kind, size, align);
         if e.is_null() {
             return ptr::null_mut();
         }
-        // SAFETY: `e` is a live block we just made.
-        unsafe { (*e).start.load(Relaxed) as *mut u8 }
+        // SAFETY: `e` is the live block just made, held by the caller.
+        unsafe { super::start(e) }
+    }
+
+    /// `alloc` from resident (dirty) memory only: null where it would fault fresh pages in.
+    pub(crate) fn alloc_resident(&self, kind: usize, size: usize, align: usize) -> *mut Extent {
+        self.take_in(Use::Block(kind), size, align, true)
     }
 
     /// A small-block segment (`size` bytes aligned to `size`), or null.
@@ -616,100 +621,6 @@ impl Arena {
         }
         // SAFETY: the chain is the one taken under the lock.
         self.with(|s| unsafe { s.finish_purge(chain) });
-    }
-
-    /// Map a chunk of at least `bytes` for `zone` (outside the lock) and add it. False if the
-    /// OS refuses.
-    fn grow(&self, zone: usize, bytes: usize) -> bool {
-        let Some(min) = bytes.checked_next_multiple_of(CHUNK_ALIGN[zone]) else {
-            return false;
-        };
-        let want = self.with(|s| s.chunk_next[zone]).max(min);
-        // A seed for the first block chunk's place: the clock and this stack's address.
-        let seed =
-            (os::now_ns() ^ (&min as *const usize as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        for len in [want, min] {
-            let hint = self.with(|s| s.hint(zone, len, seed));
-            let p = regions::map_chunk(hint, len, CHUNK_ALIGN[zone]);
-            if !p.is_null() {
-                return self.with(|s| {
-                    // Blocks always; segments too, but for the lower half of the zone's first
-                    // chunk, one segment: its slab pages are taken lowest first, so a process
-                    // with a few KiB of small blocks keeps them on 4 KiB pages (a huge page
-                    // would hold 2 MiB resident for them), and one that reaches the upper half
-                    // uses over 32 slab pages, dense enough for a huge page. (A whole first
-                    // segment on 4 KiB pages cost a program with 900 MiB of small blocks 1,024
-                    // faults, 2x mimalloc's in all; a first chunk of 16 MiB, 4,096.)
-                    let advice = if zone == BLOCKS || s.chunk_next[zone] > CHUNK_MIN[zone] {
-                        (p as usize, len)
-                    } else {
-                        (p as usize + len / 2, len / 2)
-                    };
-                    if s.huge_pages {
-                        os::advise_huge(advice.0 as *mut u8, advice.1);
-                    } else if let Some(slot) = s.unadvised.iter_mut().find(|u| u.1 == 0) {
-                        *slot = advice;
-                    }
-                    if s.reserve(1) {
-                        s.add_chunk(zone, p as usize, len);
-                        true
-                    } else {
-                        os::unmap(p, len);
-                        false
-                    }
-                });
-            }
-            if len == min {
-                break;
-            }
-        }
-        false
-    }
-
-    /// The options were just read: where huge pages are on, advise the chunks mapped before, as
-    /// `grow` would have (pages already faulted stay as they are; the advice is for those to
-    /// come), and let the page map's later metadata chunks be huge pages.
-    pub(crate) fn advise_early_chunks(&self) {
-        let chunks = self.with(|s| {
-            s.meta.set_huge(s.huge_pages);
-            s.map_meta.set_huge(s.huge_pages);
-            if s.huge_pages {
-                core::mem::take(&mut s.unadvised)
-            } else {
-                [(0, 0); 4]
-            }
-        });
-        for (p, len) in chunks {
-            if len != 0 {
-                os::advise_huge(p as *mut u8, len);
-            }
-        }
-    }
-
-    /// The OS refused memory: unmap every free extent (dirty and clean, so that both memory
-    /// and address space go back), to try once more.
-    pub(crate) fn recover(&self) {
-        let chain = self.with(|s| {
-            s.totals.recoveries += 1;
-            s.take_for_unmap(true)
-        });
-        self.unmap_chain(chain);
-    }
-
-    fn unmap_chain(&self, chain: *mut Extent) {
-        if chain.is_null() {
-            return;
-        }
-        let mut e = chain;
-        while !e.is_null() {
-            // SAFETY: `Busy` extents cut out of their regions are ours alone.
-            unsafe {
-                os::unmap((*e).base as *mut u8, (*e).size);
-                e = (*e).lru_next;
-            }
-        }
-        // SAFETY: the chain is the one taken under the lock.
-        self.with(|s| unsafe { s.finish_unmap(chain) });
     }
 
     /// Return every dirty page to the OS and unmap the regions left wholly free. Returns the

@@ -48,7 +48,7 @@ fn random_operations_keep_every_invariant() {
                 };
                 let align = [64, 64, 4096, 1 << 16, 2 * MIB][rnd(5)];
                 let kind = rnd(NUM_KINDS as u64);
-                let p = a.alloc(kind, size, align);
+                let p = a.alloc_block(kind, size, align);
                 assert!(!p.is_null());
                 assert_eq!(p as usize % align, 0);
                 let v = step as u8;
@@ -109,7 +109,7 @@ fn random_operations_keep_every_invariant() {
 fn coalesced_memory_of_any_kind_serves_any_kind() {
     let (a, _serial) = arena();
     a.with(|s| s.decay.set_ms(-1));
-    let blocks: Vec<_> = (0..3).map(|k| a.alloc(k, 3 * MIB, 64)).collect();
+    let blocks: Vec<_> = (0..3).map(|k| a.alloc_block(k, 3 * MIB, 64)).collect();
     let base = a.census();
     for &p in &blocks {
         // SAFETY: live, freed once.
@@ -122,7 +122,7 @@ fn coalesced_memory_of_any_kind_serves_any_kind() {
         assert!(c.cached_bytes >= 3 * MIB as u64, "{c:?}");
     }
     let misses = a.with(|s| s.kinds[5].misses);
-    let q = a.alloc(5, 8 * MIB, 64);
+    let q = a.alloc_block(5, 8 * MIB, 64);
     assert!(!q.is_null());
     let k5 = a.with(|s| s.kinds[5]);
     assert_eq!(k5.misses, misses, "served from coalesced dirty memory");
@@ -144,8 +144,8 @@ fn coalesced_memory_of_any_kind_serves_any_kind() {
 fn blocks_grow_and_shrink_in_place() {
     let (a, _serial) = arena();
     a.with(|s| s.decay.set_ms(-1));
-    let p = a.alloc(2, 4 * MIB, 64);
-    let q = a.alloc(2, 4 * MIB, 64);
+    let p = a.alloc_block(2, 4 * MIB, 64);
+    let q = a.alloc_block(2, 4 * MIB, 64);
     fill(p, 4 * MIB, 7);
     // SAFETY: live, freed once.
     unsafe { a.free(a.lookup(q)) };
@@ -174,7 +174,7 @@ fn chunks_that_touch_form_one_region() {
     let (a, _serial) = arena();
     a.with(|s| s.decay.set_ms(-1));
     let ps: Vec<_> = (0..6)
-        .map(|i| a.alloc(i % NUM_KINDS, 30 * MIB, 64))
+        .map(|i| a.alloc_block(i % NUM_KINDS, 30 * MIB, 64))
         .collect();
     let c = a.census();
     let maps = a.with(|s| s.totals.chunk_maps);
@@ -203,9 +203,9 @@ fn decay_returns_idle_memory_only() {
     // Far ahead of the real clock, which the allocations themselves read.
     let t0 = os::coarse_now_ns() + 3_600_000 * MS;
     a.tick_at(t0);
-    let p = a.alloc(1, 20 * MIB, 64);
+    let p = a.alloc_block(1, 20 * MIB, 64);
     fill(p, 20 * MIB, 1);
-    let q = a.alloc(1, 20 * MIB, 64);
+    let q = a.alloc_block(1, 20 * MIB, 64);
     // SAFETY: live, freed once.
     unsafe { a.free(a.lookup(p)) };
     a.tick_at(t0 + 500 * MS);
@@ -236,8 +236,8 @@ fn purges_take_whole_huge_pages_first() {
             s.huge_pages = huge;
         });
         let size = 5 * MIB + 12 * 1024;
-        let x = a.alloc(1, size, 64);
-        let y = a.alloc(1, MIB, 64);
+        let x = a.alloc_block(1, size, 64);
+        let y = a.alloc_block(1, MIB, 64);
         // SAFETY: live, freed once.
         unsafe { a.free(a.lookup(x)) };
         let (base, len, cuts) = a.with(|s| {
