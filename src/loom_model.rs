@@ -339,3 +339,98 @@ impl SpinFlag {
         self.0.unlock();
     }
 }
+
+/// A heap's return list of large blocks (`heap::returns`), over descriptors the model makes
+/// (`new_block`): pushes by any thread, takes, closing and opening, as the allocator runs them.
+pub struct ReturnList(crate::heap::returns::Returns);
+
+/// What became of a pushed block (`ReturnList::push`).
+#[derive(Debug)]
+pub enum Pushed {
+    /// On the list.
+    Sent,
+    /// The list was closed: the pusher keeps the block.
+    Closed,
+    /// The list was at its bound: the pusher took these blocks (the list's and its own) to free.
+    Full(Vec<usize>),
+}
+
+/// A hot large-block descriptor of `bytes` (page multiple) and `kind`, for a return list; an
+/// address of its own, never dereferenced as memory.
+pub fn new_block(bytes: usize, kind: usize) -> usize {
+    use crate::pool::large::{Extent, State};
+    let mut e = Box::new(Extent::EMPTY);
+    let base = &*e as *const Extent as usize;
+    e.base = base;
+    e.size = bytes;
+    e.kind = kind as u8;
+    e.start.store(base, core::sync::atomic::Ordering::Relaxed);
+    e.set_state(State::Hot);
+    Box::into_raw(e) as usize
+}
+
+/// Free a descriptor `new_block` made.
+///
+/// # Safety
+/// `b` came from `new_block`, is on no list, and is freed once.
+pub unsafe fn drop_block(b: usize) {
+    // SAFETY: the caller's contract.
+    drop(unsafe { Box::from_raw(b as *mut crate::pool::large::Extent) });
+}
+
+fn chain_to_vec(mut e: *mut crate::pool::large::Extent) -> Vec<usize> {
+    let mut v = Vec::new();
+    while !e.is_null() {
+        v.push(e as usize);
+        // SAFETY: a chain taken whole is the taker's.
+        e = unsafe { crate::pool::large::returned_next(e) };
+    }
+    v
+}
+
+impl ReturnList {
+    /// An open, empty list.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        Self(crate::heap::returns::Returns::new())
+    }
+
+    /// Send block `b` back, keeping the list within `limit` bytes.
+    ///
+    /// # Safety
+    /// `b` came from `new_block`, is held by the caller and on no list.
+    pub unsafe fn push(&self, b: usize, limit: usize) -> Pushed {
+        use crate::heap::returns::Push;
+        let e = b as *mut crate::pool::large::Extent;
+        // SAFETY: the caller's contract.
+        let (_, _, bytes, kind) = unsafe { crate::pool::large::block_info(e) };
+        // SAFETY: as above.
+        match unsafe { self.0.push(e, bytes, kind, limit) } {
+            Push::Sent => Pushed::Sent,
+            Push::Closed => Pushed::Closed,
+            Push::Full(chain) => Pushed::Full(chain_to_vec(chain)),
+        }
+    }
+
+    /// Take every block on the list.
+    pub fn take(&self) -> Vec<usize> {
+        chain_to_vec(self.0.take())
+    }
+
+    /// Close the list; what was on it.
+    pub fn close(&self) -> Vec<usize> {
+        chain_to_vec(self.0.close())
+    }
+
+    /// Open a closed list.
+    pub fn open(&self) {
+        self.0.open();
+    }
+
+    /// Bytes the list counts as on it, all kinds.
+    pub fn bytes(&self) -> u64 {
+        (0..crate::kind::NUM_KINDS)
+            .map(|k| self.0.kind_bytes(k))
+            .sum()
+    }
+}

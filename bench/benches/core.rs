@@ -81,20 +81,40 @@ fn window(a: &dyn GlobalAlloc) {
     }
 }
 
+/// Sizes from 64 B to 64 KiB, log-uniform: a fifth of them above the 16 KiB small classes.
+fn sizes_to_64k(n: usize, seed: u64) -> Vec<Layout> {
+    let mut r = Rng(seed);
+    (0..n)
+        .map(|_| {
+            let u = (r.next() % 1_000_000) as f64 / 1e6;
+            let size = (64.0 * 1024f64.powf(u)) as usize;
+            Layout::from_size_align(size, 8).unwrap()
+        })
+        .collect()
+}
+
 /// Producer/consumer: one thread allocates, another frees (cross-thread frees), through a
-/// lock-free single-producer single-consumer ring.
+/// lock-free single-producer single-consumer ring; blocks of 8..1024 bytes.
 fn producer_consumer(a: &'static (dyn GlobalAlloc + Sync)) {
-    const N: usize = 1_000_000;
+    producer_consumer_of(a, sizes(1024, 3), 1_000_000)
+}
+
+/// The same with blocks of 64 B-64 KiB, log-uniform.
+fn producer_consumer_64k(a: &'static (dyn GlobalAlloc + Sync)) {
+    producer_consumer_of(a, sizes_to_64k(1024, 4), 300_000)
+}
+
+fn producer_consumer_of(a: &'static (dyn GlobalAlloc + Sync), ls: Vec<Layout>, n: usize) {
     const CAP: usize = 1024;
     let ring: Arc<Vec<AtomicPtr<u8>>> = Arc::new(
         (0..CAP)
             .map(|_| AtomicPtr::new(std::ptr::null_mut()))
             .collect(),
     );
-    let ls = Arc::new(sizes(1024, 3));
+    let ls = Arc::new(ls);
     let (r2, l2) = (ring.clone(), ls.clone());
     let consumer = std::thread::spawn(move || {
-        for i in 0..N {
+        for i in 0..n {
             let slot = &r2[i % CAP];
             let p = loop {
                 let p = slot.swap(std::ptr::null_mut(), Ordering::Acquire);
@@ -106,7 +126,7 @@ fn producer_consumer(a: &'static (dyn GlobalAlloc + Sync)) {
             unsafe { a.dealloc(p, l2[i % l2.len()]) };
         }
     });
-    for i in 0..N {
+    for i in 0..n {
         let l = ls[i % ls.len()];
         let p = unsafe { a.alloc(l) };
         unsafe { *p = i as u8 };
@@ -290,10 +310,11 @@ fn churn(a: &dyn GlobalAlloc) {
 }
 
 type Workload = fn(&'static (dyn GlobalAlloc + Sync));
-const WORKLOADS: [(&str, Workload); 9] = [
+const WORKLOADS: [(&str, Workload); 10] = [
     ("pairs 8..1024 (1M)", |a| pairs(a)),
     ("window of 1,000 live (1M)", |a| window(a)),
     ("producer/consumer (1M)", producer_consumer),
+    ("producer/consumer to 64K (300k)", producer_consumer_64k),
     ("larson-like, 2 threads (1M)", larson),
     ("false sharing, 2 threads", false_sharing),
     ("cache-scratch, 2 threads", cache_scratch),

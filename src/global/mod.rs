@@ -352,6 +352,8 @@ impl TensorPool {
         if e.is_null() {
             return ptr::null_mut();
         }
+        // SAFETY: `e` is the block just handed to this thread.
+        unsafe { heap::claim_large(e) };
         // SAFETY: `e` is the block just handed to this thread, held by it.
         let p = unsafe { large::start(e) };
         let scope = crate::scope::current();

@@ -2,8 +2,9 @@
 //! thread's share of the last-level cache (the L3 budget as the allocator applies it; the budget
 //! as users see it is `budget::L3Budget`).
 //!
-//! A large block freed by a thread goes onto that thread's hot cache (no lock, no shared write)
-//! when it is no larger than the thread's limit; the thread's next request of the same kind and
+//! A large block freed by the thread that took it goes onto that thread's hot cache (no lock, no
+//! shared write) when it is no larger than the thread's limit (freed by another thread, it is
+//! sent back to this one first: `returns`); the thread's next request of the same kind and
 //! class takes the most recently freed match, whose lines are the likeliest still to be in cache.
 //! While the cache holds more than the limit (or more than `HOT_SLOTS` blocks), its coldest blocks
 //! flow back to the arena, where any thread can reuse them and decay, the bound and capacities
@@ -194,10 +195,38 @@ impl HotCache {
     /// `e` is the descriptor of a live large block, freed by this call if it returns true.
     pub(crate) unsafe fn put(&mut self, e: *mut Extent, limit: usize) -> bool {
         // SAFETY: the caller's contract.
-        let (start, usable, bytes, kind) = unsafe { large::block_info(e) };
+        let (_, _, bytes, kind) = unsafe { large::block_info(e) };
         if bytes > limit {
             return false;
         }
+        // SAFETY: as above.
+        let cached = unsafe { self.insert(e, limit) };
+        if cached {
+            note_held(kind, false, bytes as u64);
+        }
+        cached
+    }
+
+    /// Cache a block another thread freed and sent back to this one (`returns`): already hot,
+    /// and already subtracted from the program's held bytes. Returns false (caching nothing) if
+    /// the cache cannot hold it.
+    ///
+    /// # Safety
+    /// `e` is a hot block taken from this heap's return list.
+    pub(crate) unsafe fn put_returned(&mut self, e: *mut Extent, limit: usize) -> bool {
+        // SAFETY: the caller's contract.
+        let bytes = unsafe { large::block_info(e) }.2;
+        // SAFETY: as above.
+        bytes <= limit && unsafe { self.insert(e, limit) }
+    }
+
+    /// Put a block of at most `limit` bytes into a slot, making room.
+    ///
+    /// # Safety
+    /// As `put`.
+    unsafe fn insert(&mut self, e: *mut Extent, limit: usize) -> bool {
+        // SAFETY: the caller's contract.
+        let (start, usable, bytes, kind) = unsafe { large::block_info(e) };
         while self.full == u32::MAX || self.bytes + bytes > limit {
             self.flow_back_coldest();
         }
@@ -236,7 +265,6 @@ impl HotCache {
         self.full |= 1 << i;
         self.bytes += bytes;
         self.counters[kind].bytes.add(bytes as u64);
-        note_held(kind, false, bytes as u64);
         true
     }
 
@@ -301,7 +329,7 @@ fn class_below(bytes: usize) -> usize {
 /// bytes change (`stats::HELD`), and the timeline, if recording, gets a sample, since the arena
 /// sees neither event.
 #[inline(always)]
-fn note_held(kind: usize, taken: bool, bytes: u64) {
+pub(crate) fn note_held(kind: usize, taken: bool, bytes: u64) {
     if taken {
         crate::stats::held_add(kind, bytes);
     } else {

@@ -16,8 +16,9 @@
 //!
 //! - `types`: the heap structures and the static empty ones; `pages`: the owner's slow path and
 //!   page lists; `remote`: frees of other heaps' blocks; `registry`: heaps, thread start and exit,
-//!   fork; `hot`: the thread cache of large blocks; `tag`: the thread's kind; `census` (checks
-//!   and models only): the structure checked block by block.
+//!   fork; `hot`: the thread cache of large blocks; `returns`: large blocks freed by other
+//!   threads on their way back to the thread that took them; `tag`: the thread's kind; `census`
+//!   (checks and models only): the structure checked block by block.
 
 #[cfg(any(loom, feature = "check"))]
 pub(crate) mod census;
@@ -26,6 +27,7 @@ pub(crate) mod pages;
 pub(crate) mod registry;
 pub(crate) mod remote;
 pub(crate) mod report;
+pub(crate) mod returns;
 pub(crate) mod tag;
 pub(crate) mod types;
 
@@ -267,7 +269,37 @@ pub(crate) fn hot_take(kind: usize, size: usize, align: usize) -> *mut Extent {
         return core::ptr::null_mut();
     }
     // SAFETY: the heap is the calling thread's own.
-    unsafe { (*heap).hot.take(kind, size, align) }
+    unsafe {
+        let e = (*heap).hot.take(kind, size, align);
+        if !e.is_null() {
+            return e;
+        }
+        // No fit: take the blocks other threads sent back into the cache, and look again.
+        let mut r = (*heap).returns.take();
+        if r.is_null() {
+            return r;
+        }
+        let limit = hot::limit();
+        while !r.is_null() {
+            let next = crate::pool::large::returned_next(r);
+            if !(*heap).hot.put_returned(r, limit) {
+                ARENA.free(r);
+            }
+            r = next;
+        }
+        (*heap).hot.take(kind, size, align)
+    }
+}
+
+/// Make the calling thread the owner of the large block `e` it was just given, so a free by
+/// another thread sends the block back to it.
+///
+/// # Safety
+/// `e` is a live large block the calling thread holds.
+#[inline]
+pub(crate) unsafe fn claim_large(e: *mut Extent) {
+    // SAFETY: the caller's contract.
+    unsafe { crate::pool::large::set_owner(e, current_heap() as usize) }
 }
 
 /// Flag the large block `e` (of `size` bytes asked, kind `kind`) as sampled and record it.
@@ -320,9 +352,37 @@ fn heap_or_init() -> *mut types::Heap {
 pub(crate) unsafe fn hot_put(e: *mut Extent) -> bool {
     let limit = hot::limit();
     let heap = current_heap();
+    if limit == 0 {
+        return false;
+    }
+    // SAFETY: the caller's contract: `e` is a live block it holds.
+    let owner = unsafe { crate::pool::large::owner(e) } as *mut types::Heap;
+    if !owner.is_null() && owner != heap {
+        // Another thread's block: back to it (see `returns`), unless its heap is closed.
+        // SAFETY: as above; owners are heaps, never freed, and their lists are atomic.
+        unsafe {
+            let (_, _, bytes, kind) = crate::pool::large::block_info(e);
+            if bytes > limit {
+                return false;
+            }
+            crate::pool::large::prepare_hot(e);
+            hot::note_held(kind, false, bytes as u64);
+            match (*owner).returns.push(e, bytes, kind, limit) {
+                returns::Push::Sent => return true,
+                returns::Push::Full(chain) => {
+                    free_chain(chain);
+                    return true;
+                }
+                returns::Push::Closed => {
+                    // Kept here instead, as a block of this thread's.
+                    hot::note_held(kind, true, bytes as u64);
+                }
+            }
+        }
+    }
     // SAFETY: a non-null current heap is the calling thread's own; the caller's contract covers
     // `e`.
-    !heap.is_null() && limit > 0 && unsafe { (*heap).hot.put(e, limit) }
+    !heap.is_null() && unsafe { (*heap).hot.put(e, limit) }
 }
 
 /// Send the calling thread's cache of large blocks back to the arena.
@@ -350,8 +410,9 @@ pub(crate) fn hot_totals() -> [u64; NUM_KINDS] {
     let mut t = [0; NUM_KINDS];
     HEAPS.for_each(|h| {
         for (k, b) in t.iter_mut().enumerate() {
-            // SAFETY: heaps are never freed; only the counter (an atomic) is borrowed.
-            *b += unsafe { &*core::ptr::addr_of!((*h).hot.counters[k].bytes) }.get();
+            // SAFETY: heaps are never freed; only atomics are borrowed.
+            *b += unsafe { &*core::ptr::addr_of!((*h).hot.counters[k].bytes) }.get()
+                + unsafe { (*h).returns.kind_bytes(k) };
         }
     });
     t
@@ -363,7 +424,8 @@ pub(crate) fn hot_totals() -> [u64; NUM_KINDS] {
 
 /// `trim`'s part: send the calling thread's cache of large blocks and its batch of remote frees
 /// back, take back the remote frees of its pages and of abandoned heaps, and give every empty
-/// page and segment back.
+/// page and segment back; the large blocks on their way back to any thread go to the arena (a
+/// thread that sleeps keeps no memory in transit past a `trim`).
 pub(crate) fn collect() {
     remote::flush_here();
     let heap = current_heap();
@@ -374,7 +436,25 @@ pub(crate) fn collect() {
             pages::collect_all(heap);
         }
     }
+    // SAFETY: heaps are never freed; their return lists are atomic, and a chain taken whole is
+    // ours.
+    HEAPS.for_each(|h| unsafe { free_chain((*h).returns.take()) });
     registry::collect_abandoned();
+}
+
+/// Free a chain of hot blocks (linked through `returned_next`) to the arena.
+///
+/// # Safety
+/// The caller took the chain whole from a return list (or built it of blocks it holds).
+pub(crate) unsafe fn free_chain(mut e: *mut Extent) {
+    while !e.is_null() {
+        // SAFETY: the chain's blocks are the caller's; each is read before it is freed.
+        unsafe {
+            let next = crate::pool::large::returned_next(e);
+            ARENA.free(e);
+            e = next;
+        }
+    }
 }
 
 /// The thread heaps' figures per kind, and the segments taken from the arena and given back, for
@@ -395,7 +475,7 @@ pub(crate) fn totals() -> ([HeapPart; NUM_KINDS], u64, u64) {
                 t.granted += c.retired_granted.get();
                 t.new_pages += c.new_pages.get();
                 let hot = &*core::ptr::addr_of!((*h).hot.counters[k]);
-                t.hot_bytes += hot.bytes.get();
+                t.hot_bytes += hot.bytes.get() + (*h).returns.kind_bytes(k);
                 t.hot_hits += hot.hits.get();
                 t.hot_requested += hot.requested.get();
                 t.hot_granted += hot.granted.get();

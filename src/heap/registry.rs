@@ -5,6 +5,7 @@
 
 use super::pages;
 use super::remote;
+use super::returns::Returns;
 use super::tag;
 use super::types::{empty_kind_heap, empty_page, Heap, CUR};
 use crate::class::NUM_SMALL;
@@ -40,6 +41,8 @@ impl Registry {
         let mut h = self.head.load(Ordering::Acquire);
         while !h.is_null() {
             if try_adopt(h) {
+                // SAFETY: heaps on the registry are never freed; the list is atomic.
+                unsafe { (*h).returns.open() };
                 return h;
             }
             // SAFETY: heaps on the registry are never freed; `next_heap` was set before
@@ -65,6 +68,7 @@ impl Registry {
             ptr::addr_of_mut!((*h).delayed)
                 .write(CachePadded::new(AtomicPtr::new(ptr::null_mut())));
             ptr::addr_of_mut!((*h).in_use).write(AtomicBool::new(true));
+            ptr::addr_of_mut!((*h).returns).write(CachePadded::new(Returns::new()));
             let mut head = self.head.load(Ordering::Relaxed);
             loop {
                 (*h).next_heap = head;
@@ -181,8 +185,8 @@ unsafe extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
     unsafe { abandon(arg.cast::<Heap>()) }
 }
 
-/// Leave a heap for another thread to adopt: send its cache of large blocks back, take back its
-/// remote frees, give its empty pages and spare segment back, then mark it free. Other threads
+/// Leave a heap for another thread to adopt: send its cache of large blocks back, and those on
+/// their way back to it (closing its return list), take back its remote frees, give its empty pages and spare segment back, then mark it free. Other threads
 /// may go on freeing its blocks meanwhile; those frees wait on its pages for the adopter.
 ///
 /// # Safety
@@ -191,6 +195,7 @@ pub(crate) unsafe fn abandon(heap: *mut Heap) {
     // SAFETY: owner-only access until the final store hands the heap over.
     unsafe {
         (*heap).hot.flush();
+        super::free_chain((*heap).returns.close());
         for k in 0..NUM_KINDS {
             let kh = ptr::addr_of_mut!((*heap).kinds[k]);
             for class in 0..NUM_SMALL {

@@ -2,6 +2,7 @@
 //! thread-local pointer the fast path starts from.
 
 use super::hot::HotCache;
+use super::returns::Returns;
 use crate::class::NUM_SMALL;
 use crate::kind::NUM_KINDS;
 use crate::pool::slab::{Page, Segment};
@@ -69,6 +70,8 @@ pub(crate) struct Heap {
     pub(crate) seg_unmaps: Stat,
     /// The thread's cache of freed large blocks (see `hot`).
     pub(crate) hot: HotCache,
+    /// Large blocks this heap took that other threads freed, on their way back (see `returns`).
+    pub(crate) returns: CachePadded<Returns>,
 }
 
 /// A wrapper making the static empty structures `Sync`: they are only ever read.

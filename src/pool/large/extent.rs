@@ -97,6 +97,11 @@ pub(crate) struct Extent {
     /// Dirty: how many of its bytes each kind (and `SLAB`, returned segments) released; they sum
     /// to `size`. Coalescing adds them; a request takes its own kind's share first.
     pub(crate) shares: [u64; ATTRS],
+    /// Live: the thread heap that took the block (opaque here; 0: none), to which a free by
+    /// another thread sends it back (`heap::returns`).
+    pub(crate) owner: usize,
+    /// Hot, on its way back to `owner`: the next block of that heap's return list.
+    pub(crate) returned_next: *mut Extent,
 }
 
 /// Which shares a split takes first (see `Extent::take_shares`).
@@ -138,6 +143,8 @@ impl Extent {
         lru_next: ptr::null_mut(),
         released: 0,
         shares: [0; ATTRS],
+        owner: 0,
+        returned_next: ptr::null_mut(),
     };
 
     /// One past the last byte.

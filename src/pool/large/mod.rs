@@ -202,6 +202,46 @@ pub(crate) unsafe fn rescope(e: *mut Extent, before: usize) {
     }
 }
 
+/// The thread heap that took the live block `e` (0: none recorded).
+///
+/// # Safety
+/// The caller holds the block.
+#[inline]
+pub(crate) unsafe fn owner(e: *mut Extent) -> usize {
+    // SAFETY: the caller's contract: nobody else changes a held block's descriptor.
+    unsafe { (*e).owner }
+}
+
+/// Record the heap taking the live block `e`.
+///
+/// # Safety
+/// The caller holds the block.
+#[inline]
+pub(crate) unsafe fn set_owner(e: *mut Extent, heap: usize) {
+    // SAFETY: as in `owner`.
+    unsafe { (*e).owner = heap }
+}
+
+/// The link of a hot block on a return list (see `heap::returns`).
+///
+/// # Safety
+/// `e` is a hot block on its way back, held by the list's pusher or taker.
+#[inline]
+pub(crate) unsafe fn returned_next(e: *mut Extent) -> *mut Extent {
+    // SAFETY: the caller's contract.
+    unsafe { (*e).returned_next }
+}
+
+/// Set the link of a hot block being pushed onto a return list.
+///
+/// # Safety
+/// As in `returned_next`.
+#[inline]
+pub(crate) unsafe fn set_returned_next(e: *mut Extent, next: *mut Extent) {
+    // SAFETY: the caller's contract.
+    unsafe { (*e).returned_next = next }
+}
+
 /// A block from a hot cache handed out again.
 ///
 /// # Safety

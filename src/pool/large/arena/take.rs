@@ -186,6 +186,7 @@ impl ArenaState {
                 Use::Block(kind) => {
                     (*e).kind = kind as u8;
                     (*e).sampled = false;
+                    (*e).owner = 0;
                     (*e).start.store((*e).base + off, Relaxed);
                     (*e).set_state(State::Live);
                     map.set((*e).base, e.cast());
