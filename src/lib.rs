@@ -53,6 +53,7 @@ mod sync;
 mod text;
 mod tiles;
 mod timeline;
+mod tls;
 mod topology;
 
 pub use adapter::{DType, Tensor, TensorError};

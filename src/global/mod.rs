@@ -600,6 +600,7 @@ pub(crate) fn invalid_free(p: *mut u8, what: &str) -> ! {
 impl TensorPool {
     /// A block of at least `size` bytes (a minimal block for 0) aligned to `align`, zeroed if
     /// `zeroed`. Null if `align` is not a power of two, the size overflows, or the OS refuses.
+    #[inline]
     pub fn alloc_raw(&self, size: usize, align: usize, zeroed: bool) -> *mut u8 {
         let Ok(layout) = Layout::from_size_align(size.max(1), align) else {
             return ptr::null_mut();
@@ -618,6 +619,7 @@ impl TensorPool {
     ///
     /// # Safety
     /// `p` is null or a live block of this allocator, freed once.
+    #[inline]
     pub unsafe fn free_raw(&self, p: *mut u8) {
         if !p.is_null() {
             // SAFETY: the caller's contract.

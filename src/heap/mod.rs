@@ -3,9 +3,9 @@
 //!
 //! Each thread owns a `Heap` with one `KindHeap` per tensor kind; a kind heap has, per size class,
 //! a *direct* page (the page the fast path pops from), a queue of pages that may have free blocks
-//! and a list of full pages. The thread-local `CUR` points at the kind heap of the thread's current
+//! and a list of full pages. The thread-local `types::cur` points at the kind heap of the thread's current
 //! tag, so routing by kind costs the fast path nothing: allocation is one thread-local load, one
-//! table load and a free-list pop; a new thread's `CUR` points at a static empty kind heap whose
+//! table load and a free-list pop; a new thread's `cur` is a static empty kind heap whose
 //! direct pages are a static empty page, so the fast path never tests for "no heap yet".
 //!
 //! Frees find the block's page from its address. A free by the owning thread pushes onto the
@@ -36,7 +36,7 @@ use crate::pool::large::{Extent, ARENA};
 use crate::pool::slab::{self, Block, Page, Segment};
 use crate::stats::{HeapPart, SlabCounts};
 use registry::{init_thread, HEAPS};
-use types::{current_heap, KindHeap, CUR};
+use types::{cur, current_heap, KindHeap};
 
 // ---------------------------------------------------------------------------------------------
 // Allocation
@@ -46,8 +46,8 @@ use types::{current_heap, KindHeap, CUR};
 /// thread's current kind.
 #[inline(always)]
 pub(crate) fn alloc_small(class: usize, size: usize) -> *mut u8 {
-    let kh = CUR.get();
-    // SAFETY: `CUR` always points at a valid kind heap (the static empty one or the thread's own)
+    let kh = cur::get();
+    // SAFETY: `cur` always points at a valid kind heap (the static empty one or the thread's own)
     // and `class < NUM_SMALL` by the caller's lookup.
     unsafe { pop_or_slow(kh, class, size) }
 }

@@ -7,7 +7,7 @@ use super::pages;
 use super::remote;
 use super::returns::Returns;
 use super::tag;
-use super::types::{empty_kind_heap, empty_page, Heap, CUR};
+use super::types::{cur, empty_kind_heap, empty_page, Heap};
 use crate::class::NUM_SMALL;
 use crate::kind::NUM_KINDS;
 use crate::os;
@@ -133,7 +133,7 @@ shared_static! {
 /// OS refuses memory.
 ///
 /// # Safety
-/// The calling thread has no heap (its `CUR` is the static empty kind heap).
+/// The calling thread has no heap (its current kind heap, `cur`, is the static empty one).
 #[cold]
 pub(crate) unsafe fn init_thread() -> *mut Heap {
     if !FORK_HANDLER.load(Ordering::Acquire) && !FORK_HANDLER.swap(true, Ordering::AcqRel) {
@@ -179,7 +179,7 @@ fn exit_key() -> usize {
 /// Thread-exit destructor: publish the thread's batch of remote frees, then abandon its heap.
 unsafe extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
     remote::flush_here();
-    CUR.set(empty_kind_heap());
+    cur::set(empty_kind_heap());
     // SAFETY: the heap was this thread's; from now on this thread allocates through a new heap
     // (acquired again if a later destructor allocates), so nothing else touches this one.
     unsafe { abandon(arg.cast::<Heap>()) }

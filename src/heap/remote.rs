@@ -15,7 +15,6 @@
 use super::types::{current_heap, Heap};
 use crate::pool::slab::{self, Block, Page};
 use crate::sync::Ordering;
-use core::cell::UnsafeCell;
 use core::ptr;
 
 /// Destination pages a batch gathers at once.
@@ -23,9 +22,10 @@ const BATCH_PAGES: usize = 8;
 /// Blocks a batch holds before it is published.
 const BATCH_MAX: u32 = 64;
 
-thread_local! {
-    /// The calling thread's batch of frees of other heaps' blocks.
-    static BATCH: UnsafeCell<Batch> = const { UnsafeCell::new(Batch::new()) };
+crate::tls::fast_thread_local! {
+    /// The calling thread's batch of frees of other heaps' blocks (all zero is the empty batch:
+    /// null pointers and zero counts).
+    mod batch_slot: Batch = zeroed;
 }
 
 /// A thread's frees of blocks owned by other heaps, chained per destination page.
@@ -42,6 +42,8 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
+    /// An empty batch (all zero, as a thread's starts).
+    #[cfg(loom)]
     pub(crate) const fn new() -> Self {
         Self {
             page: [ptr::null_mut(); BATCH_PAGES],
@@ -130,11 +132,9 @@ pub(crate) unsafe fn free_remote(page: *mut Page, b: *mut Block) {
         unsafe { publish(page, b, b, 1) };
         return;
     }
-    BATCH.with(|batch| {
-        // SAFETY: the batch is this thread's alone and no other borrow of it is live; the
-        // caller's contract covers `b`.
-        unsafe { (*batch.get()).push(page, b) }
-    });
+    // SAFETY: the batch is this thread's alone and no other borrow of it is live; the caller's
+    // contract covers `b`.
+    unsafe { (*batch_slot::addr()).push(page, b) }
 }
 
 /// The checks of a free by a thread that does not own the page (`free-checks`): the address
@@ -166,13 +166,11 @@ pub(crate) unsafe fn check_remote(page: *mut Page, b: *mut Block) {
 
 /// Publish the calling thread's batch (its slow path, its exit).
 pub(crate) fn flush_here() {
-    BATCH.with(|batch| {
-        // SAFETY: the batch is this thread's alone.
-        let batch = unsafe { &mut *batch.get() };
-        if batch.pages > 0 {
-            batch.flush();
-        }
-    });
+    // SAFETY: the batch is this thread's alone.
+    let batch = unsafe { &mut *batch_slot::addr() };
+    if batch.pages > 0 {
+        batch.flush();
+    }
 }
 
 /// Push the chain `head..=tail` of `n` blocks onto `page`'s remote list, and put the page on its

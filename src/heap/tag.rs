@@ -1,7 +1,7 @@
 //! The calling thread's tensor kind (its *tag*): which kind its global allocations go to. Setting
 //! it repoints the thread's current kind heap, so the allocation fast path pays nothing for kinds.
 
-use super::types::{current_heap, CUR};
+use super::types::{cur, current_heap};
 use crate::kind::{TensorKind, NUM_KINDS};
 use core::cell::Cell;
 use core::ptr;
@@ -23,17 +23,17 @@ pub(crate) fn set(kind: usize) -> usize {
     let prev = TAG.replace(kind as u8);
     let heap = current_heap();
     if !heap.is_null() {
-        // A thread in a slow-only mode stays in it: `CUR` is then its heap's slow kind heap.
+        // A thread in a slow-only mode stays in it: `cur` is then its heap's slow kind heap.
         // SAFETY: a non-null current heap is this thread's own; `kind < NUM_KINDS`.
         unsafe {
-            let slow = CUR.get() == ptr::addr_of_mut!((*heap).slow);
+            let slow = cur::get() == ptr::addr_of_mut!((*heap).slow);
             point_at(heap, kind, slow);
         }
     }
     prev as usize
 }
 
-/// Point `CUR` at `heap`'s kind heap for `kind`, or, if `slow` (a slow-only mode, decided when
+/// Point `cur` at `heap`'s kind heap for `kind`, or, if `slow` (a slow-only mode, decided when
 /// the thread gets its heap or the allocator configures itself), at its slow kind heap, which
 /// then carries the kind.
 ///
@@ -44,9 +44,9 @@ pub(crate) unsafe fn point_at(heap: *mut super::types::Heap, kind: usize, slow: 
     unsafe {
         if slow {
             (*heap).slow.kind = kind as u8;
-            CUR.set(ptr::addr_of_mut!((*heap).slow));
+            cur::set(ptr::addr_of_mut!((*heap).slow));
         } else {
-            CUR.set(ptr::addr_of_mut!((*heap).kinds[kind]));
+            cur::set(ptr::addr_of_mut!((*heap).kinds[kind]));
         }
     }
 }

@@ -7,7 +7,6 @@ use crate::class::NUM_SMALL;
 use crate::kind::NUM_KINDS;
 use crate::pool::slab::{Page, Segment};
 use crate::sync::{AtomicBool, AtomicPtr, Stat};
-use core::cell::Cell;
 use core::ptr;
 use crossbeam_utils::CachePadded;
 
@@ -48,7 +47,7 @@ pub(crate) struct KindCounters {
 #[repr(C)]
 pub(crate) struct Heap {
     pub(crate) kinds: [KindHeap; NUM_KINDS],
-    /// What `CUR` points at in the slow-only modes (`heap::slow_only`): no direct page, so every
+    /// What `cur` points at in the slow-only modes (`heap::slow_only`): no direct page, so every
     /// allocation takes the slow path, `kind` the thread's tag and `heap` this heap, so the free
     /// path still finds its heap. It owns no page.
     pub(crate) slow: KindHeap,
@@ -116,16 +115,34 @@ pub(crate) fn empty_kind_heap() -> *mut KindHeap {
     &EMPTY_KIND_HEAP as *const ReadOnly<KindHeap> as *mut KindHeap
 }
 
-thread_local! {
-    /// The kind heap of the calling thread's current tag (the static empty one without a heap).
-    pub(crate) static CUR: Cell<*mut KindHeap> = const {
-        Cell::new(&EMPTY_KIND_HEAP as *const ReadOnly<KindHeap> as *mut KindHeap)
-    };
+crate::tls::fast_thread_local! {
+    /// The kind heap of the calling thread's current tag (the static empty one without a heap):
+    /// the one thread-local the small-block fast path reads (see `tls`).
+    mod cur_slot: *mut KindHeap = ptr EMPTY_KIND_HEAP;
+}
+
+/// The calling thread's current kind heap.
+pub(crate) mod cur {
+    use super::{cur_slot, KindHeap};
+
+    /// The calling thread's current kind heap.
+    #[inline(always)]
+    pub(crate) fn get() -> *mut KindHeap {
+        // SAFETY: the calling thread's own slot, only ever touched by it.
+        unsafe { *cur_slot::addr() }
+    }
+
+    /// Point the calling thread at kind heap `kh`.
+    #[inline(always)]
+    pub(crate) fn set(kh: *mut KindHeap) {
+        // SAFETY: as in `get`.
+        unsafe { *cur_slot::addr() = kh }
+    }
 }
 
 /// The calling thread's heap, or null if it has none yet.
 #[inline]
 pub(crate) fn current_heap() -> *mut Heap {
-    // SAFETY: `CUR` always points at a valid kind heap (the static empty one or the thread's own).
-    unsafe { (*CUR.get()).heap }
+    // SAFETY: the current kind heap is always valid (the static empty one or the thread's own).
+    unsafe { (*cur::get()).heap }
 }

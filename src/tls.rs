@@ -1,0 +1,111 @@
+//! The thread-locals the fast paths read at every allocation and free, reached without a call
+//! to `__tls_get_addr`.
+//!
+//! Rust's `thread_local!` in a shared library uses the general-dynamic model (stable Rust cannot
+//! choose another): every access calls `__tls_get_addr` through the PLT. Under `LD_PRELOAD`
+//! that was a third of a small malloc/free pair: mimalloc-bench's glibc-simple took 2.54-2.80 s
+//! with it and 1.90-2.08 s with these (mimalloc 1.61-1.89 s, three interleaved runs). jemalloc
+//! and mimalloc build their libraries with `-ftls-model=initial-exec` for the same reason; that
+//! model needs static TLS, which a library opened with `dlopen` may not get
+//! (`tests/preload.rs` opens it so), so these use TLS descriptors (`-mtls-dialect=gnu2`): a call
+//! to a resolver that, for a library loaded at start-up (preloaded, or linked), is two
+//! instructions returning the variable's offset from the thread pointer, and for one opened with
+//! `dlopen` allocates dynamic TLS as `__tls_get_addr` would. In an executable the linker relaxes
+//! the sequence to a constant offset.
+//!
+//! `fast_thread_local!` declares a module with `addr()`, the address of the calling thread's
+//! value (constant per thread). Where the assembly does not apply (another architecture or OS,
+//! loom models), it is a plain `thread_local!`.
+
+/// Declare `$vis mod $name` with `fn addr() -> *mut $ty`: the calling thread's `$ty`, all zero
+/// bytes at thread start (`zeroed`; zero must be a valid `$ty`) or the address of the static
+/// `$init` (`ptr $init`; `$ty` a raw pointer).
+macro_rules! fast_thread_local {
+    ($(#[$m:meta])* $vis:vis mod $name:ident: $ty:ty = zeroed;) => {
+        $(#[$m])*
+        $vis mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[cfg(all(target_arch = "x86_64", target_os = "linux", not(loom)))]
+            core::arch::global_asm!(
+                concat!(".pushsection .tbss.tensorpool_tls_", stringify!($name), ",\"awT\",@nobits"),
+                ".p2align 6",
+                concat!(".globl tensorpool_tls_", stringify!($name)),
+                concat!(".hidden tensorpool_tls_", stringify!($name)),
+                concat!(".type tensorpool_tls_", stringify!($name), ",@object"),
+                concat!(".size tensorpool_tls_", stringify!($name), ",{size}"),
+                concat!("tensorpool_tls_", stringify!($name), ":"),
+                ".zero {size}",
+                ".popsection",
+                size = const core::mem::size_of::<$ty>(),
+            );
+            $crate::tls::fast_thread_local!(@access $name, $ty);
+            #[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(loom))))]
+            std::thread_local! {
+                static V: core::cell::UnsafeCell<$ty> = const {
+                    // SAFETY: the caller of the macro promises zero is a valid `$ty`.
+                    core::cell::UnsafeCell::new(unsafe { core::mem::zeroed() })
+                };
+            }
+            $crate::tls::fast_thread_local!(@fallback $ty);
+        }
+    };
+    ($(#[$m:meta])* $vis:vis mod $name:ident: $ty:ty = ptr $init:path;) => {
+        $(#[$m])*
+        $vis mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[cfg(all(target_arch = "x86_64", target_os = "linux", not(loom)))]
+            core::arch::global_asm!(
+                concat!(".pushsection .tdata.tensorpool_tls_", stringify!($name), ",\"awT\",@progbits"),
+                ".p2align 3",
+                concat!(".globl tensorpool_tls_", stringify!($name)),
+                concat!(".hidden tensorpool_tls_", stringify!($name)),
+                concat!(".type tensorpool_tls_", stringify!($name), ",@object"),
+                concat!(".size tensorpool_tls_", stringify!($name), ",8"),
+                concat!("tensorpool_tls_", stringify!($name), ":"),
+                ".quad {init}",
+                ".popsection",
+                init = sym $init,
+            );
+            $crate::tls::fast_thread_local!(@access $name, $ty);
+            #[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(loom))))]
+            std::thread_local! {
+                static V: core::cell::UnsafeCell<$ty> =
+                    const { core::cell::UnsafeCell::new(&$init as *const _ as $ty) };
+            }
+            $crate::tls::fast_thread_local!(@fallback $ty);
+        }
+    };
+    (@access $name:ident, $ty:ty) => {
+        /// The calling thread's value (its address is constant for the thread's life).
+        #[cfg(all(target_arch = "x86_64", target_os = "linux", not(loom)))]
+        #[inline(always)]
+        pub(crate) fn addr() -> *mut $ty {
+            let a: usize;
+            // SAFETY: the TLS descriptor sequence for a symbol of this object (the resolver
+            // preserves every register but `rax`), then the thread pointer read from the TCB's
+            // first word; nothing is written.
+            unsafe {
+                core::arch::asm!(
+                    concat!("lea rax, [rip + tensorpool_tls_", stringify!($name), "@TLSDESC]"),
+                    concat!("call qword ptr [rax + tensorpool_tls_", stringify!($name), "@TLSCALL]"),
+                    "add rax, qword ptr fs:[0]",
+                    out("rax") a,
+                    options(pure, readonly),
+                );
+            }
+            a as *mut $ty
+        }
+    };
+    (@fallback $ty:ty) => {
+        /// The calling thread's value (its address is constant for the thread's life).
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(loom))))]
+        #[inline(always)]
+        pub(crate) fn addr() -> *mut $ty {
+            V.with(|v| v.get())
+        }
+    };
+}
+
+pub(crate) use fast_thread_local;
