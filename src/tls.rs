@@ -14,8 +14,12 @@
 //! the sequence to a constant offset.
 //!
 //! `fast_thread_local!` declares a module with `addr()`, the address of the calling thread's
-//! value (constant per thread). Where the assembly does not apply (another architecture or OS,
-//! loom models), it is a plain `thread_local!`.
+//! value (constant per thread). Only with the `tls-desc` feature, which the preload library
+//! turns on: in an executable `thread_local!` is already two instructions (the linker relaxes it
+//! to a constant offset from the thread pointer), and the descriptor sequence, relaxed the same
+//! way, kept two more and a stack adjustment (callgrind: 89.9 M -> 98.1 M instructions for the
+//! core bench's million malloc/free pairs). Without the feature, and where the assembly does
+//! not apply (another architecture or OS, loom models), it is a plain `thread_local!`.
 
 /// Declare `$vis mod $name` with `fn addr() -> *mut $ty`: the calling thread's `$ty`, all zero
 /// bytes at thread start (`zeroed`; zero must be a valid `$ty`) or the address of the static
@@ -26,7 +30,7 @@ macro_rules! fast_thread_local {
         $vis mod $name {
             #[allow(unused_imports)]
             use super::*;
-            #[cfg(all(target_arch = "x86_64", target_os = "linux", not(loom)))]
+            #[cfg(all(feature = "tls-desc", target_arch = "x86_64", target_os = "linux", not(loom)))]
             core::arch::global_asm!(
                 concat!(".pushsection .tbss.tensorpool_tls_", stringify!($name), ",\"awT\",@nobits"),
                 ".p2align 6",
@@ -40,7 +44,7 @@ macro_rules! fast_thread_local {
                 size = const core::mem::size_of::<$ty>(),
             );
             $crate::tls::fast_thread_local!(@access $name, $ty);
-            #[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(loom))))]
+            #[cfg(not(all(feature = "tls-desc", target_arch = "x86_64", target_os = "linux", not(loom))))]
             std::thread_local! {
                 static V: core::cell::UnsafeCell<$ty> = const {
                     // SAFETY: the caller of the macro promises zero is a valid `$ty`.
@@ -55,7 +59,7 @@ macro_rules! fast_thread_local {
         $vis mod $name {
             #[allow(unused_imports)]
             use super::*;
-            #[cfg(all(target_arch = "x86_64", target_os = "linux", not(loom)))]
+            #[cfg(all(feature = "tls-desc", target_arch = "x86_64", target_os = "linux", not(loom)))]
             core::arch::global_asm!(
                 concat!(".pushsection .tdata.tensorpool_tls_", stringify!($name), ",\"awT\",@progbits"),
                 ".p2align 3",
@@ -69,7 +73,7 @@ macro_rules! fast_thread_local {
                 init = sym $init,
             );
             $crate::tls::fast_thread_local!(@access $name, $ty);
-            #[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(loom))))]
+            #[cfg(not(all(feature = "tls-desc", target_arch = "x86_64", target_os = "linux", not(loom))))]
             std::thread_local! {
                 static V: core::cell::UnsafeCell<$ty> =
                     const { core::cell::UnsafeCell::new(&$init as *const _ as $ty) };
@@ -79,7 +83,7 @@ macro_rules! fast_thread_local {
     };
     (@access $name:ident, $ty:ty) => {
         /// The calling thread's value (its address is constant for the thread's life).
-        #[cfg(all(target_arch = "x86_64", target_os = "linux", not(loom)))]
+        #[cfg(all(feature = "tls-desc", target_arch = "x86_64", target_os = "linux", not(loom)))]
         #[inline(always)]
         pub(crate) fn addr() -> *mut $ty {
             let a: usize;
@@ -100,7 +104,7 @@ macro_rules! fast_thread_local {
     };
     (@fallback $ty:ty) => {
         /// The calling thread's value (its address is constant for the thread's life).
-        #[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(loom))))]
+        #[cfg(not(all(feature = "tls-desc", target_arch = "x86_64", target_os = "linux", not(loom))))]
         #[inline(always)]
         pub(crate) fn addr() -> *mut $ty {
             V.with(|v| v.get())
