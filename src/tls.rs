@@ -30,19 +30,8 @@ macro_rules! fast_thread_local {
         $vis mod $name {
             #[allow(unused_imports)]
             use super::*;
-            #[cfg(all(feature = "tls-desc", target_arch = "x86_64", target_os = "linux", not(loom)))]
-            core::arch::global_asm!(
-                concat!(".pushsection .tbss.tensorpool_tls_", stringify!($name), ",\"awT\",@nobits"),
-                ".p2align 6",
-                concat!(".globl tensorpool_tls_", stringify!($name)),
-                concat!(".hidden tensorpool_tls_", stringify!($name)),
-                concat!(".type tensorpool_tls_", stringify!($name), ",@object"),
-                concat!(".size tensorpool_tls_", stringify!($name), ",{size}"),
-                concat!("tensorpool_tls_", stringify!($name), ":"),
-                ".zero {size}",
-                ".popsection",
-                size = const core::mem::size_of::<$ty>(),
-            );
+            $crate::tls::fast_thread_local!(@define $name, ".tbss", "@nobits", "6",
+                core::mem::size_of::<$ty>(), ".zero {size}");
             $crate::tls::fast_thread_local!(@access $name, $ty);
             #[cfg(not(all(feature = "tls-desc", target_arch = "x86_64", target_os = "linux", not(loom))))]
             std::thread_local! {
@@ -59,19 +48,8 @@ macro_rules! fast_thread_local {
         $vis mod $name {
             #[allow(unused_imports)]
             use super::*;
-            #[cfg(all(feature = "tls-desc", target_arch = "x86_64", target_os = "linux", not(loom)))]
-            core::arch::global_asm!(
-                concat!(".pushsection .tdata.tensorpool_tls_", stringify!($name), ",\"awT\",@progbits"),
-                ".p2align 3",
-                concat!(".globl tensorpool_tls_", stringify!($name)),
-                concat!(".hidden tensorpool_tls_", stringify!($name)),
-                concat!(".type tensorpool_tls_", stringify!($name), ",@object"),
-                concat!(".size tensorpool_tls_", stringify!($name), ",8"),
-                concat!("tensorpool_tls_", stringify!($name), ":"),
-                ".quad {init}",
-                ".popsection",
-                init = sym $init,
-            );
+            $crate::tls::fast_thread_local!(@define $name, ".tdata", "@progbits", "3", 8,
+                ".quad {init}", init = sym $init);
             $crate::tls::fast_thread_local!(@access $name, $ty);
             #[cfg(not(all(feature = "tls-desc", target_arch = "x86_64", target_os = "linux", not(loom))))]
             std::thread_local! {
@@ -80,6 +58,23 @@ macro_rules! fast_thread_local {
             }
             $crate::tls::fast_thread_local!(@fallback $ty);
         }
+    };
+    (@define $name:ident, $sect:literal, $kind:literal, $align:literal, $size:expr, $data:literal
+        $(, $opnd:ident = sym $sym:path)?) => {
+        #[cfg(all(feature = "tls-desc", target_arch = "x86_64", target_os = "linux", not(loom)))]
+        core::arch::global_asm!(
+            concat!(".pushsection ", $sect, ".tensorpool_tls_", stringify!($name), ",\"awT\",", $kind),
+            concat!(".p2align ", $align),
+            concat!(".globl tensorpool_tls_", stringify!($name)),
+            concat!(".hidden tensorpool_tls_", stringify!($name)),
+            concat!(".type tensorpool_tls_", stringify!($name), ",@object"),
+            concat!(".size tensorpool_tls_", stringify!($name), ",{size}"),
+            concat!("tensorpool_tls_", stringify!($name), ":"),
+            $data,
+            ".popsection",
+            size = const $size,
+            $($opnd = sym $sym,)?
+        );
     };
     (@access $name:ident, $ty:ty) => {
         /// The calling thread's value (its address is constant for the thread's life).
