@@ -30,17 +30,10 @@ macro_rules! fast_thread_local {
         $vis mod $name {
             #[allow(unused_imports)]
             use super::*;
-            $crate::tls::fast_thread_local!(@define $name, ".tbss", "@nobits", "6",
+            $crate::tls::fast_thread_local!(@asm $name, $ty, ".tbss", "@nobits", "6",
                 core::mem::size_of::<$ty>(), ".zero {size}");
-            $crate::tls::fast_thread_local!(@access $name, $ty);
-            #[cfg(not(all(feature = "tls-desc", target_arch = "x86_64", target_os = "linux", not(loom))))]
-            std::thread_local! {
-                static V: core::cell::UnsafeCell<$ty> = const {
-                    // SAFETY: the caller of the macro promises zero is a valid `$ty`.
-                    core::cell::UnsafeCell::new(unsafe { core::mem::zeroed() })
-                };
-            }
-            $crate::tls::fast_thread_local!(@fallback $ty);
+            // SAFETY: the caller of the macro promises zero is a valid `$ty`.
+            $crate::tls::fast_thread_local!(@fallback $ty, unsafe { core::mem::zeroed() });
         }
     };
     ($(#[$m:meta])* $vis:vis mod $name:ident: $ty:ty = ptr $init:path;) => {
@@ -48,19 +41,15 @@ macro_rules! fast_thread_local {
         $vis mod $name {
             #[allow(unused_imports)]
             use super::*;
-            $crate::tls::fast_thread_local!(@define $name, ".tdata", "@progbits", "3", 8,
+            $crate::tls::fast_thread_local!(@asm $name, $ty, ".tdata", "@progbits", "3", 8,
                 ".quad {init}", init = sym $init);
-            $crate::tls::fast_thread_local!(@access $name, $ty);
-            #[cfg(not(all(feature = "tls-desc", target_arch = "x86_64", target_os = "linux", not(loom))))]
-            std::thread_local! {
-                static V: core::cell::UnsafeCell<$ty> =
-                    const { core::cell::UnsafeCell::new(&$init as *const _ as $ty) };
-            }
-            $crate::tls::fast_thread_local!(@fallback $ty);
+            $crate::tls::fast_thread_local!(@fallback $ty, &$init as *const _ as $ty);
         }
     };
-    (@define $name:ident, $sect:literal, $kind:literal, $align:literal, $size:expr, $data:literal
-        $(, $opnd:ident = sym $sym:path)?) => {
+    // The thread's value as a TLS symbol of this object, and its address through the
+    // descriptor.
+    (@asm $name:ident, $ty:ty, $sect:literal, $kind:literal, $align:literal, $size:expr,
+        $data:literal $(, $opnd:ident = sym $sym:path)?) => {
         #[cfg(all(feature = "tls-desc", target_arch = "x86_64", target_os = "linux", not(loom)))]
         core::arch::global_asm!(
             concat!(".pushsection ", $sect, ".tensorpool_tls_", stringify!($name), ",\"awT\",", $kind),
@@ -75,8 +64,6 @@ macro_rules! fast_thread_local {
             size = const $size,
             $($opnd = sym $sym,)?
         );
-    };
-    (@access $name:ident, $ty:ty) => {
         /// The calling thread's value (its address is constant for the thread's life).
         #[cfg(all(feature = "tls-desc", target_arch = "x86_64", target_os = "linux", not(loom)))]
         #[inline(always)]
@@ -97,7 +84,12 @@ macro_rules! fast_thread_local {
             a as *mut $ty
         }
     };
-    (@fallback $ty:ty) => {
+    // Elsewhere: a plain `thread_local!` starting at `$init`.
+    (@fallback $ty:ty, $init:expr) => {
+        #[cfg(not(all(feature = "tls-desc", target_arch = "x86_64", target_os = "linux", not(loom))))]
+        std::thread_local! {
+            static V: core::cell::UnsafeCell<$ty> = const { core::cell::UnsafeCell::new($init) };
+        }
         /// The calling thread's value (its address is constant for the thread's life).
         #[cfg(not(all(feature = "tls-desc", target_arch = "x86_64", target_os = "linux", not(loom))))]
         #[inline(always)]
