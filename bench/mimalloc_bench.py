@@ -12,7 +12,10 @@ libjemalloc2 libtcmalloc-minimal4 libmimalloc2.0); a missing one is reported and
 
     cargo build --release -p tensorpool-preload
     python3 bench/mimalloc_bench.py --suite PATH [--rounds 3] [--procs 2] [--only a,b]
-        [--no-security]
+        [--no-security] [--also NAME=LIB[,NAME=LIB...]]
+
+`--also` adds preload libraries to compare (another build of tensorpool, say, copied out of
+target/ first); a NAME starting with "tensorpool" is not counted among the others.
 """
 import math
 import os
@@ -156,6 +159,9 @@ def main():
             print(f"skipping {name}: {lib} not found")
             continue
         allocs.append((name, lib))
+    for extra in filter(None, (opt("--also") or "").split(",")):
+        name, _, lib = extra.partition("=")
+        allocs.append((name, os.path.abspath(lib)))
     progs = [pr for pr in programs(procs, src) if not only or pr[0] in only.split(",")]
     res = {(pr[0], a): [] for pr in progs for a, _ in allocs}
     failed = {}
@@ -175,6 +181,7 @@ def main():
           + "   tp/best  best other   RSS MiB (" + " / ".join(names) + ")   tp RSS/lowest")
     t_ratios, m_ratios = [], []
     best_all = {a: [] for a in names}
+    extra = {a: ([], []) for a in names}
     for name, *_ in progs:
         med = {}
         for a in names:
@@ -184,7 +191,7 @@ def main():
         row = f"{name:<15}"
         for a in names:
             row += f"{med[a][0]:>11.3f}" if a in med else f"{'fail':>11}"
-        others = {a: m for a, m in med.items() if a != "tensorpool"}
+        others = {a: m for a, m in med.items() if not a.startswith("tensorpool")}
         if "tensorpool" in med and others:
             best = min(others, key=lambda a: others[a][0])
             tr = med["tensorpool"][0] / others[best][0]
@@ -200,6 +207,14 @@ def main():
             row += (f"   faults {med['tensorpool'][2]:.0f} (fewest other "
                     f"{min(m[2] for m in others.values()):.0f})")
         print(row)
+        for a in names:
+            if a.startswith("tensorpool") and a != "tensorpool" and a in med and others:
+                best = min(others, key=lambda o: others[o][0])
+                extra[a][0].append(med[a][0] / others[best][0])
+                extra[a][1].append(med[a][1] / min(m[1] for m in others.values()))
+                print(f"{'':<15}{a}: time / best other {extra[a][0][-1]:.2f}, peak RSS "
+                      f"{med[a][1]:.0f} MiB ({extra[a][1][-1]:.2f} of the lowest other), "
+                      f"faults {med[a][2]:.0f}")
         if len(med) == len(names):
             lo = min(m[0] for m in med.values())
             for a in names:
@@ -208,6 +223,10 @@ def main():
           + ", ".join(f"{a} {geomean(v):.3f}" for a, v in sorted(best_all.items(), key=lambda kv: geomean(kv[1]))))
     print(f"tensorpool / best other per program, geometric mean: time {geomean(t_ratios):.3f}, "
           f"peak RSS {geomean(m_ratios):.3f}")
+    for a, (t, m) in extra.items():
+        if t:
+            print(f"{a} / best other per program, geometric mean: time {geomean(t):.3f}, "
+                  f"peak RSS {geomean(m):.3f}")
     for (name, a), err in sorted(failed.items()):
         print(f"failed: {name} under {a}: {err}")
     if "--no-security" not in args:
