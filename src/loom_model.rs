@@ -66,11 +66,11 @@ impl Drop for Registry {
                 let mut seg = (*h).segments;
                 while !seg.is_null() {
                     let n = (*seg).next;
-                    ARENA.segment_free(seg.cast());
+                    ARENA.segment_free(seg.cast(), false);
                     seg = n;
                 }
                 if !(*h).spare.is_null() {
-                    ARENA.segment_free((*h).spare.cast());
+                    ARENA.segment_free((*h).spare.cast(), false);
                 }
                 os::unmap(h.cast(), heap_bytes());
                 h = next;

@@ -64,6 +64,29 @@ pub(crate) fn advise_huge(p: *mut u8, len: usize) {
     }
 }
 
+/// Keep a range off transparent huge pages, even in `always` mode (pages already huge stay so
+/// until they are purged).
+pub(crate) fn advise_small(p: *mut u8, len: usize) {
+    // SAFETY: advice on a mapped range owned by the caller; it never changes contents.
+    unsafe {
+        libc::madvise(p.cast(), len, libc::MADV_NOHUGEPAGE);
+    }
+}
+
+/// `MADV_COLLAPSE` (Linux 6.1+; the constant is missing from some libc targets).
+const MADV_COLLAPSE: libc::c_int = 25;
+
+/// Make the 2 MiB ranges of `[p, p + len)` that hold resident 4 KiB pages huge now, copying
+/// them (the rest of each such range is filled with zero pages of the huge one; ranges with
+/// nothing resident are left alone). Best effort: an older kernel, `never` mode, or no free huge
+/// page leaves the range as it was, and the contents are unchanged either way.
+pub(crate) fn collapse_huge(p: *mut u8, len: usize) {
+    // SAFETY: advice on a mapped range owned by the caller; a collapse keeps every byte.
+    unsafe {
+        libc::madvise(p.cast(), len, MADV_COLLAPSE);
+    }
+}
+
 /// The kernel's transparent-huge-page mode (`/sys/kernel/mm/transparent_hugepage/enabled`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Thp {

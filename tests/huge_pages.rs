@@ -159,3 +159,84 @@ fn child_reports_its_policy() {
     println!("gained {gained}");
     unsafe { ALLOC.dealloc(p, l) };
 }
+
+/// Huge pages go where they will be dense: a process that holds a few hundred KiB keeps its
+/// small blocks (the main thread's and another's) and its first large blocks on 4 KiB pages (a
+/// 2 MiB page would be mostly empty); a thread with 1 MiB of small blocks has its segment
+/// collapsed into huge pages; the first block of 1 MiB or more arms them for large blocks, and
+/// the range its first blocks were placed in is collapsed into a huge page then (in a fresh child
+/// process: the other tests of this binary arm them in theirs).
+#[test]
+fn a_small_process_stays_on_small_pages_until_it_holds_a_tensor() {
+    let Some(mode) = kernel_mode().filter(|m| m == "madvise") else {
+        eprintln!("skipped: this test needs THP in madvise mode (the kernel decides otherwise)");
+        return;
+    };
+    if std::env::var_os("TENSORPOOL_HUGE_PAGES").is_some() {
+        eprintln!("skipped: TENSORPOOL_HUGE_PAGES is set; this test checks the default");
+        return;
+    }
+    let (out, err) = common::run_child_test("child_grows_from_small_to_tensors", &[]);
+    assert_eq!(line_value(&out, "small "), 0, "THP {mode}: {out} {err}");
+    assert_eq!(line_value(&out, "thread "), 0, "THP {mode}: {out} {err}");
+    let dense = line_value(&out, "dense thread ");
+    assert!(dense >= 2 * MIB as u64, "THP {mode}: {out} {err}");
+    assert_eq!(line_value(&out, "medium "), 0, "THP {mode}: {out} {err}");
+    let tensor = line_value(&out, "tensor ");
+    assert!(tensor >= 12 * MIB as u64, "THP {mode}: {out} {err}");
+    let collapsed = line_value(&out, "collapsed ");
+    assert!(collapsed >= 2 * MIB as u64, "THP {mode}: {out} {err}");
+}
+
+#[test]
+fn child_grows_from_small_to_tensors() {
+    if std::env::var_os("TENSORPOOL_TEST_CHILD").is_none() {
+        return;
+    }
+    let small_at = |small: &[Vec<u64>]| {
+        // Every 50th block: each look reads the whole of /proc/self/smaps.
+        let huge = small
+            .iter()
+            .step_by(50)
+            .map(|v| huge_bytes_at(v.as_ptr() as usize));
+        huge.max().unwrap_or(0)
+    };
+    // Written, checked before they are freed: 2,000 small blocks on this thread and another,
+    // 16,000 (1 MiB) on a third, whose segment is dense enough for a huge page, and 4 of 64 KiB
+    // (below the 512 KiB of large blocks that arm huge pages).
+    let small: Vec<Vec<u64>> = (0..2000u64).map(|i| vec![i; 8]).collect();
+    println!("small {}", small_at(&small));
+    let thread = std::thread::spawn(move || {
+        let small: Vec<Vec<u64>> = (0..2000u64).map(|i| vec![!i; 8]).collect();
+        let huge = small_at(&small);
+        for (i, v) in small.iter().enumerate() {
+            assert!(v.iter().all(|&x| x == !(i as u64)));
+        }
+        huge
+    });
+    println!("thread {}", thread.join().unwrap());
+    let medium: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 64 << 10]).collect();
+    let at = |v: &[u8]| huge_bytes_at(v.as_ptr() as usize);
+    println!("medium {}", medium.iter().map(|v| at(v)).max().unwrap_or(0));
+    let dense = std::thread::spawn(move || {
+        let small: Vec<Vec<u64>> = (0..16_000u64).map(|i| vec![i; 8]).collect();
+        let huge = small_at(&small);
+        for (i, v) in small.iter().enumerate() {
+            assert!(v.iter().all(|&x| x == i as u64));
+        }
+        huge
+    });
+    println!("dense thread {}", dense.join().unwrap());
+    let (p, l, gained, _) = written_block(TensorKind::Activation, 16 * MIB);
+    println!("tensor {gained}");
+    // The medium blocks share the tensor's mapping: what it holds on huge pages beyond the
+    // tensor's is the collapsed range.
+    println!("collapsed {}", at(&medium[0]).saturating_sub(gained));
+    unsafe { ALLOC.dealloc(p, l) };
+    for (i, v) in small.iter().enumerate() {
+        assert!(v.iter().all(|&x| x == i as u64));
+    }
+    for (i, v) in medium.iter().enumerate() {
+        assert!(v.iter().all(|&x| x == i as u8));
+    }
+}

@@ -5,7 +5,7 @@
 
 use super::types::{empty_page, Heap, KindHeap};
 use crate::class::small_size;
-use crate::pool::large::ARENA;
+use crate::pool::large::{ARENA, HUGE_DENSE_SEGMENT};
 use crate::pool::slab::{self, Page, Segment, SEGMENT_SIZE};
 use crate::sync::Ordering;
 use core::ptr;
@@ -45,6 +45,7 @@ unsafe fn find_page(kh: *mut KindHeap, class: usize) -> *mut Page {
             }
             if (*p).free.is_null() && slab::can_extend(p) {
                 slab::extend(p);
+                note_touched(p);
             }
             if !(*p).free.is_null() {
                 queue_unlink(&mut (*kh).queue[class], p);
@@ -68,8 +69,26 @@ unsafe fn find_page(kh: *mut KindHeap, class: usize) -> *mut Page {
         queue_push(&mut (*kh).queue[class], p);
         (*kh).counters.new_pages.add(1);
         slab::extend(p);
+        note_touched(p);
         set_direct(kh, class, p);
         p
+    }
+}
+
+/// `extend` just touched more of `page`'s segment: where the segment is off huge pages and now
+/// has `HUGE_DENSE_SEGMENT` touched, it is dense enough for huge pages.
+///
+/// # Safety
+/// The calling thread owns `page`.
+#[inline]
+unsafe fn note_touched(page: *mut Page) {
+    // SAFETY: owner-only fields of the header of the page's segment, which the heap holds.
+    unsafe {
+        let seg = slab::segment_of(page.cast());
+        if (*seg).small && (*seg).touched_bytes as usize >= HUGE_DENSE_SEGMENT {
+            (*seg).small = false;
+            ARENA.segment_dense(seg.cast(), SEGMENT_SIZE);
+        }
     }
 }
 
@@ -212,7 +231,7 @@ pub(crate) unsafe fn retire_page(heap: *mut Heap, kh: *mut KindHeap, page: *mut 
                 (*heap).spare = seg;
             } else {
                 (*heap).seg_unmaps.add(1);
-                ARENA.segment_free(seg.cast());
+                ARENA.segment_free(seg.cast(), (*seg).small);
             }
         }
     }
@@ -241,7 +260,7 @@ pub(crate) unsafe fn release_spare(heap: *mut Heap) {
         let spare = core::mem::replace(&mut (*heap).spare, ptr::null_mut());
         if !spare.is_null() {
             (*heap).seg_unmaps.add(1);
-            ARENA.segment_free(spare.cast());
+            ARENA.segment_free(spare.cast(), (*spare).small);
         }
     }
 }
@@ -255,21 +274,25 @@ unsafe fn new_page(heap: *mut Heap, kind: u8, class: usize) -> *mut Page {
     // the arena is told it is ready for statistics snapshots.
     unsafe {
         let mut s = (*heap).segments;
+        let mut touched = 0;
         while !s.is_null() {
             if (*s).free_mask != 0 {
                 return slab::take_page(s, kind, class);
             }
+            touched += (*s).touched_bytes as usize;
             s = (*s).next;
         }
         let seg = if !(*heap).spare.is_null() {
             core::mem::replace(&mut (*heap).spare, ptr::null_mut())
         } else {
             (*heap).seg_maps.add(1);
-            let seg = ARENA.segment_alloc(SEGMENT_SIZE).cast::<Segment>();
+            let small = touched < HUGE_DENSE_SEGMENT;
+            let seg = ARENA.segment_alloc(SEGMENT_SIZE, small).cast::<Segment>();
             if seg.is_null() {
                 return ptr::null_mut();
             }
             slab::init_segment(seg, heap.cast());
+            (*seg).small = small;
             ARENA.segment_ready(seg.cast());
             seg
         };

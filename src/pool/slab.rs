@@ -113,6 +113,9 @@ pub(crate) struct Page {
     /// path iff `used as i32 <= cold_at`, so `cold_at == i32::MAX` on the full list (always),
     /// `-1` for the direct page (never: it stays while empty), `0` otherwise (when it empties).
     pub(crate) cold_at: i32,
+    /// The most of the slot ever carved since its segment was taken (`carved_end`'s high
+    /// water): what of it is resident, since slab pages are not purged while held.
+    pub(crate) touched: u32,
     /// Links in the heap's queue (or full list) for this page's kind and class (owner only).
     pub(crate) next: *mut Page,
     pub(crate) prev: *mut Page,
@@ -160,6 +163,11 @@ pub(crate) struct Segment {
     pub(crate) free_mask: u64,
     /// Pages in use: `used_pages == 63 - free_mask.count_ones()`.
     pub(crate) used_pages: u32,
+    /// Off huge pages until `touched_bytes` reaches `HUGE_DENSE_SEGMENT` (owner only; see
+    /// `Arena::segment_alloc`).
+    pub(crate) small: bool,
+    /// Bytes of slab pages touched: the sum of the pages' `touched`.
+    pub(crate) touched_bytes: u32,
     pub(crate) pages: [Page; PAGES_PER_SEGMENT],
 }
 
@@ -219,6 +227,8 @@ pub(crate) unsafe fn init_segment(seg: *mut Segment, owner: Owner) {
         (*seg).next = ptr::null_mut();
         (*seg).free_mask = !1u64;
         (*seg).used_pages = 0;
+        (*seg).small = false;
+        (*seg).touched_bytes = 0;
     }
 }
 
@@ -367,6 +377,11 @@ pub(crate) unsafe fn extend(page: *mut Page) {
         (*page).free = first as *mut Block;
         (*page).capacity.set((cap + n) as u32);
         (*page).carved_end = ((cap + n) * bs) as u32;
+        if (*page).carved_end > (*page).touched {
+            let seg = segment_of(page.cast());
+            (*seg).touched_bytes += (*page).carved_end - (*page).touched;
+            (*page).touched = (*page).carved_end;
+        }
     }
 }
 

@@ -20,7 +20,7 @@ mod tree;
 
 #[cfg(any(loom, feature = "check"))]
 pub use arena::Census;
-pub(crate) use arena::{Arena, AUTO};
+pub(crate) use arena::{Arena, AUTO, HUGE_DENSE_SEGMENT};
 pub(crate) use decay::NEVER as DECAY_NEVER;
 pub(crate) use extent::{Extent, State};
 

@@ -77,8 +77,7 @@ pub(crate) const SEGMENTS: usize = 1;
 const ZONES: usize = 2;
 
 /// First chunk size of each zone; each new chunk doubles it up to `CHUNK_MAX`. The segment
-/// zone's first chunk is one segment, the only one kept off huge pages (see `grow`). (Loom
-/// models keep them small.)
+/// zone's first chunk is one segment. (Loom models keep them small.)
 const CHUNK_MIN: [usize; ZONES] = if cfg!(loom) {
     [16 << 20, 8 << 20]
 } else {
@@ -116,10 +115,29 @@ const META_FIRST: usize = 128 << 10;
 /// The page map's first metadata chunk: four nodes (the root's children and leaves, 32 KiB
 /// each), on 4 KiB pages. A leaf covers 16 MiB of address space and is touched one 4 KiB page per
 /// 2 MiB where blocks start, so a map that needs more than four nodes spans 32 MiB of blocks or
-/// more, dense enough for its next nodes to go on huge pages (a Rust program with a 1.2 GiB arena
-/// faulted about 80 times in its leaves on 4 KiB pages; the tensor trace's requests 2-3 five
-/// times, in leaves of blocks placed where none had started before).
+/// more, dense enough for its next nodes to go on huge pages once those are armed (a Rust
+/// program with a 1.2 GiB arena faulted about 80 times in its leaves on 4 KiB pages; the tensor
+/// trace's requests 2-3 five times, in leaves of blocks placed where none had started before,
+/// and so with eight nodes on 4 KiB pages).
 const MAP_META_FIRST: usize = 4 * pagemap::NODE_BYTES;
+
+/// A 2 MiB range goes on huge pages once enough of it is in use; before, 4 KiB pages (a huge
+/// page holds 2 MiB resident for the few KiB a small process uses: mimalloc-bench's small
+/// programs peak at 2-15 MiB under the other allocators, and at 5-46 MiB under tensorpool with
+/// every range huge). The part touched before is collapsed into a huge page when the range
+/// goes huge (`os::collapse_huge`), so the wait costs its 4 KiB faults once. Block chunks go
+/// huge ("armed") once the arena holds this many bytes of blocks (live and cached), or at a
+/// block of `HUGE_FROM_BLOCK`: 128 faults at most, where a 2 MiB threshold cost a Rust program
+/// 600 (BPE training and a 49 MB JSON round trip: 987 faults with every range huge, 1,714
+/// with blocks armed at 2 MiB, 777 at 512 KiB with segments as below).
+const HUGE_DENSE_BLOCKS: usize = 512 << 10;
+/// A segment taken by a heap that has touched less than this in all goes huge once it has this
+/// much touched itself (`Arena::segment_alloc`, `Arena::segment_dense`): 256 faults at most. At
+/// 512 KiB, espresso and cfrac peaked 1.3-1.6 MiB higher (a range a quarter used is resident
+/// whole); at 1 MiB they peak as with their first segment on 4 KiB pages.
+pub(crate) const HUGE_DENSE_SEGMENT: usize = 1 << 20;
+/// A block this large fills half a huge page on its own (see `HUGE_DENSE_BLOCKS`).
+const HUGE_FROM_BLOCK: usize = 1 << 20;
 
 /// A shrink in place gives back the tail once it is at least this large.
 const SHRINK_MIN: usize = 64 << 10;
@@ -193,6 +211,8 @@ enum Step {
     Fail,
     /// The request would take fresh pages, and the caller asked for resident memory only.
     Fresh,
+    /// Huge pages were just armed: advise the chunks mapped before, then try again.
+    Advise,
 }
 
 /// The arena's state, behind its lock.
@@ -234,9 +254,12 @@ pub(crate) struct ArenaState {
     /// Huge pages: advise them on new chunks (blocks are packed, not aligned to them), and
     /// purge whole free huge pages before cutting into one (`take_dirty`).
     pub(crate) huge_pages: bool,
-    /// Chunks mapped before huge pages were turned on (the segment zone's first chunk is
-    /// mapped at the process's first small allocation, before the options are read), with the
-    /// advice each would have had: `(base, len)`, advised by `advise_early_chunks`.
+    /// Huge pages on and the arena big enough for them (`HUGE_DENSE_BLOCKS`): chunks are advised
+    /// as they are mapped. Never cleared.
+    huge_armed: bool,
+    /// Block chunks mapped before huge pages were armed (`HUGE_DENSE_BLOCKS`), `(base, len)`:
+    /// advised and collapsed by `advise_early_chunks`. When a chunk finds no slot, the arena is
+    /// big enough: it arms.
     unadvised: [(usize, usize); 4],
 }
 
@@ -315,6 +338,7 @@ impl ArenaState {
             decay: Decay::new(super::decay::DEFAULT_MS),
             lazy_purge: false,
             huge_pages: false,
+            huge_armed: false,
             unadvised: [(0, 0); 4],
         }
     }
@@ -438,6 +462,7 @@ impl Arena {
                 Step::Done(e) => return e,
                 Step::Purge(chain) => self.purge(chain),
                 Step::Fail | Step::Fresh => return ptr::null_mut(),
+                Step::Advise => self.advise_early_chunks(),
                 Step::Grow(zone, bytes) if self.grow(zone, bytes) => {}
                 Step::Grow(..) | Step::NoMeta => {
                     if recovered {
@@ -475,25 +500,59 @@ impl Arena {
     }
 
     /// A small-block segment (`size` bytes aligned to `size`), or null.
-    pub(crate) fn segment_alloc(&self, size: usize) -> *mut u8 {
+    ///
+    /// Segments are advised one by one as heaps take them. `small`: the heap has touched less
+    /// than `HUGE_DENSE_SEGMENT` of slab pages in all, and a huge page would hold 2 MiB resident
+    /// for the few KiB it uses (mimalloc-bench's glibc-thread: 12.9 MiB peak against 3.1 MiB,
+    /// three heaps; glibc-simple, one heap with a page for each of many size classes, fills a
+    /// segment by page count and takes a second): the segment is advised off huge pages until it
+    /// has `HUGE_DENSE_SEGMENT` touched (`segment_dense`). A heap past that takes its segments
+    /// huge from the start.
+    pub(crate) fn segment_alloc(&self, size: usize, small: bool) -> *mut u8 {
         let e = self.take(Use::Segment, size, size);
         if e.is_null() {
             return ptr::null_mut();
         }
         // SAFETY: `e` is a segment extent we just made.
-        unsafe { (*e).base as *mut u8 }
+        let base = unsafe { (*e).base as *mut u8 };
+        if self.with(|s| s.huge_pages) {
+            if small {
+                os::advise_small(base, size);
+            } else {
+                os::advise_huge(base, size);
+            }
+        }
+        base
     }
 
-    /// Return a segment taken with `segment_alloc` (no block of it live or pending anywhere).
+    /// A segment taken `small` (`segment_alloc`) now has `HUGE_DENSE_SEGMENT` touched: advise
+    /// it huge, and collapse the part already resident into huge pages.
+    pub(crate) fn segment_dense(&self, seg: *mut u8, size: usize) {
+        if self.with(|s| s.huge_pages) {
+            os::advise_huge(seg, size);
+            os::collapse_huge(seg, size);
+        }
+    }
+
+    /// Return a segment taken with `segment_alloc` (no block of it live or pending anywhere);
+    /// `small`: it is still advised off huge pages.
     ///
     /// # Safety
     /// `seg` came from `segment_alloc` and is not used after this call.
-    pub(crate) unsafe fn segment_free(&self, seg: *mut u8) {
+    pub(crate) unsafe fn segment_free(&self, seg: *mut u8, small: bool) {
         let e = self.map.get(seg as usize).cast::<Extent>();
         // SAFETY: the page map records every segment's descriptor at its base.
         debug_assert!(!e.is_null() && unsafe { (*e).state() } == State::Segment);
         // SAFETY: as above.
-        unsafe { self.free(e) }
+        unsafe {
+            if !small && self.with(|s| s.huge_pages) {
+                // Free segment space stays off huge pages: khugepaged collapses an advised
+                // range that holds a single resident page (glibc-simple peaked at 4.7 MiB
+                // instead of 2.8 in a third of its runs, a freed segment collapsed whole).
+                os::advise_small(seg, (*e).size);
+            }
+            self.free(e)
+        }
     }
 
     /// A segment taken with `segment_alloc` is initialised: statistics snapshots may read its
