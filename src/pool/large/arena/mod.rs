@@ -35,7 +35,8 @@
 //! **Files.** This file holds the types, their invariants and `Arena`, the locked entry points;
 //! under the lock, `extents` keeps the tiling, the release order and the free runs, `take`
 //! serves and takes back requests, `purge` returns dirty memory, `regions` maps chunks and
-//! unmaps address space, and `census` checks everything below.
+//! unmaps address space, `huge` decides which ranges go on huge pages and when, and `census`
+//! checks everything below.
 //!
 //! Invariants (checked by `census`): per region, extents tile `[base, end)` in address order;
 //! every free extent is in the tree of its state, every dirty one on the release-order list,
@@ -61,6 +62,8 @@ mod census;
 #[cfg(any(loom, feature = "check"))]
 pub use census::Census;
 mod extents;
+mod huge;
+pub(crate) use huge::HUGE_DENSE_SEGMENT;
 mod purge;
 mod regions;
 mod take;
@@ -120,24 +123,6 @@ const META_FIRST: usize = 128 << 10;
 /// trace's requests 2-3 five times, in leaves of blocks placed where none had started before,
 /// and so with eight nodes on 4 KiB pages).
 const MAP_META_FIRST: usize = 4 * pagemap::NODE_BYTES;
-
-/// A 2 MiB range goes on huge pages once enough of it is in use; before, 4 KiB pages (a huge
-/// page holds 2 MiB resident for the few KiB a small process uses: mimalloc-bench's small
-/// programs peak at 2-15 MiB under the other allocators, and at 5-46 MiB under tensorpool with
-/// every range huge). The part touched before is collapsed into a huge page when the range
-/// goes huge (`os::collapse_huge`), so the wait costs its 4 KiB faults once. Block chunks go
-/// huge ("armed") once the arena holds this many bytes of blocks (live and cached), or at a
-/// block of `HUGE_FROM_BLOCK`: 128 faults at most, where a 2 MiB threshold cost a Rust program
-/// 600 (BPE training and a 49 MB JSON round trip: 987 faults with every range huge, 1,714
-/// with blocks armed at 2 MiB, 777 at 512 KiB with segments as below).
-const HUGE_DENSE_BLOCKS: usize = 512 << 10;
-/// A segment taken by a heap that has touched less than this in all goes huge once it has this
-/// much touched itself (`Arena::segment_alloc`, `Arena::segment_dense`): 256 faults at most. At
-/// 512 KiB, espresso and cfrac peaked 1.3-1.6 MiB higher (a range a quarter used is resident
-/// whole); at 1 MiB they peak as with their first segment on 4 KiB pages.
-pub(crate) const HUGE_DENSE_SEGMENT: usize = 1 << 20;
-/// A block this large fills half a huge page on its own (see `HUGE_DENSE_BLOCKS`).
-const HUGE_FROM_BLOCK: usize = 1 << 20;
 
 /// A shrink in place gives back the tail once it is at least this large.
 const SHRINK_MIN: usize = 64 << 10;
@@ -499,15 +484,8 @@ impl Arena {
         self.take_in(Use::Block(kind), size, align, true)
     }
 
-    /// A small-block segment (`size` bytes aligned to `size`), or null.
-    ///
-    /// Segments are advised one by one as heaps take them. `small`: the heap has touched less
-    /// than `HUGE_DENSE_SEGMENT` of slab pages in all, and a huge page would hold 2 MiB resident
-    /// for the few KiB it uses (mimalloc-bench's glibc-thread: 12.9 MiB peak against 3.1 MiB,
-    /// three heaps; glibc-simple, one heap with a page for each of many size classes, fills a
-    /// segment by page count and takes a second): the segment is advised off huge pages until it
-    /// has `HUGE_DENSE_SEGMENT` touched (`segment_dense`). A heap past that takes its segments
-    /// huge from the start.
+    /// A small-block segment (`size` bytes aligned to `size`), advised for huge pages or not
+    /// as `small` says (see `huge`), or null.
     pub(crate) fn segment_alloc(&self, size: usize, small: bool) -> *mut u8 {
         let e = self.take(Use::Segment, size, size);
         if e.is_null() {
@@ -515,23 +493,8 @@ impl Arena {
         }
         // SAFETY: `e` is a segment extent we just made.
         let base = unsafe { (*e).base as *mut u8 };
-        if self.with(|s| s.huge_pages) {
-            if small {
-                os::advise_small(base, size);
-            } else {
-                os::advise_huge(base, size);
-            }
-        }
+        self.advise_taken_segment(base, size, small);
         base
-    }
-
-    /// A segment taken `small` (`segment_alloc`) now has `HUGE_DENSE_SEGMENT` touched: advise
-    /// it huge, and collapse the part already resident into huge pages.
-    pub(crate) fn segment_dense(&self, seg: *mut u8, size: usize) {
-        if self.with(|s| s.huge_pages) {
-            os::advise_huge(seg, size);
-            os::collapse_huge(seg, size);
-        }
     }
 
     /// Return a segment taken with `segment_alloc` (no block of it live or pending anywhere);
@@ -545,12 +508,7 @@ impl Arena {
         debug_assert!(!e.is_null() && unsafe { (*e).state() } == State::Segment);
         // SAFETY: as above.
         unsafe {
-            if !small && self.with(|s| s.huge_pages) {
-                // Free segment space stays off huge pages: khugepaged collapses an advised
-                // range that holds a single resident page (glibc-simple peaked at 4.7 MiB
-                // instead of 2.8 in a third of its runs, a freed segment collapsed whole).
-                os::advise_small(seg, (*e).size);
-            }
+            self.advise_freed_segment(seg, (*e).size, small);
             self.free(e)
         }
     }

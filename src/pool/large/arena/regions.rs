@@ -1,7 +1,6 @@
-//! Chunks and regions: mapping a chunk (where it is asked for, when it is advised huge, the
-//! advice owed from before the options were read or huge pages were armed), how a mapped chunk
-//! joins the region it touches, and how free extents are cut out of their regions and unmapped
-//! when the OS refuses memory.
+//! Chunks and regions: mapping a chunk (where it is asked for; its advice is `huge`'s), how a
+//! mapped chunk joins the region it touches, and how free extents are cut out of their regions
+//! and unmapped when the OS refuses memory.
 
 use super::*;
 
@@ -20,29 +19,14 @@ impl Arena {
             let hint = self.with(|s| s.hint(zone, len, seed));
             let p = map_chunk(hint, len, CHUNK_ALIGN[zone]);
             if !p.is_null() {
-                let mut armed_now = false;
-                let added = self.with(|s| {
-                    // Blocks: the whole chunk, once huge pages are armed (`HUGE_DENSE_BLOCKS`).
-                    // Segments are advised one by one as heaps take them (`segment_alloc`).
-                    if zone == BLOCKS {
-                        if s.huge_pages && s.huge_armed {
-                            os::advise_huge(p, len);
-                        } else if let Some(slot) = s.unadvised.iter_mut().find(|u| u.1 == 0) {
-                            *slot = (p as usize, len);
-                        } else if s.huge_pages {
-                            // A fifth chunk before the bytes said so: big enough anyway.
-                            s.huge_armed = true;
-                            armed_now = true;
-                            os::advise_huge(p, len);
-                        }
-                    }
-                    if s.reserve(1) {
-                        s.add_chunk(zone, p as usize, len);
-                        true
-                    } else {
+                let (added, armed_now) = self.with(|s| {
+                    if !s.reserve(1) {
                         os::unmap(p, len);
-                        false
+                        return (false, false);
                     }
+                    s.add_chunk(zone, p as usize, len);
+                    // Segments are advised one by one as heaps take them (`segment_alloc`).
+                    (true, zone == BLOCKS && s.advise_block_chunk(p, len))
                 });
                 if armed_now {
                     self.advise_early_chunks();
@@ -54,34 +38,6 @@ impl Arena {
             }
         }
         false
-    }
-
-    /// The options were just read, or huge pages were just armed (`HUGE_DENSE_BLOCKS`): where
-    /// they are armed, advise the block chunks mapped before and collapse what they hold into
-    /// huge pages, and let the page map's later metadata chunks be huge pages.
-    ///
-    /// Advice alone is for pages to come: a 2 MiB range with one 4 KiB page resident gets no
-    /// huge page at a later fault (the kernel maps one only where the range's page table is
-    /// empty), so the blocks placed before arming would fault 4 KiB pages for good, each time
-    /// they are purged and taken again (a Rust program: 2,116 faults against 984 with blocks
-    /// advised from the start).
-    pub(crate) fn advise_early_chunks(&self) {
-        let due = self.with(|s| {
-            let armed = s.huge_pages && s.huge_armed;
-            s.meta.set_huge(armed);
-            s.map_meta.set_huge(armed);
-            if armed {
-                core::mem::take(&mut s.unadvised)
-            } else {
-                [(0, 0); 4]
-            }
-        });
-        for (p, len) in due {
-            if len != 0 {
-                os::advise_huge(p as *mut u8, len);
-                os::collapse_huge(p as *mut u8, len);
-            }
-        }
     }
 
     /// The OS refused memory: unmap every free extent (dirty and clean, so that both memory

@@ -57,15 +57,9 @@ impl ArenaState {
         let Some((off, need, ealign)) = self.placement(u, size, align) else {
             return Step::Fail;
         };
-        if self.huge_pages && !self.huge_armed && u != Use::Segment {
-            // Blocks live and cached (segments are advised on their own: `Arena::grow`).
-            let held =
-                self.live - self.totals.segment_bytes + self.dirty_bytes - self.attr_bytes[SLAB];
-            if size >= HUGE_FROM_BLOCK || held + need as u64 >= HUGE_DENSE_BLOCKS as u64 {
-                // Before this request's pages are touched, so that they can be huge.
-                self.huge_armed = true;
-                return Step::Advise;
-            }
+        // Before this request's pages are touched, so that they can be huge.
+        if u != Use::Segment && self.arms(size, need) {
+            return Step::Advise;
         }
         // The oldest memory first: blocks take the lowest-addressed fit, at its low end (the
         // zone grows upwards: see `BLOCK_HINT`); segments the highest, at its high end (the

@@ -1,0 +1,122 @@
+//! Which ranges go on transparent huge pages, and when: a 2 MiB range goes huge once enough of
+//! it is in use, and what was touched before is collapsed into a huge page then. Blocks arm the
+//! whole block zone at once (`arms`, `advise_block_chunk`, `advise_early_chunks`); segments go
+//! one by one (`advise_taken_segment`, `segment_dense`, `advise_freed_segment`). The arena's
+//! other files give no advice of their own; they call these.
+
+use super::*;
+
+/// A 2 MiB range goes on huge pages once enough of it is in use; before, 4 KiB pages (a huge
+/// page holds 2 MiB resident for the few KiB a small process uses: mimalloc-bench's small
+/// programs peak at 2-15 MiB under the other allocators, and at 5-46 MiB under tensorpool with
+/// every range huge). The part touched before is collapsed into a huge page when the range
+/// goes huge (`os::collapse_huge`), so the wait costs its 4 KiB faults once. Block chunks go
+/// huge ("armed") once the arena holds this many bytes of blocks (live and cached), or at a
+/// block of `HUGE_FROM_BLOCK`: 128 faults at most, where a 2 MiB threshold cost a Rust program
+/// 600 (BPE training and a 49 MB JSON round trip: 987 faults with every range huge, 1,714
+/// with blocks armed at 2 MiB, 777 at 512 KiB with segments as below).
+const HUGE_DENSE_BLOCKS: usize = 512 << 10;
+/// A segment taken by a heap that has touched less than this in all goes huge once it has this
+/// much touched itself (`Arena::segment_alloc`, `Arena::segment_dense`): 256 faults at most. At
+/// 512 KiB, espresso and cfrac peaked 1.3-1.6 MiB higher (a range a quarter used is resident
+/// whole); at 1 MiB they peak as with their first segment on 4 KiB pages.
+pub(crate) const HUGE_DENSE_SEGMENT: usize = 1 << 20;
+/// A block this large fills half a huge page on its own (see `HUGE_DENSE_BLOCKS`).
+const HUGE_FROM_BLOCK: usize = 1 << 20;
+
+impl ArenaState {
+    /// Whether a block request of `size` bytes, taking an extent of `need`, arms huge pages
+    /// (and marks them armed): the arena's blocks, live and cached, reach `HUGE_DENSE_BLOCKS`
+    /// with it, or the block alone is `HUGE_FROM_BLOCK`. The caller then advises the chunks
+    /// mapped before (`Arena::advise_early_chunks`) before it touches anything.
+    pub(super) fn arms(&mut self, size: usize, need: usize) -> bool {
+        if !self.huge_pages || self.huge_armed {
+            return false;
+        }
+        let held = self.live - self.totals.segment_bytes + self.dirty_bytes - self.attr_bytes[SLAB];
+        self.huge_armed = size >= HUGE_FROM_BLOCK || held + need as u64 >= HUGE_DENSE_BLOCKS as u64;
+        self.huge_armed
+    }
+
+    /// A block chunk `[p, p + len)` was just mapped: advise it where huge pages are armed, else
+    /// owe it the advice (`unadvised`). True when it armed them (a fifth chunk before the bytes
+    /// said so: big enough anyway), so that the caller pays what is owed.
+    pub(super) fn advise_block_chunk(&mut self, p: *mut u8, len: usize) -> bool {
+        if self.huge_pages && self.huge_armed {
+            os::advise_huge(p, len);
+        } else if let Some(slot) = self.unadvised.iter_mut().find(|u| u.1 == 0) {
+            *slot = (p as usize, len);
+        } else if self.huge_pages {
+            self.huge_armed = true;
+            os::advise_huge(p, len);
+            return true;
+        }
+        false
+    }
+}
+
+impl Arena {
+    /// The options were just read, or huge pages were just armed (`HUGE_DENSE_BLOCKS`): where
+    /// they are armed, advise the block chunks mapped before and collapse what they hold into
+    /// huge pages, and let the page map's later metadata chunks be huge pages.
+    ///
+    /// Advice alone is for pages to come: a 2 MiB range with one 4 KiB page resident gets no
+    /// huge page at a later fault (the kernel maps one only where the range's page table is
+    /// empty), so the blocks placed before arming would fault 4 KiB pages for good, each time
+    /// they are purged and taken again (a Rust program: 2,116 faults against 984 with blocks
+    /// advised from the start).
+    pub(crate) fn advise_early_chunks(&self) {
+        let due = self.with(|s| {
+            let armed = s.huge_pages && s.huge_armed;
+            s.meta.set_huge(armed);
+            s.map_meta.set_huge(armed);
+            if armed {
+                core::mem::take(&mut s.unadvised)
+            } else {
+                [(0, 0); 4]
+            }
+        });
+        for (p, len) in due {
+            if len != 0 {
+                os::advise_huge(p as *mut u8, len);
+                os::collapse_huge(p as *mut u8, len);
+            }
+        }
+    }
+
+    /// Advise a segment a heap just took (`segment_alloc`). `small`: the heap has touched less
+    /// than `HUGE_DENSE_SEGMENT` of slab pages in all, and a huge page would hold 2 MiB resident
+    /// for the few KiB it uses (mimalloc-bench's glibc-thread: 12.9 MiB peak against 3.1 MiB,
+    /// three heaps; glibc-simple, one heap with a page for each of many size classes, fills a
+    /// segment by page count and takes a second): the segment is advised off huge pages until it
+    /// has `HUGE_DENSE_SEGMENT` touched (`segment_dense`). A heap past that takes its segments
+    /// huge from the start.
+    pub(super) fn advise_taken_segment(&self, base: *mut u8, size: usize, small: bool) {
+        if self.with(|s| s.huge_pages) {
+            if small {
+                os::advise_small(base, size);
+            } else {
+                os::advise_huge(base, size);
+            }
+        }
+    }
+
+    /// A segment taken `small` (`segment_alloc`) now has `HUGE_DENSE_SEGMENT` touched: advise
+    /// it huge, and collapse the part already resident into huge pages.
+    pub(crate) fn segment_dense(&self, seg: *mut u8, size: usize) {
+        if self.with(|s| s.huge_pages) {
+            os::advise_huge(seg, size);
+            os::collapse_huge(seg, size);
+        }
+    }
+
+    /// A segment is coming back (`segment_free`): free segment space stays off huge pages, since
+    /// khugepaged collapses an advised range that holds a single resident page (glibc-simple
+    /// peaked at 4.7 MiB instead of 2.8 in a third of its runs, a freed segment collapsed
+    /// whole). `small`: it is off them already.
+    pub(super) fn advise_freed_segment(&self, seg: *mut u8, size: usize, small: bool) {
+        if !small && self.with(|s| s.huge_pages) {
+            os::advise_small(seg, size);
+        }
+    }
+}
