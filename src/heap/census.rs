@@ -59,8 +59,8 @@ pub(crate) unsafe fn census(heap: *mut Heap) -> Census {
             let kh = &(*heap).kinds[k];
             assert_eq!(kh.heap, heap, "kind heap of another heap");
             for class in 0..NUM_SMALL {
-                for (head, full) in [(kh.queue[class], false), (kh.full[class], true)] {
-                    let mut p = head;
+                for (list, full) in [(kh.queue[class], false), (kh.full[class], true)] {
+                    let mut p = list.head;
                     let mut prev: *mut Page = core::ptr::null_mut();
                     while !p.is_null() {
                         assert_eq!((*p).prev, prev, "broken back link");
@@ -76,6 +76,7 @@ pub(crate) unsafe fn census(heap: *mut Heap) -> Census {
                         prev = p;
                         p = (*p).next;
                     }
+                    assert_eq!(list.tail, prev, "tail is not the last page");
                 }
                 let d = kh.direct[class];
                 if d != empty_page() {
@@ -83,7 +84,10 @@ pub(crate) unsafe fn census(heap: *mut Heap) -> Census {
                         (*d).is_direct && !(*d).in_full,
                         "direct page not on the queue"
                     );
-                    assert!(on_list(kh.queue[class], d), "direct page not on its queue");
+                    assert!(
+                        on_list(kh.queue[class].head, d),
+                        "direct page not on its queue"
+                    );
                 }
             }
         }
@@ -108,9 +112,9 @@ pub(crate) unsafe fn census(heap: *mut Heap) -> Census {
                 let kh = &(*heap).kinds[(*page).kind as usize];
                 let class = (*page).class as usize;
                 let head = if (*page).in_full {
-                    kh.full[class]
+                    kh.full[class].head
                 } else {
-                    kh.queue[class]
+                    kh.queue[class].head
                 };
                 assert!(on_list(head, page), "page {i} in use on no list");
                 assert_eq!(

@@ -37,7 +37,7 @@ pub(crate) unsafe fn refill(kh: *mut KindHeap, class: usize) -> *mut Page {
 unsafe fn find_page(kh: *mut KindHeap, class: usize) -> *mut Page {
     // SAFETY: owner-only traversal of this thread's queues.
     unsafe {
-        let mut p = (*kh).queue[class];
+        let mut p = (*kh).queue[class].head;
         while !p.is_null() {
             let next = (*p).next;
             if (*p).free.is_null() {
@@ -48,14 +48,14 @@ unsafe fn find_page(kh: *mut KindHeap, class: usize) -> *mut Page {
                 note_touched(p);
             }
             if !(*p).free.is_null() {
-                queue_unlink(&mut (*kh).queue[class], p);
-                queue_push(&mut (*kh).queue[class], p);
+                (*kh).queue[class].unlink(p);
+                (*kh).queue[class].push_front(p);
                 set_direct(kh, class, p);
                 return p;
             }
             if slab::arm_notify(p) {
-                queue_unlink(&mut (*kh).queue[class], p);
-                queue_push(&mut (*kh).full[class], p);
+                (*kh).queue[class].unlink(p);
+                (*kh).full[class].push_front(p);
                 slab::set_in_full(p, true);
                 p = next;
             }
@@ -66,7 +66,7 @@ unsafe fn find_page(kh: *mut KindHeap, class: usize) -> *mut Page {
             set_direct(kh, class, empty_page());
             return p;
         }
-        queue_push(&mut (*kh).queue[class], p);
+        (*kh).queue[class].push_front(p);
         (*kh).counters.new_pages.add(1);
         slab::extend(p);
         note_touched(p);
@@ -140,8 +140,8 @@ unsafe fn leave_full(kh: *mut KindHeap, page: *mut Page) {
     unsafe {
         let class = (*page).class as usize;
         slab::set_in_full(page, false);
-        queue_unlink(&mut (*kh).full[class], page);
-        queue_push(&mut (*kh).queue[class], page);
+        (*kh).full[class].unlink(page);
+        (*kh).queue[class].push_back(page);
     }
 }
 
@@ -185,7 +185,7 @@ pub(crate) unsafe fn collect_all(heap: *mut Heap) {
         for kind in 0..(*heap).kinds.len() {
             let kh = ptr::addr_of_mut!((*heap).kinds[kind]);
             for class in 0..(*kh).queue.len() {
-                let mut p = (*kh).full[class];
+                let mut p = (*kh).full[class].head;
                 while !p.is_null() {
                     let next = (*p).next;
                     if slab::collect_remote(p) > 0 {
@@ -194,7 +194,7 @@ pub(crate) unsafe fn collect_all(heap: *mut Heap) {
                     }
                     p = next;
                 }
-                let mut p = (*kh).queue[class];
+                let mut p = (*kh).queue[class].head;
                 while !p.is_null() {
                     let next = (*p).next;
                     slab::collect_remote(p);
@@ -217,7 +217,7 @@ pub(crate) unsafe fn retire_page(heap: *mut Heap, kh: *mut KindHeap, page: *mut 
     unsafe {
         debug_assert!(!(*page).is_direct && !(*page).in_full);
         let class = (*page).class as usize;
-        queue_unlink(&mut (*kh).queue[class], page);
+        (*kh).queue[class].unlink(page);
         let allocs = (*page).allocs.get();
         (*kh).counters.retired_allocs.add(allocs);
         (*kh)
@@ -317,39 +317,5 @@ unsafe fn segment_unlink(heap: *mut Heap, seg: *mut Segment) {
             pp = &mut (**pp).next;
         }
         debug_assert!(false, "segment not on its heap's list");
-    }
-}
-
-/// # Safety
-/// The calling thread owns the list and `p`, which is on no list.
-unsafe fn queue_push(head: &mut *mut Page, p: *mut Page) {
-    // SAFETY: owner-only list manipulation.
-    unsafe {
-        (*p).prev = ptr::null_mut();
-        (*p).next = *head;
-        if !(*head).is_null() {
-            (**head).prev = p;
-        }
-        *head = p;
-    }
-}
-
-/// # Safety
-/// The calling thread owns the list; `p` is on the list headed by `head`.
-unsafe fn queue_unlink(head: &mut *mut Page, p: *mut Page) {
-    // SAFETY: owner-only.
-    unsafe {
-        let (prev, next) = ((*p).prev, (*p).next);
-        if prev.is_null() {
-            debug_assert_eq!(*head, p, "page not on this list");
-            *head = next;
-        } else {
-            (*prev).next = next;
-        }
-        if !next.is_null() {
-            (*next).prev = prev;
-        }
-        (*p).next = ptr::null_mut();
-        (*p).prev = ptr::null_mut();
     }
 }

@@ -20,15 +20,100 @@ use crossbeam_utils::CachePadded;
 pub(crate) struct KindHeap {
     /// Page the fast path pops from, per class; the static empty page when there is none.
     pub(crate) direct: [*mut Page; NUM_SMALL],
-    /// Pages that may have free blocks, per class (doubly linked through `Page::next/prev`).
-    pub(crate) queue: [*mut Page; NUM_SMALL],
+    /// Pages that may have free blocks, per class. The direct page and new pages go to the
+    /// front; a page leaving the full list goes to the back (`PageList`).
+    pub(crate) queue: [PageList; NUM_SMALL],
     /// Pages found full, per class (they rejoin the queue at a local free or a remote notice).
-    pub(crate) full: [*mut Page; NUM_SMALL],
+    pub(crate) full: [PageList; NUM_SMALL],
     /// The heap this belongs to (null only in the static empty kind heap).
     pub(crate) heap: *mut Heap,
     pub(crate) kind: u8,
     /// Counters of pages (never written in the static one).
     pub(crate) counters: KindCounters,
+}
+
+/// A doubly linked list of one heap's pages (through `Page::next/prev`), owner-only.
+///
+/// Invariants: `head.is_null() == tail.is_null()`; `head.prev` and `tail.next` are null.
+///
+/// Why a tail: a page leaving the full list holds the one or two blocks freed into it since it
+/// went there. At the front of its queue it would be the next page the slow path takes, and
+/// run dry again a few allocations later; at the back it gathers frees while the pages ahead
+/// of it are used (mimalloc's page queues do the same). mimalloc-bench's alloc-test, 256 K
+/// blocks replaced at random: the slow path ran for one allocation in five with the front.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct PageList {
+    pub(crate) head: *mut Page,
+    pub(crate) tail: *mut Page,
+}
+
+impl PageList {
+    pub(crate) const EMPTY: PageList = PageList {
+        head: ptr::null_mut(),
+        tail: ptr::null_mut(),
+    };
+
+    /// Put `p` first.
+    ///
+    /// # Safety
+    /// The calling thread owns the list and `p`, which is on no list.
+    pub(crate) unsafe fn push_front(&mut self, p: *mut Page) {
+        // SAFETY: owner-only list manipulation.
+        unsafe {
+            (*p).prev = ptr::null_mut();
+            (*p).next = self.head;
+            if self.head.is_null() {
+                self.tail = p;
+            } else {
+                (*self.head).prev = p;
+            }
+            self.head = p;
+        }
+    }
+
+    /// Put `p` last.
+    ///
+    /// # Safety
+    /// As for `push_front`.
+    pub(crate) unsafe fn push_back(&mut self, p: *mut Page) {
+        // SAFETY: owner-only list manipulation.
+        unsafe {
+            (*p).next = ptr::null_mut();
+            (*p).prev = self.tail;
+            if self.tail.is_null() {
+                self.head = p;
+            } else {
+                (*self.tail).next = p;
+            }
+            self.tail = p;
+        }
+    }
+
+    /// Take `p` off the list.
+    ///
+    /// # Safety
+    /// The calling thread owns the list; `p` is on it.
+    pub(crate) unsafe fn unlink(&mut self, p: *mut Page) {
+        // SAFETY: owner-only.
+        unsafe {
+            let (prev, next) = ((*p).prev, (*p).next);
+            if prev.is_null() {
+                debug_assert_eq!(self.head, p, "page not on this list");
+                self.head = next;
+            } else {
+                (*prev).next = next;
+            }
+            if next.is_null() {
+                debug_assert_eq!(self.tail, p, "page not on this list");
+                self.tail = prev;
+            } else {
+                (*next).prev = prev;
+            }
+            (*p).next = ptr::null_mut();
+            (*p).prev = ptr::null_mut();
+        }
+    }
 }
 
 /// Per thread and kind, written by the owner only (see `Stat`).
@@ -98,8 +183,8 @@ pub(crate) const fn empty_page() -> *mut Page {
 
 static EMPTY_KIND_HEAP: ReadOnly<KindHeap> = ReadOnly(KindHeap {
     direct: [empty_page(); NUM_SMALL],
-    queue: [ptr::null_mut(); NUM_SMALL],
-    full: [ptr::null_mut(); NUM_SMALL],
+    queue: [PageList::EMPTY; NUM_SMALL],
+    full: [PageList::EMPTY; NUM_SMALL],
     heap: ptr::null_mut(),
     kind: 0,
     counters: KindCounters {
@@ -145,4 +230,51 @@ pub(crate) mod cur {
 pub(crate) fn current_heap() -> *mut Heap {
     // SAFETY: the current kind heap is always valid (the static empty one or the thread's own).
     unsafe { (*cur::get()).heap }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn order(l: &PageList) -> Vec<*mut Page> {
+        let mut v = Vec::new();
+        let mut p = l.head;
+        // SAFETY: the list links pages of the test's array.
+        unsafe {
+            while !p.is_null() {
+                v.push(p);
+                p = (*p).next;
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn page_list_keeps_front_back_and_tail() {
+        // SAFETY: a page is plain integers, pointers and atomics, for which zero is valid.
+        let mut pages: [Page; 4] = unsafe { core::mem::zeroed() };
+        let [a, b, c, d] = pages.each_mut().map(|p| p as *mut Page);
+        let mut l = PageList::EMPTY;
+        // SAFETY: each page is on no list when pushed, and on `l` when unlinked.
+        unsafe {
+            l.push_back(a);
+            l.push_front(b);
+            l.push_back(c);
+            assert_eq!(order(&l), [b, a, c]);
+            assert_eq!(l.tail, c);
+            l.unlink(c);
+            assert_eq!(l.tail, a);
+            l.unlink(b);
+            assert_eq!((l.head, l.tail), (a, a));
+            l.push_back(d);
+            l.push_front(c);
+            assert_eq!(order(&l), [c, a, d]);
+            assert_eq!((*d).prev, a);
+            l.unlink(a);
+            assert_eq!(order(&l), [c, d]);
+            l.unlink(d);
+            l.unlink(c);
+            assert!(l.head.is_null() && l.tail.is_null());
+        }
+    }
 }
