@@ -405,7 +405,7 @@ impl TensorPool {
     ///
     /// # Safety
     /// `p` is a live block allocated by a `TensorPool`.
-    #[inline]
+    #[inline(always)]
     pub(crate) unsafe fn free(&self, p: *mut u8) {
         if pagemap::is_small(p) {
             let seg = slab::segment_of(p);
@@ -619,7 +619,7 @@ impl TensorPool {
     ///
     /// # Safety
     /// `p` is null or a live block of this allocator, freed once.
-    #[inline]
+    #[inline(always)]
     pub unsafe fn free_raw(&self, p: *mut u8) {
         if !p.is_null() {
             // SAFETY: the caller's contract.
