@@ -1,5 +1,6 @@
 //! tensorpool as a C shared library (`libtensorpool_preload.so`): the C allocation functions with
-//! glibc's semantics and errno values, for `LD_PRELOAD` under Python, C and C++ inference stacks,
+//! glibc's semantics and errno values and C++'s `operator new` and `delete` (`cxx`), for
+//! `LD_PRELOAD` under Python, C and C++ inference stacks,
 //! glibc's introspection calls (`malloc_trim`, `malloc_stats`, `mallinfo`, `mallinfo2`,
 //! `malloc_info`), and a small C API (`include/tensorpool.h`) to tag the calling thread's
 //! allocations by tensor kind, trim, and write the statistics and the memory timeline to a file
@@ -14,6 +15,8 @@
 //! preloaded, its TLS is part of every thread's static block, so reaching it never allocates.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
+
+mod cxx;
 
 use core::ffi::{c_char, c_int, c_void, CStr};
 use core::ptr;

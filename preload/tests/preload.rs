@@ -298,6 +298,42 @@ fn the_library_loads_with_dlopen_and_serves_threads() {
     }
 }
 
+/// C++'s `operator new` and `delete`, all twenty forms, are the library's and serve what they
+/// are asked (called from C by their ABI names, so only a C compiler is needed).
+#[test]
+fn cxx_operators_are_the_librarys_own() {
+    let exe = compile("cxx_symbols.c");
+    let out = run(&mut Command::new(&exe), true);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.ends_with("cxx symbols ok, failures 0\n"), "{stdout}");
+}
+
+/// A C++ program: containers and over-aligned types with contents checked, and a refused
+/// request that calls the new-handler and throws `std::bad_alloc`. Skipped, saying so, where
+/// there is no C++ compiler (the project needs only a C one).
+#[test]
+fn cxx_program_keeps_new_handler_and_bad_alloc() {
+    let out_exe = tmp("cxx").join("new_handler");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cxx/new_handler.cpp");
+    let status = Command::new("c++")
+        .args(["-O2", "-o"])
+        .arg(&out_exe)
+        .arg(&src)
+        .arg("-ldl")
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => panic!("compiling new_handler.cpp: {s}"),
+        Err(e) => {
+            eprintln!("skipped cxx_program_keeps_new_handler_and_bad_alloc: no C++ compiler ({e})");
+            return;
+        }
+    }
+    let out = run(&mut Command::new(&out_exe), true);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.ends_with("cxx ok, failures 0\n"), "{stdout}");
+}
+
 #[test]
 fn the_library_needs_no_static_tls() {
     // Initial-exec TLS shows as TPOFF relocations; the general-dynamic model (DTPMOD) loads with

@@ -1,0 +1,214 @@
+//! C++'s replaceable `operator new` and `operator delete`, every form (plain, array, nothrow,
+//! sized, aligned; Itanium ABI names), served by tensorpool directly.
+//!
+//! Without them a C++ program's `new` goes through libstdc++'s own `operator new`, which calls
+//! `malloc` in a loop that checks the new-handler: 13 instructions a call before ours start
+//! (callgrind, mimalloc-bench's alloc-test), and `delete` another 3. mimalloc, jemalloc and
+//! tcmalloc export these symbols for the same reason.
+//!
+//! Failure keeps C++'s contract, which Rust cannot: the throwing forms must call the
+//! new-handler and throw `std::bad_alloc`. So where tensorpool refuses, the request goes to the
+//! next definition of the same symbol (`dlsym(RTLD_NEXT)`: libstdc++'s or libc++'s), which calls
+//! `malloc` or `aligned_alloc` (ours again) under its handler loop and throws; the exception
+//! passes through our frame, hence `extern "C-unwind"`. The nothrow forms do the same (theirs
+//! return null). Looked up at the failure, not at load: Python loads libstdc++ with the first
+//! C++ extension, after this library's constructor ran. Where there is no next definition, a
+//! throwing form stops the process with a message (returning null would be undefined behaviour
+//! for its caller) and a nothrow form returns null.
+
+// The Itanium ABI's names are the symbols.
+#![allow(non_snake_case)]
+
+use crate::{ALLOC, MIN_ALIGN};
+use core::ffi::{c_void, CStr};
+
+type New = unsafe extern "C-unwind" fn(usize) -> *mut c_void;
+type NewAligned = unsafe extern "C-unwind" fn(usize, usize) -> *mut c_void;
+type NewNothrow = unsafe extern "C-unwind" fn(usize, *const c_void) -> *mut c_void;
+type NewAlignedNothrow = unsafe extern "C-unwind" fn(usize, usize, *const c_void) -> *mut c_void;
+
+/// The next definition of `name` after this library's, or null.
+#[cold]
+fn next(name: &CStr) -> *mut c_void {
+    // SAFETY: `name` is NUL-terminated; RTLD_NEXT searches the objects loaded after this one.
+    unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) }
+}
+
+/// No C++ runtime to throw `bad_alloc` for us: say so and stop, as an uncaught one would.
+#[cold]
+fn no_runtime() -> ! {
+    let msg = b"tensorpool: out of memory in a C++ operator new, and no C++ runtime to throw std::bad_alloc: aborting\n";
+    // SAFETY: writing a static buffer to stderr.
+    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+    // SAFETY: abort has no preconditions.
+    unsafe { libc::abort() }
+}
+
+#[cold]
+#[inline(never)]
+fn new_failed(name: &CStr, size: usize) -> *mut c_void {
+    let f = next(name);
+    if f.is_null() {
+        no_runtime()
+    }
+    // SAFETY: `f` is another library's definition of the same symbol, of this signature.
+    unsafe { core::mem::transmute::<*mut c_void, New>(f)(size) }
+}
+
+#[cold]
+#[inline(never)]
+fn new_aligned_failed(name: &CStr, size: usize, align: usize) -> *mut c_void {
+    let f = next(name);
+    if f.is_null() {
+        no_runtime()
+    }
+    // SAFETY: as in `new_failed`.
+    unsafe { core::mem::transmute::<*mut c_void, NewAligned>(f)(size, align) }
+}
+
+#[cold]
+#[inline(never)]
+fn new_nothrow_failed(name: &CStr, size: usize, tag: *const c_void) -> *mut c_void {
+    let f = next(name);
+    if f.is_null() {
+        return f;
+    }
+    // SAFETY: as in `new_failed`; `tag` is the caller's `std::nothrow`.
+    unsafe { core::mem::transmute::<*mut c_void, NewNothrow>(f)(size, tag) }
+}
+
+#[cold]
+#[inline(never)]
+fn new_aligned_nothrow_failed(
+    name: &CStr,
+    size: usize,
+    align: usize,
+    tag: *const c_void,
+) -> *mut c_void {
+    let f = next(name);
+    if f.is_null() {
+        return f;
+    }
+    // SAFETY: as in `new_nothrow_failed`.
+    unsafe { core::mem::transmute::<*mut c_void, NewAlignedNothrow>(f)(size, align, tag) }
+}
+
+/// A block for `new` of `size` bytes aligned to `align` (C++ passes a power of two), or null.
+#[inline(always)]
+fn get(size: usize, align: usize) -> *mut c_void {
+    ALLOC.alloc_raw(size, align.max(MIN_ALIGN), false).cast()
+}
+
+/// # Safety
+/// `p` is null or a live block of this library.
+#[inline(always)]
+unsafe fn put(p: *mut c_void) {
+    // SAFETY: the caller's contract.
+    unsafe { ALLOC.free_raw(p.cast()) }
+}
+
+macro_rules! new_forms {
+    ($($name:ident, $sym:literal;)*) => {$(
+        /// `operator new(size_t)` or its array form.
+        #[no_mangle]
+        pub extern "C-unwind" fn $name(size: usize) -> *mut c_void {
+            let p = get(size, MIN_ALIGN);
+            if p.is_null() {
+                return new_failed($sym, size);
+            }
+            p
+        }
+    )*};
+}
+
+macro_rules! new_aligned_forms {
+    ($($name:ident, $sym:literal;)*) => {$(
+        /// `operator new(size_t, align_val_t)` or its array form.
+        #[no_mangle]
+        pub extern "C-unwind" fn $name(size: usize, align: usize) -> *mut c_void {
+            let p = get(size, align);
+            if p.is_null() {
+                return new_aligned_failed($sym, size, align);
+            }
+            p
+        }
+    )*};
+}
+
+macro_rules! new_nothrow_forms {
+    ($($name:ident, $sym:literal;)*) => {$(
+        /// `operator new(size_t, const nothrow_t&)` or its array form.
+        #[no_mangle]
+        pub extern "C-unwind" fn $name(size: usize, tag: *const c_void) -> *mut c_void {
+            let p = get(size, MIN_ALIGN);
+            if p.is_null() {
+                return new_nothrow_failed($sym, size, tag);
+            }
+            p
+        }
+    )*};
+}
+
+macro_rules! new_aligned_nothrow_forms {
+    ($($name:ident, $sym:literal;)*) => {$(
+        /// `operator new(size_t, align_val_t, const nothrow_t&)` or its array form.
+        #[no_mangle]
+        pub extern "C-unwind" fn $name(size: usize, align: usize, tag: *const c_void) -> *mut c_void {
+            let p = get(size, align);
+            if p.is_null() {
+                return new_aligned_nothrow_failed($sym, size, align, tag);
+            }
+            p
+        }
+    )*};
+}
+
+new_forms! {
+    _Znwm, c"_Znwm";
+    _Znam, c"_Znam";
+}
+new_aligned_forms! {
+    _ZnwmSt11align_val_t, c"_ZnwmSt11align_val_t";
+    _ZnamSt11align_val_t, c"_ZnamSt11align_val_t";
+}
+new_nothrow_forms! {
+    _ZnwmRKSt9nothrow_t, c"_ZnwmRKSt9nothrow_t";
+    _ZnamRKSt9nothrow_t, c"_ZnamRKSt9nothrow_t";
+}
+new_aligned_nothrow_forms! {
+    _ZnwmSt11align_val_tRKSt9nothrow_t, c"_ZnwmSt11align_val_tRKSt9nothrow_t";
+    _ZnamSt11align_val_tRKSt9nothrow_t, c"_ZnamSt11align_val_tRKSt9nothrow_t";
+}
+
+/// Every `operator delete` form takes the block first; what follows (the size of a sized
+/// delete, the alignment, `nothrow`) tensorpool does not need: the block's page or descriptor
+/// knows both.
+macro_rules! delete_forms {
+    ($($name:ident($($arg:ident),*);)*) => {$(
+        /// An `operator delete` form.
+        ///
+        /// # Safety
+        /// `p` is null or a live block of this library.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(p: *mut c_void $(, $arg: usize)*) {
+            $(let _ = $arg;)*
+            // SAFETY: the caller's contract.
+            unsafe { put(p) }
+        }
+    )*};
+}
+
+delete_forms! {
+    _ZdlPv();
+    _ZdaPv();
+    _ZdlPvm(size);
+    _ZdaPvm(size);
+    _ZdlPvSt11align_val_t(align);
+    _ZdaPvSt11align_val_t(align);
+    _ZdlPvmSt11align_val_t(size, align);
+    _ZdaPvmSt11align_val_t(size, align);
+    _ZdlPvRKSt9nothrow_t(tag);
+    _ZdaPvRKSt9nothrow_t(tag);
+    _ZdlPvSt11align_val_tRKSt9nothrow_t(align, tag);
+    _ZdaPvSt11align_val_tRKSt9nothrow_t(align, tag);
+}
