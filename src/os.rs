@@ -79,12 +79,14 @@ const MADV_COLLAPSE: libc::c_int = 25;
 /// Make the 2 MiB ranges of `[p, p + len)` that hold resident 4 KiB pages huge now, copying
 /// them (the rest of each such range is filled with zero pages of the huge one; ranges with
 /// nothing resident are left alone). Best effort: an older kernel, `never` mode, or no free huge
-/// page leaves the range as it was, and the contents are unchanged either way.
-pub(crate) fn collapse_huge(p: *mut u8, len: usize) {
+/// page leaves the range as it was, and the contents are unchanged either way. Returns whether
+/// the kernel said to try again later (`EAGAIN`: a page was busy, as one written a moment
+/// before can be).
+pub(crate) fn collapse_huge(p: *mut u8, len: usize) -> bool {
     // SAFETY: advice on a mapped range owned by the caller; a collapse keeps every byte.
-    unsafe {
-        libc::madvise(p.cast(), len, MADV_COLLAPSE);
-    }
+    let r = unsafe { libc::madvise(p.cast(), len, MADV_COLLAPSE) };
+    // SAFETY: errno is the calling thread's.
+    r != 0 && unsafe { *libc::__errno_location() } == libc::EAGAIN
 }
 
 /// The kernel's transparent-huge-page mode (`/sys/kernel/mm/transparent_hugepage/enabled`).

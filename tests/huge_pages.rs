@@ -240,3 +240,46 @@ fn child_grows_from_small_to_tensors() {
         assert!(v.iter().all(|&x| x == i as u8));
     }
 }
+
+/// A block grown in place by `realloc` arms huge pages as a new block of its size would: a
+/// vector grown from 64 KiB to 8 MiB, every page written as it grows, ends on huge pages (it
+/// went on 4 KiB pages for good when only new blocks armed them). In a fresh child process.
+#[test]
+fn a_vector_grown_in_place_goes_on_huge_pages() {
+    let Some(mode) = kernel_mode().filter(|m| m == "madvise") else {
+        eprintln!("skipped: this test needs THP in madvise mode (the kernel decides otherwise)");
+        return;
+    };
+    if std::env::var_os("TENSORPOOL_HUGE_PAGES").is_some() {
+        eprintln!("skipped: TENSORPOOL_HUGE_PAGES is set; this test checks the default");
+        return;
+    }
+    let (out, err) = common::run_child_test("child_grows_a_vector", &[]);
+    assert_eq!(line_value(&out, "moved "), 0, "THP {mode}: {out} {err}");
+    let huge = line_value(&out, "grown ");
+    assert!(huge >= 4 * MIB as u64, "THP {mode}: {out} {err}");
+}
+
+#[test]
+fn child_grows_a_vector() {
+    if std::env::var_os("TENSORPOOL_TEST_CHILD").is_none() {
+        return;
+    }
+    let mut v: Vec<u8> = Vec::with_capacity(64 << 10);
+    let first = v.as_ptr() as usize;
+    while v.capacity() < 8 * MIB {
+        v.reserve_exact(64 << 10);
+        let from = v.len();
+        let to = v.capacity();
+        // One byte per page of the new part, as a tensor filled page by page.
+        v.resize(to, 0);
+        for i in (from..to).step_by(4096) {
+            v[i] = (i / 4096) as u8;
+        }
+    }
+    println!("moved {}", u64::from(v.as_ptr() as usize != first));
+    println!("grown {}", huge_bytes_at(v.as_ptr() as usize));
+    for i in (0..v.len()).step_by(4096) {
+        assert_eq!(v[i], (i / 4096) as u8);
+    }
+}

@@ -24,13 +24,16 @@ const HUGE_DENSE_BLOCKS: usize = 512 << 10;
 pub(crate) const HUGE_DENSE_SEGMENT: usize = 1 << 20;
 /// A block this large fills half a huge page on its own (see `HUGE_DENSE_BLOCKS`).
 const HUGE_FROM_BLOCK: usize = 1 << 20;
-/// Metadata past its first chunk goes on huge pages once huge pages are armed and the arena
-/// has mapped this much: a page-map leaf covers 16 MiB of address space, so a small process's
-/// leaves are sparse (mimalloc-bench's alloc-test, 12 MiB live in two address ranges: its
-/// fifth page-map node took a 2 MiB huge page for one 4 KiB page used, 18.0 MiB peak against
-/// 16.1), while a big one's are dense (a 1.2 GiB arena's leaves faulted 80 times on 4 KiB
-/// pages, its descriptors 239).
-const HUGE_META_FROM: u64 = 256 << 20;
+/// Tries of a collapse the kernel keeps answering `EAGAIN` (`Arena::collapse`).
+const COLLAPSE_TRIES: u8 = 4;
+/// Page-map nodes past the first chunk go on huge pages once huge pages are armed and the
+/// arena has mapped this much (descriptors go at arming: they are packed, so dense from the
+/// start). A page-map leaf covers 16 MiB of address space, so a small process's leaves are
+/// sparse (mimalloc-bench's alloc-test, 12 MiB live in two address ranges: its fifth node took
+/// a 2 MiB huge page for one 4 KiB page used, 18.0 MiB peak against 16.1), while a big one's
+/// are dense (a 1.2 GiB arena's leaves faulted 80 times on 4 KiB pages). With descriptors
+/// under the same rule, the soak faulted about 100 times more.
+const HUGE_MAP_META_FROM: u64 = 256 << 20;
 
 impl ArenaState {
     /// Whether a block request of `size` bytes, taking an extent of `need`, arms huge pages
@@ -43,18 +46,31 @@ impl ArenaState {
         }
         let held = self.live - self.totals.segment_bytes + self.dirty_bytes - self.attr_bytes[SLAB];
         self.huge_armed = size >= HUGE_FROM_BLOCK || held + need as u64 >= HUGE_DENSE_BLOCKS as u64;
+        if self.huge_armed {
+            // Advised now, under the lock: from here on another thread may place a block in
+            // these chunks, and its pages must fault huge. (Advised by the caller after the
+            // lock, a soak's second thread wrote a tensor into the first chunk in the 0.3 ms
+            // between, on 4 KiB pages.) The collapse of what was touched before is the
+            // caller's, outside the lock (`advise_early_chunks`).
+            for &(p, len) in &self.unadvised {
+                if len != 0 {
+                    os::advise_huge(p as *mut u8, len);
+                }
+            }
+        }
         self.huge_armed
     }
 
     /// A block chunk `[p, p + len)` was just mapped: advise it where huge pages are armed, else
     /// owe it the advice (`unadvised`). True when it armed them (a fifth chunk before the bytes
     /// said so: big enough anyway), so that the caller pays what is owed.
-    /// Whether metadata chunks mapped from now on are huge pages (`HUGE_META_FROM`): checked
-    /// when huge pages are armed and when a chunk is added.
+    /// Whether metadata chunks mapped from now on are huge pages (`HUGE_MAP_META_FROM`):
+    /// checked when huge pages are armed and when a chunk is added.
     pub(super) fn update_meta_huge(&mut self) {
-        let on = self.huge_pages && self.huge_armed && self.totals.mapped_bytes >= HUGE_META_FROM;
-        self.meta.set_huge(on);
-        self.map_meta.set_huge(on);
+        let armed = self.huge_pages && self.huge_armed;
+        self.meta.set_huge(armed);
+        self.map_meta
+            .set_huge(armed && self.totals.mapped_bytes >= HUGE_MAP_META_FROM);
     }
 
     pub(super) fn advise_block_chunk(&mut self, p: *mut u8, len: usize) -> bool {
@@ -95,7 +111,37 @@ impl Arena {
         for (p, len) in due {
             if len != 0 {
                 os::advise_huge(p as *mut u8, len);
-                os::collapse_huge(p as *mut u8, len);
+                self.collapse(p as *mut u8, len, 1);
+            }
+        }
+    }
+
+    /// Collapse the 2 MiB ranges of `[p, p + len)` (huge-page aligned) into huge pages, one
+    /// call each (`os::collapse_huge`), try `tries` of `COLLAPSE_TRIES`. One call over the
+    /// whole chunk answers `EINVAL` at its first range with nothing resident and leaves the
+    /// ranges after it alone (Linux 6.18: of a 64 MiB chunk with 300 KiB written at each end,
+    /// only the first range went huge), so a soak whose first blocks sat at the top of the
+    /// chunk faulted that range's 512 pages one by one, for good. A range the kernel answers
+    /// `EAGAIN` for (a page busy) is owed another try at the next decay tick or growth.
+    fn collapse(&self, p: *mut u8, len: usize, tries: u8) {
+        let mut r = p as usize;
+        while r < p as usize + len {
+            if os::collapse_huge(r as *mut u8, HUGE_PAGE) && tries < COLLAPSE_TRIES {
+                self.with(|s| {
+                    if let Some(slot) = s.recollapse.iter_mut().find(|x| x.1 == 0) {
+                        *slot = (r, HUGE_PAGE, tries + 1);
+                    }
+                });
+            }
+            r += HUGE_PAGE;
+        }
+    }
+
+    /// Try again the collapses owed (`recollapse`, taken from the state by the caller).
+    pub(super) fn collapse_owed(&self, owed: [(usize, usize, u8); 4]) {
+        for (p, len, tries) in owed {
+            if len != 0 {
+                self.collapse(p as *mut u8, len, tries);
             }
         }
     }
@@ -122,7 +168,7 @@ impl Arena {
     pub(crate) fn segment_dense(&self, seg: *mut u8, size: usize) {
         if self.with(|s| s.huge_pages) {
             os::advise_huge(seg, size);
-            os::collapse_huge(seg, size);
+            self.collapse(seg, size, 1);
         }
     }
 

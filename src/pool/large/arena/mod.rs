@@ -246,6 +246,9 @@ pub(crate) struct ArenaState {
     /// advised and collapsed by `advise_early_chunks`. When a chunk finds no slot, the arena is
     /// big enough: it arms.
     unadvised: [(usize, usize); 4],
+    /// Ranges whose collapse into huge pages the kernel answered "try again" (`EAGAIN`), with
+    /// the tries so far: tried again at the next decay tick or growth (`collapse_owed`).
+    recollapse: [(usize, usize, u8); 4],
 }
 
 // SAFETY: the raw pointers are descriptors and regions owned by the arena, touched only under its
@@ -325,6 +328,7 @@ impl ArenaState {
             huge_pages: false,
             huge_armed: false,
             unadvised: [(0, 0); 4],
+            recollapse: [(0, 0, 0); 4],
         }
     }
 
@@ -664,8 +668,9 @@ impl Arena {
 
     /// Advance decay to time `t` (ns) and purge what has been idle for a whole period.
     pub(crate) fn tick_at(&self, t: u64) {
-        let chain = self.with(|s| s.advance(t));
+        let (chain, owed) = self.with(|s| (s.advance(t), core::mem::take(&mut s.recollapse)));
         self.purge(chain);
+        self.collapse_owed(owed);
     }
 
     /// Resize the live block `e` (starting at `p`) in place to `new_size` bytes: grow into a
@@ -682,7 +687,7 @@ impl Arena {
         shrink: bool,
     ) -> bool {
         let t = now();
-        let (ok, chain) = self.with(|s| {
+        let (ok, chain, armed_now) = self.with(|s| {
             // SAFETY: the caller's contract; neighbours are the arena's, under its lock.
             unsafe {
                 let start = p as usize;
@@ -690,7 +695,7 @@ impl Arena {
                     .checked_add(new_size)
                     .and_then(|x| x.checked_next_multiple_of(PAGE))
                 else {
-                    return (false, ptr::null_mut());
+                    return (false, ptr::null_mut(), false);
                 };
                 let cur_end = (*e).end();
                 if end <= cur_end {
@@ -710,15 +715,18 @@ impl Arena {
                         s.put_dirty(tail, kind);
                         s.sample(kind);
                     }
-                    return (true, s.advance(t));
+                    return (true, s.advance(t), false);
                 }
                 let grow = end - cur_end;
                 let n = (*e).next;
                 // `e` is live, so a free `n` heads its run.
                 if !ArenaState::is_free(n) || (*n).span < grow || !s.reserve(3) {
-                    return (false, ptr::null_mut());
+                    return (false, ptr::null_mut(), false);
                 }
                 let kind = (*e).kind as usize;
+                // Growing in place counts towards arming huge pages as a new block would (a
+                // vector grown by `realloc` from a few KiB to 20 MiB went on 4 KiB pages).
+                let armed_now = s.arms(new_size, grow);
                 let (piece, taken, fresh, _) = s.carve(n, (*n).base, grow, kind);
                 s.absorb_next(e, piece);
                 s.free_desc(piece);
@@ -741,9 +749,12 @@ impl Arena {
                 crate::stats::held_add(kind, grow as u64);
                 c.granted_bytes += grow as u64;
                 s.sample(kind);
-                (true, ptr::null_mut())
+                (true, ptr::null_mut(), armed_now)
             }
         });
+        if armed_now {
+            self.advise_early_chunks();
+        }
         self.purge(chain);
         ok
     }
