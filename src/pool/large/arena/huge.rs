@@ -1,9 +1,8 @@
 //! Which ranges go on transparent huge pages, and when: a 2 MiB range goes huge once enough of
 //! it is in use, and what was touched before is collapsed into a huge page then. Blocks arm the
 //! whole block zone at once (`arms`, `advise_block_chunk`, `advise_early_chunks`); segments go
-//! one by one (`advise_taken_segment`, `segment_dense`, `advise_freed_segment`); metadata once
-//! the arena is big (`update_meta_huge`). The arena's other files give no advice of their own;
-//! they call these.
+//! one by one (`advise_taken_segment`, `segment_dense`, `advise_freed_segment`). The arena's
+//! other files give no advice of their own; they call these.
 
 use super::*;
 
@@ -26,14 +25,6 @@ pub(crate) const HUGE_DENSE_SEGMENT: usize = 1 << 20;
 const HUGE_FROM_BLOCK: usize = 1 << 20;
 /// Tries of a collapse the kernel keeps answering `EAGAIN` (`Arena::collapse`).
 const COLLAPSE_TRIES: u8 = 4;
-/// Page-map nodes past the first chunk go on huge pages once huge pages are armed and the
-/// arena has mapped this much (descriptors go at arming: they are packed, so dense from the
-/// start). A page-map leaf covers 16 MiB of address space, so a small process's leaves are
-/// sparse (mimalloc-bench's alloc-test, 12 MiB live in two address ranges: its fifth node took
-/// a 2 MiB huge page for one 4 KiB page used, 18.0 MiB peak against 16.1), while a big one's
-/// are dense (a 1.2 GiB arena's leaves faulted 80 times on 4 KiB pages). With descriptors
-/// under the same rule, the soak faulted about 100 times more.
-const HUGE_MAP_META_FROM: u64 = 256 << 20;
 
 impl ArenaState {
     /// Whether a block request of `size` bytes, taking an extent of `need`, arms huge pages
@@ -64,15 +55,6 @@ impl ArenaState {
     /// A block chunk `[p, p + len)` was just mapped: advise it where huge pages are armed, else
     /// owe it the advice (`unadvised`). True when it armed them (a fifth chunk before the bytes
     /// said so: big enough anyway), so that the caller pays what is owed.
-    /// Whether metadata chunks mapped from now on are huge pages (`HUGE_MAP_META_FROM`):
-    /// checked when huge pages are armed and when a chunk is added.
-    pub(super) fn update_meta_huge(&mut self) {
-        let armed = self.huge_pages && self.huge_armed;
-        self.meta.set_huge(armed);
-        self.map_meta
-            .set_huge(armed && self.totals.mapped_bytes >= HUGE_MAP_META_FROM);
-    }
-
     pub(super) fn advise_block_chunk(&mut self, p: *mut u8, len: usize) -> bool {
         if self.huge_pages && self.huge_armed {
             os::advise_huge(p, len);
@@ -90,8 +72,7 @@ impl ArenaState {
 impl Arena {
     /// The options were just read, or huge pages were just armed (`HUGE_DENSE_BLOCKS`): where
     /// they are armed, advise the block chunks mapped before and collapse what they hold into
-    /// huge pages, and let later metadata chunks be huge pages where the arena is big enough
-    /// (`update_meta_huge`).
+    /// huge pages, and let the page map's later metadata chunks be huge pages.
     ///
     /// Advice alone is for pages to come: a 2 MiB range with one 4 KiB page resident gets no
     /// huge page at a later fault (the kernel maps one only where the range's page table is
@@ -101,7 +82,8 @@ impl Arena {
     pub(crate) fn advise_early_chunks(&self) {
         let due = self.with(|s| {
             let armed = s.huge_pages && s.huge_armed;
-            s.update_meta_huge();
+            s.meta.set_huge(armed);
+            s.map_meta.set_huge(armed);
             if armed {
                 core::mem::take(&mut s.unadvised)
             } else {

@@ -219,7 +219,6 @@ impl ArenaState {
         }
         self.totals.mapped_bytes += len as u64;
         self.totals.chunk_maps += 1;
-        self.update_meta_huge();
         self.chunk_next[zone] = (self.chunk_next[zone] * 2).min(CHUNK_MAX);
     }
 
