@@ -160,6 +160,20 @@ fn child_reports_its_policy() {
     unsafe { ALLOC.dealloc(p, l) };
 }
 
+/// THP's mode when it is `madvise` and the policy is the default (`TENSORPOOL_HUGE_PAGES`
+/// unset); otherwise says why the calling test is skipped and returns `None`.
+fn madvise_mode_and_default_policy() -> Option<String> {
+    let Some(mode) = kernel_mode().filter(|m| m == "madvise") else {
+        eprintln!("skipped: this test needs THP in madvise mode (the kernel decides otherwise)");
+        return None;
+    };
+    if std::env::var_os("TENSORPOOL_HUGE_PAGES").is_some() {
+        eprintln!("skipped: TENSORPOOL_HUGE_PAGES is set; this test checks the default");
+        return None;
+    }
+    Some(mode)
+}
+
 /// Huge pages go where they will be dense: a process that holds a few hundred KiB keeps its
 /// small blocks (the main thread's and another's) and its first large blocks on 4 KiB pages (a
 /// 2 MiB page would be mostly empty); a thread with 1 MiB of small blocks has its segment
@@ -168,14 +182,9 @@ fn child_reports_its_policy() {
 /// process: the other tests of this binary arm them in theirs).
 #[test]
 fn a_small_process_stays_on_small_pages_until_it_holds_a_tensor() {
-    let Some(mode) = kernel_mode().filter(|m| m == "madvise") else {
-        eprintln!("skipped: this test needs THP in madvise mode (the kernel decides otherwise)");
+    let Some(mode) = madvise_mode_and_default_policy() else {
         return;
     };
-    if std::env::var_os("TENSORPOOL_HUGE_PAGES").is_some() {
-        eprintln!("skipped: TENSORPOOL_HUGE_PAGES is set; this test checks the default");
-        return;
-    }
     let (out, err) = common::run_child_test("child_grows_from_small_to_tensors", &[]);
     assert_eq!(line_value(&out, "small "), 0, "THP {mode}: {out} {err}");
     assert_eq!(line_value(&out, "thread "), 0, "THP {mode}: {out} {err}");
@@ -246,14 +255,9 @@ fn child_grows_from_small_to_tensors() {
 /// went on 4 KiB pages for good when only new blocks armed them). In a fresh child process.
 #[test]
 fn a_vector_grown_in_place_goes_on_huge_pages() {
-    let Some(mode) = kernel_mode().filter(|m| m == "madvise") else {
-        eprintln!("skipped: this test needs THP in madvise mode (the kernel decides otherwise)");
+    let Some(mode) = madvise_mode_and_default_policy() else {
         return;
     };
-    if std::env::var_os("TENSORPOOL_HUGE_PAGES").is_some() {
-        eprintln!("skipped: TENSORPOOL_HUGE_PAGES is set; this test checks the default");
-        return;
-    }
     let (out, err) = common::run_child_test("child_grows_a_vector", &[]);
     assert_eq!(line_value(&out, "moved "), 0, "THP {mode}: {out} {err}");
     let huge = line_value(&out, "grown ");
