@@ -76,15 +76,16 @@ pub(crate) fn advise_small(p: *mut u8, len: usize) {
 /// `MADV_COLLAPSE` (Linux 6.1+; the constant is missing from some libc targets).
 const MADV_COLLAPSE: libc::c_int = 25;
 
-/// Make the 2 MiB ranges of `[p, p + len)` that hold resident 4 KiB pages huge now, copying
-/// them (the rest of each such range is filled with zero pages of the huge one; ranges with
-/// nothing resident are left alone). Best effort: an older kernel, `never` mode, or no free huge
-/// page leaves the range as it was, and the contents are unchanged either way. Returns whether
-/// the kernel said to try again later (`EAGAIN`: a page was busy, as one written a moment
-/// before can be).
-pub(crate) fn collapse_huge(p: *mut u8, len: usize) -> bool {
+/// Make the huge-page-aligned 2 MiB range at `p` huge now if it holds resident 4 KiB pages,
+/// copying them (the rest of the range is filled with zeroes; a range with nothing resident is
+/// left alone). One range a call: over several, Linux 6.18 answers `EINVAL` at the first with
+/// nothing resident and leaves the ranges after it as they were. Best effort: an older kernel,
+/// `never` mode, or no free huge page leaves the range as it was, and the contents are
+/// unchanged either way. Returns whether the kernel said to try again later (`EAGAIN`: a page
+/// was busy, as one written a moment before can be).
+pub(crate) fn collapse_huge(p: *mut u8) -> bool {
     // SAFETY: advice on a mapped range owned by the caller; a collapse keeps every byte.
-    let r = unsafe { libc::madvise(p.cast(), len, MADV_COLLAPSE) };
+    let r = unsafe { libc::madvise(p.cast(), HUGE_PAGE, MADV_COLLAPSE) };
     // SAFETY: errno is the calling thread's.
     r != 0 && unsafe { *libc::__errno_location() } == libc::EAGAIN
 }

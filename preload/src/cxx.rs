@@ -22,11 +22,6 @@
 use crate::{ALLOC, MIN_ALIGN};
 use core::ffi::{c_void, CStr};
 
-type New = unsafe extern "C-unwind" fn(usize) -> *mut c_void;
-type NewAligned = unsafe extern "C-unwind" fn(usize, usize) -> *mut c_void;
-type NewNothrow = unsafe extern "C-unwind" fn(usize, *const c_void) -> *mut c_void;
-type NewAlignedNothrow = unsafe extern "C-unwind" fn(usize, usize, *const c_void) -> *mut c_void;
-
 /// The next definition of `name` after this library's, or null.
 #[cold]
 fn next(name: &CStr) -> *mut c_void {
@@ -44,55 +39,6 @@ fn no_runtime() -> ! {
     unsafe { libc::abort() }
 }
 
-#[cold]
-#[inline(never)]
-fn new_failed(name: &CStr, size: usize) -> *mut c_void {
-    let f = next(name);
-    if f.is_null() {
-        no_runtime()
-    }
-    // SAFETY: `f` is another library's definition of the same symbol, of this signature.
-    unsafe { core::mem::transmute::<*mut c_void, New>(f)(size) }
-}
-
-#[cold]
-#[inline(never)]
-fn new_aligned_failed(name: &CStr, size: usize, align: usize) -> *mut c_void {
-    let f = next(name);
-    if f.is_null() {
-        no_runtime()
-    }
-    // SAFETY: as in `new_failed`.
-    unsafe { core::mem::transmute::<*mut c_void, NewAligned>(f)(size, align) }
-}
-
-#[cold]
-#[inline(never)]
-fn new_nothrow_failed(name: &CStr, size: usize, tag: *const c_void) -> *mut c_void {
-    let f = next(name);
-    if f.is_null() {
-        return f;
-    }
-    // SAFETY: as in `new_failed`; `tag` is the caller's `std::nothrow`.
-    unsafe { core::mem::transmute::<*mut c_void, NewNothrow>(f)(size, tag) }
-}
-
-#[cold]
-#[inline(never)]
-fn new_aligned_nothrow_failed(
-    name: &CStr,
-    size: usize,
-    align: usize,
-    tag: *const c_void,
-) -> *mut c_void {
-    let f = next(name);
-    if f.is_null() {
-        return f;
-    }
-    // SAFETY: as in `new_nothrow_failed`.
-    unsafe { core::mem::transmute::<*mut c_void, NewAlignedNothrow>(f)(size, align, tag) }
-}
-
 /// A block for `new` of `size` bytes aligned to `align` (C++ passes a power of two), or null.
 #[inline(always)]
 fn get(size: usize, align: usize) -> *mut c_void {
@@ -107,56 +53,33 @@ unsafe fn put(p: *mut c_void) {
     unsafe { ALLOC.free_raw(p.cast()) }
 }
 
+/// Every `operator new` form: `size`, then the form's other arguments (the alignment of the
+/// aligned forms, which `align` names; `nothrow_t`'s address); served by `get`, and where that
+/// refuses, by the next definition of the same symbol (see the module's documentation), or,
+/// without one, null for a nothrow form and `no_runtime` for a throwing one.
 macro_rules! new_forms {
-    ($($name:ident, $sym:literal;)*) => {$(
-        /// `operator new(size_t)` or its array form.
+    ($($name:ident($($arg:ident: $ty:ty),*), $sym:literal, align $align:expr, nothrow $nothrow:literal;)*) => {$(
+        /// An `operator new` form.
         #[no_mangle]
-        pub extern "C-unwind" fn $name(size: usize) -> *mut c_void {
-            let p = get(size, MIN_ALIGN);
-            if p.is_null() {
-                return new_failed($sym, size);
+        pub extern "C-unwind" fn $name(size: usize $(, $arg: $ty)*) -> *mut c_void {
+            #[cold]
+            #[inline(never)]
+            fn failed(size: usize $(, $arg: $ty)*) -> *mut c_void {
+                let f = next($sym);
+                if f.is_null() {
+                    if $nothrow {
+                        return f;
+                    }
+                    no_runtime()
+                }
+                type Form = unsafe extern "C-unwind" fn(usize $(, $ty)*) -> *mut c_void;
+                // SAFETY: `f` is another library's definition of the same symbol, of this
+                // signature.
+                unsafe { core::mem::transmute::<*mut c_void, Form>(f)(size $(, $arg)*) }
             }
-            p
-        }
-    )*};
-}
-
-macro_rules! new_aligned_forms {
-    ($($name:ident, $sym:literal;)*) => {$(
-        /// `operator new(size_t, align_val_t)` or its array form.
-        #[no_mangle]
-        pub extern "C-unwind" fn $name(size: usize, align: usize) -> *mut c_void {
-            let p = get(size, align);
+            let p = get(size, $align);
             if p.is_null() {
-                return new_aligned_failed($sym, size, align);
-            }
-            p
-        }
-    )*};
-}
-
-macro_rules! new_nothrow_forms {
-    ($($name:ident, $sym:literal;)*) => {$(
-        /// `operator new(size_t, const nothrow_t&)` or its array form.
-        #[no_mangle]
-        pub extern "C-unwind" fn $name(size: usize, tag: *const c_void) -> *mut c_void {
-            let p = get(size, MIN_ALIGN);
-            if p.is_null() {
-                return new_nothrow_failed($sym, size, tag);
-            }
-            p
-        }
-    )*};
-}
-
-macro_rules! new_aligned_nothrow_forms {
-    ($($name:ident, $sym:literal;)*) => {$(
-        /// `operator new(size_t, align_val_t, const nothrow_t&)` or its array form.
-        #[no_mangle]
-        pub extern "C-unwind" fn $name(size: usize, align: usize, tag: *const c_void) -> *mut c_void {
-            let p = get(size, align);
-            if p.is_null() {
-                return new_aligned_nothrow_failed($sym, size, align, tag);
+                return failed(size $(, $arg)*);
             }
             p
         }
@@ -164,20 +87,16 @@ macro_rules! new_aligned_nothrow_forms {
 }
 
 new_forms! {
-    _Znwm, c"_Znwm";
-    _Znam, c"_Znam";
-}
-new_aligned_forms! {
-    _ZnwmSt11align_val_t, c"_ZnwmSt11align_val_t";
-    _ZnamSt11align_val_t, c"_ZnamSt11align_val_t";
-}
-new_nothrow_forms! {
-    _ZnwmRKSt9nothrow_t, c"_ZnwmRKSt9nothrow_t";
-    _ZnamRKSt9nothrow_t, c"_ZnamRKSt9nothrow_t";
-}
-new_aligned_nothrow_forms! {
-    _ZnwmSt11align_val_tRKSt9nothrow_t, c"_ZnwmSt11align_val_tRKSt9nothrow_t";
-    _ZnamSt11align_val_tRKSt9nothrow_t, c"_ZnamSt11align_val_tRKSt9nothrow_t";
+    _Znwm(), c"_Znwm", align MIN_ALIGN, nothrow false;
+    _Znam(), c"_Znam", align MIN_ALIGN, nothrow false;
+    _ZnwmSt11align_val_t(align: usize), c"_ZnwmSt11align_val_t", align align, nothrow false;
+    _ZnamSt11align_val_t(align: usize), c"_ZnamSt11align_val_t", align align, nothrow false;
+    _ZnwmRKSt9nothrow_t(tag: *const c_void), c"_ZnwmRKSt9nothrow_t", align MIN_ALIGN, nothrow true;
+    _ZnamRKSt9nothrow_t(tag: *const c_void), c"_ZnamRKSt9nothrow_t", align MIN_ALIGN, nothrow true;
+    _ZnwmSt11align_val_tRKSt9nothrow_t(align: usize, tag: *const c_void),
+        c"_ZnwmSt11align_val_tRKSt9nothrow_t", align align, nothrow true;
+    _ZnamSt11align_val_tRKSt9nothrow_t(align: usize, tag: *const c_void),
+        c"_ZnamSt11align_val_tRKSt9nothrow_t", align align, nothrow true;
 }
 
 /// Every `operator delete` form takes the block first; what follows (the size of a sized

@@ -36,20 +36,24 @@ impl ArenaState {
             return false;
         }
         let held = self.live - self.totals.segment_bytes + self.dirty_bytes - self.attr_bytes[SLAB];
-        self.huge_armed = size >= HUGE_FROM_BLOCK || held + need as u64 >= HUGE_DENSE_BLOCKS as u64;
-        if self.huge_armed {
-            // Advised now, under the lock: from here on another thread may place a block in
-            // these chunks, and its pages must fault huge. (Advised by the caller after the
-            // lock, a soak's second thread wrote a tensor into the first chunk in the 0.3 ms
-            // between, on 4 KiB pages.) The collapse of what was touched before is the
-            // caller's, outside the lock (`advise_early_chunks`).
-            for &(p, len) in &self.unadvised {
-                if len != 0 {
-                    os::advise_huge(p as *mut u8, len);
-                }
-            }
+        if size >= HUGE_FROM_BLOCK || held + need as u64 >= HUGE_DENSE_BLOCKS as u64 {
+            self.arm();
         }
         self.huge_armed
+    }
+
+    /// Arm huge pages and advise the block chunks mapped before, now, under the lock: from here
+    /// on another thread may place a block in them, and its pages must fault huge (advised by
+    /// the arming thread once the lock was dropped, another thread could write a block into
+    /// them in between, on 4 KiB pages). Collapsing what they hold already is the caller's
+    /// business, outside the lock (`Arena::advise_early_chunks`).
+    fn arm(&mut self) {
+        self.huge_armed = true;
+        for &(p, len) in &self.unadvised {
+            if len != 0 {
+                os::advise_huge(p as *mut u8, len);
+            }
+        }
     }
 
     /// A block chunk `[p, p + len)` was just mapped: advise it where huge pages are armed, else
@@ -61,7 +65,7 @@ impl ArenaState {
         } else if let Some(slot) = self.unadvised.iter_mut().find(|u| u.1 == 0) {
             *slot = (p as usize, len);
         } else if self.huge_pages {
-            self.huge_armed = true;
+            self.arm();
             os::advise_huge(p, len);
             return true;
         }
@@ -70,9 +74,9 @@ impl ArenaState {
 }
 
 impl Arena {
-    /// The options were just read, or huge pages were just armed (`HUGE_DENSE_BLOCKS`): where
-    /// they are armed, advise the block chunks mapped before and collapse what they hold into
-    /// huge pages, and let the page map's later metadata chunks be huge pages.
+    /// The options were just read, or huge pages were just armed (`HUGE_DENSE_BLOCKS`; `arm`
+    /// advised the block chunks mapped before): where they are armed, collapse what those
+    /// chunks hold into huge pages, and let the page map's later metadata chunks be huge pages.
     ///
     /// Advice alone is for pages to come: a 2 MiB range with one 4 KiB page resident gets no
     /// huge page at a later fault (the kernel maps one only where the range's page table is
@@ -92,7 +96,6 @@ impl Arena {
         });
         for (p, len) in due {
             if len != 0 {
-                os::advise_huge(p as *mut u8, len);
                 self.collapse(p as *mut u8, len, 1);
             }
         }
@@ -106,24 +109,23 @@ impl Arena {
     /// chunk faulted that range's 512 pages one by one, for good. A range the kernel answers
     /// `EAGAIN` for (a page busy) is owed another try at the next decay tick or growth.
     fn collapse(&self, p: *mut u8, len: usize, tries: u8) {
-        let mut r = p as usize;
-        while r < p as usize + len {
-            if os::collapse_huge(r as *mut u8, HUGE_PAGE) && tries < COLLAPSE_TRIES {
+        for r in (p as usize..p as usize + len).step_by(HUGE_PAGE) {
+            if os::collapse_huge(r as *mut u8) && tries < COLLAPSE_TRIES {
                 self.with(|s| {
-                    if let Some(slot) = s.recollapse.iter_mut().find(|x| x.1 == 0) {
-                        *slot = (r, HUGE_PAGE, tries + 1);
+                    if let Some(slot) = s.recollapse.iter_mut().find(|x| x.0 == 0) {
+                        *slot = (r, tries + 1);
                     }
                 });
             }
-            r += HUGE_PAGE;
         }
     }
 
-    /// Try again the collapses owed (`recollapse`, taken from the state by the caller).
-    pub(super) fn collapse_owed(&self, owed: [(usize, usize, u8); 4]) {
-        for (p, len, tries) in owed {
-            if len != 0 {
-                self.collapse(p as *mut u8, len, tries);
+    /// Try again the collapses owed (`recollapse`).
+    pub(super) fn collapse_owed(&self) {
+        let owed = self.with(|s| core::mem::take(&mut s.recollapse));
+        for (r, tries) in owed {
+            if r != 0 {
+                self.collapse(r as *mut u8, HUGE_PAGE, tries);
             }
         }
     }

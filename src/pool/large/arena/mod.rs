@@ -246,9 +246,10 @@ pub(crate) struct ArenaState {
     /// advised and collapsed by `advise_early_chunks`. When a chunk finds no slot, the arena is
     /// big enough: it arms.
     unadvised: [(usize, usize); 4],
-    /// Ranges whose collapse into huge pages the kernel answered "try again" (`EAGAIN`), with
-    /// the tries so far: tried again at the next decay tick or growth (`collapse_owed`).
-    recollapse: [(usize, usize, u8); 4],
+    /// 2 MiB ranges whose collapse into huge pages the kernel answered "try again" (`EAGAIN`),
+    /// `(start, tries so far)`, 0 for a free slot: tried again at the next decay tick or growth
+    /// (`collapse_owed`).
+    recollapse: [(usize, u8); 4],
 }
 
 // SAFETY: the raw pointers are descriptors and regions owned by the arena, touched only under its
@@ -328,7 +329,7 @@ impl ArenaState {
             huge_pages: false,
             huge_armed: false,
             unadvised: [(0, 0); 4],
-            recollapse: [(0, 0, 0); 4],
+            recollapse: [(0, 0); 4],
         }
     }
 
@@ -668,9 +669,9 @@ impl Arena {
 
     /// Advance decay to time `t` (ns) and purge what has been idle for a whole period.
     pub(crate) fn tick_at(&self, t: u64) {
-        let (chain, owed) = self.with(|s| (s.advance(t), core::mem::take(&mut s.recollapse)));
+        let chain = self.with(|s| s.advance(t));
         self.purge(chain);
-        self.collapse_owed(owed);
+        self.collapse_owed();
     }
 
     /// Resize the live block `e` (starting at `p`) in place to `new_size` bytes: grow into a

@@ -31,8 +31,7 @@ impl Arena {
                 if armed_now {
                     self.advise_early_chunks();
                 }
-                let owed = self.with(|s| core::mem::take(&mut s.recollapse));
-                self.collapse_owed(owed);
+                self.collapse_owed();
                 return added;
             }
             if len == min {
@@ -58,7 +57,7 @@ impl Arena {
         }
         // A range owed a collapse may be among those unmapped, and the address reused by
         // another mapping: forget them all.
-        self.with(|s| s.recollapse = [(0, 0, 0); 4]);
+        self.with(|s| s.recollapse = [(0, 0); 4]);
         let mut e = chain;
         while !e.is_null() {
             // SAFETY: `Busy` extents cut out of their regions are ours alone.
