@@ -8,7 +8,7 @@
 //! cache line.
 //!
 //! Modules, lowest layer first (each uses only those above it in this list): `os`, `sync`,
-//! `text`, `tiles`; `class`, `kind`, `meta`, `env`, `scope`, `pystack`; `topology`, `options`, `stats`, `pagemap`,
+//! `text`, `tiles`, `fmath`; `class`, `kind`, `meta`, `env`, `scope`, `pystack`; `topology`, `options`, `stats`, `pagemap`,
 //! `timeline`; `pool` (`slab`, `large`); `heap`, `background`; `budget`, `global`; `handle`,
 //! `adapter`. `.ci/module_cycles.py` checks that no import runs back up.
 //!
@@ -32,6 +32,7 @@ mod budget;
 mod checked;
 mod class;
 mod env;
+mod fmath;
 mod global;
 mod handle;
 mod heap;

@@ -184,7 +184,7 @@ fn next_interval(rate: usize) -> i64 {
     x ^= x << 17;
     SEED.set(x);
     let u = ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    ((-u.ln()) * rate as f64).min(i64::MAX as f64 / 2.0) as i64 + 1
+    ((-crate::fmath::ln(u)) * rate as f64).min(i64::MAX as f64 / 2.0) as i64 + 1
 }
 
 /// Record the sampled block `ptr` of `size` bytes and kind `kind`, with the calling thread's
@@ -463,7 +463,7 @@ fn snapshot_of(table: &SpinLock<Table>) -> Profile {
     for r in &recs {
         let s = r.size as f64;
         let m = r.rate.max(1) as f64;
-        let p = 1.0 - (-s / m).exp();
+        let p = 1.0 - crate::fmath::exp(-s / m);
         let scale = if p > 0.0 { 1.0 / p } else { 1.0 };
         let e = groups
             .entry((

@@ -487,7 +487,15 @@ fn nice_step(raw: f64) -> f64 {
     if raw <= 0.0 || !raw.is_finite() {
         return 1.0;
     }
-    let p = 10f64.powf(raw.log10().floor());
+    // The largest power of ten not above `raw`, by steps (libm's `log10` and `pow` cost the
+    // preload library a dependency; see `fmath`).
+    let mut p = 1.0;
+    while p * 10.0 <= raw {
+        p *= 10.0;
+    }
+    while p > raw {
+        p /= 10.0;
+    }
     let m = raw / p;
     p * if m <= 1.0 {
         1.0
@@ -524,5 +532,9 @@ mod tests {
         assert_eq!(nice_step(1.7), 2.0);
         assert_eq!(nice_step(37.0), 50.0);
         assert_eq!(nice_step(0.0), 1.0);
+        assert_eq!(nice_step(10.0), 10.0);
+        assert_eq!(nice_step(4096.0), 5000.0);
+        assert_eq!(nice_step(7.3e9), 1e10);
+        assert!((nice_step(0.0031) - 0.005).abs() < 1e-15);
     }
 }
