@@ -6,8 +6,9 @@
 //! first `malloc`. Only the heap profiler's sampling and its report use these, where ten
 //! significant digits are more than enough; both series below reach about 1e-15.
 
-const LN2_HI: f64 = 6.931_471_803_691_238_2e-1;
-const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+// ln 2 = LN2_HI + LN2_LO, the high part with its low 32 bits zero so that k * LN2_HI is exact.
+const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
 
 /// `e^x`. Underflows to 0 below -745 and overflows to infinity above 709.8, as libm does.
 pub(crate) fn exp(x: f64) -> f64 {
