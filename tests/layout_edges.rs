@@ -215,3 +215,36 @@ fn overflow_and_refusal_return_null() {
     assert!(v.try_reserve(1 << 50).is_err());
     assert_eq!(v, [1, 2, 3]);
 }
+
+#[test]
+fn the_cached_fast_path_serves_every_small_size_aligned_and_none_larger() {
+    // `alloc_cached` is `malloc`'s fast path in the C library: a thread's cached block or null,
+    // and never a block too small or misaligned.
+    std::thread::spawn(|| {
+        assert!(ALLOC.alloc_cached(16 * 1024 + 1).is_null());
+        assert!(ALLOC.alloc_cached(usize::MAX).is_null());
+        let mut served = 0;
+        for size in (0..=16 * 1024).step_by(7).chain([1, 15, 16, 17, 16 * 1024]) {
+            // A block of the size's class freed by this thread is what the fast path reuses.
+            let q = ALLOC.alloc_raw(size, 16, false);
+            assert!(!q.is_null());
+            // SAFETY (test): `q` is a live block of this allocator.
+            unsafe { ALLOC.free_raw(q) };
+            let p = ALLOC.alloc_cached(size);
+            if p.is_null() {
+                continue;
+            }
+            served += 1;
+            assert_eq!(p as usize % 16, 0, "size {size}");
+            // SAFETY (test): `p` is a live block of this allocator.
+            assert!(unsafe { ALLOC.usable_size(p) } >= size.max(1), "size {size}");
+            fill(p, size, size as u8);
+            assert!(check(p, size, size as u8));
+            // SAFETY (test): as above.
+            unsafe { ALLOC.free_raw(p) };
+        }
+        assert!(served > 2000, "the fast path served {served} requests");
+    })
+    .join()
+    .unwrap();
+}

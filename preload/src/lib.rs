@@ -140,9 +140,23 @@ fn alloc(size: usize, align: usize, zeroed: bool) -> *mut c_void {
     p.cast()
 }
 
-/// C `malloc`.
+/// C `malloc`: the thread's cached block inline, anything else through `malloc_slow`.
 #[no_mangle]
 pub extern "C" fn malloc(size: usize) -> *mut c_void {
+    let p = ALLOC.alloc_cached(size);
+    if !p.is_null() {
+        return p.cast();
+    }
+    malloc_slow(size)
+}
+
+/// `malloc` past its fast path. A C-ABI function, so that the compiler knows it does not unwind:
+/// `malloc` then needs no landing pad and tail-calls it (with a Rust function it kept a stack
+/// frame for the abort-on-unwind guard of an `extern "C"` function; 31 instructions on the
+/// fast path against 22; callgrind).
+#[cold]
+#[inline(never)]
+extern "C" fn malloc_slow(size: usize) -> *mut c_void {
     alloc(size, MIN_ALIGN, false)
 }
 

@@ -341,7 +341,7 @@ impl TensorPool {
     }
 
     #[inline(never)]
-    fn alloc_large(&self, kind: usize, size: usize, align: usize) -> *mut u8 {
+    extern "C" fn alloc_large(&self, kind: usize, size: usize, align: usize) -> *mut u8 {
         if !crate::options::configured() {
             self.configure();
         }
@@ -421,7 +421,7 @@ impl TensorPool {
     /// # Safety
     /// As for `free`.
     #[inline(never)]
-    unsafe fn free_large(&self, p: *mut u8) {
+    unsafe extern "C" fn free_large(&self, p: *mut u8) {
         let e = ARENA.lookup(p);
         if e.is_null() {
             if crate::checked::owns(p) {
@@ -598,6 +598,19 @@ pub(crate) fn invalid_free(p: *mut u8, what: &str) -> ! {
 /// The raw interface a C ABI needs: sizes and alignments as C passes them, blocks freed by
 /// address alone. (Rust code should use `GlobalAlloc` or the handles.)
 impl TensorPool {
+    /// `malloc`'s fast path: a block of at least `size` bytes (a minimal block for 0), 16-byte
+    /// aligned, from the calling thread's cached small blocks of its current kind, or null where
+    /// none is at hand: then `alloc_raw(size, 16, false)` serves the request (and says whether
+    /// it fails). It takes no lock and calls nothing, so that a C `malloc` built on it keeps no
+    /// stack frame and reaches its slow path by a tail call.
+    #[inline(always)]
+    pub fn alloc_cached(&self, size: usize) -> *mut u8 {
+        if size > crate::class::SMALL_MAX {
+            return ptr::null_mut();
+        }
+        heap::pop_direct(crate::class::small_class_16(size))
+    }
+
     /// A block of at least `size` bytes (a minimal block for 0) aligned to `align`, zeroed if
     /// `zeroed`. Null if `align` is not a power of two, the size overflows, or the OS refuses.
     #[inline]

@@ -52,6 +52,17 @@ pub(crate) fn alloc_small(class: usize, size: usize) -> *mut u8 {
     unsafe { pop_or_slow(kh, class, size) }
 }
 
+/// A small block of `class` from the calling thread's direct page for its current kind, or
+/// null where that page is empty (or the thread has no heap yet, or a slow-only mode is on):
+/// the caller then takes the whole path. No call and no lock: the C library's `malloc` runs
+/// this inline and reaches its slow path by a tail call.
+#[inline(always)]
+pub(crate) fn pop_direct(class: usize) -> *mut u8 {
+    let kh = cur::get();
+    // SAFETY: as in `alloc_small`.
+    unsafe { pop(*(*kh).direct.get_unchecked(class)) }
+}
+
 /// Allocate a small block of an explicit kind (allocator handles), whatever the thread's tag.
 #[inline]
 pub(crate) fn alloc_small_kind(kind: usize, class: usize, size: usize) -> *mut u8 {
@@ -116,7 +127,7 @@ pub(crate) unsafe fn pop(page: *mut Page) -> *mut u8 {
 /// As for `pop_or_slow`.
 #[cold]
 #[inline(never)]
-unsafe fn alloc_slow(kh: *mut KindHeap, class: usize, size: usize) -> *mut u8 {
+unsafe extern "C" fn alloc_slow(kh: *mut KindHeap, class: usize, size: usize) -> *mut u8 {
     // SAFETY: `kh` is the static empty kind heap (heap null) or one of this thread's.
     unsafe {
         if crate::checked::full() {
@@ -225,7 +236,7 @@ pub(crate) unsafe fn free_owned(seg: *mut Segment, page: *mut Page, b: *mut Bloc
 #[cfg(feature = "free-checks")]
 #[cold]
 #[inline(never)]
-unsafe fn free_suspect(seg: *mut Segment, page: *mut Page, p: *mut u8) {
+unsafe extern "C" fn free_suspect(seg: *mut Segment, page: *mut Page, p: *mut u8) {
     // SAFETY: the caller's contract.
     let starts = unsafe { slab::starts_block_local(page, p) };
     report::bad_free(p, "free", seg, starts)

@@ -118,7 +118,7 @@ pub(crate) unsafe fn set_direct(kh: *mut KindHeap, class: usize, p: *mut Page) {
 /// The calling thread owns the page (which is in use).
 #[cold]
 #[inline(never)]
-pub(crate) unsafe fn page_freed_cold(page: *mut Page) {
+pub(crate) unsafe extern "C" fn page_freed_cold(page: *mut Page) {
     // SAFETY: owner-only.
     unsafe {
         let heap = (*slab::segment_of(page.cast())).owner.cast::<Heap>();
