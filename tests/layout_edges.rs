@@ -237,7 +237,10 @@ fn the_cached_fast_path_serves_every_small_size_aligned_and_none_larger() {
             served += 1;
             assert_eq!(p as usize % 16, 0, "size {size}");
             // SAFETY (test): `p` is a live block of this allocator.
-            assert!(unsafe { ALLOC.usable_size(p) } >= size.max(1), "size {size}");
+            assert!(
+                unsafe { ALLOC.usable_size(p) } >= size.max(1),
+                "size {size}"
+            );
             fill(p, size, size as u8);
             assert!(check(p, size, size as u8));
             // SAFETY (test): as above.

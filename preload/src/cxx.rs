@@ -39,12 +39,6 @@ fn no_runtime() -> ! {
     unsafe { libc::abort() }
 }
 
-/// A block for `new` of `size` bytes aligned to `align` (C++ passes a power of two), or null.
-#[inline(always)]
-fn get(size: usize, align: usize) -> *mut c_void {
-    ALLOC.alloc_raw(size, align.max(MIN_ALIGN), false).cast()
-}
-
 /// # Safety
 /// `p` is null or a live block of this library.
 #[inline(always)]
@@ -54,9 +48,11 @@ unsafe fn put(p: *mut c_void) {
 }
 
 /// Every `operator new` form: `size`, then the form's other arguments (the alignment of the
-/// aligned forms, which `align` names; `nothrow_t`'s address); served by `get`, and where that
-/// refuses, by the next definition of the same symbol (see the module's documentation), or,
-/// without one, null for a nothrow form and `no_runtime` for a throwing one.
+/// aligned forms, which `align` names; `nothrow_t`'s address). Where `malloc`'s alignment will
+/// do, the thread's cached block inline, as `malloc` takes it; anything else in `slow`, reached
+/// by a tail call (a cold path inline kept three registers saved on the fast path): tensorpool's
+/// whole path, and where that refuses, the next definition of the same symbol (see the module's
+/// documentation), or, without one, null for a nothrow form and `no_runtime` for a throwing one.
 macro_rules! new_forms {
     ($($name:ident($($arg:ident: $ty:ty),*), $sym:literal, align $align:expr, nothrow $nothrow:literal;)*) => {$(
         /// An `operator new` form.
@@ -64,7 +60,11 @@ macro_rules! new_forms {
         pub extern "C-unwind" fn $name(size: usize $(, $arg: $ty)*) -> *mut c_void {
             #[cold]
             #[inline(never)]
-            fn failed(size: usize $(, $arg: $ty)*) -> *mut c_void {
+            extern "C-unwind" fn slow(size: usize $(, $arg: $ty)*) -> *mut c_void {
+                let p = ALLOC.alloc_raw(size, ($align).max(MIN_ALIGN), false);
+                if !p.is_null() {
+                    return p.cast();
+                }
                 let f = next($sym);
                 if f.is_null() {
                     if $nothrow {
@@ -77,11 +77,13 @@ macro_rules! new_forms {
                 // signature.
                 unsafe { core::mem::transmute::<*mut c_void, Form>(f)(size $(, $arg)*) }
             }
-            let p = get(size, $align);
-            if p.is_null() {
-                return failed(size $(, $arg)*);
+            if $align <= MIN_ALIGN {
+                let p = ALLOC.alloc_cached(size);
+                if !p.is_null() {
+                    return p.cast();
+                }
             }
-            p
+            slow(size $(, $arg)*)
         }
     )*};
 }

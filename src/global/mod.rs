@@ -341,6 +341,7 @@ impl TensorPool {
     }
 
     #[inline(never)]
+    // C ABI: see `heap::alloc_slow`.
     extern "C" fn alloc_large(&self, kind: usize, size: usize, align: usize) -> *mut u8 {
         if !crate::options::configured() {
             self.configure();
@@ -421,6 +422,7 @@ impl TensorPool {
     /// # Safety
     /// As for `free`.
     #[inline(never)]
+    // C ABI: see `heap::alloc_slow`.
     unsafe extern "C" fn free_large(&self, p: *mut u8) {
         let e = ARENA.lookup(p);
         if e.is_null() {

@@ -127,6 +127,9 @@ pub(crate) unsafe fn pop(page: *mut Page) -> *mut u8 {
 /// As for `pop_or_slow`.
 #[cold]
 #[inline(never)]
+// C ABI: known not to unwind, so that an `extern "C"` caller (the preload library's entry
+// points) tail-calls it instead of keeping a frame for an abort-on-unwind guard; a panic here
+// aborts, as one out of `GlobalAlloc` must not unwind anyway.
 unsafe extern "C" fn alloc_slow(kh: *mut KindHeap, class: usize, size: usize) -> *mut u8 {
     // SAFETY: `kh` is the static empty kind heap (heap null) or one of this thread's.
     unsafe {
@@ -236,6 +239,7 @@ pub(crate) unsafe fn free_owned(seg: *mut Segment, page: *mut Page, b: *mut Bloc
 #[cfg(feature = "free-checks")]
 #[cold]
 #[inline(never)]
+// C ABI: see `alloc_slow`.
 unsafe extern "C" fn free_suspect(seg: *mut Segment, page: *mut Page, p: *mut u8) {
     // SAFETY: the caller's contract.
     let starts = unsafe { slab::starts_block_local(page, p) };

@@ -118,6 +118,7 @@ pub(crate) unsafe fn set_direct(kh: *mut KindHeap, class: usize, p: *mut Page) {
 /// The calling thread owns the page (which is in use).
 #[cold]
 #[inline(never)]
+// C ABI: see `heap::alloc_slow`.
 pub(crate) unsafe extern "C" fn page_freed_cold(page: *mut Page) {
     // SAFETY: owner-only.
     unsafe {

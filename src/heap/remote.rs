@@ -123,6 +123,7 @@ impl Batch {
 /// `page` is a descriptor of a live small segment and `b` an address in its page (a live block
 /// of it, freed once by this call, unless the checks stop the process).
 #[cold]
+// C ABI: see `heap::alloc_slow`.
 pub(crate) unsafe extern "C" fn free_remote(page: *mut Page, b: *mut Block) {
     // SAFETY: the caller's contract.
     unsafe { check_remote(page, b) };
