@@ -334,16 +334,21 @@ fn cxx_program_keeps_new_handler_and_bad_alloc() {
     assert!(stdout.ends_with("cxx ok, failures 0\n"), "{stdout}");
 }
 
+/// What `readelf FLAG` says of the library.
+fn readelf(flag: &str) -> String {
+    let out = Command::new("readelf")
+        .arg(flag)
+        .arg(library())
+        .output()
+        .expect("readelf");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn the_library_needs_no_static_tls() {
     // Initial-exec TLS shows as TPOFF relocations; the general-dynamic model (DTPMOD) loads with
     // dlopen anywhere.
-    let out = Command::new("readelf")
-        .arg("-rW")
-        .arg(library())
-        .output()
-        .expect("readelf");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = readelf("-rW");
     assert!(!text.contains("TPOFF"), "static TLS relocations found");
 }
 
@@ -352,12 +357,7 @@ fn the_library_loads_no_other_library_than_the_c_runtime() {
     // Every library it needs is loaded into every process it is preloaded into, before the first
     // `malloc`: libm alone (through `f64::exp` and `ln`) cost 320-570 KiB of resident memory in a
     // process that allocates nothing.
-    let out = Command::new("readelf")
-        .arg("-dW")
-        .arg(library())
-        .output()
-        .expect("readelf");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = readelf("-dW");
     let needed: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("(NEEDED)"))
