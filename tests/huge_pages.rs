@@ -197,45 +197,46 @@ fn a_small_process_stays_on_small_pages_until_it_holds_a_tensor() {
     assert!(collapsed >= 2 * MIB as u64, "THP {mode}: {out} {err}");
 }
 
+/// The most any of `small`'s blocks has on huge pages (every 50th block looked at: each look
+/// reads the whole of /proc/self/smaps).
+fn small_huge(small: &[Vec<u64>]) -> u64 {
+    let huge = small
+        .iter()
+        .step_by(50)
+        .map(|v| huge_bytes_at(v.as_ptr() as usize));
+    huge.max().unwrap_or(0)
+}
+
+/// On a thread of its own, `n` small blocks written with `i ^ salt`: what they hold on huge
+/// pages (`small_huge`), their contents checked before they are freed.
+fn small_blocks_on_a_thread(n: u64, salt: u64) -> u64 {
+    std::thread::spawn(move || {
+        let small: Vec<Vec<u64>> = (0..n).map(|i| vec![i ^ salt; 8]).collect();
+        let huge = small_huge(&small);
+        for (i, v) in small.iter().enumerate() {
+            assert!(v.iter().all(|&x| x == i as u64 ^ salt));
+        }
+        huge
+    })
+    .join()
+    .unwrap()
+}
+
 #[test]
 fn child_grows_from_small_to_tensors() {
     if std::env::var_os("TENSORPOOL_TEST_CHILD").is_none() {
         return;
     }
-    let small_at = |small: &[Vec<u64>]| {
-        // Every 50th block: each look reads the whole of /proc/self/smaps.
-        let huge = small
-            .iter()
-            .step_by(50)
-            .map(|v| huge_bytes_at(v.as_ptr() as usize));
-        huge.max().unwrap_or(0)
-    };
     // Written, checked before they are freed: 2,000 small blocks on this thread and another,
     // 16,000 (1 MiB) on a third, whose segment is dense enough for a huge page, and 4 of 64 KiB
     // (below the 512 KiB of large blocks that arm huge pages).
     let small: Vec<Vec<u64>> = (0..2000u64).map(|i| vec![i; 8]).collect();
-    println!("small {}", small_at(&small));
-    let thread = std::thread::spawn(move || {
-        let small: Vec<Vec<u64>> = (0..2000u64).map(|i| vec![!i; 8]).collect();
-        let huge = small_at(&small);
-        for (i, v) in small.iter().enumerate() {
-            assert!(v.iter().all(|&x| x == !(i as u64)));
-        }
-        huge
-    });
-    println!("thread {}", thread.join().unwrap());
+    println!("small {}", small_huge(&small));
+    println!("thread {}", small_blocks_on_a_thread(2000, !0));
     let medium: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; 64 << 10]).collect();
     let at = |v: &[u8]| huge_bytes_at(v.as_ptr() as usize);
     println!("medium {}", medium.iter().map(|v| at(v)).max().unwrap_or(0));
-    let dense = std::thread::spawn(move || {
-        let small: Vec<Vec<u64>> = (0..16_000u64).map(|i| vec![i; 8]).collect();
-        let huge = small_at(&small);
-        for (i, v) in small.iter().enumerate() {
-            assert!(v.iter().all(|&x| x == i as u64));
-        }
-        huge
-    });
-    println!("dense thread {}", dense.join().unwrap());
+    println!("dense thread {}", small_blocks_on_a_thread(16_000, 0));
     let (p, l, gained, _) = written_block(TensorKind::Activation, 16 * MIB);
     println!("tensor {gained}");
     // The medium blocks share the tensor's mapping: what it holds on huge pages beyond the

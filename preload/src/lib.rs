@@ -1,10 +1,9 @@
 //! tensorpool as a C shared library (`libtensorpool_preload.so`): the C allocation functions with
 //! glibc's semantics and errno values and C++'s `operator new` and `delete` (`cxx`), for
-//! `LD_PRELOAD` under Python, C and C++ inference stacks,
-//! glibc's introspection calls (`malloc_trim`, `malloc_stats`, `mallinfo`, `mallinfo2`,
-//! `malloc_info`), and a small C API (`include/tensorpool.h`) to tag the calling thread's
-//! allocations by tensor kind, trim, and write the statistics and the memory timeline to a file
-//! descriptor.
+//! `LD_PRELOAD` under Python, C and C++ inference stacks, glibc's introspection calls
+//! (`malloc_trim`, `malloc_stats`, `mallinfo`, `mallinfo2`, `malloc_info`), and a small C API
+//! (`include/tensorpool.h`) to tag the calling thread's allocations by tensor kind, trim, and
+//! write the statistics and the memory timeline to a file descriptor.
 //!
 //! Every function here is a thin translation of C's contract onto `TensorPool`'s raw interface:
 //! sizes of 0, overflowing counts, bad alignments and refusals are answered as glibc answers them

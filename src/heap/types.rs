@@ -59,17 +59,8 @@ impl PageList {
     /// # Safety
     /// The calling thread owns the list and `p`, which is on no list.
     pub(crate) unsafe fn push_front(&mut self, p: *mut Page) {
-        // SAFETY: owner-only list manipulation.
-        unsafe {
-            (*p).prev = ptr::null_mut();
-            (*p).next = self.head;
-            if self.head.is_null() {
-                self.tail = p;
-            } else {
-                (*self.head).prev = p;
-            }
-            self.head = p;
-        }
+        // SAFETY: the caller's contract; `head` is null or the first page.
+        unsafe { self.link(p, ptr::null_mut(), self.head) }
     }
 
     /// Put `p` last.
@@ -77,16 +68,30 @@ impl PageList {
     /// # Safety
     /// As for `push_front`.
     pub(crate) unsafe fn push_back(&mut self, p: *mut Page) {
+        // SAFETY: the caller's contract; `tail` is null or the last page.
+        unsafe { self.link(p, self.tail, ptr::null_mut()) }
+    }
+
+    /// Put `p` between the neighbours `prev` and `next` (null: the list's end), the mirror of
+    /// `unlink`.
+    ///
+    /// # Safety
+    /// As for `push_front`; `prev` and `next` are adjacent on the list, or its ends.
+    unsafe fn link(&mut self, p: *mut Page, prev: *mut Page, next: *mut Page) {
         // SAFETY: owner-only list manipulation.
         unsafe {
-            (*p).next = ptr::null_mut();
-            (*p).prev = self.tail;
-            if self.tail.is_null() {
+            (*p).prev = prev;
+            (*p).next = next;
+            if prev.is_null() {
                 self.head = p;
             } else {
-                (*self.tail).next = p;
+                (*prev).next = p;
             }
-            self.tail = p;
+            if next.is_null() {
+                self.tail = p;
+            } else {
+                (*next).prev = p;
+            }
         }
     }
 
