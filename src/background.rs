@@ -52,6 +52,7 @@ pub(crate) fn running() -> bool {
 
 /// Hold back (or allow) starting the background thread. A preloaded C library defers it from
 /// the moment it is loaded until the program's `main` starts.
+#[link_section = ".text.hot.tensorpool"]
 pub fn defer_background_thread(defer: bool) {
     DEFERRED.store(u8::from(defer), Release);
 }

@@ -145,6 +145,7 @@ pub(crate) fn full() -> bool {
 }
 
 #[cold]
+#[link_section = ".text.hot.tensorpool"]
 fn read_mode() -> bool {
     let m = match crate::env::read_var(c"TENSORPOOL_CHECK", parse_mode, "default or full", || {
         crate::env::Kept::Text("default")

@@ -60,6 +60,7 @@ impl Meta {
 
     /// `size` bytes aligned to `align` (a power of two at most `os::PAGE`), zeroed; null when the
     /// OS refuses memory.
+    #[link_section = ".text.hot.tensorpool"]
     pub(crate) fn alloc(&mut self, size: usize, align: usize) -> *mut u8 {
         debug_assert!(align.is_power_of_two() && align <= os::PAGE);
         let start = (self.cur + align - 1) & !(align - 1);

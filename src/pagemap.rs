@@ -143,6 +143,7 @@ impl PageMap {
     /// Make sure the nodes for the page holding `addr` exist, allocating them from `meta`.
     /// False when a node cannot be allocated or the address is out of range. The caller
     /// serialises writers.
+    #[link_section = ".text.hot.tensorpool"]
     pub(crate) fn prepare(&self, addr: usize, meta: &mut Meta) -> bool {
         let Some([a, b, _]) = Self::indices(addr) else {
             return false;
@@ -177,6 +178,7 @@ impl PageMap {
     }
 
     /// The node `slot` points to, allocated (zeroed) and published if it is not there yet.
+    #[link_section = ".text.hot.tensorpool"]
     fn child<T>(slot: &AtomicPtr<T>, meta: &mut Meta) -> *mut Node {
         let cur = slot.load(Acquire);
         if !cur.is_null() {

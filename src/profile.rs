@@ -137,6 +137,7 @@ pub(crate) fn on() -> bool {
 }
 
 #[cold]
+#[link_section = ".text.hot.tensorpool"]
 fn read_rate() -> usize {
     let r = crate::env::read_var(
         c"TENSORPOOL_PROFILE",
@@ -159,6 +160,7 @@ pub(crate) fn configure(bytes: usize) {
 /// Count `size` bytes against the calling thread's countdown: whether this allocation is to be
 /// sampled.
 #[inline]
+#[link_section = ".text.hot.tensorpool"]
 pub(crate) fn should_sample(size: usize) -> bool {
     let r = rate();
     if r == OFF {

@@ -117,6 +117,7 @@ impl CacheTopology {
     /// Parse a sysfs-like tree: `{root}/cpu0/cache/index*/{level,type,size,
     /// coherency_line_size,shared_cpu_list}` and `{root}/cpu0/topology/thread_siblings_list`
     /// (`root` is `/sys/devices/system/cpu` on Linux). Allocates nothing.
+    #[link_section = ".text.hot.tensorpool"]
     pub fn from_sysfs(root: &str) -> Result<CacheTopology, TopologyError> {
         let mut dir = [0u8; 256];
         let mut found = false;
@@ -236,6 +237,7 @@ fn parse_cache_size(s: &[u8]) -> Option<usize> {
 }
 
 /// CPUs in a list such as `0-3,8-11` or `0,4`.
+#[link_section = ".text.hot.tensorpool"]
 fn count_cpu_list(s: &[u8]) -> Option<usize> {
     let s = trim(s);
     if s.is_empty() {
@@ -285,6 +287,7 @@ pub(crate) fn current() -> (CacheTopology, TopologySource) {
     detect_with_overrides()
 }
 
+#[link_section = ".text.hot.tensorpool"]
 fn detect_with_overrides() -> (CacheTopology, TopologySource) {
     let (mut t, source) = match CacheTopology::from_sysfs("/sys/devices/system/cpu") {
         Ok(t) => (t, TopologySource::Detected),
@@ -297,18 +300,31 @@ fn detect_with_overrides() -> (CacheTopology, TopologySource) {
 /// Apply `TENSORPOOL_L1D`, `_L2`, `_L3`, `_LINE` (sizes), `_CORES` and `_THREADS` (counts) to a
 /// detected or preset topology. A value that does not parse, or that would make the topology
 /// absurd (see `CacheTopology::is_plausible`), is ignored with a warning naming what is kept.
+#[link_section = ".text.hot.tensorpool"]
 fn apply_overrides(t: &mut CacheTopology) {
-    type Field = fn(&mut CacheTopology) -> &mut usize;
-    let vars: [(&core::ffi::CStr, Field, bool); 6] = [
-        (c"TENSORPOOL_L1D", |t| &mut t.l1d, true),
-        (c"TENSORPOOL_L2", |t| &mut t.l2, true),
-        (c"TENSORPOOL_L3", |t| &mut t.l3, true),
-        (c"TENSORPOOL_LINE", |t| &mut t.line, true),
-        (c"TENSORPOOL_CORES", |t| &mut t.cores, false),
-        (c"TENSORPOOL_THREADS", |t| &mut t.threads, false),
+    // By index, not by closures coerced to `fn` pointers: their shims land far from the rest of
+    // the start-up code, and a process maps the code around each one it runs (`lib.rs`, "Code
+    // layout").
+    fn field(t: &mut CacheTopology, i: usize) -> &mut usize {
+        match i {
+            0 => &mut t.l1d,
+            1 => &mut t.l2,
+            2 => &mut t.l3,
+            3 => &mut t.line,
+            4 => &mut t.cores,
+            _ => &mut t.threads,
+        }
+    }
+    let vars: [(&core::ffi::CStr, bool); 6] = [
+        (c"TENSORPOOL_L1D", true),
+        (c"TENSORPOOL_L2", true),
+        (c"TENSORPOOL_L3", true),
+        (c"TENSORPOOL_LINE", true),
+        (c"TENSORPOOL_CORES", false),
+        (c"TENSORPOOL_THREADS", false),
     ];
-    for (name, field, is_size) in vars {
-        let kept = *field(t);
+    for (i, (name, is_size)) in vars.into_iter().enumerate() {
+        let kept = *field(t, i);
         let (parse, expected): (Parser, &str) = if is_size {
             (parse_size, "a size such as 6M")
         } else {
@@ -324,13 +340,13 @@ fn apply_overrides(t: &mut CacheTopology) {
             continue;
         };
         let threads = t.threads;
-        *field(t) = v;
+        *field(t, i) = v;
         if name == c"TENSORPOOL_CORES" {
             // More cores than the detected threads: each core has at least one thread.
             t.threads = t.threads.max(v);
         }
         if !t.is_plausible() {
-            *field(t) = kept;
+            *field(t, i) = kept;
             t.threads = threads;
             let raw = os::getenv(name).unwrap_or(b"");
             let kept = if is_size {

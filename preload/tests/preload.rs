@@ -377,6 +377,70 @@ fn the_library_loads_no_other_library_than_the_c_runtime() {
     }
 }
 
+#[test]
+fn the_code_every_process_runs_lies_together() {
+    // The kernel maps a library's code 64 KiB around each page a process runs, so the code of
+    // start-up, thread set-up and exit and the slow paths, spread over the library, made 300-490
+    // KiB of it resident in a process that allocates a few blocks (src/lib.rs, "Code layout").
+    if !library().parent().is_some_and(|d| d.ends_with("release")) {
+        eprintln!("skipped: the layout is checked on the release build");
+        return;
+    }
+    let symbols = readelf("-sWC");
+    let addr_of = |name: &str| -> (u64, u64) {
+        symbols
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 8 && f[3] == "FUNC" && f[7..].join(" ") == name).then(|| {
+                    (
+                        u64::from_str_radix(f[1], 16).unwrap(),
+                        f[2].parse::<u64>().unwrap(),
+                    )
+                })
+            })
+            .next()
+            .unwrap_or_else(|| panic!("no symbol {name} in the library"))
+    };
+    let hot = [
+        "malloc",
+        "free",
+        "realloc",
+        "tensorpool_preload::malloc_slow",
+        "tensorpool::global::TensorPool::configure",
+        "tensorpool::topology::detect_with_overrides",
+        "tensorpool::heap::registry::init_thread",
+        "tensorpool::heap::registry::on_thread_exit",
+        "tensorpool::heap::alloc_slow",
+        "tensorpool::heap::remote::free_remote",
+        "tensorpool::heap::pages::collect_all",
+        "tensorpool::global::TensorPool::alloc_large",
+        "tensorpool::global::TensorPool::free_large",
+        "tensorpool::pool::large::arena::Arena::take_in",
+        "tensorpool::pool::large::arena::Arena::free",
+    ];
+    let spans: Vec<(u64, u64)> = hot.iter().map(|n| addr_of(n)).collect();
+    let lo = spans.iter().map(|s| s.0).min().unwrap();
+    let hi = spans.iter().map(|s| s.0 + s.1).max().unwrap();
+    let text: u64 = symbols
+        .lines()
+        .filter(|l| l.contains(" FUNC "))
+        .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        text > 4 * (hi - lo),
+        "the functions every process runs span {} KiB of {} KiB of code",
+        (hi - lo) >> 10,
+        text >> 10
+    );
+    assert!(
+        hi - lo <= 128 << 10,
+        "the functions every process runs span {} KiB: {:?}",
+        (hi - lo) >> 10,
+        hot.iter().zip(&spans).collect::<Vec<_>>()
+    );
+}
+
 /// glibc's introspection calls from Python through ctypes, as users reach for them:
 /// `malloc_trim(0)` after freeing 320 MiB of numpy arrays brings resident memory down (decay
 /// would keep it for 10 s), `mallinfo2()` agrees with `tensorpool_write_stats`, and

@@ -49,6 +49,7 @@ impl TensorPool {
 
     /// Apply this value's configuration now if no configuration has been applied yet (otherwise the
     /// allocator applies it at its first large allocation). Returns whether this call applied it.
+    #[link_section = ".text.hot.tensorpool"]
     pub fn init(&self) -> bool {
         if crate::options::configured() {
             return false;
@@ -59,6 +60,7 @@ impl TensorPool {
     /// Apply the configuration: the code's `PoolConfig`, overridden by `TENSORPOOL_*`
     /// environment variables (read here, once, without allocating).
     #[cold]
+    #[link_section = ".text.hot.tensorpool"]
     fn configure(&self) -> bool {
         if !crate::options::begin_configure() {
             return false;
@@ -288,6 +290,7 @@ impl TensorPool {
     ///
     /// # Safety
     /// `p` is a live block allocated by a `TensorPool`.
+    #[link_section = ".text.hot.tensorpool"]
     pub unsafe fn usable_size(&self, p: *mut u8) -> usize {
         if pagemap::is_small(p) {
             let seg = slab::segment_of(p);
@@ -311,6 +314,7 @@ impl TensorPool {
     ///
     /// # Safety
     /// `p` is a live block allocated by a `TensorPool`.
+    #[link_section = ".text.hot.tensorpool"]
     pub unsafe fn kind_of(&self, p: *mut u8) -> TensorKind {
         let k = if pagemap::is_small(p) {
             // SAFETY: `p` is a live small block.
@@ -342,6 +346,7 @@ impl TensorPool {
 
     #[inline(never)]
     // C ABI: see `heap::alloc_slow`.
+    #[link_section = ".text.hot.tensorpool"]
     extern "C" fn alloc_large(&self, kind: usize, size: usize, align: usize) -> *mut u8 {
         if !crate::options::configured() {
             self.configure();
@@ -423,6 +428,7 @@ impl TensorPool {
     /// As for `free`.
     #[inline(never)]
     // C ABI: see `heap::alloc_slow`.
+    #[link_section = ".text.hot.tensorpool"]
     unsafe extern "C" fn free_large(&self, p: *mut u8) {
         let e = ARENA.lookup(p);
         if e.is_null() {
@@ -452,6 +458,7 @@ impl TensorPool {
     ///
     /// # Safety
     /// `p` is a live block of this allocator.
+    #[link_section = ".text.hot.tensorpool"]
     pub(crate) unsafe fn resize_in_place(
         &self,
         p: *mut u8,
@@ -502,6 +509,7 @@ impl TensorPool {
     ///
     /// # Safety
     /// `p` is a live block of at least `keep` bytes; `align` is a valid alignment.
+    #[link_section = ".text.hot.tensorpool"]
     unsafe fn realloc_move(
         &self,
         p: *mut u8,
@@ -647,6 +655,7 @@ impl TensorPool {
     ///
     /// # Safety
     /// `p` is a live block of this allocator.
+    #[link_section = ".text.hot.tensorpool"]
     pub unsafe fn realloc_raw(&self, p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
         // SAFETY: `p` is live (the caller's contract), and still is when the in-place resize
         // fails; its usable size bounds what is copied.
@@ -686,6 +695,7 @@ unsafe impl GlobalAlloc for TensorPool {
         unsafe { self.free(p) }
     }
 
+    #[link_section = ".text.hot.tensorpool"]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: `layout` has a non-zero size (`alloc_zeroed`'s contract is `alloc`'s).
         let p = unsafe { self.alloc(layout) };

@@ -147,6 +147,7 @@ impl HotCache {
     /// `align`-aligned: of its own class if there is one, else of up to four classes larger,
     /// the most recently freed among the closest; its descriptor, or null if there is none.
     #[inline]
+    #[link_section = ".text.hot.tensorpool"]
     pub(crate) fn take(&mut self, kind: usize, size: usize, align: usize) -> *mut Extent {
         if self.full == 0 {
             return ptr::null_mut();
@@ -224,6 +225,7 @@ impl HotCache {
     ///
     /// # Safety
     /// As `put`.
+    #[link_section = ".text.hot.tensorpool"]
     unsafe fn insert(&mut self, e: *mut Extent, limit: usize) -> bool {
         // SAFETY: the caller's contract.
         let (start, usable, bytes, kind) = unsafe { large::block_info(e) };
@@ -296,6 +298,7 @@ impl HotCache {
         }
     }
 
+    #[link_section = ".text.hot.tensorpool"]
     fn flow_back_coldest(&mut self) {
         let mut left = self.full;
         let mut cold = left.trailing_zeros() as usize;

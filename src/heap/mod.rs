@@ -130,6 +130,7 @@ pub(crate) unsafe fn pop(page: *mut Page) -> *mut u8 {
 // C ABI: known not to unwind, so that an `extern "C"` caller (the preload library's entry
 // points) tail-calls it instead of keeping a frame for an abort-on-unwind guard; a panic here
 // aborts, as one out of `GlobalAlloc` must not unwind anyway.
+#[link_section = ".text.hot.tensorpool"]
 unsafe extern "C" fn alloc_slow(kh: *mut KindHeap, class: usize, size: usize) -> *mut u8 {
     // SAFETY: `kh` is the static empty kind heap (heap null) or one of this thread's.
     unsafe {

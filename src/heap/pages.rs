@@ -119,6 +119,7 @@ pub(crate) unsafe fn set_direct(kh: *mut KindHeap, class: usize, p: *mut Page) {
 #[cold]
 #[inline(never)]
 // C ABI: see `heap::alloc_slow`.
+#[link_section = ".text.hot.tensorpool"]
 pub(crate) unsafe extern "C" fn page_freed_cold(page: *mut Page) {
     // SAFETY: owner-only.
     unsafe {
@@ -151,6 +152,7 @@ unsafe fn leave_full(kh: *mut KindHeap, page: *mut Page) {
 ///
 /// # Safety
 /// The calling thread owns `heap`.
+#[link_section = ".text.hot.tensorpool"]
 pub(crate) unsafe fn drain_delayed(heap: *mut Heap) {
     // SAFETY: owner-only; each page on the taken list is one of this heap's, put there once by
     // the remote free that took its `NOTIFY` (Acquire pairs with that push's Release, so its
@@ -179,6 +181,7 @@ pub(crate) unsafe fn drain_delayed(heap: *mut Heap) {
 ///
 /// # Safety
 /// The calling thread owns `heap`.
+#[link_section = ".text.hot.tensorpool"]
 pub(crate) unsafe fn collect_all(heap: *mut Heap) {
     // SAFETY: owner-only.
     unsafe {
@@ -242,6 +245,7 @@ pub(crate) unsafe fn retire_page(heap: *mut Heap, kh: *mut KindHeap, page: *mut 
 ///
 /// # Safety
 /// The calling thread owns `heap`, `kh` and `page`, which is on `kh`'s queue.
+#[link_section = ".text.hot.tensorpool"]
 unsafe fn retire_if_empty(heap: *mut Heap, kh: *mut KindHeap, page: *mut Page) {
     // SAFETY: the caller's contract; `may_release` is the condition `retire_page` requires.
     unsafe {

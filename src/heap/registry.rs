@@ -135,6 +135,7 @@ shared_static! {
 /// # Safety
 /// The calling thread has no heap (its current kind heap, `cur`, is the static empty one).
 #[cold]
+#[link_section = ".text.hot.tensorpool"]
 pub(crate) unsafe fn init_thread() -> *mut Heap {
     if !FORK_HANDLER.load(Ordering::Acquire) && !FORK_HANDLER.swap(true, Ordering::AcqRel) {
         os::at_fork(fork_prepare, fork_release, fork_child);
@@ -177,6 +178,7 @@ fn exit_key() -> usize {
 }
 
 /// Thread-exit destructor: publish the thread's batch of remote frees, then abandon its heap.
+#[link_section = ".text.hot.tensorpool"]
 unsafe extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
     remote::flush_here();
     cur::set(empty_kind_heap());

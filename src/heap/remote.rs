@@ -106,6 +106,7 @@ impl Batch {
     }
 
     /// Publish every chain of the batch.
+    #[link_section = ".text.hot.tensorpool"]
     pub(crate) fn flush(&mut self) {
         for i in 0..self.pages {
             // SAFETY: as in `publish_slot`.
@@ -124,6 +125,7 @@ impl Batch {
 /// of it, freed once by this call, unless the checks stop the process).
 #[cold]
 // C ABI: see `heap::alloc_slow`.
+#[link_section = ".text.hot.tensorpool"]
 pub(crate) unsafe extern "C" fn free_remote(page: *mut Page, b: *mut Block) {
     // SAFETY: the caller's contract.
     unsafe { check_remote(page, b) };

@@ -352,6 +352,7 @@ pub(crate) unsafe fn may_release(page: *mut Page) -> bool {
 /// # Safety
 /// Owner-only; `capacity < blocks_per_page(class)`.
 #[cold]
+#[link_section = ".text.hot.tensorpool"]
 pub(crate) unsafe fn extend(page: *mut Page) {
     // SAFETY: owner-only; every carved block lies inside the page's block area.
     unsafe {

@@ -76,6 +76,7 @@ impl Window {
 
     /// Move to `now`, where the value is `v`; the minimum over the last whole period once a
     /// tick has ended (0 otherwise).
+    #[link_section = ".text.hot.tensorpool"]
     fn advance(&mut self, now: u64, v: u64) -> u64 {
         if self.tick_end == 0 {
             self.tick_end = now + self.tick_ns;
@@ -203,6 +204,7 @@ impl Decay {
     /// the total). Returns the dirty bytes that stayed unused through the whole last decay
     /// period, and the bytes that stayed over the bound through the whole fast period (to
     /// purge; call `purged` after).
+    #[link_section = ".text.hot.tensorpool"]
     pub(crate) fn advance(&mut self, now: u64, dirty: u64, live: &[u64; KINDS1]) -> (u64, u64) {
         self.advance_epochs(now, live);
         if self.ms <= 0 {
@@ -219,6 +221,7 @@ impl Decay {
         self.fast.subtract(bytes);
     }
 
+    #[link_section = ".text.hot.tensorpool"]
     fn advance_epochs(&mut self, now: u64, live: &[u64; KINDS1]) {
         if self.epoch_end == 0 {
             self.epoch_end = now + EPOCH_NS;

@@ -131,6 +131,7 @@ impl Tree {
     ///
     /// # Safety
     /// `e` is a valid descriptor on no tree, with `base` distinct from every node's.
+    #[link_section = ".text.hot.tensorpool"]
     pub(crate) unsafe fn insert(&mut self, e: *mut Extent) {
         // SAFETY: `e` is ours and every node reached is this tree's.
         unsafe {
@@ -171,6 +172,7 @@ impl Tree {
     ///
     /// # Safety
     /// `e` is a node of this tree.
+    #[link_section = ".text.hot.tensorpool"]
     pub(crate) unsafe fn remove(&mut self, e: *mut Extent) {
         // SAFETY: `e` and every node reached are this tree's.
         unsafe {

@@ -244,6 +244,7 @@ impl ArenaState {
     ///
     /// # Safety
     /// `e` is null or our extent; if free, its run is not in the tree.
+    #[link_section = ".text.hot.tensorpool"]
     pub(super) unsafe fn attach_run(&mut self, e: *mut Extent) {
         // SAFETY: the caller's contract; run members are our extents.
         unsafe {
@@ -275,6 +276,7 @@ impl ArenaState {
     ///
     /// # Safety
     /// `e` is our extent, not free, in no list, in its region's address list.
+    #[link_section = ".text.hot.tensorpool"]
     pub(super) unsafe fn put_dirty(&mut self, e: *mut Extent, attr: usize) {
         // SAFETY: the caller's contract; neighbours are our extents.
         unsafe {
@@ -318,6 +320,7 @@ impl ArenaState {
     ///
     /// # Safety
     /// As for `put_dirty`; `zero` says whether its bytes read as zero.
+    #[link_section = ".text.hot.tensorpool"]
     pub(super) unsafe fn put_clean(&mut self, e: *mut Extent, zero: bool) {
         // SAFETY: the caller's contract; neighbours are our extents.
         unsafe {
@@ -354,6 +357,7 @@ impl ArenaState {
     ///
     /// # Safety
     /// `x` is our free extent with `x.base < at < x.end()`; a spare descriptor exists.
+    #[link_section = ".text.hot.tensorpool"]
     pub(super) unsafe fn split(&mut self, x: *mut Extent, at: usize, high: Prefer) -> *mut Extent {
         // SAFETY: the caller's contract.
         unsafe {
@@ -406,6 +410,7 @@ impl ArenaState {
     /// # Safety
     /// `h` is the first extent of a run in the tree holding `[a, a + need)`; three spare
     /// descriptors exist.
+    #[link_section = ".text.hot.tensorpool"]
     pub(super) unsafe fn carve(
         &mut self,
         h: *mut Extent,

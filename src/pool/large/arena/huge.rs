@@ -31,6 +31,7 @@ impl ArenaState {
     /// (and marks them armed): the arena's blocks, live and cached, reach `HUGE_DENSE_BLOCKS`
     /// with it, or the block alone is `HUGE_FROM_BLOCK`. The caller then advises the chunks
     /// mapped before (`Arena::advise_early_chunks`) before it touches anything.
+    #[link_section = ".text.hot.tensorpool"]
     pub(super) fn arms(&mut self, size: usize, need: usize) -> bool {
         if !self.huge_pages || self.huge_armed {
             return false;
@@ -83,6 +84,7 @@ impl Arena {
     /// empty), so the blocks placed before arming would fault 4 KiB pages for good, each time
     /// they are purged and taken again (a Rust program: 2,116 faults against 984 with blocks
     /// advised from the start).
+    #[link_section = ".text.hot.tensorpool"]
     pub(crate) fn advise_early_chunks(&self) {
         let due = self.with(|s| {
             let armed = s.huge_pages && s.huge_armed;
@@ -108,6 +110,7 @@ impl Arena {
     /// only the first range went huge), so a soak whose first blocks sat at the top of the
     /// chunk faulted that range's 512 pages one by one, for good. A range the kernel answers
     /// `EAGAIN` for (a page busy) is owed another try at the next decay tick or growth.
+    #[link_section = ".text.hot.tensorpool"]
     fn collapse(&self, p: *mut u8, len: usize, tries: u8) {
         for r in (p as usize..p as usize + len).step_by(HUGE_PAGE) {
             if os::collapse_huge(r as *mut u8) && tries < COLLAPSE_TRIES {
@@ -121,6 +124,7 @@ impl Arena {
     }
 
     /// Try again the collapses owed (`recollapse`).
+    #[link_section = ".text.hot.tensorpool"]
     pub(super) fn collapse_owed(&self) {
         let owed = self.with(|s| core::mem::take(&mut s.recollapse));
         for (r, tries) in owed {
@@ -149,6 +153,7 @@ impl Arena {
 
     /// A segment taken `small` (`segment_alloc`) now has `HUGE_DENSE_SEGMENT` touched: advise
     /// it huge, and collapse the part already resident into huge pages.
+    #[link_section = ".text.hot.tensorpool"]
     pub(crate) fn segment_dense(&self, seg: *mut u8, size: usize) {
         if self.with(|s| s.huge_pages) {
             os::advise_huge(seg, size);

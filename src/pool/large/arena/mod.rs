@@ -443,6 +443,7 @@ impl Arena {
     }
 
     /// `take`, or with `resident_only` null where the request would fault fresh pages in.
+    #[link_section = ".text.hot.tensorpool"]
     fn take_in(&self, u: Use, size: usize, align: usize, resident_only: bool) -> *mut Extent {
         let t = now();
         let mut recovered = false;
@@ -507,6 +508,7 @@ impl Arena {
     ///
     /// # Safety
     /// `seg` came from `segment_alloc` and is not used after this call.
+    #[link_section = ".text.hot.tensorpool"]
     pub(crate) unsafe fn segment_free(&self, seg: *mut u8, small: bool) {
         let e = self.map.get(seg as usize).cast::<Extent>();
         // SAFETY: the page map records every segment's descriptor at its base.
@@ -620,6 +622,7 @@ impl Arena {
     ///
     /// # Safety
     /// `e` is a live block's or segment's descriptor, freed once.
+    #[link_section = ".text.hot.tensorpool"]
     pub(crate) unsafe fn free(&self, e: *mut Extent) {
         let t = now();
         // SAFETY: the caller's contract.
@@ -628,6 +631,7 @@ impl Arena {
     }
 
     /// Purge a chain of `Busy` extents outside the lock, then return them as clean memory.
+    #[link_section = ".text.hot.tensorpool"]
     fn purge(&self, chain: *mut Extent) {
         if chain.is_null() {
             return;
@@ -668,6 +672,7 @@ impl Arena {
     }
 
     /// Advance decay to time `t` (ns) and purge what has been idle for a whole period.
+    #[link_section = ".text.hot.tensorpool"]
     pub(crate) fn tick_at(&self, t: u64) {
         let chain = self.with(|s| s.advance(t));
         self.purge(chain);

@@ -13,6 +13,7 @@ impl ArenaState {
     /// page splits it into 512 small ones, and the rest of it stays resident. A second pass, as
     /// with huge pages off, takes what is still wanted from any dirty extent, each one's high
     /// end (blocks are placed low first), and counts the huge pages it cuts into.
+    #[link_section = ".text.hot.tensorpool"]
     pub(super) fn take_dirty(
         &mut self,
         bytes: u64,
@@ -111,6 +112,7 @@ impl ArenaState {
     ///
     /// # Safety
     /// `y` is our free extent whose run is out of the tree.
+    #[link_section = ".text.hot.tensorpool"]
     unsafe fn chain_purge(&mut self, chain: &mut *mut Extent, y: *mut Extent, cause: Cause) -> u64 {
         // SAFETY: the caller's contract.
         unsafe {
@@ -127,6 +129,7 @@ impl ArenaState {
     }
 
     /// Count a purge of memory released by the kinds in `c`.
+    #[link_section = ".text.hot.tensorpool"]
     pub(super) fn count_purge(&mut self, c: &[u64; ATTRS], cause: Cause) {
         let bytes: u64 = c.iter().sum();
         let t = &mut self.totals;
@@ -148,6 +151,7 @@ impl ArenaState {
 
     /// Move the decay clocks; a chain of dirty memory to purge (idle for a whole period, or
     /// over the bound now that the recent peak has moved), or null.
+    #[link_section = ".text.hot.tensorpool"]
     pub(super) fn advance(&mut self, now: u64) -> *mut Extent {
         let mut live = [0; NUM_KINDS + 1];
         for (l, k) in live.iter_mut().zip(&self.kinds) {

@@ -7,6 +7,7 @@ use super::*;
 impl Arena {
     /// Map a chunk of at least `bytes` for `zone` (outside the lock) and add it. False if the
     /// OS refuses.
+    #[link_section = ".text.hot.tensorpool"]
     pub(super) fn grow(&self, zone: usize, bytes: usize) -> bool {
         let Some(min) = bytes.checked_next_multiple_of(CHUNK_ALIGN[zone]) else {
             return false;
@@ -72,6 +73,7 @@ impl Arena {
 }
 
 impl ArenaState {
+    #[link_section = ".text.hot.tensorpool"]
     fn new_region(
         &mut self,
         zone: u8,
@@ -137,6 +139,7 @@ impl ArenaState {
     /// highest region (or, for the first, in `BLOCK_HINT`'s range, at `seed`'s offset);
     /// segments just below their lowest (the way the kernel itself places mappings), or
     /// wherever the kernel likes for the first.
+    #[link_section = ".text.hot.tensorpool"]
     pub(super) fn hint(&self, zone: usize, len: usize, seed: u64) -> usize {
         let (mut low, mut high) = (usize::MAX, 0usize);
         let mut r = self.regions;
@@ -167,6 +170,7 @@ impl ArenaState {
 
     /// Add a freshly mapped chunk of `zone` as clean memory, merging it with a region of the
     /// zone it touches.
+    #[link_section = ".text.hot.tensorpool"]
     pub(super) fn add_chunk(&mut self, zone: usize, p: usize, len: usize) {
         let e = self.new_desc();
         // SAFETY: `e` is a fresh descriptor; region records and extents are ours.
@@ -315,6 +319,7 @@ impl ArenaState {
 }
 
 /// Map a chunk of `len` bytes aligned to `align`, at `hint` if possible. Null on refusal.
+#[link_section = ".text.hot.tensorpool"]
 pub(super) fn map_chunk(hint: usize, len: usize, align: usize) -> *mut u8 {
     if hint != 0 {
         let p = os::map_near(hint as *mut u8, len);

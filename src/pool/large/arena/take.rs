@@ -7,6 +7,7 @@ use super::*;
 impl ArenaState {
     /// Where a block of `size` bytes aligned to `align` starts in its extent, the extent's size,
     /// and the alignment the extent needs.
+    #[link_section = ".text.hot.tensorpool"]
     fn placement(&mut self, u: Use, size: usize, align: usize) -> Option<(usize, usize, usize)> {
         let (off, ealign): (usize, usize) = match u {
             Use::Segment => (0, size),
@@ -38,6 +39,7 @@ impl ArenaState {
 
     /// One attempt at a request, under the lock. With `resident_only`, a request that would
     /// fault fresh pages in (or grow the arena) is answered `Step::Fresh` instead.
+    #[link_section = ".text.hot.tensorpool"]
     pub(super) fn try_take(
         &mut self,
         map: &PageMap,
@@ -156,6 +158,7 @@ impl ArenaState {
     /// # Safety
     /// `e` is ours, `Busy` off every tree and list; `map.prepare` succeeded for its base.
     #[allow(clippy::too_many_arguments)]
+    #[link_section = ".text.hot.tensorpool"]
     unsafe fn hand_out(
         &mut self,
         map: &PageMap,
@@ -230,6 +233,7 @@ impl ArenaState {
     ///
     /// # Safety
     /// `e` is our live (or hot) block or segment.
+    #[link_section = ".text.hot.tensorpool"]
     pub(super) unsafe fn release(&mut self, e: *mut Extent, now: u64) -> *mut Extent {
         // SAFETY: the caller's contract.
         unsafe {
