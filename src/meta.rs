@@ -7,9 +7,10 @@
 //! block's end can reach the allocator's own records.
 //!
 //! A `Meta` is a bump allocator over zeroed mappings: a first chunk of the size its owner
-//! chooses, on 4 KiB pages (a small process touches a few of them), then `CHUNK`s, or, once the
-//! owner says huge pages are on, whole huge pages advised before any touch (metadata that
-//! outgrew its first chunk is dense: 8 bytes of page map per arena page, 192 per descriptor).
+//! chooses, on 4 KiB pages (a small process touches a few of them), then chunks of whole huge
+//! pages, huge-page aligned: on 4 KiB pages until the owner says metadata is dense enough
+//! (`set_huge`; its owner decides by what the arena holds), advised before any touch after
+//! that, and the earlier ones advised then, for the owner to collapse.
 //! Its owner serialises access (it lives inside the arena's lock) and recycles what it no
 //! longer needs on its own free lists; nothing is ever returned to the OS while the arena
 //! lives. Invariant: `cur <= end` and `[cur, end)` is zeroed, unused memory of the newest chunk.
@@ -71,19 +72,17 @@ impl Meta {
         let later = self.nchunks > 0;
         let p;
         let len;
-        if later && self.huge {
-            // Whole huge pages, advised before any touch: metadata that outgrew its first
-            // chunk is dense enough (a page map's leaves over a 1.2 GiB arena faulted 320
-            // times on 4 KiB pages).
-            len = size.next_multiple_of(os::HUGE_PAGE);
+        if later {
+            // Whole huge pages, so that they can be huge pages: advised before any touch where
+            // metadata is dense enough (`set_huge`; a page map's leaves over a 1.2 GiB arena
+            // faulted 320 times on 4 KiB pages), else on 4 KiB pages until it is.
+            len = size.max(CHUNK).next_multiple_of(os::HUGE_PAGE);
             p = os::map_aligned(len, os::HUGE_PAGE);
-            if !p.is_null() {
+            if !p.is_null() && self.huge {
                 os::advise_huge(p, len);
             }
         } else {
-            len = size
-                .next_multiple_of(os::PAGE)
-                .max(if later { CHUNK } else { self.first });
+            len = size.next_multiple_of(os::PAGE).max(self.first);
             p = os::map(len);
         }
         if p.is_null() {
@@ -100,9 +99,30 @@ impl Meta {
         p
     }
 
-    /// Map the chunks after the first as whole huge pages (`on`), or not.
-    pub(crate) fn set_huge(&mut self, on: bool) {
-        self.huge = on;
+    /// Whether the chunks after the first are whole huge pages (`set_huge`).
+    pub(crate) fn is_huge(&self) -> bool {
+        self.huge
+    }
+
+    /// Map the chunks after the first as whole huge pages (`on`), or not. Turning it on advises
+    /// the later chunks mapped before, and returns how many there are (`later_chunk`): what they
+    /// hold already goes huge only once collapsed, which is the caller's business (outside its
+    /// lock).
+    pub(crate) fn set_huge(&mut self, on: bool) -> usize {
+        let was = core::mem::replace(&mut self.huge, on);
+        if !on || was {
+            return 0;
+        }
+        let later = &self.chunks[1.min(self.nchunks)..self.nchunks];
+        for &(p, len) in later {
+            os::advise_huge(p as *mut u8, len);
+        }
+        later.len()
+    }
+
+    /// The `i`th chunk after the first (huge-page aligned, a multiple of the huge page).
+    pub(crate) fn later_chunk(&self, i: usize) -> Option<(usize, usize)> {
+        self.chunks[..self.nchunks].get(i + 1).copied()
     }
 
     /// Unmap every chunk (the owner's end of life; nothing allocated here may be used after).
@@ -120,6 +140,21 @@ impl Meta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn later_chunks_are_whole_huge_pages_advised_when_turned_on() {
+        let mut m = Meta::with_first(os::PAGE);
+        assert!(!m.alloc(os::PAGE, 64).is_null(), "the first chunk");
+        assert!(!m.alloc(100, 64).is_null(), "a later chunk, on 4 KiB pages");
+        let (p, len) = m.later_chunk(0).unwrap();
+        assert_eq!((p % os::HUGE_PAGE, len % os::HUGE_PAGE), (0, 0));
+        assert!(m.later_chunk(1).is_none());
+        assert_eq!(m.set_huge(true), 1, "one chunk to collapse");
+        assert_eq!(m.set_huge(true), 0, "already on");
+        assert!(!m.alloc(3 * os::HUGE_PAGE, 64).is_null());
+        let (p, len) = m.later_chunk(1).unwrap();
+        assert_eq!((p % os::HUGE_PAGE, len), (0, 3 * os::HUGE_PAGE));
+    }
 
     #[test]
     fn allocations_are_aligned_zeroed_and_disjoint() {

@@ -111,14 +111,16 @@ const COLOUR_SPAN: usize = (COLOURS - 1) * 64;
 
 /// The first chunk of descriptors and region records: 128 KiB on 4 KiB pages, about 680
 /// descriptors; a process with more extents than that holds tens of MiB of blocks and segments,
-/// and its later chunks go on huge pages where huge pages are on (descriptors are packed: a Rust
-/// program's 1 MiB of them faulted 239 times on 4 KiB pages).
+/// and its later chunks go on huge pages once huge pages are armed and the arena holds
+/// `HUGE_META_FROM` (descriptors are packed: a Rust program's 1 MiB of them faulted 239 times on
+/// 4 KiB pages).
 const META_FIRST: usize = 128 << 10;
 
 /// The page map's first metadata chunk: four nodes (the root's children and leaves, 32 KiB
 /// each), on 4 KiB pages. A leaf covers 16 MiB of address space and is touched one 4 KiB page per
 /// 2 MiB where blocks start, so a map that needs more than four nodes spans 32 MiB of blocks or
-/// more, dense enough for its next nodes to go on huge pages once those are armed (a Rust
+/// more, dense enough for its next nodes to go on huge pages once the arena holds
+/// `HUGE_META_FROM` (`ArenaState::advise_meta`; a Rust
 /// program with a 1.2 GiB arena faulted about 80 times in its leaves on 4 KiB pages; the tensor
 /// trace's requests 2-3 five times, in leaves of blocks placed where none had started before,
 /// and so with eight nodes on 4 KiB pages).
@@ -217,9 +219,9 @@ pub(crate) struct ArenaState {
     regions: *mut Region,
     spare_regions: *mut Region,
     meta: Meta,
-    /// The page map's nodes: four on 4 KiB pages, then whole huge pages where huge pages are on
-    /// (`MAP_META_FIRST`). Descriptors and region records are in `meta`, likewise past its
-    /// first chunk (`META_FIRST`).
+    /// The page map's nodes: four on 4 KiB pages, then whole huge pages, huge once the arena is
+    /// large (`MAP_META_FIRST`, `advise_meta`). Descriptors and region records are in `meta`,
+    /// likewise past its first chunk (`META_FIRST`).
     map_meta: Meta,
     /// Per-kind counters (`cached_bytes` is filled from `attr_bytes` when read).
     pub(crate) kinds: [LargeCounters; NUM_KINDS],
@@ -250,6 +252,9 @@ pub(crate) struct ArenaState {
     /// `(start, tries so far)`, 0 for a free slot: tried again at the next decay tick or growth
     /// (`collapse_owed`).
     recollapse: [(usize, u8); 4],
+    /// Metadata just went on huge pages; its later chunks mapped before are owed a collapse
+    /// (`advise_meta`, `Arena::advise_early_chunks`).
+    meta_owed: bool,
 }
 
 // SAFETY: the raw pointers are descriptors and regions owned by the arena, touched only under its
@@ -330,6 +335,7 @@ impl ArenaState {
             huge_armed: false,
             unadvised: [(0, 0); 4],
             recollapse: [(0, 0); 4],
+            meta_owed: false,
         }
     }
 

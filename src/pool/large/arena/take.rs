@@ -49,6 +49,9 @@ impl ArenaState {
         now: u64,
         resident_only: bool,
     ) -> Step {
+        if self.advise_meta() {
+            return Step::Advise;
+        }
         if !self.reserve(4) {
             return Step::NoMeta;
         }

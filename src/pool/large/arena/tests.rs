@@ -1,4 +1,5 @@
 use super::super::usable;
+use super::huge::HUGE_META_FROM;
 use super::*;
 
 const MIB: usize = 1 << 20;
@@ -263,5 +264,32 @@ fn purges_take_whole_huge_pages_first() {
         a.census();
         // SAFETY: live, freed once.
         unsafe { a.free(a.lookup(y)) };
+    }
+}
+
+/// Metadata goes on huge pages only once the arena holds `HUGE_META_FROM`: before, a 2 MiB
+/// huge page would hold a few KiB of page-map nodes in a process of a few MiB.
+#[test]
+fn metadata_goes_huge_only_once_the_arena_is_large() {
+    let (a, _serial) = arena();
+    a.with(|s| {
+        s.decay.set_ms(-1);
+        s.huge_pages = true;
+    });
+    let mut blocks: Vec<*mut u8> = (0..8).map(|_| a.alloc_block(0, MIB, 64)).collect();
+    assert!(blocks.iter().all(|p| !p.is_null()));
+    a.with(|s| {
+        assert!(s.huge_armed, "a block of 1 MiB arms huge pages");
+        assert!(!s.meta.is_huge() && !s.map_meta.is_huge(), "8 MiB held");
+    });
+    blocks.push(a.alloc_block(0, HUGE_META_FROM as usize, 64));
+    // The next request finds the arena past the threshold before it maps anything.
+    blocks.push(a.alloc_block(0, MIB, 64));
+    assert!(blocks.iter().all(|p| !p.is_null()));
+    a.with(|s| assert!(s.meta.is_huge() && s.map_meta.is_huge()));
+    a.census();
+    for p in blocks {
+        // SAFETY: live, freed once.
+        unsafe { a.free(a.lookup(p)) };
     }
 }
