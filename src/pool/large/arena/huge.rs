@@ -57,7 +57,10 @@ impl ArenaState {
     /// (`meta_owed`; `Arena::advise_early_chunks`).
     #[link_section = ".text.hot.tensorpool"]
     pub(super) fn advise_meta(&mut self) -> bool {
-        if self.huge_armed && !self.meta.is_huge() && self.live + self.dirty_bytes >= HUGE_META_FROM
+        if self.huge_pages
+            && self.huge_armed
+            && !self.meta.is_huge()
+            && self.live + self.dirty_bytes >= HUGE_META_FROM
         {
             self.meta_owed = self.meta.set_huge(true) + self.map_meta.set_huge(true) > 0;
             return true;
