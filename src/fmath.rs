@@ -3,8 +3,9 @@
 //! `f64::exp` and `f64::ln` call the C library's libm, and a shared library that calls them has
 //! libm as a dependency: loading it (its IFUNC resolvers run at load, each in its own part of
 //! the text) put 320 KiB of libm's pages, and 480-576 KiB of peak RSS in all, into every process
-//! the preload library was loaded into, before the first `malloc`. Only the heap profiler's sampling and its report use these, where ten
-//! significant digits are more than enough; both series below reach about 1e-15.
+//! the preload library was loaded into, before the first `malloc`. Only the heap profiler's
+//! sampling and its report use these, where ten significant digits are more than enough; both
+//! series below reach about 1e-15.
 
 // ln 2 = LN2_HI + LN2_LO, the high part with its low 32 bits zero so that k * LN2_HI is exact.
 const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);

@@ -14,10 +14,10 @@ mod common;
 #[global_allocator]
 static ALLOC: TensorPool = TensorPool::with_config(PoolConfig::new().with_thread_cache(8 << 20));
 
-/// Whether the calling test runs its body here: a test that reads a kind's live bytes runs alone
-/// in a child (`name` is its own name), since a concurrent test of this binary allocating the
-/// same kind moves them (CI saw the activation kind's live bytes rise while a workspace was
-/// dropped).
+/// Whether the calling test runs its body here: a test that reads a kind's live bytes, or sets
+/// what is process-wide, runs alone in a child (`name` is its own name), since a concurrent
+/// test of this binary moves or sees them (CI saw the activation kind's live bytes rise while a
+/// workspace was dropped).
 fn alone(name: &str) -> bool {
     if std::env::var_os("TENSORPOOL_TEST_CHILD").is_none() {
         common::run_child_test(name, &[]);
@@ -333,18 +333,7 @@ fn the_qwen3vl_adapter_allocates_documented_shapes_from_their_pools() {
 #[test]
 fn the_reference_config_sets_every_specialised_capacity() {
     // A child of its own: capacities are process-wide.
-    if std::env::var_os("TENSORPOOL_TEST_CHILD").is_none() {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "the_reference_config_sets_every_specialised_capacity",
-                "--test-threads",
-                "1",
-            ])
-            .env("TENSORPOOL_TEST_CHILD", "1")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
+    if !alone("the_reference_config_sets_every_specialised_capacity") {
         return;
     }
     let ad = Qwen3VlAdapter::default();

@@ -112,16 +112,12 @@ impl Arena {
     #[link_section = ".text.hot.tensorpool"]
     pub(crate) fn advise_early_chunks(&self) {
         let (due, meta_owed) = self.with(|s| {
-            let armed = s.huge_pages && s.huge_armed;
-            if armed {
+            let due = if s.huge_pages && s.huge_armed {
                 s.advise_meta();
+                core::mem::take(&mut s.unadvised)
             } else {
                 s.meta.set_huge(false);
                 s.map_meta.set_huge(false);
-            }
-            let due = if armed {
-                core::mem::take(&mut s.unadvised)
-            } else {
                 [(0, 0); 4]
             };
             (due, core::mem::take(&mut s.meta_owed))
