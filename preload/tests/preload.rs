@@ -386,20 +386,25 @@ fn the_code_every_process_runs_lies_together() {
         eprintln!("skipped: the layout is checked on the release build");
         return;
     }
-    let symbols = readelf("-sWC");
-    let addr_of = |name: &str| -> (u64, u64) {
-        symbols
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() >= 8 && f[3] == "FUNC" && f[7..].join(" ") == name).then(|| {
-                    (
-                        u64::from_str_radix(f[1], 16).unwrap(),
-                        f[2].parse::<u64>().unwrap(),
-                    )
-                })
+    // (address, size, demangled name) of every function.
+    let funcs: Vec<(u64, u64, String)> = readelf("-sWC")
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 8 && f[3] == "FUNC").then(|| {
+                (
+                    u64::from_str_radix(f[1], 16).unwrap(),
+                    f[2].parse::<u64>().unwrap(),
+                    f[7..].join(" "),
+                )
             })
-            .next()
+        })
+        .collect();
+    let addr_of = |name: &str| -> (u64, u64) {
+        funcs
+            .iter()
+            .find(|f| f.2 == name)
+            .map(|f| (f.0, f.1))
             .unwrap_or_else(|| panic!("no symbol {name} in the library"))
     };
     let hot = [
@@ -422,11 +427,7 @@ fn the_code_every_process_runs_lies_together() {
     let spans: Vec<(u64, u64)> = hot.iter().map(|n| addr_of(n)).collect();
     let lo = spans.iter().map(|s| s.0).min().unwrap();
     let hi = spans.iter().map(|s| s.0 + s.1).max().unwrap();
-    let text: u64 = symbols
-        .lines()
-        .filter(|l| l.contains(" FUNC "))
-        .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok())
-        .sum();
+    let text: u64 = funcs.iter().map(|f| f.1).sum();
     assert!(
         text > 4 * (hi - lo),
         "the functions every process runs span {} KiB of {} KiB of code",
