@@ -18,7 +18,7 @@ pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering
 /// them would only multiply loom's state space (the small-segment bitmap alone has a million
 /// words), and zero bytes are a valid value for each, so they can live in zeroed memory.
 pub(crate) mod plain {
-    pub(crate) use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicU8, AtomicUsize};
+    pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize};
 }
 
 /// Declare a process-wide static of shared state. Normal builds get a plain `static` (its

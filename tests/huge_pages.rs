@@ -176,10 +176,11 @@ fn madvise_mode_and_default_policy() -> Option<String> {
 
 /// Huge pages go where they will be dense: a process that holds a few hundred KiB keeps its
 /// small blocks (the main thread's and another's) and its first large blocks on 4 KiB pages (a
-/// 2 MiB page would be mostly empty); a thread with 1 MiB of small blocks has its segment
-/// collapsed into huge pages; the first block of 1 MiB or more arms them for large blocks, and
-/// the range its first blocks were placed in is collapsed into a huge page then (in a fresh child
-/// process: the other tests of this binary arm them in theirs).
+/// 2 MiB page would be mostly empty); so does a thread with 1 MiB of small blocks while the
+/// heaps hold less than 64 MiB of segments, and one with 80 MB has its later segments on huge
+/// pages; the first block of 1 MiB or more arms them for large blocks, and the range its first
+/// blocks were placed in is collapsed into a huge page then (in a fresh child process: the other
+/// tests of this binary arm them in theirs).
 #[test]
 fn a_small_process_stays_on_small_pages_until_it_holds_a_tensor() {
     let Some(mode) = madvise_mode_and_default_policy() else {
@@ -188,8 +189,13 @@ fn a_small_process_stays_on_small_pages_until_it_holds_a_tensor() {
     let (out, err) = common::run_child_test("child_grows_from_small_to_tensors", &[]);
     assert_eq!(line_value(&out, "small "), 0, "THP {mode}: {out} {err}");
     assert_eq!(line_value(&out, "thread "), 0, "THP {mode}: {out} {err}");
-    let dense = line_value(&out, "dense thread ");
-    assert!(dense >= 2 * MIB as u64, "THP {mode}: {out} {err}");
+    assert_eq!(
+        line_value(&out, "dense thread "),
+        0,
+        "THP {mode}: {out} {err}"
+    );
+    let many = line_value(&out, "many segments ");
+    assert!(many >= 2 * MIB as u64, "THP {mode}: {out} {err}");
     assert_eq!(line_value(&out, "medium "), 0, "THP {mode}: {out} {err}");
     let tensor = line_value(&out, "tensor ");
     assert!(tensor >= 12 * MIB as u64, "THP {mode}: {out} {err}");
@@ -222,6 +228,26 @@ fn small_blocks_on_a_thread(n: u64, salt: u64) -> u64 {
     .unwrap()
 }
 
+/// On a thread of its own, 80,000 blocks of 1,000 bytes (20 segments), each written with its
+/// index: what the last of them hold on huge pages, their contents checked before they are freed.
+fn many_segments_on_a_thread() -> u64 {
+    std::thread::spawn(|| {
+        let blocks: Vec<Vec<u8>> = (0..80_000u32).map(|i| vec![i as u8; 1000]).collect();
+        let huge = blocks[blocks.len() - 4_000..]
+            .iter()
+            .step_by(1_000)
+            .map(|v| huge_bytes_at(v.as_ptr() as usize))
+            .max()
+            .unwrap_or(0);
+        for (i, v) in blocks.iter().enumerate() {
+            assert!(v.iter().all(|&x| x == i as u8));
+        }
+        huge
+    })
+    .join()
+    .unwrap()
+}
+
 #[test]
 fn child_grows_from_small_to_tensors() {
     if std::env::var_os("TENSORPOOL_TEST_CHILD").is_none() {
@@ -237,6 +263,7 @@ fn child_grows_from_small_to_tensors() {
     let at = |v: &[u8]| huge_bytes_at(v.as_ptr() as usize);
     println!("medium {}", medium.iter().map(|v| at(v)).max().unwrap_or(0));
     println!("dense thread {}", small_blocks_on_a_thread(16_000, 0));
+    println!("many segments {}", many_segments_on_a_thread());
     let (p, l, gained, _) = written_block(TensorKind::Activation, 16 * MIB);
     println!("tensor {gained}");
     // The medium blocks share the tensor's mapping: what it holds on huge pages beyond the

@@ -95,7 +95,7 @@ pub(crate) unsafe fn census(heap: *mut Heap) -> Census {
         while !seg.is_null() {
             assert_eq!((*seg).owner, heap.cast(), "segment of another heap");
             c.segments += 1;
-            let mut in_use = 0;
+            let (mut in_use, mut touched) = (0, 0);
             for i in 1..PAGES_PER_SEGMENT {
                 let page = core::ptr::addr_of_mut!((*seg).pages[i]);
                 let free_slot = (*seg).free_mask & (1 << i) != 0;
@@ -104,6 +104,12 @@ pub(crate) unsafe fn census(heap: *mut Heap) -> Census {
                     (*page).info.get() == 0,
                     "page {i}: mask and info differ"
                 );
+                assert_eq!(
+                    (*seg).touched_mask & (1 << i) != 0,
+                    (*page).touched > 0,
+                    "page {i}: touched mask and touched bytes differ"
+                );
+                touched += (*page).touched;
                 if free_slot {
                     continue;
                 }
@@ -124,6 +130,7 @@ pub(crate) unsafe fn census(heap: *mut Heap) -> Census {
                 );
             }
             assert_eq!((*seg).used_pages, in_use, "segment page count");
+            assert_eq!((*seg).touched_bytes, touched, "segment touched bytes");
             seg = (*seg).next;
         }
         assert_eq!(

@@ -20,8 +20,10 @@ pub(crate) unsafe fn refill(kh: *mut KindHeap, class: usize) -> *mut Page {
     // SAFETY: owner-only access to the heap (the caller's contract).
     unsafe {
         drain_delayed((*kh).heap);
-        // The slow path runs regularly: the arena's decay heartbeat rides on it.
-        ARENA.tick();
+        // The slow path runs regularly: the arena's decay heartbeat and the purge of the heap's
+        // idle pages ride on it.
+        let now = ARENA.tick();
+        super::purge::maybe_purge((*kh).heap, now);
         find_page(kh, class)
     }
 }
@@ -85,9 +87,11 @@ unsafe fn note_touched(page: *mut Page) {
     // SAFETY: owner-only fields of the header of the page's segment, which the heap holds.
     unsafe {
         let seg = slab::segment_of(page.cast());
-        if (*seg).small && (*seg).touched_bytes as usize >= HUGE_DENSE_SEGMENT {
+        if (*seg).small
+            && (*seg).touched_bytes as usize >= HUGE_DENSE_SEGMENT
+            && ARENA.segment_dense(seg.cast(), SEGMENT_SIZE)
+        {
             (*seg).small = false;
-            ARENA.segment_dense(seg.cast(), SEGMENT_SIZE);
         }
     }
 }
@@ -228,8 +232,12 @@ pub(crate) unsafe fn retire_page(heap: *mut Heap, kh: *mut KindHeap, page: *mut 
             .counters
             .retired_granted
             .add(allocs * small_size(class) as u64);
-        if slab::release_page(page) {
-            let seg = slab::segment_of(page.cast());
+        let seg = slab::segment_of(page.cast());
+        let now = ARENA.now();
+        if !slab::release_page(page, now) {
+            (*heap).reuse = seg;
+            super::purge::note_released(heap, seg, now);
+        } else {
             segment_unlink(heap, seg);
             if (*heap).spare.is_null() {
                 (*heap).spare = seg;
@@ -278,6 +286,15 @@ unsafe fn new_page(heap: *mut Heap, kind: u8, class: usize) -> *mut Page {
     // SAFETY: owner-only access to the heap's segment list; a new segment is ours alone until
     // the arena is told it is ready for statistics snapshots.
     unsafe {
+        // The segment a page last went back to, while that slot is resident, then the first
+        // with a free slot (`take_page` takes a resident slot first in its segment too): a page
+        // that faults in while an idle one stays resident is RSS for nothing. (Not a scan for
+        // any resident slot: a heap of 250 segments paid a walk of all of them for every page
+        // it took while growing.)
+        let r = (*heap).reuse;
+        if !r.is_null() && (*r).free_mask & (*r).touched_mask != 0 {
+            return slab::take_page(r, kind, class);
+        }
         let mut s = (*heap).segments;
         let mut touched = 0;
         while !s.is_null() {
@@ -291,8 +308,8 @@ unsafe fn new_page(heap: *mut Heap, kind: u8, class: usize) -> *mut Page {
             core::mem::replace(&mut (*heap).spare, ptr::null_mut())
         } else {
             (*heap).seg_maps.add(1);
-            let small = touched < HUGE_DENSE_SEGMENT;
-            let seg = ARENA.segment_alloc(SEGMENT_SIZE, small).cast::<Segment>();
+            let (seg, small) = ARENA.segment_alloc(SEGMENT_SIZE, touched < HUGE_DENSE_SEGMENT);
+            let seg = seg.cast::<Segment>();
             if seg.is_null() {
                 return ptr::null_mut();
             }
@@ -317,6 +334,9 @@ unsafe fn segment_unlink(heap: *mut Heap, seg: *mut Segment) {
             if *pp == seg {
                 *pp = (*seg).next;
                 (*seg).next = ptr::null_mut();
+                if (*heap).reuse == seg {
+                    (*heap).reuse = ptr::null_mut();
+                }
                 return;
             }
             pp = &mut (**pp).next;

@@ -146,6 +146,12 @@ pub(crate) struct Heap {
     /// One empty segment kept back, so a thread cycling through a segment's worth of memory does
     /// not take it from the arena and fault it in each time.
     pub(crate) spare: *mut Segment,
+    /// When the first free page of this heap's segments (off huge pages) is due to go back to
+    /// the OS, 0 while none is waiting (see `purge`; owner only).
+    pub(crate) purge_due: u64,
+    /// The segment a page last went back to, while on `segments` (null otherwise): where the
+    /// next page is taken if that slot is still resident (`pages::new_page`; owner only).
+    pub(crate) reuse: *mut Segment,
     /// Full pages that other threads freed blocks into (linked through `Page::delayed_next`),
     /// not yet taken back to their queues by the owner (see `pool::slab`, "Full pages").
     pub(crate) delayed: CachePadded<AtomicPtr<Page>>,

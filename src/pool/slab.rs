@@ -113,9 +113,12 @@ pub(crate) struct Page {
     /// path iff `used as i32 <= cold_at`, so `cold_at == i32::MAX` on the full list (always),
     /// `-1` for the direct page (never: it stays while empty), `0` otherwise (when it empties).
     pub(crate) cold_at: i32,
-    /// The most of the slot ever carved since its segment was taken (`carved_end`'s high
-    /// water): what of it is resident, since slab pages are not purged while held.
+    /// The most of the slot carved since its segment was taken or the slot last purged
+    /// (`carved_end`'s high water): what of it is resident.
     pub(crate) touched: u32,
+    /// When the slot was last given back to its segment (the arena's clock, ns; free slots
+    /// only): `purge_idle` returns it to the OS once it has been free `delay`.
+    pub(crate) freed_at: u64,
     /// Links in the heap's queue (or full list) for this page's kind and class (owner only).
     pub(crate) next: *mut Page,
     pub(crate) prev: *mut Page,
@@ -163,11 +166,16 @@ pub(crate) struct Segment {
     pub(crate) free_mask: u64,
     /// Pages in use: `used_pages == 63 - free_mask.count_ones()`.
     pub(crate) used_pages: u32,
-    /// Off huge pages until `touched_bytes` reaches `HUGE_DENSE_SEGMENT` (owner only; see
-    /// `Arena::segment_alloc`).
+    /// Off huge pages: until `touched_bytes` reaches `HUGE_DENSE_SEGMENT` and the heaps hold
+    /// enough segments (owner only; see `Arena::segment_alloc`, `Arena::segment_dense`). Only
+    /// such a segment's idle free pages are purged (`heap::purge`).
     pub(crate) small: bool,
-    /// Bytes of slab pages touched: the sum of the pages' `touched`.
+    /// Bytes of slab pages touched: `touched_bytes == Σ pages[i].touched`.
     pub(crate) touched_bytes: u32,
+    /// `touched_mask & 1 << i != 0 ⟺ pages[i].touched > 0`: a page is taken from the free slots
+    /// that are resident before any that would fault (`take_page`), and idle free ones are
+    /// purged (`purge_idle`).
+    pub(crate) touched_mask: u64,
     pub(crate) pages: [Page; PAGES_PER_SEGMENT],
 }
 
@@ -229,6 +237,7 @@ pub(crate) unsafe fn init_segment(seg: *mut Segment, owner: Owner) {
         (*seg).used_pages = 0;
         (*seg).small = false;
         (*seg).touched_bytes = 0;
+        (*seg).touched_mask = 0;
     }
 }
 
@@ -244,7 +253,9 @@ pub(crate) unsafe fn take_page(seg: *mut Segment, kind: u8, class: usize) -> *mu
         if mask == 0 {
             return ptr::null_mut();
         }
-        let idx = mask.trailing_zeros() as usize;
+        // A resident slot before one that would fault in: the lowest of either.
+        let resident = mask & (*seg).touched_mask;
+        let idx = if resident != 0 { resident } else { mask }.trailing_zeros() as usize;
         (*seg).free_mask = mask & !(1u64 << idx);
         (*seg).used_pages += 1;
         let page = ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(idx);
@@ -316,15 +327,17 @@ unsafe fn set_cold_at(page: *mut Page) {
     }
 }
 
-/// Return an empty page's slot to its segment. Returns true if the segment became empty.
+/// Return an empty page's slot to its segment at time `now` (see `Page::freed_at`). Returns
+/// true if the segment became empty.
 ///
 /// # Safety
 /// The calling thread owns the page; it is on no list and `may_release(page)` holds.
-pub(crate) unsafe fn release_page(page: *mut Page) -> bool {
+pub(crate) unsafe fn release_page(page: *mut Page, now: u64) -> bool {
     // SAFETY: owner-only access to the page and its segment header.
     unsafe {
         debug_assert!(may_release(page));
         let (seg, idx) = locate(page);
+        (*page).freed_at = now;
         (*page).info.set(0);
         (*page).recip = 0;
         line(page).recip.set(0);
@@ -379,8 +392,9 @@ pub(crate) unsafe fn extend(page: *mut Page) {
         (*page).capacity.set((cap + n) as u32);
         (*page).carved_end = ((cap + n) * bs) as u32;
         if (*page).carved_end > (*page).touched {
-            let seg = segment_of(page.cast());
+            let (seg, idx) = locate(page);
             (*seg).touched_bytes += (*page).carved_end - (*page).touched;
+            (*seg).touched_mask |= 1 << idx;
             (*page).touched = (*page).carved_end;
         }
     }
@@ -394,6 +408,47 @@ pub(crate) unsafe fn extend(page: *mut Page) {
 pub(crate) unsafe fn can_extend(page: *mut Page) -> bool {
     // SAFETY: owner-only fields.
     unsafe { (*page).capacity.get() < blocks_per_page((*page).class as usize) }
+}
+
+/// Give back to the OS the free slots of `seg` that have been free at least `delay` at `now`
+/// (`purge(start, len)` does it; it answers whether the kernel took them), so that a held
+/// segment's idle pages do not stay resident for as long as one of its pages is in use.
+/// Returns the bytes purged and the earliest time another free slot becomes due (0: none).
+///
+/// # Safety
+/// The calling thread owns `seg` (its heap's, or its heap's spare).
+pub(crate) unsafe fn purge_idle(
+    seg: *mut Segment,
+    now: u64,
+    delay: u64,
+    mut purge: impl FnMut(*mut u8, usize) -> bool,
+) -> (u64, u64) {
+    // SAFETY: owner-only access to the header; a free slot has no block live or pending, so its
+    // memory is nobody's.
+    unsafe {
+        let (mut purged, mut next) = (0u64, 0u64);
+        let mut m = (*seg).free_mask & (*seg).touched_mask;
+        while m != 0 {
+            let idx = m.trailing_zeros() as usize;
+            m &= m - 1;
+            let page = ptr::addr_of_mut!((*seg).pages).cast::<Page>().add(idx);
+            let due = (*page).freed_at.saturating_add(delay);
+            if due > now {
+                next = if next == 0 { due } else { next.min(due) };
+                continue;
+            }
+            let len = ((*page).touched as usize).next_multiple_of(crate::os::PAGE);
+            if !purge(page_start(page), len) {
+                continue;
+            }
+            purged += len as u64;
+            debug_assert!((*seg).touched_bytes >= (*page).touched);
+            (*seg).touched_bytes -= (*page).touched;
+            (*seg).touched_mask &= !(1 << idx);
+            (*page).touched = 0;
+        }
+        (purged, next)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -675,4 +730,89 @@ pub(crate) fn mark_word(b: *mut Block) -> *mut usize {
 pub(crate) unsafe fn kind_of(seg: *mut Segment, p: *mut u8) -> usize {
     // SAFETY: as in `usable`.
     unsafe { (*page_of(seg, p)).kind as usize }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::class::small_class;
+
+    /// A segment of our own, outside the arena (its owner is a dummy: nothing here looks at it).
+    fn segment() -> *mut Segment {
+        let seg = crate::os::map_aligned(SEGMENT_SIZE, SEGMENT_SIZE).cast::<Segment>();
+        assert!(!seg.is_null());
+        // SAFETY: a fresh, aligned mapping of a segment's size, ours alone.
+        unsafe { init_segment(seg, ptr::null_mut()) };
+        seg
+    }
+
+    /// Take a page of 1 KiB blocks in `seg` and carve 4 KiB `n` times; returns it and its slot.
+    ///
+    /// # Safety
+    /// `seg` is a segment from `segment()`.
+    unsafe fn carved(seg: *mut Segment, n: usize) -> (*mut Page, usize) {
+        // SAFETY: the segment is ours; so is the page.
+        unsafe {
+            let page = take_page(seg, 0, small_class(1024));
+            for _ in 0..n {
+                extend(page);
+            }
+            (page, locate(page).1)
+        }
+    }
+
+    /// Give back a page none of whose blocks is handed out.
+    ///
+    /// # Safety
+    /// `page` came from `carved`.
+    unsafe fn release(page: *mut Page, now: u64) {
+        // SAFETY: as above.
+        unsafe {
+            (*page).free = ptr::null_mut();
+            assert!(!release_page(page, now));
+        }
+    }
+
+    #[test]
+    fn idle_slots_are_purged_after_the_delay_and_resident_ones_taken_first() {
+        let seg = segment();
+        // SAFETY: `seg` is ours; pages are taken and released by this thread alone.
+        unsafe {
+            let (_keep, k) = carved(seg, 1);
+            let (p2, i2) = carved(seg, 2);
+            let (p3, i3) = carved(seg, 1);
+            assert_eq!((k, i2, i3), (1, 2, 3));
+            release(p2, 1_000);
+            release(p3, 3_000);
+            assert_eq!((*seg).touched_mask, 0b1110);
+            assert_eq!((*seg).touched_bytes, 4 * 4096);
+
+            // Slot 2 idle for the delay, slot 3 not yet (due at 4,000).
+            let mut seen = [(0usize, 0usize); 4];
+            let mut calls = 0;
+            let (purged, next) = purge_idle(seg, 3_500, 1_000, |p, len| {
+                seen[calls] = (p as usize, len);
+                calls += 1;
+                true
+            });
+            assert_eq!((purged, next, calls), (8192, 4_000, 1));
+            assert_eq!(seen[0], (seg as usize + 2 * SLAB_SIZE, 8192));
+            assert_eq!((*seg).touched_mask, 0b1010);
+            assert_eq!((*seg).touched_bytes, 2 * 4096);
+
+            // The resident slot 3 is taken before the lower, purged slot 2.
+            let (p, i) = carved(seg, 1);
+            assert_eq!(i, 3);
+            release(p, 5_000);
+
+            // A purge the kernel refuses leaves the slot resident and counted.
+            let (purged, next) = purge_idle(seg, 9_000, 1_000, |_, _| false);
+            assert_eq!((purged, next), (0, 0));
+            assert_eq!((*seg).touched_mask, 0b1010);
+            let (purged, _) = purge_idle(seg, 9_000, 1_000, |_, _| true);
+            assert_eq!(purged, 4096);
+            assert_eq!(((*seg).touched_mask, (*seg).touched_bytes), (0b10, 4096));
+            crate::os::unmap(seg.cast(), SEGMENT_SIZE);
+        }
+    }
 }

@@ -16,11 +16,22 @@ use super::*;
 /// 600 (BPE training and a 49 MB JSON round trip: 987 faults with every range huge, 1,714
 /// with blocks armed at 2 MiB, 777 at 512 KiB with segments as below).
 const HUGE_DENSE_BLOCKS: usize = 512 << 10;
-/// A segment taken by a heap that has touched less than this in all goes huge once it has this
-/// much touched itself (`Arena::segment_alloc`, `Arena::segment_dense`): 256 faults at most. At
+/// Once segments are armed (`HUGE_SEGMENTS_FROM`), a segment taken by a heap that has touched
+/// less than this in all goes huge once it has this much touched itself
+/// (`Arena::segment_alloc`, `Arena::segment_dense`): 256 faults at most. At
 /// 512 KiB, espresso and cfrac peaked 1.3-1.6 MiB higher (a range a quarter used is resident
 /// whole); at 1 MiB they peak as with their first segment on 4 KiB pages.
 pub(crate) const HUGE_DENSE_SEGMENT: usize = 1 << 20;
+/// Segments go on huge pages only once the heaps hold this many bytes of them ("armed"): a
+/// segment is 4 MiB of 64 KiB pages, each carved 4 KiB at a time, and on huge pages every
+/// touched half of it is resident whole, with the pages emptied in it (which are purged on
+/// 4 KiB pages: `heap::purge`). mimalloc-bench, with segments huge from a heap's first MiB:
+/// peak RSS 1.30 of the lowest other's (geometric mean of 12 programs of 2-60 MiB), 1.20 with
+/// huge pages off, and no program faster for them; rptest peaked at 46-50 MiB where mimalloc
+/// peaks at 10-19. The price is the 4 KiB faults of the first 64 MiB, 16 K at most: the Rust
+/// program of 990 MiB (BPE training, a 49 MB JSON round trip) faults 15,182 times instead of
+/// 788 (mimalloc 746-950), in the same wall time within this VM's noise.
+pub(crate) const HUGE_SEGMENTS_FROM: u64 = 64 << 20;
 /// A block this large fills half a huge page on its own (see `HUGE_DENSE_BLOCKS`).
 const HUGE_FROM_BLOCK: usize = 1 << 20;
 /// Metadata chunks after the first go on huge pages once huge pages are armed and the arena
@@ -187,25 +198,40 @@ impl Arena {
     /// three heaps; glibc-simple, one heap with a page for each of many size classes, fills a
     /// segment by page count and takes a second): the segment is advised off huge pages until it
     /// has `HUGE_DENSE_SEGMENT` touched (`segment_dense`). A heap past that takes its segments
-    /// huge from the start.
-    pub(super) fn advise_taken_segment(&self, base: *mut u8, size: usize, small: bool) {
-        if self.with(|s| s.huge_pages) {
+    /// huge from the start, once segments are armed (the heaps hold `HUGE_SEGMENTS_FROM` of
+    /// them; this take may arm them). Returns whether the segment is taken small.
+    pub(super) fn advise_taken_segment(&self, base: *mut u8, size: usize, small: bool) -> bool {
+        let (huge_pages, armed) = self.with(|s| {
+            if s.huge_pages && !s.segments_armed && s.totals.segment_bytes >= HUGE_SEGMENTS_FROM {
+                s.segments_armed = true;
+            }
+            (s.huge_pages, s.segments_armed)
+        });
+        if armed {
+            self.segments_armed.store(true, Relaxed);
+        }
+        let small = small || !armed;
+        if huge_pages {
             if small {
                 os::advise_small(base, size);
             } else {
                 os::advise_huge(base, size);
             }
         }
+        small
     }
 
-    /// A segment taken `small` (`segment_alloc`) now has `HUGE_DENSE_SEGMENT` touched: advise
-    /// it huge, and collapse the part already resident into huge pages.
+    /// A segment taken small (`segment_alloc`) now has `HUGE_DENSE_SEGMENT` touched: where
+    /// segments are armed, advise it huge, collapse the part already resident into huge pages
+    /// and answer true; false where it stays on 4 KiB pages for now.
     #[link_section = ".text.hot.tensorpool"]
-    pub(crate) fn segment_dense(&self, seg: *mut u8, size: usize) {
-        if self.with(|s| s.huge_pages) {
-            os::advise_huge(seg, size);
-            self.collapse(seg, size, 1);
+    pub(crate) fn segment_dense(&self, seg: *mut u8, size: usize) -> bool {
+        if !self.segments_armed.load(Relaxed) {
+            return false;
         }
+        os::advise_huge(seg, size);
+        self.collapse(seg, size, 1);
+        true
     }
 
     /// A segment is coming back (`segment_free`): free segment space stays off huge pages, since

@@ -52,7 +52,7 @@ use crate::meta::Meta;
 use crate::os::{self, HUGE_PAGE, PAGE};
 use crate::pagemap::{self, PageMap};
 use crate::stats::{ArenaCounters, LargeCounters};
-use crate::sync::plain::AtomicU64;
+use crate::sync::plain::{AtomicBool, AtomicU64};
 use crate::sync::SpinLock;
 use core::ptr;
 use core::sync::atomic::Ordering::Relaxed;
@@ -244,6 +244,9 @@ pub(crate) struct ArenaState {
     /// Huge pages on and the arena big enough for them (`HUGE_DENSE_BLOCKS`): chunks are advised
     /// as they are mapped. Never cleared.
     huge_armed: bool,
+    /// Huge pages on and the heaps holding `HUGE_SEGMENTS_FROM` of segments: dense segments may
+    /// go huge (`Arena::advise_taken_segment`, `Arena::segment_dense`). Never cleared.
+    segments_armed: bool,
     /// Block chunks mapped before huge pages were armed (`HUGE_DENSE_BLOCKS`), `(base, len)`:
     /// advised and collapsed by `advise_early_chunks`. When a chunk finds no slot, the arena is
     /// big enough: it arms.
@@ -267,6 +270,11 @@ pub(crate) struct Arena {
     pub(crate) map: PageMap,
     /// When decay is next due (a copy of `Decay::due_at`, so the heartbeat needs no lock).
     due: AtomicU64,
+    /// The decay time and purge advice in force, for the heaps' purges of idle slab pages
+    /// (`ArenaState::purge_policy`, copied like `due`).
+    policy: AtomicU64,
+    /// A copy of `ArenaState::segments_armed`, read without the lock.
+    segments_armed: AtomicBool,
 }
 
 #[cfg(not(loom))]
@@ -281,7 +289,19 @@ fn now() -> u64 {
     0
 }
 
+/// `Arena::policy` when memory never decays.
+const POLICY_NEVER: u64 = u64::MAX;
+
 impl ArenaState {
+    /// `Arena::policy`: the decay time in ns, shifted left once, with the lazy-purge bit.
+    fn purge_policy(&self) -> u64 {
+        let ms = self.decay.ms();
+        if ms < 0 {
+            return POLICY_NEVER;
+        }
+        (ms as u64).saturating_mul(1_000_000).min(u64::MAX >> 2) << 1 | self.lazy_purge as u64
+    }
+
     const fn new() -> Self {
         Self {
             runs: [Tree::new(), Tree::new()],
@@ -333,6 +353,7 @@ impl ArenaState {
             lazy_purge: false,
             huge_pages: false,
             huge_armed: false,
+            segments_armed: false,
             unadvised: [(0, 0); 4],
             recollapse: [(0, 0); 4],
             meta_owed: false,
@@ -409,6 +430,8 @@ impl Arena {
             state: SpinLock::new(ArenaState::new()),
             map: PageMap::new(),
             due: AtomicU64::new(u64::MAX),
+            policy: AtomicU64::new(POLICY_NEVER),
+            segments_armed: AtomicBool::new(false),
         }
     }
     #[cfg(loom)]
@@ -417,6 +440,8 @@ impl Arena {
             state: SpinLock::new(ArenaState::new()),
             map: PageMap::new(),
             due: AtomicU64::new(u64::MAX),
+            policy: AtomicU64::new(POLICY_NEVER),
+            segments_armed: AtomicBool::new(false),
         }
     }
 
@@ -437,8 +462,26 @@ impl Arena {
         self.state.with(|s| {
             let r = f(s);
             self.due.store(s.decay.due_at(), Relaxed);
+            let policy = s.purge_policy();
+            if self.policy.load(Relaxed) != policy {
+                self.policy.store(policy, Relaxed);
+            }
             r
         })
+    }
+
+    /// The decay time in force (ns; `None`: memory never decays) and whether purges are lazy
+    /// (`MADV_FREE`), read without the lock.
+    #[inline]
+    pub(crate) fn purge_policy(&self) -> Option<(u64, bool)> {
+        let p = self.policy.load(Relaxed);
+        (p != POLICY_NEVER).then_some((p >> 1, p & 1 != 0))
+    }
+
+    /// The clock decay runs on (ns; 0 under loom, whose models drive time by hand).
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        now()
     }
 
     /// Take an extent for `u` of `size` bytes at alignment `align`: dirty memory first, then
@@ -496,17 +539,17 @@ impl Arena {
         self.take_in(Use::Block(kind), size, align, true)
     }
 
-    /// A small-block segment (`size` bytes aligned to `size`), advised for huge pages or not
-    /// as `small` says (see `huge`), or null.
-    pub(crate) fn segment_alloc(&self, size: usize, small: bool) -> *mut u8 {
+    /// A small-block segment (`size` bytes aligned to `size`) and whether it is advised off
+    /// huge pages: where `small` asks for it, or where segments are not armed yet (see
+    /// `huge`). Null on failure.
+    pub(crate) fn segment_alloc(&self, size: usize, small: bool) -> (*mut u8, bool) {
         let e = self.take(Use::Segment, size, size);
         if e.is_null() {
-            return ptr::null_mut();
+            return (ptr::null_mut(), small);
         }
         // SAFETY: `e` is a segment extent we just made.
         let base = unsafe { (*e).base as *mut u8 };
-        self.advise_taken_segment(base, size, small);
-        base
+        (base, self.advise_taken_segment(base, size, small))
     }
 
     /// Return a segment taken with `segment_alloc` (no block of it live or pending anywhere);
@@ -668,13 +711,15 @@ impl Arena {
         bytes
     }
 
-    /// The decay heartbeat: cheap when nothing is due (one clock read, one load).
+    /// The decay heartbeat: cheap when nothing is due (one clock read, one load). Returns the
+    /// time it read.
     #[inline]
-    pub(crate) fn tick(&self) {
+    pub(crate) fn tick(&self) -> u64 {
         let t = now();
         if t >= self.due.load(Relaxed) {
             self.tick_at(t);
         }
+        t
     }
 
     /// Advance decay to time `t` (ns) and purge what has been idle for a whole period.

@@ -1,0 +1,100 @@
+//! Small-block pages emptied while their segment stays in use go back to the OS once idle for
+//! the delay (the decay time, at most 1 s), at the owning thread's next slow path, and not
+//! where decay never runs (checked page by page with `mincore`). Contents are checked before
+//! every free. Each case runs alone in a child process, under its own `TENSORPOOL_DECAY_MS`.
+use std::time::Duration;
+use tensorpool::{PoolConfig, TensorPool};
+mod common;
+
+// 4 KiB pages: a segment on huge pages is never purged in part.
+#[global_allocator]
+static ALLOC: TensorPool = TensorPool::with_config(PoolConfig::new().with_huge_pages(false));
+
+const SLOT: usize = 64 << 10;
+
+/// Resident 4 KiB pages of the 64 KiB slot at `base` (`mincore` reads no data).
+fn resident(base: usize) -> usize {
+    let mut v = [0u8; SLOT / 4096];
+    // SAFETY: the slot lies in a segment the arena keeps mapped; `v` has a byte per page.
+    let r = unsafe { libc::mincore(base as *mut _, SLOT, v.as_mut_ptr()) };
+    assert_eq!(r, 0);
+    v.iter().filter(|&&b| b & 1 != 0).count()
+}
+
+/// Fill about ten slots with 1 KiB blocks, free them, wait `wait`, allocate a block of another
+/// class (a slow path), and return the slots with the resident pages each had after the frees
+/// and after that allocation.
+fn run(wait: Duration) -> Vec<(usize, usize, usize)> {
+    // The configuration (the environment's decay time) applies at the first large allocation,
+    // which this test makes none of.
+    ALLOC.init();
+    // Keeps a page of another class, and so the segment, in use throughout.
+    let keep = Box::new([7u8; 100]);
+    let blocks: Vec<Vec<u8>> = (0..640).map(|i| vec![(i % 251) as u8; 1000]).collect();
+    let mut slots: Vec<usize> = blocks
+        .iter()
+        .map(|b| b.as_ptr() as usize & !(SLOT - 1))
+        .collect();
+    slots.sort_unstable();
+    slots.dedup();
+    for (i, b) in blocks.iter().enumerate() {
+        assert!(b.iter().all(|&x| x == (i % 251) as u8), "block {i} changed");
+    }
+    drop(blocks);
+    let before: Vec<usize> = slots.iter().map(|&s| resident(s)).collect();
+    std::thread::sleep(wait);
+    let other = vec![1u8; 3000];
+    let after: Vec<usize> = slots.iter().map(|&s| resident(s)).collect();
+    assert!(keep.iter().all(|&x| x == 7) && other.iter().all(|&x| x == 1));
+    slots
+        .iter()
+        .zip(before.iter().zip(&after))
+        .map(|(&s, (&b, &a))| (s, b, a))
+        .collect()
+}
+
+fn child(name: &str, decay: &str) {
+    let out = common::child_output(name, &[("TENSORPOOL_DECAY_MS", decay)]);
+    assert!(
+        out.status.success(),
+        "{name} (TENSORPOOL_DECAY_MS={decay}): {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn idle_pages_go_back_after_the_delay() {
+    if std::env::var_os("TENSORPOOL_TEST_CHILD").is_none() {
+        child("idle_pages_go_back_after_the_delay", "200");
+        return;
+    }
+    let r = run(Duration::from_millis(500));
+    assert!(r.len() >= 10, "the blocks took {} slots", r.len());
+    let full = r.iter().filter(|&&(_, b, _)| b == SLOT / 4096).count();
+    assert!(
+        full >= 9,
+        "freed pages stay resident for reuse at first: {r:x?}"
+    );
+    // The class's direct page stays (it is never given back while direct), and the new
+    // block's page may reuse one of the slots.
+    let still = r.iter().filter(|&&(_, _, a)| a > 0).count();
+    assert!(
+        still <= 2,
+        "idle pages still resident after the delay: {r:x?}"
+    );
+}
+
+#[test]
+fn nothing_goes_back_where_decay_never_runs() {
+    if std::env::var_os("TENSORPOOL_TEST_CHILD").is_none() {
+        child("nothing_goes_back_where_decay_never_runs", "-1");
+        return;
+    }
+    let r = run(Duration::from_millis(300));
+    let kept = r.iter().filter(|&&(_, b, a)| a == b && b > 0).count();
+    assert!(
+        kept + 1 >= r.len(),
+        "pages purged though decay never runs: {r:x?}"
+    );
+}
