@@ -240,7 +240,10 @@ pub(crate) unsafe fn retire_page(heap: *mut Heap, kh: *mut KindHeap, page: *mut 
         } else {
             segment_unlink(heap, seg);
             if (*heap).spare.is_null() {
+                // Kept for the next segment the heap needs, and its pages purged once idle
+                // like any other's.
                 (*heap).spare = seg;
+                super::purge::note_released(heap, seg, now);
             } else {
                 (*heap).seg_unmaps.add(1);
                 ARENA.segment_free(seg.cast(), (*seg).small);
