@@ -7,8 +7,8 @@
 //! in held segments against 7-10 MiB of pages in use. mimalloc purges a free page after 10 ms
 //! (`purge_delay`), jemalloc a dirty page after 10 s (`dirty_decay_ms`); here 10 ms faulted
 //! espresso's pages back in 1,470 more times (516 -> 1,987 faults) and rptest peaked higher
-//! (23-29 MiB) than at 100 ms or 1 s (11-13 MiB), and 100 ms doubled espresso's faults, which
-//! 1 s leaves as they were.
+//! (23-29 MiB) than at 100 ms or 1 s (11-13 MiB; two runs each), and 100 ms doubled
+//! espresso's faults, which 1 s leaves as they were.
 //!
 //! Only segments on 4 KiB pages: purging part of a huge page splits it, and a segment goes
 //! huge only where it is dense and the heaps hold many (`pool::large`'s `HUGE_SEGMENTS_FROM`).
