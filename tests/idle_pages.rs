@@ -53,20 +53,13 @@ fn run(wait: Duration) -> Vec<(usize, usize, usize)> {
         .collect()
 }
 
-fn child(name: &str, decay: &str) {
-    let out = common::child_output(name, &[("TENSORPOOL_DECAY_MS", decay)]);
-    assert!(
-        out.status.success(),
-        "{name} (TENSORPOOL_DECAY_MS={decay}): {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn idle_pages_go_back_after_the_delay() {
     if std::env::var_os("TENSORPOOL_TEST_CHILD").is_none() {
-        child("idle_pages_go_back_after_the_delay", "200");
+        common::run_child_test(
+            "idle_pages_go_back_after_the_delay",
+            &[("TENSORPOOL_DECAY_MS", "200")],
+        );
         return;
     }
     let r = run(Duration::from_millis(500));
@@ -88,7 +81,10 @@ fn idle_pages_go_back_after_the_delay() {
 #[test]
 fn nothing_goes_back_where_decay_never_runs() {
     if std::env::var_os("TENSORPOOL_TEST_CHILD").is_none() {
-        child("nothing_goes_back_where_decay_never_runs", "-1");
+        common::run_child_test(
+            "nothing_goes_back_where_decay_never_runs",
+            &[("TENSORPOOL_DECAY_MS", "-1")],
+        );
         return;
     }
     let r = run(Duration::from_millis(300));

@@ -202,14 +202,13 @@ impl Arena {
     /// them; this take may arm them). Returns whether the segment is taken small.
     pub(super) fn advise_taken_segment(&self, base: *mut u8, size: usize, small: bool) -> bool {
         let (huge_pages, armed) = self.with(|s| {
-            if s.huge_pages && !s.segments_armed && s.totals.segment_bytes >= HUGE_SEGMENTS_FROM {
-                s.segments_armed = true;
+            let mut armed = self.segments_armed.load(Relaxed);
+            if !armed && s.huge_pages && s.totals.segment_bytes >= HUGE_SEGMENTS_FROM {
+                self.segments_armed.store(true, Relaxed);
+                armed = true;
             }
-            (s.huge_pages, s.segments_armed)
+            (s.huge_pages, armed)
         });
-        if armed {
-            self.segments_armed.store(true, Relaxed);
-        }
         let small = small || !armed;
         if huge_pages {
             if small {

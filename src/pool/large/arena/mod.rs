@@ -34,9 +34,10 @@
 //!
 //! **Files.** This file holds the types, their invariants and `Arena`, the locked entry points;
 //! under the lock, `extents` keeps the tiling, the release order and the free runs, `take`
-//! serves and takes back requests, `purge` returns dirty memory, `regions` maps chunks and
-//! unmaps address space, `huge` decides which ranges go on huge pages and when, and `census`
-//! checks everything below.
+//! serves and takes back requests, `purge` returns dirty memory (and publishes the decay time
+//! the heaps purge their idle pages by), `regions` maps chunks and unmaps address space,
+//! `segments` takes and returns small-block segments, `huge` decides which ranges go on huge
+//! pages and when, and `census` checks everything below.
 //!
 //! Invariants (checked by `census`): per region, extents tile `[base, end)` in address order;
 //! every free extent is in the tree of its state, every dirty one on the release-order list,
@@ -56,6 +57,7 @@ use crate::sync::plain::{AtomicBool, AtomicU64};
 use crate::sync::SpinLock;
 use core::ptr;
 use core::sync::atomic::Ordering::Relaxed;
+use purge::POLICY_NEVER;
 
 #[cfg(any(test, loom, feature = "check"))]
 mod census;
@@ -66,6 +68,7 @@ mod huge;
 pub(crate) use huge::HUGE_DENSE_SEGMENT;
 mod purge;
 mod regions;
+mod segments;
 mod take;
 #[cfg(test)]
 mod tests;
@@ -244,9 +247,6 @@ pub(crate) struct ArenaState {
     /// Huge pages on and the arena big enough for them (`HUGE_DENSE_BLOCKS`): chunks are advised
     /// as they are mapped. Never cleared.
     huge_armed: bool,
-    /// Huge pages on and the heaps holding `HUGE_SEGMENTS_FROM` of segments: dense segments may
-    /// go huge (`Arena::advise_taken_segment`, `Arena::segment_dense`). Never cleared.
-    segments_armed: bool,
     /// Block chunks mapped before huge pages were armed (`HUGE_DENSE_BLOCKS`), `(base, len)`:
     /// advised and collapsed by `advise_early_chunks`. When a chunk finds no slot, the arena is
     /// big enough: it arms.
@@ -273,7 +273,9 @@ pub(crate) struct Arena {
     /// The decay time and purge advice in force, for the heaps' purges of idle slab pages
     /// (`ArenaState::purge_policy`, copied like `due`).
     policy: AtomicU64,
-    /// A copy of `ArenaState::segments_armed`, read without the lock.
+    /// Huge pages on and the heaps holding `HUGE_SEGMENTS_FROM` of segments: dense segments may
+    /// go huge (`Arena::advise_taken_segment`, `Arena::segment_dense`). Set under the lock, read
+    /// without it, never cleared.
     segments_armed: AtomicBool,
 }
 
@@ -289,19 +291,7 @@ fn now() -> u64 {
     0
 }
 
-/// `Arena::policy` when memory never decays.
-const POLICY_NEVER: u64 = u64::MAX;
-
 impl ArenaState {
-    /// `Arena::policy`: the decay time in ns, shifted left once, with the lazy-purge bit.
-    fn purge_policy(&self) -> u64 {
-        let ms = self.decay.ms();
-        if ms < 0 {
-            return POLICY_NEVER;
-        }
-        (ms as u64).saturating_mul(1_000_000).min(u64::MAX >> 2) << 1 | self.lazy_purge as u64
-    }
-
     const fn new() -> Self {
         Self {
             runs: [Tree::new(), Tree::new()],
@@ -353,7 +343,6 @@ impl ArenaState {
             lazy_purge: false,
             huge_pages: false,
             huge_armed: false,
-            segments_armed: false,
             unadvised: [(0, 0); 4],
             recollapse: [(0, 0); 4],
             meta_owed: false,
@@ -470,14 +459,6 @@ impl Arena {
         })
     }
 
-    /// The decay time in force (ns; `None`: memory never decays) and whether purges are lazy
-    /// (`MADV_FREE`), read without the lock.
-    #[inline]
-    pub(crate) fn purge_policy(&self) -> Option<(u64, bool)> {
-        let p = self.policy.load(Relaxed);
-        (p != POLICY_NEVER).then_some((p >> 1, p & 1 != 0))
-    }
-
     /// The clock decay runs on (ns; 0 under loom, whose models drive time by hand).
     #[inline]
     pub(crate) fn now(&self) -> u64 {
@@ -537,79 +518,6 @@ impl Arena {
     /// `alloc` from resident (dirty) memory only: null where it would fault fresh pages in.
     pub(crate) fn alloc_resident(&self, kind: usize, size: usize, align: usize) -> *mut Extent {
         self.take_in(Use::Block(kind), size, align, true)
-    }
-
-    /// A small-block segment (`size` bytes aligned to `size`) and whether it is advised off
-    /// huge pages: where `small` asks for it, or where segments are not armed yet (see
-    /// `huge`). Null on failure.
-    pub(crate) fn segment_alloc(&self, size: usize, small: bool) -> (*mut u8, bool) {
-        let e = self.take(Use::Segment, size, size);
-        if e.is_null() {
-            return (ptr::null_mut(), small);
-        }
-        // SAFETY: `e` is a segment extent we just made.
-        let base = unsafe { (*e).base as *mut u8 };
-        (base, self.advise_taken_segment(base, size, small))
-    }
-
-    /// Return a segment taken with `segment_alloc` (no block of it live or pending anywhere);
-    /// `small`: it is still advised off huge pages.
-    ///
-    /// # Safety
-    /// `seg` came from `segment_alloc` and is not used after this call.
-    #[link_section = ".text.hot.tensorpool"]
-    pub(crate) unsafe fn segment_free(&self, seg: *mut u8, small: bool) {
-        let e = self.map.get(seg as usize).cast::<Extent>();
-        // SAFETY: the page map records every segment's descriptor at its base.
-        debug_assert!(!e.is_null() && unsafe { (*e).state() } == State::Segment);
-        // SAFETY: as above.
-        unsafe {
-            self.advise_freed_segment(seg, (*e).size, small);
-            self.free(e)
-        }
-    }
-
-    /// A segment taken with `segment_alloc` is initialised: statistics snapshots may read its
-    /// header from now on (`for_each_segment`).
-    ///
-    /// # Safety
-    /// `seg` came from `segment_alloc`, is held, and its header is initialised.
-    pub(crate) unsafe fn segment_ready(&self, seg: *mut u8) {
-        let e = self.map.get(seg as usize).cast::<Extent>();
-        // SAFETY: the page map records every segment's descriptor at its base; Release pairs with
-        // the Acquire in `for_each_segment`, so the header's initialisation happens before any
-        // snapshot reads it. The arena resets `start` when the segment comes back.
-        unsafe {
-            debug_assert!(!e.is_null() && (*e).state() == State::Segment);
-            (*e).start
-                .store(seg as usize, core::sync::atomic::Ordering::Release);
-        }
-    }
-
-    /// Run `f` on the base of every segment held by a heap and initialised (`segment_ready`),
-    /// under the lock, so none comes back to the arena meanwhile.
-    pub(crate) fn for_each_segment(&self, mut f: impl FnMut(*mut u8)) {
-        self.state.with(|s| {
-            let mut r = s.regions;
-            while !r.is_null() {
-                // SAFETY: regions and their extents are the arena's, read under its lock.
-                unsafe {
-                    if (*r).zone as usize == SEGMENTS {
-                        let mut e = (*r).first;
-                        while !e.is_null() {
-                            if (*e).state() == State::Segment
-                                && (*e).start.load(core::sync::atomic::Ordering::Acquire)
-                                    == (*e).base
-                            {
-                                f((*e).base as *mut u8);
-                            }
-                            e = (*e).next;
-                        }
-                    }
-                    r = (*r).next;
-                }
-            }
-        });
     }
 
     /// The descriptor of the live large block starting at `p`, or null if `p` is not the start

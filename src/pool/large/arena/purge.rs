@@ -1,10 +1,33 @@
 //! Returning dirty memory, under the lock: what a purge takes (`take_dirty`: whole huge pages
 //! first, then ends, oldest first), decay's advance, the purge counters, and putting purged
-//! extents back clean.
+//! extents back clean; and the decay time and purge advice published for the heaps, which
+//! purge their own idle slab pages (`heap::purge`).
 
 use super::*;
 
+/// `Arena::policy` when memory never decays.
+pub(super) const POLICY_NEVER: u64 = u64::MAX;
+
+impl Arena {
+    /// The decay time in force (ns; `None`: memory never decays) and whether purges are lazy
+    /// (`MADV_FREE`), read without the lock.
+    #[inline]
+    pub(crate) fn purge_policy(&self) -> Option<(u64, bool)> {
+        let p = self.policy.load(Relaxed);
+        (p != POLICY_NEVER).then_some((p >> 1, p & 1 != 0))
+    }
+}
+
 impl ArenaState {
+    /// `Arena::policy`: the decay time in ns, shifted left once, with the lazy-purge bit.
+    pub(super) fn purge_policy(&self) -> u64 {
+        let ms = self.decay.ms();
+        if ms < 0 {
+            return POLICY_NEVER;
+        }
+        (ms as u64).saturating_mul(1_000_000).min(u64::MAX >> 2) << 1 | self.lazy_purge as u64
+    }
+
     /// Take at least `bytes` (page-rounded) of the least recently released dirty memory (holding
     /// bytes of `attr`, or any) out of the dirty set, as a chain of `Busy` extents to purge.
     ///
