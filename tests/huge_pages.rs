@@ -233,15 +233,8 @@ fn small_blocks_on_a_thread(n: u64, salt: u64) -> u64 {
 fn many_segments_on_a_thread() -> u64 {
     std::thread::spawn(|| {
         let blocks: Vec<Vec<u8>> = (0..80_000u32).map(|i| vec![i as u8; 1000]).collect();
-        let huge = blocks[blocks.len() - 4_000..]
-            .iter()
-            .step_by(1_000)
-            .map(|v| huge_bytes_at(v.as_ptr() as usize))
-            .max()
-            .unwrap_or(0);
-        for (i, v) in blocks.iter().enumerate() {
-            assert!(v.iter().all(|&x| x == i as u8));
-        }
+        let huge = tail_huge(&blocks);
+        check_indexed(&blocks);
         huge
     })
     .join()
@@ -313,5 +306,73 @@ fn child_grows_a_vector() {
     println!("grown {}", huge_bytes_at(v.as_ptr() as usize));
     for i in (0..v.len()).step_by(4096) {
         assert_eq!(v[i], (i / 4096) as u8);
+    }
+}
+
+/// A heap that fills its segments with blocks it keeps goes on huge pages before the heaps
+/// hold 64 MiB of segments (a program building one large structure: its third segment on),
+/// and one that has freed half of what it touched stays on 4 KiB pages. In a fresh child
+/// process, which never holds 64 MiB.
+#[test]
+fn a_heap_that_grows_densely_goes_on_huge_pages_early() {
+    let Some(mode) = madvise_mode_and_default_policy() else {
+        return;
+    };
+    let (out, err) = common::run_child_test("child_grows_densely", &[]);
+    assert_eq!(line_value(&out, "sparse "), 0, "THP {mode}: {out} {err}");
+    let dense = line_value(&out, "dense ");
+    assert!(dense >= 2 * MIB as u64, "THP {mode}: {out} {err}");
+}
+
+/// The most the last twentieth of `blocks` hold on huge pages (four of them looked at: each
+/// look reads the whole of /proc/self/smaps).
+fn tail_huge(blocks: &[Vec<u8>]) -> u64 {
+    let n = blocks.len() / 20;
+    blocks[blocks.len() - n..]
+        .iter()
+        .step_by(n.div_ceil(4))
+        .map(|v| huge_bytes_at(v.as_ptr() as usize))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Each block of `blocks` holds its index (mod 256) in every byte.
+fn check_indexed(blocks: &[Vec<u8>]) {
+    for (i, v) in blocks.iter().enumerate() {
+        assert!(v.iter().all(|&x| x == i as u8));
+    }
+}
+
+#[test]
+fn child_grows_densely() {
+    if std::env::var_os("TENSORPOOL_TEST_CHILD").is_none() {
+        return;
+    }
+    // A program of small blocks only is configured at `init` (or its first large block).
+    ALLOC.init();
+    // Sparse: 6 MB of 1,000-byte blocks, every second one freed, then 6 MB of 3,000-byte blocks
+    // (a class of its own, so the freed ones are not reused): three quarters of what the heap
+    // touched is live. Kept until the end, so that the dense thread takes fresh segments.
+    let sparse = std::thread::spawn(|| {
+        let mut a: Vec<Vec<u8>> = (0..6_000u32).map(|i| vec![i as u8; 1000]).collect();
+        for v in a.iter_mut().skip(1).step_by(2) {
+            *v = Vec::new();
+        }
+        let b: Vec<Vec<u8>> = (0..2_000u32).map(|i| vec![i as u8; 3000]).collect();
+        (tail_huge(&b), a, b)
+    });
+    let (huge, a, b) = sparse.join().unwrap();
+    println!("sparse {huge}");
+    // Dense: 16 MB of 1,000-byte blocks, all kept.
+    let dense = std::thread::spawn(|| {
+        let blocks: Vec<Vec<u8>> = (0..16_000u32).map(|i| vec![i as u8; 1000]).collect();
+        let huge = tail_huge(&blocks);
+        check_indexed(&blocks);
+        huge
+    });
+    println!("dense {}", dense.join().unwrap());
+    check_indexed(&b);
+    for (i, v) in a.iter().enumerate().step_by(2) {
+        assert!(v.iter().all(|&x| x == i as u8));
     }
 }

@@ -5,7 +5,10 @@
 
 use super::types::{empty_page, Heap, KindHeap};
 use crate::class::small_size;
-use crate::pool::large::{ARENA, HUGE_DENSE_SEGMENT};
+use crate::pool::large::{
+    Growth, ARENA, DENSE_GROWTH_LIVE, DENSE_GROWTH_SEGMENTS, DENSE_GROWTH_TOUCHED,
+    HUGE_DENSE_SEGMENT,
+};
 use crate::pool::slab::{self, Page, Segment, SEGMENT_SIZE};
 use crate::sync::Ordering;
 use core::ptr;
@@ -299,19 +302,30 @@ unsafe fn new_page(heap: *mut Heap, kind: u8, class: usize) -> *mut Page {
             return slab::take_page(r, kind, class);
         }
         let mut s = (*heap).segments;
-        let mut touched = 0;
+        let (mut touched, mut count) = (0, 0);
         while !s.is_null() {
             if (*s).free_mask != 0 {
                 return slab::take_page(s, kind, class);
             }
             touched += (*s).touched_bytes as usize;
+            count += 1;
             s = (*s).next;
         }
         let seg = if !(*heap).spare.is_null() {
             core::mem::replace(&mut (*heap).spare, ptr::null_mut())
         } else {
             (*heap).seg_maps.add(1);
-            let (seg, small) = ARENA.segment_alloc(SEGMENT_SIZE, touched < HUGE_DENSE_SEGMENT);
+            let growth = if touched < HUGE_DENSE_SEGMENT {
+                Growth::Small
+            } else if count >= DENSE_GROWTH_SEGMENTS
+                && !ARENA.segments_armed()
+                && grows_densely(heap, touched, count)
+            {
+                Growth::Dense
+            } else {
+                Growth::Past
+            };
+            let (seg, small) = ARENA.segment_alloc(SEGMENT_SIZE, growth);
             let seg = seg.cast::<Segment>();
             if seg.is_null() {
                 return ptr::null_mut();
@@ -325,6 +339,32 @@ unsafe fn new_page(heap: *mut Heap, kind: u8, class: usize) -> *mut Page {
         (*heap).segments = seg;
         slab::take_page(seg, kind, class)
     }
+}
+
+/// Whether a heap whose `count` segments are all full of pages, `touched` bytes of them
+/// touched, has touched most of them and still holds most of what it touched
+/// (`DENSE_GROWTH_LIVE`): a heap building something large, whose next segment may as well be
+/// on huge pages from the start. A walk of the page descriptors, only while segments are not
+/// armed (a few heaps of a few segments).
+///
+/// # Safety
+/// The calling thread owns `heap`.
+unsafe fn grows_densely(heap: *mut Heap, touched: usize, count: usize) -> bool {
+    let (part, whole) = DENSE_GROWTH_TOUCHED;
+    if touched * whole < count * SEGMENT_SIZE * part {
+        return false;
+    }
+    let mut held = 0;
+    // SAFETY: owner-only access to the heap's segments.
+    unsafe {
+        let mut s = (*heap).segments;
+        while !s.is_null() {
+            held += slab::held_bytes(s);
+            s = (*s).next;
+        }
+    }
+    let (part, whole) = DENSE_GROWTH_LIVE;
+    held * whole >= touched * part
 }
 
 /// # Safety

@@ -11,7 +11,8 @@
 //! espresso's faults, which 1 s leaves as they were.
 //!
 //! Only segments on 4 KiB pages: purging part of a huge page splits it, and a segment goes
-//! huge only where it is dense and the heaps hold many (`pool::large`'s `HUGE_SEGMENTS_FROM`).
+//! huge only where it is dense and the heaps hold many, or its heap grows densely
+//! (`pool::large`'s `HUGE_SEGMENTS_FROM`, `DENSE_GROWTH_SEGMENTS`).
 
 use super::types::Heap;
 use crate::pool::large::ARENA;

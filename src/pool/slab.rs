@@ -167,8 +167,9 @@ pub(crate) struct Segment {
     /// Pages in use: `used_pages == 63 - free_mask.count_ones()`.
     pub(crate) used_pages: u32,
     /// Off huge pages: until `touched_bytes` reaches `HUGE_DENSE_SEGMENT` and the heaps hold
-    /// enough segments (owner only; see `Arena::segment_alloc`, `Arena::segment_dense`). Only
-    /// such a segment's idle free pages are purged (`heap::purge`).
+    /// enough segments, unless taken huge for a heap that grows densely (owner only; see
+    /// `Arena::segment_alloc`, `Arena::segment_dense`). Only such a segment's idle free pages
+    /// are purged (`heap::purge`).
     pub(crate) small: bool,
     /// Bytes of slab pages touched: `touched_bytes == Σ pages[i].touched`.
     pub(crate) touched_bytes: u32,
@@ -239,6 +240,26 @@ pub(crate) unsafe fn init_segment(seg: *mut Segment, owner: Owner) {
         (*seg).touched_bytes = 0;
         (*seg).touched_mask = 0;
     }
+}
+
+/// Bytes of blocks handed out from `seg`'s pages and not yet seen freed by the owner
+/// (`Σ used * size` over the pages in use): what of its touched bytes is live, give or take
+/// the blocks other threads freed since the owner last looked.
+///
+/// # Safety
+/// The calling thread owns `seg`.
+pub(crate) unsafe fn held_bytes(seg: *mut Segment) -> usize {
+    let mut held = 0;
+    // SAFETY: owner-only fields of the segment's header; a slot off `free_mask` serves a class.
+    unsafe {
+        let mut busy = !(*seg).free_mask & !1u64;
+        while busy != 0 {
+            let page = ptr::addr_of!((*seg).pages[busy.trailing_zeros() as usize]);
+            held += (*page).used.get() as usize * small_size((*page).class as usize);
+            busy &= busy - 1;
+        }
+    }
+    held
 }
 
 /// Take a free page slot of `seg` and initialise it for (kind, class). Null if the segment is full.

@@ -22,16 +22,48 @@ const HUGE_DENSE_BLOCKS: usize = 512 << 10;
 /// 512 KiB, espresso and cfrac peaked 1.3-1.6 MiB higher (a range a quarter used is resident
 /// whole); at 1 MiB they peak as with their first segment on 4 KiB pages.
 pub(crate) const HUGE_DENSE_SEGMENT: usize = 1 << 20;
-/// Segments go on huge pages only once the heaps hold this many bytes of them ("armed"): a
-/// segment is 4 MiB of 64 KiB pages, each carved 4 KiB at a time, and on huge pages every
-/// touched half of it is resident whole, with the pages emptied in it (which are purged on
-/// 4 KiB pages: `heap::purge`). mimalloc-bench, with segments huge from a heap's first MiB:
-/// peak RSS 1.30 of the lowest other's (geometric mean of 12 programs of 2-60 MiB), 1.20 with
-/// huge pages off, and no program faster for them; rptest peaked at 46-50 MiB where mimalloc
-/// peaks at 10-19. The price is the 4 KiB faults of the first 64 MiB, 16 K at most: the Rust
-/// program of 990 MiB (BPE training, a 49 MB JSON round trip) faults 15,182 times instead of
-/// 788 (mimalloc 540-950), at 1.11 of mimalloc's wall time (1.05 on 4 KiB pages throughout).
+/// Segments go on huge pages only once the heaps hold this many bytes of them ("armed"), or
+/// for a heap that grows densely (`DENSE_GROWTH_SEGMENTS`): a segment is 4 MiB of 64 KiB
+/// pages, each carved 4 KiB at a time, and on huge pages every touched half of it is resident
+/// whole, with the pages emptied in it (which are purged on 4 KiB pages: `heap::purge`).
+/// mimalloc-bench, with segments huge from a heap's first MiB: peak RSS 1.30 of the lowest
+/// other's (geometric mean of 12 programs of 2-60 MiB), 1.20 with huge pages off, and no
+/// program faster for them; rptest peaked at 46-50 MiB where mimalloc peaks at 10-19. The
+/// price is the 4 KiB faults of the first 64 MiB, 16 K at most, which the dense-growth rule
+/// takes down to a heap's first two segments: the Rust program of 990 MiB (BPE training, a
+/// 49 MB JSON round trip) faulted 15,182 times with this rule alone, 2,504 with both (788
+/// with every segment huge from a heap's first MiB; mimalloc 540-906).
 pub(crate) const HUGE_SEGMENTS_FROM: u64 = 64 << 20;
+/// A heap that has filled this many segments with pages, touched most of them
+/// (`DENSE_GROWTH_TOUCHED`) and still holds most of what it touched (`DENSE_GROWTH_LIVE`),
+/// takes its next segments on huge pages before segments are armed (`Growth::Dense`): a
+/// program that builds one large structure (the Rust program above: one heap, 223 segments,
+/// 98-99 % of what it touched live at every take) faulted its first 64 MiB on 4 KiB pages
+/// otherwise. Every program grows densely at first (mimalloc-bench's larson, alloc-test,
+/// xmalloc-test and rptest had freed no page when they took their second segment), so the
+/// rule waits for size: at 1 segment the Rust program faulted 1,493 times, but larson peaked
+/// 10 % higher and alloc-test 4 %; at 2, 2,504 faults, and of the suite only xmalloc-test,
+/// whose heaps grow to five segments, peaks higher (43.5 -> 49.4 MiB, median of five; its
+/// faults 9,200 -> 4,450).
+pub(crate) const DENSE_GROWTH_SEGMENTS: usize = 2;
+/// `touched * DENSE_GROWTH_TOUCHED.1 >= segment bytes * DENSE_GROWTH_TOUCHED.0`: the share of
+/// its segments a growing heap must have touched (rptest, 71 % at its second segment, stays
+/// on 4 KiB pages; the Rust program had touched 80 % of its first).
+pub(crate) const DENSE_GROWTH_TOUCHED: (usize, usize) = (3, 4);
+/// `live * DENSE_GROWTH_LIVE.1 >= touched * DENSE_GROWTH_LIVE.0`: the share of what it touched
+/// a growing heap's live blocks must hold.
+pub(crate) const DENSE_GROWTH_LIVE: (usize, usize) = (7, 8);
+
+/// What a heap taking a segment knows of itself (`Arena::segment_alloc`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Growth {
+    /// It has touched less than `HUGE_DENSE_SEGMENT` of slab pages in all.
+    Small,
+    /// It has touched more.
+    Past,
+    /// It grows densely (`DENSE_GROWTH_SEGMENTS`).
+    Dense,
+}
 /// A block this large fills half a huge page on its own (see `HUGE_DENSE_BLOCKS`).
 const HUGE_FROM_BLOCK: usize = 1 << 20;
 /// Metadata chunks after the first go on huge pages once huge pages are armed and the arena
@@ -192,15 +224,15 @@ impl Arena {
         }
     }
 
-    /// Advise a segment a heap just took (`segment_alloc`). `small`: the heap has touched less
-    /// than `HUGE_DENSE_SEGMENT` of slab pages in all, and a huge page would hold 2 MiB resident
-    /// for the few KiB it uses (mimalloc-bench's glibc-thread: 12.9 MiB peak against 3.1 MiB,
-    /// three heaps; glibc-simple, one heap with a page for each of many size classes, fills a
-    /// segment by page count and takes a second): the segment is advised off huge pages until it
-    /// has `HUGE_DENSE_SEGMENT` touched (`segment_dense`). A heap past that takes its segments
-    /// huge from the start, once segments are armed (the heaps hold `HUGE_SEGMENTS_FROM` of
-    /// them; this take may arm them). Returns whether the segment is taken small.
-    pub(super) fn advise_taken_segment(&self, base: *mut u8, size: usize, small: bool) -> bool {
+    /// Advise a segment a heap just took (`segment_alloc`), as `growth` says of the heap.
+    /// `Growth::Small`: a huge page would hold 2 MiB resident for the few KiB it uses
+    /// (mimalloc-bench's glibc-thread: 12.9 MiB peak against 3.1 MiB, three heaps; glibc-simple,
+    /// one heap with a page for each of many size classes, fills a segment by page count and
+    /// takes a second): the segment is advised off huge pages until it has `HUGE_DENSE_SEGMENT`
+    /// touched (`segment_dense`). `Growth::Past` takes it huge from the start once segments are
+    /// armed (the heaps hold `HUGE_SEGMENTS_FROM` of them; this take may arm them), and
+    /// `Growth::Dense` at once. Returns whether the segment is taken small.
+    pub(super) fn advise_taken_segment(&self, base: *mut u8, size: usize, growth: Growth) -> bool {
         let (huge_pages, armed) = self.with(|s| {
             let mut armed = self.segments_armed.load(Relaxed);
             if !armed && s.huge_pages && s.totals.segment_bytes >= HUGE_SEGMENTS_FROM {
@@ -209,7 +241,11 @@ impl Arena {
             }
             (s.huge_pages, armed)
         });
-        let small = small || !armed;
+        let small = match growth {
+            Growth::Small => true,
+            Growth::Past => !armed,
+            Growth::Dense => false,
+        };
         if huge_pages {
             if small {
                 os::advise_small(base, size);
@@ -218,6 +254,12 @@ impl Arena {
             }
         }
         small
+    }
+
+    /// Whether segments are armed (`HUGE_SEGMENTS_FROM`): a heap need not ask whether it grows
+    /// densely (`Growth::Dense`) once they are.
+    pub(crate) fn segments_armed(&self) -> bool {
+        self.segments_armed.load(Relaxed)
     }
 
     /// A segment taken small (`segment_alloc`) now has `HUGE_DENSE_SEGMENT` touched: where

@@ -65,7 +65,9 @@ mod census;
 pub use census::Census;
 mod extents;
 mod huge;
-pub(crate) use huge::HUGE_DENSE_SEGMENT;
+pub(crate) use huge::{
+    Growth, DENSE_GROWTH_LIVE, DENSE_GROWTH_SEGMENTS, DENSE_GROWTH_TOUCHED, HUGE_DENSE_SEGMENT,
+};
 mod purge;
 mod regions;
 mod segments;

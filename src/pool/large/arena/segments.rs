@@ -5,16 +5,16 @@ use super::*;
 
 impl Arena {
     /// A small-block segment (`size` bytes aligned to `size`) and whether it is advised off
-    /// huge pages: where `small` asks for it, or where segments are not armed yet (see
-    /// `huge`). Null on failure.
-    pub(crate) fn segment_alloc(&self, size: usize, small: bool) -> (*mut u8, bool) {
+    /// huge pages, as the heap's `growth` and the arena's arming say (see `huge`). Null on
+    /// failure.
+    pub(crate) fn segment_alloc(&self, size: usize, growth: Growth) -> (*mut u8, bool) {
         let e = self.take(Use::Segment, size, size);
         if e.is_null() {
-            return (ptr::null_mut(), small);
+            return (ptr::null_mut(), true);
         }
         // SAFETY: `e` is a segment extent we just made.
         let base = unsafe { (*e).base as *mut u8 };
-        (base, self.advise_taken_segment(base, size, small))
+        (base, self.advise_taken_segment(base, size, growth))
     }
 
     /// Return a segment taken with `segment_alloc` (no block of it live or pending anywhere);
