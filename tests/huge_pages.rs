@@ -348,8 +348,7 @@ fn child_grows_densely() {
     if std::env::var_os("TENSORPOOL_TEST_CHILD").is_none() {
         return;
     }
-    // A program of small blocks only is configured at `init` (or its first large block).
-    ALLOC.init();
+    // No `ALLOC.init()`: a program of small blocks only is configured at its first slow path.
     // Sparse: 6 MB of 1,000-byte blocks, every second one freed, then 6 MB of 3,000-byte blocks
     // (a class of its own, so the freed ones are not reused): three quarters of what the heap
     // touched is live. Kept until the end, so that the dense thread takes fresh segments.

@@ -25,9 +25,8 @@ fn resident(base: usize) -> usize {
 /// class (a slow path), and return the slots with the resident pages each had after the frees
 /// and after that allocation.
 fn run(wait: Duration) -> Vec<(usize, usize, usize)> {
-    // The configuration (the environment's decay time) applies at the first large allocation,
-    // which this test makes none of.
-    ALLOC.init();
+    // No `ALLOC.init()` and no large block: the configuration (the environment's decay time)
+    // must apply at the first small allocation's slow path.
     // Keeps a page of another class, and so the segment, in use throughout.
     let keep = Box::new([7u8; 100]);
     let blocks: Vec<Vec<u8>> = (0..640).map(|i| vec![(i % 251) as u8; 1000]).collect();

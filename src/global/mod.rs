@@ -48,7 +48,9 @@ impl TensorPool {
     }
 
     /// Apply this value's configuration now if no configuration has been applied yet (otherwise the
-    /// allocator applies it at its first large allocation). Returns whether this call applied it.
+    /// allocator applies it at its first large allocation, or the first small one through
+    /// `GlobalAlloc` that misses the thread's cached blocks). Returns whether this call applied
+    /// it.
     #[link_section = ".text.hot.tensorpool"]
     pub fn init(&self) -> bool {
         if crate::options::configured() {
@@ -342,6 +344,20 @@ impl TensorPool {
             Some(c) => heap::alloc_small_kind(kind, c, layout.size()),
             None => self.alloc_large(kind, layout.size(), layout.align()),
         }
+    }
+
+    /// A small request the thread's direct page could not serve: the configuration is applied
+    /// here too if it has not been, so that a program that only ever asks for small blocks
+    /// runs with its `PoolConfig` and `TENSORPOOL_*` (its decay, huge pages, exit report)
+    /// rather than the defaults; then the heap's slow path.
+    #[cold]
+    #[inline(never)]
+    #[link_section = ".text.hot.tensorpool"]
+    fn alloc_small_missed(&self, class: usize, size: usize) -> *mut u8 {
+        if !crate::options::configured() {
+            self.configure();
+        }
+        heap::alloc_small(class, size)
     }
 
     #[inline(never)]
@@ -684,7 +700,13 @@ unsafe impl GlobalAlloc for TensorPool {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match class_for(layout.size(), layout.align()) {
-            Some(c) => heap::alloc_small(c, layout.size()),
+            Some(c) => {
+                let b = heap::pop_direct(c);
+                if !b.is_null() {
+                    return b;
+                }
+                self.alloc_small_missed(c, layout.size())
+            }
             None => self.alloc_large(heap::tag::current(), layout.size(), layout.align()),
         }
     }
