@@ -21,12 +21,13 @@ fn resident(base: usize) -> usize {
     v.iter().filter(|&&b| b & 1 != 0).count()
 }
 
-/// Fill about ten slots with 1 KiB blocks, free them, wait `wait`, allocate a block of another
-/// class (a slow path), and return the slots with the resident pages each had after the frees
-/// and after that allocation.
-fn run(wait: Duration) -> Vec<(usize, usize, usize)> {
+/// After `ballast` 1 KiB blocks kept throughout, fill about ten slots with 1 KiB blocks, free
+/// them, wait `wait`, allocate a block of another class (a slow path), and return the slots with
+/// the resident pages each had after the frees and after that allocation.
+fn run(wait: Duration, ballast: usize) -> Vec<(usize, usize, usize)> {
     // No `ALLOC.init()` and no large block: the configuration (the environment's decay time)
     // must apply at the first small allocation's slow path.
+    let ballast: Vec<Vec<u8>> = (0..ballast).map(|i| vec![(i % 13) as u8; 1000]).collect();
     // Keeps a page of another class, and so the segment, in use throughout.
     let keep = Box::new([7u8; 100]);
     let blocks: Vec<Vec<u8>> = (0..640).map(|i| vec![(i % 251) as u8; 1000]).collect();
@@ -45,6 +46,12 @@ fn run(wait: Duration) -> Vec<(usize, usize, usize)> {
     let other = vec![1u8; 3000];
     let after: Vec<usize> = slots.iter().map(|&s| resident(s)).collect();
     assert!(keep.iter().all(|&x| x == 7) && other.iter().all(|&x| x == 1));
+    for (i, b) in ballast.iter().enumerate() {
+        assert!(
+            b.iter().all(|&x| x == (i % 13) as u8),
+            "ballast block {i} changed"
+        );
+    }
     slots
         .iter()
         .zip(before.iter().zip(&after))
@@ -61,7 +68,7 @@ fn idle_pages_go_back_after_the_delay() {
         );
         return;
     }
-    let r = run(Duration::from_millis(500));
+    let r = run(Duration::from_millis(500), 0);
     assert!(r.len() >= 10, "the blocks took {} slots", r.len());
     let full = r.iter().filter(|&&(_, b, _)| b == SLOT / 4096).count();
     assert!(
@@ -70,6 +77,27 @@ fn idle_pages_go_back_after_the_delay() {
     );
     // The class's direct page stays (it is never given back while direct), and the new
     // block's page may reuse one of the slots.
+    let still = r.iter().filter(|&&(_, _, a)| a > 0).count();
+    assert!(
+        still <= 2,
+        "idle pages still resident after the delay: {r:x?}"
+    );
+}
+
+/// On 4 KiB pages, a segment taken for a heap that grows densely (two full segments of blocks
+/// it keeps before it: `DENSE_GROWTH_SEGMENTS`) has its idle pages purged like any other.
+#[test]
+fn idle_pages_of_a_dense_heap_go_back_on_small_pages() {
+    if std::env::var_os("TENSORPOOL_TEST_CHILD").is_none() {
+        common::run_child_test(
+            "idle_pages_of_a_dense_heap_go_back_on_small_pages",
+            &[("TENSORPOOL_DECAY_MS", "200")],
+        );
+        return;
+    }
+    // Two segments hold 8,064 blocks of this class (64 a page); two pages more, so that neither
+    // has a free slot and the freed blocks start a page of their own.
+    let r = run(Duration::from_millis(500), 8_192);
     let still = r.iter().filter(|&&(_, _, a)| a > 0).count();
     assert!(
         still <= 2,
@@ -86,7 +114,7 @@ fn nothing_goes_back_where_decay_never_runs() {
         );
         return;
     }
-    let r = run(Duration::from_millis(300));
+    let r = run(Duration::from_millis(300), 0);
     let kept = r.iter().filter(|&&(_, b, a)| a == b && b > 0).count();
     assert!(
         kept + 1 >= r.len(),

@@ -64,6 +64,7 @@ pub(crate) enum Growth {
     /// It grows densely (`DENSE_GROWTH_SEGMENTS`).
     Dense,
 }
+
 /// A block this large fills half a huge page on its own (see `HUGE_DENSE_BLOCKS`).
 const HUGE_FROM_BLOCK: usize = 1 << 20;
 /// Metadata chunks after the first go on huge pages once huge pages are armed and the arena
@@ -241,11 +242,13 @@ impl Arena {
             }
             (s.huge_pages, armed)
         });
-        let small = match growth {
-            Growth::Small => true,
-            Growth::Past => !armed,
-            Growth::Dense => false,
-        };
+        // Off huge pages altogether, every segment counts as small: its idle pages are purged.
+        let small = !huge_pages
+            || match growth {
+                Growth::Small => true,
+                Growth::Past => !armed,
+                Growth::Dense => false,
+            };
         if huge_pages {
             if small {
                 os::advise_small(base, size);
