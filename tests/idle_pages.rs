@@ -59,6 +59,16 @@ fn run(wait: Duration, ballast: usize) -> Vec<(usize, usize, usize)> {
         .collect()
 }
 
+/// Of `run`'s slots, at most two still resident after the delay: the class's direct page
+/// stays (it is never given back while direct), and the new block's page may reuse one.
+fn assert_idle_pages_gone(r: &[(usize, usize, usize)]) {
+    let still = r.iter().filter(|&&(_, _, a)| a > 0).count();
+    assert!(
+        still <= 2,
+        "idle pages still resident after the delay: {r:x?}"
+    );
+}
+
 #[test]
 fn idle_pages_go_back_after_the_delay() {
     if std::env::var_os("TENSORPOOL_TEST_CHILD").is_none() {
@@ -75,13 +85,7 @@ fn idle_pages_go_back_after_the_delay() {
         full >= 9,
         "freed pages stay resident for reuse at first: {r:x?}"
     );
-    // The class's direct page stays (it is never given back while direct), and the new
-    // block's page may reuse one of the slots.
-    let still = r.iter().filter(|&&(_, _, a)| a > 0).count();
-    assert!(
-        still <= 2,
-        "idle pages still resident after the delay: {r:x?}"
-    );
+    assert_idle_pages_gone(&r);
 }
 
 /// On 4 KiB pages, a segment taken for a heap that grows densely (two full segments of blocks
@@ -98,11 +102,7 @@ fn idle_pages_of_a_dense_heap_go_back_on_small_pages() {
     // Two segments hold 8,064 blocks of this class (64 a page); two pages more, so that neither
     // has a free slot and the freed blocks start a page of their own.
     let r = run(Duration::from_millis(500), 8_192);
-    let still = r.iter().filter(|&&(_, _, a)| a > 0).count();
-    assert!(
-        still <= 2,
-        "idle pages still resident after the delay: {r:x?}"
-    );
+    assert_idle_pages_gone(&r);
 }
 
 #[test]

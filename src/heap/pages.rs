@@ -5,11 +5,13 @@
 
 use super::types::{empty_page, Heap, KindHeap};
 use crate::class::small_size;
+use crate::kind::NUM_KINDS;
 use crate::pool::large::{
     Growth, ARENA, DENSE_GROWTH_LIVE, DENSE_GROWTH_SEGMENTS, DENSE_GROWTH_TOUCHED,
     HUGE_DENSE_SEGMENT,
 };
 use crate::pool::slab::{self, Page, Segment, SEGMENT_SIZE};
+use crate::stats::SlabCounts;
 use crate::sync::Ordering;
 use core::ptr;
 
@@ -354,17 +356,18 @@ unsafe fn grows_densely(heap: *mut Heap, touched: usize, count: usize) -> bool {
     if touched * whole < count * SEGMENT_SIZE * part {
         return false;
     }
-    let mut held = 0;
-    // SAFETY: owner-only access to the heap's segments.
+    let mut counts = [SlabCounts::default(); NUM_KINDS];
+    // SAFETY: the heap's segments are held and initialised, and only this thread writes them.
     unsafe {
         let mut s = (*heap).segments;
         while !s.is_null() {
-            held += slab::held_bytes(s);
+            slab::count_pages(s, &mut counts);
             s = (*s).next;
         }
     }
+    let held: u64 = counts.iter().map(|c| c.live_bytes).sum();
     let (part, whole) = DENSE_GROWTH_LIVE;
-    held * whole >= touched * part
+    held * whole as u64 >= (touched * part) as u64
 }
 
 /// # Safety

@@ -242,26 +242,6 @@ pub(crate) unsafe fn init_segment(seg: *mut Segment, owner: Owner) {
     }
 }
 
-/// Bytes of blocks handed out from `seg`'s pages and not yet seen freed by the owner
-/// (`Σ used * size` over the pages in use): what of its touched bytes is live, give or take
-/// the blocks other threads freed since the owner last looked.
-///
-/// # Safety
-/// The calling thread owns `seg`.
-pub(crate) unsafe fn held_bytes(seg: *mut Segment) -> usize {
-    let mut held = 0;
-    // SAFETY: owner-only fields of the segment's header; a slot off `free_mask` serves a class.
-    unsafe {
-        let mut busy = !(*seg).free_mask & !1u64;
-        while busy != 0 {
-            let page = ptr::addr_of!((*seg).pages[busy.trailing_zeros() as usize]);
-            held += (*page).used.get() as usize * small_size((*page).class as usize);
-            busy &= busy - 1;
-        }
-    }
-    held
-}
-
 /// Take a free page slot of `seg` and initialise it for (kind, class). Null if the segment is full.
 ///
 /// # Safety

@@ -270,7 +270,7 @@ impl Arena {
     /// and answer true; false where it stays on 4 KiB pages for now.
     #[link_section = ".text.hot.tensorpool"]
     pub(crate) fn segment_dense(&self, seg: *mut u8, size: usize) -> bool {
-        if !self.segments_armed.load(Relaxed) {
+        if !self.segments_armed() {
             return false;
         }
         os::advise_huge(seg, size);
