@@ -48,6 +48,49 @@ impl Registry {
         assert!(!h.is_null(), "the OS refused a heap");
         HeapRef(h)
     }
+
+    /// A reclaimer's look at time `now` (ns): every heap's cache of large blocks that no thread
+    /// is inside and that has been idle `idle` ns (`None`: every such cache) goes back to the
+    /// arena, as a thread whose cache cannot grow, `trim` and a failing request do. The claims
+    /// on the caches' shared total it freed (bytes).
+    pub fn reclaim(&self, now: u64, idle: Option<u64>) -> usize {
+        crate::heap::idle::reclaim(&self.0, now, idle)
+    }
+}
+
+/// Set the thread caches' limit (bytes each) and the cores sharing the last-level cache (their
+/// shared total is the limit times the cores), as configuration does.
+pub fn set_thread_cache(limit: usize, cores: usize) {
+    crate::heap::hot::set_limit(limit, 0, cores);
+}
+
+/// What the thread caches have claimed of their shared total, together.
+pub fn thread_caches_claimed() -> usize {
+    crate::heap::hot::claimed()
+}
+
+/// A large block of `size` bytes of `kind` from the process's arena, 64-aligned.
+pub fn large_alloc(kind: usize, size: usize) -> *mut u8 {
+    let e = ARENA.alloc(kind, size, 64);
+    assert!(!e.is_null(), "the OS refused a block");
+    // SAFETY: a live block's descriptor.
+    unsafe { crate::pool::large::start(e) }
+}
+
+/// Free a block `large_alloc` made (panics if `p` is not a live one).
+///
+/// # Safety
+/// `p` is a live block, freed once.
+pub unsafe fn large_free(p: *mut u8) {
+    let e = ARENA.lookup(p);
+    assert!(!e.is_null(), "{p:p} is not a live block");
+    // SAFETY: the caller's contract.
+    unsafe { ARENA.free(e) }
+}
+
+/// The process's arena checked (panics on a broken invariant): its live bytes.
+pub fn large_live() -> usize {
+    ARENA.census().live
 }
 
 impl Drop for Registry {
@@ -158,6 +201,46 @@ impl HeapRef {
     pub unsafe fn census(self) -> Census {
         // SAFETY: the census' own contract, which is the caller's.
         unsafe { census::census(self.0) }
+    }
+
+    /// Free the large block `p` into the heap's cache of large blocks, as its owner's free does
+    /// (`heap::hot_put`): whether the cache took it (if not, the caller frees it with
+    /// `large_free`).
+    ///
+    /// # Safety
+    /// The calling thread owns the heap; `p` is a live block from `large_alloc` it holds, freed
+    /// by this call if it returns true.
+    pub unsafe fn cache_put(self, p: *mut u8) -> bool {
+        let e = ARENA.lookup(p);
+        assert!(!e.is_null(), "{p:p} is not a live block");
+        // SAFETY: the caller's contract.
+        unsafe { crate::heap::put_cached(self.0, e, crate::heap::hot::limit()) }
+    }
+
+    /// A block of `kind` for `size` bytes from the heap's cache, as its owner's allocation does
+    /// (`heap::hot_take`): null if none fits or a reclaimer is inside the cache.
+    ///
+    /// # Safety
+    /// The calling thread owns the heap.
+    pub unsafe fn cache_take(self, kind: usize, size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract.
+        let e = unsafe { crate::heap::take_cached(self.0, kind, size, 64) };
+        if e.is_null() {
+            return core::ptr::null_mut();
+        }
+        // SAFETY: a block taken from the cache is live and the caller's.
+        unsafe { crate::pool::large::start(e) }
+    }
+
+    /// The bytes in the heap's cache of large blocks and its claim on the shared total, read
+    /// through the cache's gate (`None`: another thread is inside), and the cached bytes its
+    /// per-kind counters say, read without the gate.
+    pub fn cache_bytes(self) -> (Option<(usize, usize)>, u64) {
+        // SAFETY: heaps are never freed while their registry lives; the cache is reached
+        // through its gate, the counters are atomics.
+        let cache = unsafe { &*core::ptr::addr_of!((*self.0).hot) };
+        let inside = cache.try_with(|c, _| (c.bytes(), c.claim()));
+        (inside, cache.counters.iter().map(|c| c.bytes.get()).sum())
     }
 
     /// The heap owning small block `p`.

@@ -9,8 +9,15 @@
 //! configuration once per round, the order rotating) and reports medians of wall time, minor
 //! faults, peak RSS against the peak of live bytes, and the mapping count at the end.
 //!
+//! With `-- --then-alone N`, the workers do not exit when done: they park (a pool whose threads
+//! wait for the next layer), and the main thread alone then allocates and frees N blocks of the
+//! same sizes, keeping four live; that phase is timed on its own (`alone ms`), with the bytes
+//! the main thread's cache holds at its end (tensorpool only): with the parked threads' caches
+//! holding every byte the caches may hold together, those show whether their share came back.
+//!
 //! Run: `cargo bench -p tensorpool-bench --bench threads` (`-- --threads N` (16),
-//! `-- --blocks N` per thread (1,000), `-- --rounds N` (3), `-- --allocs a,b`).
+//! `-- --blocks N` per thread (1,000), `-- --then-alone N` (0), `-- --rounds N` (3),
+//! `-- --allocs a,b`).
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -88,14 +95,18 @@ fn give_back(b: Block) {
     LIVE.fetch_sub(b.size as u64, Relaxed);
 }
 
-fn child(threads: usize, blocks: usize) {
+fn child(threads: usize, blocks: usize, alone: usize) {
     let boxes: Arc<Vec<Mutex<Vec<Block>>>> =
         Arc::new((0..threads).map(|_| Mutex::new(Vec::new())).collect());
+    // With a phase alone, the workers park between these two (all of them, and the main thread).
+    let parked = Arc::new(std::sync::Barrier::new(threads + 1));
+    let resume = Arc::new(std::sync::Barrier::new(threads + 1));
     let f0 = minor_faults();
     let t0 = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let boxes = Arc::clone(&boxes);
+            let (parked, resume) = (Arc::clone(&parked), Arc::clone(&resume));
             std::thread::spawn(move || {
                 let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((t as u64 + 1) * 0x2545_f491_4f6c_dd1d));
                 let mut ring: std::collections::VecDeque<Block> =
@@ -117,9 +128,32 @@ fn child(threads: usize, blocks: usize) {
                     }
                 }
                 ring.into_iter().for_each(give_back);
+                if alone > 0 {
+                    parked.wait();
+                    resume.wait();
+                }
             })
         })
         .collect();
+    let (mut alone_ms, mut alone_cached) = (0.0, 0u64);
+    if alone > 0 {
+        parked.wait();
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut ring = std::collections::VecDeque::with_capacity(KEEP + 1);
+        let t1 = Instant::now();
+        for _ in 0..alone {
+            ring.push_back(take(&mut rng));
+            if ring.len() > KEEP {
+                give_back(ring.pop_front().unwrap());
+            }
+        }
+        ring.into_iter().for_each(give_back);
+        alone_ms = t1.elapsed().as_secs_f64() * 1e3;
+        if GLOBAL.name().starts_with("tensorpool") {
+            alone_cached = tensorpool_bench::TP.budget().thread_hot_bytes;
+        }
+        resume.wait();
+    }
     for h in handles {
         h.join().unwrap();
     }
@@ -131,7 +165,7 @@ fn child(threads: usize, blocks: usize) {
     // waits yielded: zeros under the other allocators.
     let w = tensorpool_bench::TP.lock_waits();
     println!(
-        "RESULT {ms:.1} {} {} {} {} {} {} {}",
+        "RESULT {ms:.1} {} {} {} {} {} {} {} {alone_ms:.1} {alone_cached}",
         minor_faults() - f0,
         status_bytes("VmHWM:"),
         PEAK.load(Relaxed),
@@ -142,6 +176,10 @@ fn child(threads: usize, blocks: usize) {
     );
 }
 
+fn fmt_bytes(b: f64) -> String {
+    format!("{:.1} MiB", b / (1u64 << 20) as f64)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--list") {
@@ -149,20 +187,32 @@ fn main() {
     }
     let threads: usize = arg_after(&args, "--threads").map_or(16, |v| v.parse().unwrap());
     let blocks: usize = arg_after(&args, "--blocks").map_or(1000, |v| v.parse().unwrap());
+    let alone: usize = arg_after(&args, "--then-alone").map_or(0, |v| v.parse().unwrap());
     if args.iter().any(|a| a == "--child") {
-        return child(threads, blocks);
+        return child(threads, blocks, alone);
     }
     let rounds: usize = arg_after(&args, "--rounds").map_or(3, |v| v.parse().unwrap());
     let allocs: Vec<String> = arg_after(&args, "--allocs").map_or_else(
         || UNTAGGED_CONFIGS.iter().map(|s| s.to_string()).collect(),
         |v| v.split(',').map(String::from).collect(),
     );
-    let (ts, bs) = (threads.to_string(), blocks.to_string());
-    let mut runs: Vec<Vec<[f64; 8]>> = vec![Vec::new(); allocs.len()];
+    let (ts, bs, al) = (threads.to_string(), blocks.to_string(), alone.to_string());
+    let mut runs: Vec<Vec<[f64; 10]>> = vec![Vec::new(); allocs.len()];
     for round in 0..rounds {
         for j in 0..allocs.len() {
             let i = (j + round) % allocs.len();
-            let out = run_child(&allocs[i], &["--child", "--threads", &ts, "--blocks", &bs]);
+            let out = run_child(
+                &allocs[i],
+                &[
+                    "--child",
+                    "--threads",
+                    &ts,
+                    "--blocks",
+                    &bs,
+                    "--then-alone",
+                    &al,
+                ],
+            );
             let line = out
                 .lines()
                 .find(|l| l.starts_with("RESULT"))
@@ -195,7 +245,7 @@ fn main() {
         "yields"
     );
     let mib = |b: f64| b / (1u64 << 20) as f64;
-    let med: Vec<[f64; 8]> = runs
+    let med: Vec<[f64; 10]> = runs
         .iter()
         .map(|r| core::array::from_fn(|k| median(r.iter().map(|x| x[k]).collect())))
         .collect();
@@ -213,10 +263,26 @@ fn main() {
             m[7]
         );
     }
-    print_ratios(
-        &allocs,
-        &med,
-        &[("time", 0), ("faults", 1), ("peak RSS", 2)],
-    );
+    if alone > 0 {
+        println!("then the workers park and the main thread alone runs {alone} blocks:");
+        println!(
+            "{:<24} {:>9} {:>14}",
+            "allocator", "alone ms", "cached at end"
+        );
+        for (name, m) in allocs.iter().zip(&med) {
+            println!("{name:<24} {:>9.1} {:>14}", m[8], fmt_bytes(m[9]));
+        }
+    }
+    let cols: &[(&str, usize)] = if alone > 0 {
+        &[
+            ("time", 0),
+            ("faults", 1),
+            ("peak RSS", 2),
+            ("alone time", 8),
+        ]
+    } else {
+        &[("time", 0), ("faults", 1), ("peak RSS", 2)]
+    };
+    print_ratios(&allocs, &med, cols);
     println!("peak MiB: VmHWM of the child; live MiB: the peak of live block bytes; maps: /proc/self/maps lines at the end; lock waits, spins, yields: tensorpool's `lock_waits()` (acquisitions that found a lock held, busy-wait rounds, sched_yield calls; 0 for the others)");
 }

@@ -39,8 +39,8 @@ int tensorpool_get_kind(void);
 /* The kind a name denotes ("kv_cache", "attention_weights", "image_features", ...), or -1. */
 int tensorpool_kind_from_name(const char *name);
 
-/* Release every cached block to the OS (the calling thread's cache included). Returns the bytes
- * released. */
+/* Release every cached block to the OS (every thread's cache of large blocks that its owner is
+ * not using at that moment included). Returns the bytes released. */
 size_t tensorpool_trim(void);
 
 /* Write the statistics to a file descriptor: a table, or one JSON line if json is non-zero.

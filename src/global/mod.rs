@@ -178,12 +178,13 @@ impl TensorPool {
         ARENA.with(|s| s.capacity[kind.index()])
     }
 
-    /// Return every cached page of every kind to the OS, the calling thread's hot cache
+    /// Return every cached page of every kind to the OS, the thread caches of large blocks
     /// included, and unmap the address space left wholly free. Returns the bytes released.
-    /// Before that, the calling thread's heap and every abandoned heap take back the blocks other
-    /// threads freed into them and give their empty pages and segments back. (Other threads'
-    /// heaps and hot caches stay: they are theirs alone, and bounded by the thread-cache limit;
-    /// a thread's exit sends its cache back.)
+    /// Before that, every thread's cache of large blocks that its owner is not using at that
+    /// moment goes back to the arena (since 0.3.9; before, only the calling thread's), and the
+    /// calling thread's heap and every abandoned heap take back the blocks other threads freed
+    /// into them and give their empty pages and segments back. (Other threads' small-block
+    /// pages stay: they are theirs alone; a thread's exit gives them back.)
     pub fn trim(&self) -> usize {
         heap::collect();
         ARENA.trim()
@@ -417,9 +418,10 @@ impl TensorPool {
         if !e.is_null() {
             return e;
         }
-        // The arena released everything free and still failed: give back this thread's hot
-        // cache too and try a last time.
-        heap::hot_flush();
+        // The arena released everything free and still failed: give back the thread caches too
+        // (this thread's, and every other that its owner is not using now) and try a last
+        // time.
+        heap::reclaim_caches();
         ARENA.alloc(kind, size, align)
     }
 

@@ -21,6 +21,14 @@
 //! L3 as shared by its two vCPUs (this one says 480 MiB) would otherwise let every thread sit on
 //! hundreds of MiB.
 //!
+//! **Shared through a gate.** A thread that sleeps holds its cache and its claim on the shared
+//! total, which no running thread can then use. So the cache sits behind a gate (`ThreadCache`):
+//! a try-lock that its owner takes around each use (one uncontended compare-exchange) and that another
+//! thread may take to send an idle cache back to the arena (`idle`). Neither side ever waits:
+//! an owner that finds the gate taken bypasses its cache for that request (to the arena, as a
+//! block too large for it does), and a reclaimer that finds it taken skips the heap, whose owner
+//! is evidently running.
+//!
 //! Blocks in hot caches still count as live in the arena (they are handed back only when they
 //! flow back), so capacities and the timeline see them as live; `stats()` and `budget()` report
 //! them as hot. A cached block's descriptor is marked `Hot`, so freeing it again is caught as a
@@ -29,7 +37,7 @@
 use crate::kind::NUM_KINDS;
 use crate::options::{THREAD_CACHE_AUTO, THREAD_CACHE_LIMIT_MAX, THREAD_CACHE_MAX};
 use crate::pool::large::{self, Extent};
-use crate::sync::{shared_static, AtomicUsize, Ordering, Stat};
+use crate::sync::{shared_static, AtomicBool, AtomicUsize, Ordering, Stat, UnsafeCell};
 use core::ptr;
 
 /// Blocks a thread cache holds at most (so a lookup scans a few cache lines at most).
@@ -67,8 +75,11 @@ pub(crate) fn set_limit(configured: usize, l3_share: usize, cores: usize) {
 
 /// In a child after `fork`: only the forking thread exists, so the shared total holds its
 /// cache's claim alone (the other threads' heaps are the parent's, and never free theirs).
-pub(crate) fn after_fork_in_child(own: &HotCache) {
-    RESERVED.store(own.reserved, Ordering::Relaxed);
+pub(crate) fn after_fork_in_child(own: &ThreadCache) {
+    // A thread that held the gate at the fork does not exist here: open it.
+    own.gate.store(false, Ordering::Relaxed);
+    let reserved = own.try_with(|c, _| c.reserved).unwrap_or(0);
+    RESERVED.store(reserved, Ordering::Relaxed);
 }
 
 /// Reserve `bytes` of the caches' shared total; false if that would pass it.
@@ -87,6 +98,12 @@ fn reserve(bytes: usize) -> bool {
     }
 }
 
+/// What the thread caches have claimed of their shared total, together (models).
+#[cfg(loom)]
+pub(crate) fn claimed() -> usize {
+    RESERVED.load(Ordering::Relaxed)
+}
+
 /// The thread-cache limit in force.
 #[inline]
 pub(crate) fn limit() -> usize {
@@ -98,7 +115,7 @@ const fn tag(kind: usize, class_index: usize) -> u16 {
 }
 
 /// A thread's hot cache of freed large blocks. Lives in the thread's heap (a zeroed mapping, and
-/// all-zero is its empty state); owner-only except the counters, which any thread may read.
+/// all-zero is its empty state), behind its `ThreadCache`'s gate.
 ///
 /// Slots are unordered; a free stamp orders them. A lookup compares all the tags at once (one
 /// cache line of them, which the compiler vectorises) and takes the matching slot freed last; the
@@ -125,12 +142,15 @@ pub(crate) struct HotCache {
     /// taken in grants of a quarter of the limit so that the shared counter is written once
     /// per several puts, and given back when the cache shrinks well below it.
     reserved: usize,
-    pub(crate) counters: [HotCounters; NUM_KINDS],
+    /// `clock` when a reclaimer last looked, and when it saw it change (`idle`).
+    seen_clock: u64,
+    seen_at: u64,
 }
 
 const _: () = assert!(HOT_SLOTS == u32::BITS as usize);
 
-/// Per kind, written by the cache's owner only.
+/// Per kind, written only by whoever holds the cache's gate (its owner nearly always), read by
+/// any thread.
 #[repr(C)]
 pub(crate) struct HotCounters {
     /// Bytes cached now.
@@ -148,7 +168,13 @@ impl HotCache {
     /// the most recently freed among the closest; its descriptor, or null if there is none.
     #[inline]
     #[link_section = ".text.hot.tensorpool"]
-    pub(crate) fn take(&mut self, kind: usize, size: usize, align: usize) -> *mut Extent {
+    pub(crate) fn take(
+        &mut self,
+        c: &Counters,
+        kind: usize,
+        size: usize,
+        align: usize,
+    ) -> *mut Extent {
         if self.full == 0 {
             return ptr::null_mut();
         }
@@ -177,12 +203,13 @@ impl HotCache {
         };
         let got = self.held[i] as usize;
         let e = self.descs[i];
-        self.empty(i, kind);
+        self.clock += 1;
+        self.empty(c, i, kind);
         self.shrink_claim();
         note_held(kind, true, got as u64);
         // SAFETY: cached blocks are blocks this thread freed and nobody else holds.
         unsafe { large::reuse(e) };
-        let c = &self.counters[kind];
+        let c = &c[kind];
         c.hits.add(1);
         c.requested.add(size as u64);
         c.granted.add(got as u64);
@@ -194,14 +221,20 @@ impl HotCache {
     ///
     /// # Safety
     /// `e` is the descriptor of a live large block, freed by this call if it returns true.
-    pub(crate) unsafe fn put(&mut self, e: *mut Extent, limit: usize) -> bool {
+    pub(crate) unsafe fn put(
+        &mut self,
+        c: &Counters,
+        e: *mut Extent,
+        limit: usize,
+        reclaim: fn() -> bool,
+    ) -> bool {
         // SAFETY: the caller's contract.
         let (_, _, bytes, kind) = unsafe { large::block_info(e) };
         if bytes > limit {
             return false;
         }
         // SAFETY: as above.
-        let cached = unsafe { self.insert(e, limit) };
+        let cached = unsafe { self.insert(c, e, limit, reclaim) };
         if cached {
             note_held(kind, false, bytes as u64);
         }
@@ -214,27 +247,41 @@ impl HotCache {
     ///
     /// # Safety
     /// `e` is a hot block taken from this heap's return list.
-    pub(crate) unsafe fn put_returned(&mut self, e: *mut Extent, limit: usize) -> bool {
+    pub(crate) unsafe fn put_returned(
+        &mut self,
+        c: &Counters,
+        e: *mut Extent,
+        limit: usize,
+        reclaim: fn() -> bool,
+    ) -> bool {
         // SAFETY: the caller's contract.
         let bytes = unsafe { large::block_info(e) }.2;
         // SAFETY: as above.
-        bytes <= limit && unsafe { self.insert(e, limit) }
+        bytes <= limit && unsafe { self.insert(c, e, limit, reclaim) }
     }
 
-    /// Put a block of at most `limit` bytes into a slot, making room.
+    /// Put a block of at most `limit` bytes into a slot, making room. `reclaim` is called
+    /// when the caches' shared total has no room left (it may send idle caches back: `idle`).
     ///
     /// # Safety
     /// As `put`.
     #[link_section = ".text.hot.tensorpool"]
-    unsafe fn insert(&mut self, e: *mut Extent, limit: usize) -> bool {
+    unsafe fn insert(
+        &mut self,
+        c: &Counters,
+        e: *mut Extent,
+        limit: usize,
+        reclaim: fn() -> bool,
+    ) -> bool {
         // SAFETY: the caller's contract.
         let (start, usable, bytes, kind) = unsafe { large::block_info(e) };
         while self.full == u32::MAX || self.bytes + bytes > limit {
-            self.flow_back_coldest();
+            self.flow_back_coldest(c);
         }
         // Within the caches' shared total: grow this cache's claim (a quarter of the limit at a
         // time, never past the limit), else make room in what it holds, else leave the block
-        // to the arena: the other threads' caches hold the total.
+        // to the arena: the other threads' caches hold the total (unless some of them sleep:
+        // `reclaim`).
         if self.bytes + bytes > self.reserved {
             let need = self.bytes + bytes - self.reserved;
             let grant = (limit / 4)
@@ -242,11 +289,11 @@ impl HotCache {
                 .max(need);
             if reserve(grant) {
                 self.reserved += grant;
-            } else if reserve(need) {
+            } else if reserve(need) || (reclaim() && reserve(need)) {
                 self.reserved += need;
             } else {
                 while self.full != 0 && self.bytes + bytes > self.reserved {
-                    self.flow_back_coldest();
+                    self.flow_back_coldest(c);
                 }
                 if self.bytes + bytes > self.reserved {
                     return false;
@@ -266,25 +313,25 @@ impl HotCache {
         self.held[i] = bytes as u32;
         self.full |= 1 << i;
         self.bytes += bytes;
-        self.counters[kind].bytes.add(bytes as u64);
+        c[kind].bytes.add(bytes as u64);
         true
     }
 
     /// Send every cached block back to its pool (thread exit, `trim`), and the cache's claim
     /// on the shared total with them.
-    pub(crate) fn flush(&mut self) {
+    pub(crate) fn flush(&mut self, c: &Counters) {
         while self.full != 0 {
-            self.flow_back_coldest();
+            self.flow_back_coldest(c);
         }
         RESERVED.fetch_sub(self.reserved, Ordering::Relaxed);
         self.reserved = 0;
     }
 
     /// Free slot `i` (holding a block of `kind`).
-    fn empty(&mut self, i: usize, kind: usize) {
+    fn empty(&mut self, c: &Counters, i: usize, kind: usize) {
         self.full &= !(1 << i);
         self.bytes -= self.held[i] as usize;
-        self.counters[kind].bytes.sub(self.held[i] as u64);
+        c[kind].bytes.sub(self.held[i] as u64);
     }
 
     /// After a take: a claim on the shared total that the cache no longer fills by half a
@@ -299,7 +346,7 @@ impl HotCache {
     }
 
     #[link_section = ".text.hot.tensorpool"]
-    fn flow_back_coldest(&mut self) {
+    fn flow_back_coldest(&mut self, c: &Counters) {
         let mut left = self.full;
         let mut cold = left.trailing_zeros() as usize;
         while left != 0 {
@@ -312,7 +359,7 @@ impl HotCache {
         let e = self.descs[cold];
         // The tag has the kind: no need to read the (likely cold) descriptor before the free.
         let kind = (self.tags[cold] >> 8) as usize;
-        self.empty(cold, kind);
+        self.empty(c, cold, kind);
         // SAFETY: the block is counted live in the arena until this free.
         unsafe { large::ARENA.free(e) };
     }
@@ -320,6 +367,78 @@ impl HotCache {
     /// Bytes cached now.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// This cache's claim on the caches' shared total.
+    pub(crate) fn claim(&self) -> usize {
+        self.reserved
+    }
+
+    /// Whether the cache holds blocks or a claim that its owner has not used for `idle` ns, as
+    /// far as reclaimers looking at `now` can tell: a look that finds it used since the last
+    /// look (or the first look) starts the wait again, so a cache is taken only after two looks
+    /// `idle` apart with no use between them.
+    pub(crate) fn idle_at(&mut self, now: u64, idle: u64) -> bool {
+        if self.clock != self.seen_clock || self.seen_at == 0 {
+            self.seen_clock = self.clock;
+            self.seen_at = now.max(1);
+            return false;
+        }
+        self.reserved != 0 && now.saturating_sub(self.seen_at) >= idle
+    }
+}
+
+/// Per-kind counters of one cache.
+pub(crate) type Counters = [HotCounters; NUM_KINDS];
+
+/// A thread's cache behind its gate, with its counters beside it, where any thread may read
+/// them. All-zero bytes are an open gate and an empty cache (heaps are zeroed mappings).
+///
+/// Invariant: the cache is touched only inside `try_with`, by the one thread that turned the
+/// gate from false to true, and the gate is true exactly while one is inside.
+#[repr(C)]
+pub(crate) struct ThreadCache {
+    gate: AtomicBool,
+    cache: UnsafeCell<HotCache>,
+    pub(crate) counters: Counters,
+}
+
+impl ThreadCache {
+    /// An open, empty cache (for a heap being made under loom, whose atomics and cells are not
+    /// valid as zero bytes).
+    #[cfg(loom)]
+    pub(crate) fn new() -> Self {
+        Self {
+            gate: AtomicBool::new(false),
+            // SAFETY: all-zero is the empty cache (integers, null pointers, zero counters).
+            cache: UnsafeCell::new(unsafe { core::mem::zeroed() }),
+            // SAFETY: as above.
+            counters: unsafe { core::mem::zeroed() },
+        }
+    }
+
+    /// Run `f` on the cache if no other thread is using it; `None`, running nothing, if one is.
+    /// The owner's path costs one uncontended compare-exchange and one store.
+    #[inline(always)]
+    pub(crate) fn try_with<R>(&self, f: impl FnOnce(&mut HotCache, &Counters) -> R) -> Option<R> {
+        // Acquire pairs with the Release that opened the gate last: whatever the previous user
+        // wrote to the cache happens before this one reads it. (A compare-exchange, not a swap:
+        // as cheap here, and loom 0.7 let a swap that found the gate taken
+        // leave it taken after its holder opened it, in a model where that cannot happen.)
+        if self
+            .gate
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return None;
+        }
+        // SAFETY: the compare-exchange gave this thread the gate, so no other thread touches the cache
+        // until the store below opens it again (the type's invariant).
+        let r = self
+            .cache
+            .with_mut(|c| f(unsafe { &mut *c }, &self.counters));
+        self.gate.store(false, Ordering::Release);
+        Some(r)
     }
 }
 

@@ -17,13 +17,14 @@
 //! - `types`: the heap structures and the static empty ones; `pages`: the owner's slow path and
 //!   page lists; `purge`: emptied pages back to the OS once idle; `remote`: frees of other
 //!   heaps' blocks; `registry`: heaps, thread start and exit, fork; `hot`: the thread cache of
-//!   large blocks; `returns`: large blocks freed by other threads on their way back to the
+//!   large blocks; `idle`: the caches of sleeping threads taken back; `returns`: large blocks freed by other threads on their way back to the
 //!   thread that took them; `tag`: the thread's kind; `census` (checks and models only): the
 //!   structure checked block by block.
 
 #[cfg(any(loom, feature = "check"))]
 pub(crate) mod census;
 pub(crate) mod hot;
+pub(crate) mod idle;
 pub(crate) mod pages;
 pub(crate) mod purge;
 pub(crate) mod registry;
@@ -287,26 +288,48 @@ pub(crate) fn hot_take(kind: usize, size: usize, align: usize) -> *mut Extent {
         return core::ptr::null_mut();
     }
     // SAFETY: the heap is the calling thread's own.
-    unsafe {
-        let e = (*heap).hot.take(kind, size, align);
+    unsafe { take_cached(heap, kind, size, align) }
+}
+
+/// `hot_take`'s part once the heap is known: a block from `heap`'s cache, or from the blocks
+/// other threads sent back to it; null if none fits or a reclaimer is inside the cache.
+///
+/// # Safety
+/// The calling thread owns `heap`.
+#[inline]
+pub(crate) unsafe fn take_cached(
+    heap: *mut types::Heap,
+    kind: usize,
+    size: usize,
+    align: usize,
+) -> *mut Extent {
+    // SAFETY: heaps are never freed; the cache is reached through its gate.
+    let cache = unsafe { &*core::ptr::addr_of!((*heap).hot) };
+    let taken = cache.try_with(|c, counters| {
+        let e = c.take(counters, kind, size, align);
         if !e.is_null() {
             return e;
         }
         // No fit: take the blocks other threads sent back into the cache, and look again.
-        let mut r = (*heap).returns.take();
+        // SAFETY: as above; the return list is atomic, and a chain taken whole is ours.
+        let mut r = unsafe { (*heap).returns.take() };
         if r.is_null() {
             return r;
         }
         let limit = hot::limit();
         while !r.is_null() {
-            let next = crate::pool::large::returned_next(r);
-            if !(*heap).hot.put_returned(r, limit) {
-                ARENA.free(r);
+            // SAFETY: the chain's blocks are hot blocks of this heap's, ours to cache or free.
+            unsafe {
+                let next = crate::pool::large::returned_next(r);
+                if !c.put_returned(counters, r, limit, idle::reclaim_idle) {
+                    ARENA.free(r);
+                }
+                r = next;
             }
-            r = next;
         }
-        (*heap).hot.take(kind, size, align)
-    }
+        c.take(counters, kind, size, align)
+    });
+    taken.unwrap_or(core::ptr::null_mut())
 }
 
 /// Make the calling thread the owner of the large block `e` it was just given, so a free by
@@ -398,17 +421,36 @@ pub(crate) unsafe fn hot_put(e: *mut Extent) -> bool {
             }
         }
     }
-    // SAFETY: a non-null current heap is the calling thread's own; the caller's contract covers
-    // `e`.
-    !heap.is_null() && unsafe { (*heap).hot.put(e, limit) }
+    // SAFETY: a non-null current heap is the calling thread's own; the caller's contract
+    // covers `e`.
+    !heap.is_null() && unsafe { put_cached(heap, e, limit) }
+}
+
+/// Free the large block `e` into `heap`'s cache of at most `limit` bytes; false if it does not
+/// go there (a reclaimer is inside the cache, or the cache cannot hold it): the caller frees it
+/// to the arena.
+///
+/// # Safety
+/// The calling thread owns `heap`; `e` is the descriptor of a live large block, freed by this
+/// call if it returns true.
+#[inline]
+pub(crate) unsafe fn put_cached(heap: *mut types::Heap, e: *mut Extent, limit: usize) -> bool {
+    // SAFETY: heaps are never freed; the cache is reached through its gate.
+    let cache = unsafe { &*core::ptr::addr_of!((*heap).hot) };
+    let put = cache.try_with(|c, counters| {
+        // SAFETY: the caller's contract covers `e`.
+        unsafe { c.put(counters, e, limit, idle::reclaim_idle) }
+    });
+    put.unwrap_or(false)
 }
 
 /// Send the calling thread's cache of large blocks back to the arena.
 pub(crate) fn hot_flush() {
     let heap = current_heap();
     if !heap.is_null() {
-        // SAFETY: the calling thread's own heap.
-        unsafe { (*heap).hot.flush() };
+        // SAFETY: the calling thread's own heap (a reclaimer inside its cache is sending it back
+        // already).
+        unsafe { (*heap).hot.try_with(|c, counters| c.flush(counters)) };
     }
 }
 
@@ -418,8 +460,8 @@ pub(crate) fn hot_bytes_here() -> usize {
     if heap.is_null() {
         0
     } else {
-        // SAFETY: the calling thread's own heap.
-        unsafe { (*heap).hot.bytes() }
+        // SAFETY: the calling thread's own heap (a reclaimer inside its cache is emptying it).
+        unsafe { (*heap).hot.try_with(|c, _| c.bytes()) }.unwrap_or(0)
     }
 }
 
@@ -440,24 +482,29 @@ pub(crate) fn hot_totals() -> [u64; NUM_KINDS] {
 // Collection and queries
 // ---------------------------------------------------------------------------------------------
 
-/// `trim`'s part: send the calling thread's cache of large blocks and its batch of remote frees
-/// back, take back the remote frees of its pages and of abandoned heaps, and give every empty
-/// page and segment back; the large blocks on their way back to any thread go to the arena (a
-/// thread that sleeps keeps no memory in transit past a `trim`).
+/// `trim`'s part: send the calling thread's batch of remote frees back, every thread's cache of
+/// large blocks that its owner is not using at this moment (the calling thread's included),
+/// take back the remote frees of its pages and of abandoned heaps, and give every empty page and
+/// segment back; the large blocks on their way back to any thread go to the arena (a thread
+/// that sleeps keeps no memory in transit or in its cache past a `trim`).
 pub(crate) fn collect() {
     remote::flush_here();
+    reclaim_caches();
     let heap = current_heap();
     if !heap.is_null() {
         // SAFETY: the calling thread's own heap.
-        unsafe {
-            (*heap).hot.flush();
-            pages::collect_all(heap);
-        }
+        unsafe { pages::collect_all(heap) };
     }
     // SAFETY: heaps are never freed; their return lists are atomic, and a chain taken whole is
     // ours.
     HEAPS.for_each(|h| unsafe { free_chain((*h).returns.take()) });
     registry::collect_abandoned();
+}
+
+/// Send every thread's cache of large blocks that its owner is not using now back to the arena
+/// (`trim`, and a request the arena could not serve). Returns the claims freed (bytes).
+pub(crate) fn reclaim_caches() -> usize {
+    idle::reclaim(&HEAPS, 0, None)
 }
 
 /// Free a chain of hot blocks (linked through `returned_next`) to the arena.

@@ -69,6 +69,8 @@ impl Registry {
                 .write(CachePadded::new(AtomicPtr::new(ptr::null_mut())));
             ptr::addr_of_mut!((*h).in_use).write(AtomicBool::new(true));
             ptr::addr_of_mut!((*h).returns).write(CachePadded::new(Returns::new()));
+            #[cfg(loom)]
+            ptr::addr_of_mut!((*h).hot).write(super::hot::ThreadCache::new());
             let mut head = self.head.load(Ordering::Relaxed);
             loop {
                 (*h).next_heap = head;
@@ -196,7 +198,8 @@ unsafe extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
 pub(crate) unsafe fn abandon(heap: *mut Heap) {
     // SAFETY: owner-only access until the final store hands the heap over.
     unsafe {
-        (*heap).hot.flush();
+        // A reclaimer inside the cache is sending it back already.
+        (*heap).hot.try_with(|c, counters| c.flush(counters));
         super::free_chain((*heap).returns.close());
         for k in 0..NUM_KINDS {
             let kh = ptr::addr_of_mut!((*heap).kinds[k]);
@@ -250,6 +253,6 @@ unsafe extern "C" fn fork_child() {
     let heap = super::types::current_heap();
     if !heap.is_null() {
         // SAFETY: the calling thread's own heap, the only live one in the child.
-        unsafe { super::hot::after_fork_in_child(&(*heap).hot) };
+        unsafe { super::hot::after_fork_in_child(&*ptr::addr_of!((*heap).hot)) };
     }
 }

@@ -1,7 +1,7 @@
 //! The thread heap's types, the static empty ones a thread without a heap points at, and the
 //! thread-local pointer the fast path starts from.
 
-use super::hot::HotCache;
+use super::hot::ThreadCache;
 use super::returns::Returns;
 use crate::class::NUM_SMALL;
 use crate::kind::NUM_KINDS;
@@ -163,8 +163,8 @@ pub(crate) struct Heap {
     /// Segments hold pages of every kind, so they are counted per heap, not per kind.
     pub(crate) seg_maps: Stat,
     pub(crate) seg_unmaps: Stat,
-    /// The thread's cache of freed large blocks (see `hot`).
-    pub(crate) hot: HotCache,
+    /// The thread's cache of freed large blocks (see `hot`), behind its gate (`idle`).
+    pub(crate) hot: ThreadCache,
     /// Large blocks this heap took that other threads freed, on their way back (see `returns`).
     pub(crate) returns: CachePadded<Returns>,
 }

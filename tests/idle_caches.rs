@@ -1,0 +1,154 @@
+//! The caches of threads that sleep, through the global allocator: all thread caches together
+//! hold at most the limit times the cores (here one core, so one limit), and a thread that
+//! stops allocating must not keep that total from the threads that run. Its cache goes back to
+//! the arena once it has been idle (`heap::idle`), or at once on `trim`; its blocks' contents
+//! are the program's until freed, and the memory stays resident for the next request.
+//!
+//! Each case runs in a child process of its own (`TENSORPOOL_CORES=1`), since the total is
+//! shared by every thread of the process.
+use allocator_api2::alloc::Allocator;
+use std::alloc::Layout;
+use std::ptr::NonNull;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+use tensorpool::{PoolConfig, TensorKind, TensorPool};
+mod common;
+
+const KIB: usize = 1 << 10;
+const MIB: usize = 1 << 20;
+
+#[global_allocator]
+static ALLOC: TensorPool = TensorPool::with_config(PoolConfig::new().with_thread_cache(MIB));
+
+fn in_child() -> bool {
+    std::env::var_os("TENSORPOOL_TEST_CHILD").is_some()
+}
+
+/// Run test `name` alone in a child process with one core; true in that child.
+fn alone(name: &str) -> bool {
+    if in_child() {
+        return true;
+    }
+    common::run_child_test(name, &[("TENSORPOOL_CORES", "1")]);
+    false
+}
+
+fn fill(p: NonNull<u8>, len: usize, v: u8) {
+    // SAFETY: `p` is a live block of at least `len` bytes.
+    unsafe { p.as_ptr().write_bytes(v, len) };
+}
+
+fn check(p: NonNull<u8>, len: usize, v: u8) {
+    // SAFETY: as in `fill`.
+    let s = unsafe { std::slice::from_raw_parts(p.as_ptr(), len) };
+    assert!(s.iter().all(|&b| b == v), "contents changed");
+}
+
+/// Allocate, write, check and free a block of `l` through `kind`'s handle.
+fn cycle(kind: TensorKind, l: Layout, v: u8) {
+    let h = ALLOC.handle(kind);
+    let p = h.allocate(l).unwrap().cast::<u8>();
+    fill(p, l.size(), v);
+    check(p, l.size(), v);
+    // SAFETY: allocated above with `l`, freed once.
+    unsafe { h.deallocate(p, l) };
+}
+
+/// A thread caches a 768 KiB block (most of the one-limit total) and sleeps, holding a live
+/// block too. The main thread frees blocks of that size: at first the total has no room and
+/// they bypass its cache; once the sleeper's cache has been idle long enough a look sends it
+/// back, and the main thread's next block is cached. The sleeper finds its cache empty and
+/// its live block intact when it wakes. (The wait is bounded by a deadline far above the
+/// 100-150 ms the rule takes, so that a loaded machine does not fail it.)
+#[test]
+fn a_sleeping_threads_cache_goes_to_the_thread_that_runs() {
+    if !alone("a_sleeping_threads_cache_goes_to_the_thread_that_runs") {
+        return;
+    }
+    let kind = TensorKind::Activation;
+    let l = Layout::from_size_align(768 * KIB, 64).unwrap();
+    let cached = Arc::new(Barrier::new(2));
+    let wake = Arc::new(Barrier::new(2));
+    let sleeper = {
+        let (cached, wake) = (cached.clone(), wake.clone());
+        std::thread::spawn(move || {
+            let h = ALLOC.handle(TensorKind::KvCache);
+            let kept_l = Layout::from_size_align(64 * KIB, 64).unwrap();
+            let kept = h.allocate(kept_l).unwrap().cast::<u8>();
+            fill(kept, kept_l.size(), 0x3c);
+            cycle(kind, l, 0x11);
+            let mine = ALLOC.budget().thread_hot_bytes;
+            assert!(
+                mine >= l.size() as u64,
+                "the sleeper cached its block: {mine}"
+            );
+            cached.wait();
+            wake.wait();
+            let after = ALLOC.budget().thread_hot_bytes;
+            check(kept, kept_l.size(), 0x3c);
+            // SAFETY: allocated above, freed once.
+            unsafe { h.deallocate(kept, kept_l) };
+            after
+        })
+    };
+    cached.wait();
+    cycle(kind, l, 0x22);
+    assert_eq!(
+        ALLOC.budget().thread_hot_bytes,
+        0,
+        "the total is the sleeper's: the block bypassed this thread's cache"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut rounds = 0u32;
+    while ALLOC.budget().thread_hot_bytes == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "after {rounds} blocks the sleeper's cache still holds the total: {:?}",
+            ALLOC.budget()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        cycle(kind, l, rounds as u8);
+        rounds += 1;
+    }
+    let b = ALLOC.budget();
+    assert_eq!(
+        b.hot_bytes.iter().sum::<u64>(),
+        b.thread_hot_bytes,
+        "every cached byte is this thread's: {b:?}"
+    );
+    wake.wait();
+    assert_eq!(sleeper.join().unwrap(), 0, "the sleeper's cache went back");
+}
+
+/// `trim` sends back the caches of the other threads too (those not inside theirs at that
+/// moment), not only the calling thread's: a sleeping thread keeps nothing cached past it.
+#[test]
+fn trim_sends_other_threads_caches_back() {
+    if !alone("trim_sends_other_threads_caches_back") {
+        return;
+    }
+    let kind = TensorKind::ImageEmbedding;
+    let l = Layout::from_size_align(512 * KIB, 64).unwrap();
+    let cached = Arc::new(Barrier::new(2));
+    let wake = Arc::new(Barrier::new(2));
+    let sleeper = {
+        let (cached, wake) = (cached.clone(), wake.clone());
+        std::thread::spawn(move || {
+            cycle(kind, l, 0x5a);
+            assert!(ALLOC.budget().thread_hot_bytes >= l.size() as u64);
+            cached.wait();
+            wake.wait();
+            ALLOC.budget().thread_hot_bytes
+        })
+    };
+    cached.wait();
+    assert!(ALLOC.stats().kind(kind).hot_bytes >= l.size() as u64);
+    let released = ALLOC.trim();
+    assert!(
+        released >= l.size(),
+        "trim released {released}: the sleeper's block was not among it"
+    );
+    assert_eq!(ALLOC.stats().kind(kind).hot_bytes, 0);
+    wake.wait();
+    assert_eq!(sleeper.join().unwrap(), 0, "the sleeper's cache went back");
+}
