@@ -16,7 +16,8 @@
 //! - after `fork`, the child has no such thread (this module's fork handler resets the state)
 //!   and starts its own at its next large free.
 //!
-//! The thread allocates nothing: it sleeps, reads the clock and purges.
+//! The thread allocates nothing: it sleeps, reads the clock, purges, and sends the caches of
+//! parked threads back to the arena (`heap::idle`).
 
 use crate::pool::large::ARENA;
 use crate::sync::plain::AtomicU8;
@@ -110,5 +111,8 @@ extern "C" fn run(_: *mut libc::c_void) -> *mut libc::c_void {
             return core::ptr::null_mut();
         }
         ARENA.tick();
+        // Caches that parked threads keep would never decay: send back those unused for a
+        // while, for the next ticks to return.
+        crate::heap::idle::reclaim_for_decay();
     }
 }

@@ -152,3 +152,96 @@ fn trim_sends_other_threads_caches_back() {
     wake.wait();
     assert_eq!(sleeper.join().unwrap(), 0, "the sleeper's cache went back");
 }
+
+/// Decay driven from outside the allocation paths looks at the caches too: `collect` (what the
+/// background thread runs) sends back a parked thread's cache once two of its looks, 100 ms or
+/// more apart, found it unused, though no thread needed its room.
+#[test]
+fn collect_sends_a_parked_threads_cache_back() {
+    if !alone("collect_sends_a_parked_threads_cache_back") {
+        return;
+    }
+    let kind = TensorKind::TextEmbedding;
+    let l = Layout::from_size_align(256 * KIB, 64).unwrap();
+    let cached = Arc::new(Barrier::new(2));
+    let wake = Arc::new(Barrier::new(2));
+    let sleeper = {
+        let (cached, wake) = (cached.clone(), wake.clone());
+        std::thread::spawn(move || {
+            cycle(kind, l, 0x77);
+            cached.wait();
+            wake.wait();
+            ALLOC.budget().thread_hot_bytes
+        })
+    };
+    cached.wait();
+    let held = ALLOC.stats().kind(kind).hot_bytes;
+    assert!(
+        held >= l.size() as u64,
+        "the sleeper cached its block: {held}"
+    );
+    ALLOC.collect();
+    assert_eq!(
+        ALLOC.stats().kind(kind).hot_bytes,
+        held,
+        "taken at the first look"
+    );
+    std::thread::sleep(Duration::from_millis(150));
+    ALLOC.collect();
+    assert_eq!(
+        ALLOC.stats().kind(kind).hot_bytes,
+        0,
+        "the parked cache stayed"
+    );
+    assert!(ALLOC.large_counters(kind).cached_bytes >= l.size() as u64);
+    wake.wait();
+    assert_eq!(sleeper.join().unwrap(), 0);
+}
+
+/// With the background thread on, a parked thread's cache goes back to the arena and from there,
+/// idle a whole decay period, to the OS, while no thread makes a call.
+#[test]
+fn the_background_thread_returns_a_parked_threads_cache() {
+    if !in_child() {
+        common::run_child_test(
+            "the_background_thread_returns_a_parked_threads_cache",
+            &[
+                ("TENSORPOOL_CORES", "1"),
+                ("TENSORPOOL_BACKGROUND", "1"),
+                ("TENSORPOOL_DECAY_MS", "80"),
+            ],
+        );
+        return;
+    }
+    let kind = TensorKind::Attention;
+    let l = Layout::from_size_align(384 * KIB, 64).unwrap();
+    let cached = Arc::new(Barrier::new(2));
+    let wake = Arc::new(Barrier::new(2));
+    let sleeper = {
+        let (cached, wake) = (cached.clone(), wake.clone());
+        std::thread::spawn(move || {
+            cycle(kind, l, 0x42);
+            cached.wait();
+            wake.wait();
+        })
+    };
+    cached.wait();
+    assert!(ALLOC.stats().kind(kind).hot_bytes >= l.size() as u64);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = ALLOC.stats();
+        let c = ALLOC.large_counters(kind);
+        if s.kind(kind).hot_bytes == 0 && c.cached_bytes == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the parked cache was not returned: hot {} cached {}",
+            s.kind(kind).hot_bytes,
+            c.cached_bytes
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wake.wait();
+    sleeper.join().unwrap();
+}

@@ -15,7 +15,10 @@
 //! few milliseconds is not idle) and short against what a cache is for: after 100 ms of other
 //! threads' work, nothing of a sleeping thread's blocks is left in the last-level cache anyway.
 //! `trim` and the arena's last attempt before failing a request take every cache whose owner
-//! is not inside it at that moment (`reclaim` with no idle time).
+//! is not inside it at that moment (`reclaim` with no idle time). And decay, when something
+//! other than an allocation drives it (the background thread, `TensorPool::collect`), looks too
+//! (`reclaim_for_decay`): a cache in the arena decays like any freed memory, a cache left with
+//! a parked thread stayed resident however long the process was idle.
 
 use super::registry::Registry;
 use crate::sync::plain::AtomicU64;
@@ -52,6 +55,15 @@ pub(crate) fn reclaim_idle() -> bool {
         return false;
     }
     reclaim(&super::registry::HEAPS, now, Some(IDLE_NS)) > 0
+}
+
+/// For decay driven from outside the allocation paths (the background thread's tick,
+/// `TensorPool::collect`): send back the caches unused for `IDLE_NS`, so that decay can return
+/// their memory too. Looks at every call (those come at most once per decay tick, or when the
+/// program asks). The claims freed (bytes).
+pub(crate) fn reclaim_for_decay() -> usize {
+    let now = crate::os::coarse_now_ns();
+    reclaim(&super::registry::HEAPS, now, Some(IDLE_NS))
 }
 
 /// Models look when they say so (`reclaim`), not by the clock.
