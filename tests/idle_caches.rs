@@ -54,6 +54,40 @@ fn cycle(kind: TensorKind, l: Layout, v: u8) {
     unsafe { h.deallocate(p, l) };
 }
 
+/// A thread that runs `before`, parks (as a pool's thread waits for the next layer) until
+/// `Parked::wake`, then runs `after` on what `before` returned; `wake` returns its result.
+struct Parked<T> {
+    wake: Arc<Barrier>,
+    thread: std::thread::JoinHandle<T>,
+}
+
+/// Start a `Parked` thread; returns once `before` has run.
+fn park<B, T: Send + 'static>(
+    before: impl FnOnce() -> B + Send + 'static,
+    after: impl FnOnce(B) -> T + Send + 'static,
+) -> Parked<T> {
+    let parked = Arc::new(Barrier::new(2));
+    let wake = Arc::new(Barrier::new(2));
+    let thread = {
+        let (parked, wake) = (parked.clone(), wake.clone());
+        std::thread::spawn(move || {
+            let b = before();
+            parked.wait();
+            wake.wait();
+            after(b)
+        })
+    };
+    parked.wait();
+    Parked { wake, thread }
+}
+
+impl<T> Parked<T> {
+    fn wake(self) -> T {
+        self.wake.wait();
+        self.thread.join().unwrap()
+    }
+}
+
 /// A thread caches a 768 KiB block (most of the one-limit total) and sleeps, holding a live
 /// block too. The main thread frees blocks of that size: at first the total has no room and
 /// they bypass its cache; once the sleeper's cache has been idle long enough a look sends it
@@ -67,31 +101,27 @@ fn a_sleeping_threads_cache_goes_to_the_thread_that_runs() {
     }
     let kind = TensorKind::Activation;
     let l = Layout::from_size_align(768 * KIB, 64).unwrap();
-    let cached = Arc::new(Barrier::new(2));
-    let wake = Arc::new(Barrier::new(2));
-    let sleeper = {
-        let (cached, wake) = (cached.clone(), wake.clone());
-        std::thread::spawn(move || {
-            let h = ALLOC.handle(TensorKind::KvCache);
-            let kept_l = Layout::from_size_align(64 * KIB, 64).unwrap();
-            let kept = h.allocate(kept_l).unwrap().cast::<u8>();
-            fill(kept, kept_l.size(), 0x3c);
+    let kept_l = Layout::from_size_align(64 * KIB, 64).unwrap();
+    let sleeper = park(
+        move || {
+            let kept = ALLOC.handle(TensorKind::KvCache).allocate(kept_l).unwrap();
+            fill(kept.cast(), kept_l.size(), 0x3c);
             cycle(kind, l, 0x11);
             let mine = ALLOC.budget().thread_hot_bytes;
             assert!(
                 mine >= l.size() as u64,
                 "the sleeper cached its block: {mine}"
             );
-            cached.wait();
-            wake.wait();
+            kept.cast::<u8>()
+        },
+        move |kept| {
             let after = ALLOC.budget().thread_hot_bytes;
             check(kept, kept_l.size(), 0x3c);
-            // SAFETY: allocated above, freed once.
-            unsafe { h.deallocate(kept, kept_l) };
+            // SAFETY: allocated by this thread before it parked, freed once.
+            unsafe { ALLOC.handle(TensorKind::KvCache).deallocate(kept, kept_l) };
             after
-        })
-    };
-    cached.wait();
+        },
+    );
     cycle(kind, l, 0x22);
     assert_eq!(
         ALLOC.budget().thread_hot_bytes,
@@ -116,8 +146,7 @@ fn a_sleeping_threads_cache_goes_to_the_thread_that_runs() {
         b.thread_hot_bytes,
         "every cached byte is this thread's: {b:?}"
     );
-    wake.wait();
-    assert_eq!(sleeper.join().unwrap(), 0, "the sleeper's cache went back");
+    assert_eq!(sleeper.wake(), 0, "the sleeper's cache went back");
 }
 
 /// `trim` sends back the caches of the other threads too (those not inside theirs at that
@@ -129,19 +158,13 @@ fn trim_sends_other_threads_caches_back() {
     }
     let kind = TensorKind::ImageEmbedding;
     let l = Layout::from_size_align(512 * KIB, 64).unwrap();
-    let cached = Arc::new(Barrier::new(2));
-    let wake = Arc::new(Barrier::new(2));
-    let sleeper = {
-        let (cached, wake) = (cached.clone(), wake.clone());
-        std::thread::spawn(move || {
+    let sleeper = park(
+        move || {
             cycle(kind, l, 0x5a);
             assert!(ALLOC.budget().thread_hot_bytes >= l.size() as u64);
-            cached.wait();
-            wake.wait();
-            ALLOC.budget().thread_hot_bytes
-        })
-    };
-    cached.wait();
+        },
+        |()| ALLOC.budget().thread_hot_bytes,
+    );
     assert!(ALLOC.stats().kind(kind).hot_bytes >= l.size() as u64);
     let released = ALLOC.trim();
     assert!(
@@ -149,8 +172,7 @@ fn trim_sends_other_threads_caches_back() {
         "trim released {released}: the sleeper's block was not among it"
     );
     assert_eq!(ALLOC.stats().kind(kind).hot_bytes, 0);
-    wake.wait();
-    assert_eq!(sleeper.join().unwrap(), 0, "the sleeper's cache went back");
+    assert_eq!(sleeper.wake(), 0, "the sleeper's cache went back");
 }
 
 /// Decay driven from outside the allocation paths looks at the caches too: `collect` (what the
@@ -163,18 +185,10 @@ fn collect_sends_a_parked_threads_cache_back() {
     }
     let kind = TensorKind::TextEmbedding;
     let l = Layout::from_size_align(256 * KIB, 64).unwrap();
-    let cached = Arc::new(Barrier::new(2));
-    let wake = Arc::new(Barrier::new(2));
-    let sleeper = {
-        let (cached, wake) = (cached.clone(), wake.clone());
-        std::thread::spawn(move || {
-            cycle(kind, l, 0x77);
-            cached.wait();
-            wake.wait();
-            ALLOC.budget().thread_hot_bytes
-        })
-    };
-    cached.wait();
+    let sleeper = park(
+        move || cycle(kind, l, 0x77),
+        |()| ALLOC.budget().thread_hot_bytes,
+    );
     let held = ALLOC.stats().kind(kind).hot_bytes;
     assert!(
         held >= l.size() as u64,
@@ -194,8 +208,7 @@ fn collect_sends_a_parked_threads_cache_back() {
         "the parked cache stayed"
     );
     assert!(ALLOC.large_counters(kind).cached_bytes >= l.size() as u64);
-    wake.wait();
-    assert_eq!(sleeper.join().unwrap(), 0);
+    assert_eq!(sleeper.wake(), 0);
 }
 
 /// With the background thread on, a parked thread's cache goes back to the arena and from there,
@@ -215,17 +228,7 @@ fn the_background_thread_returns_a_parked_threads_cache() {
     }
     let kind = TensorKind::Attention;
     let l = Layout::from_size_align(384 * KIB, 64).unwrap();
-    let cached = Arc::new(Barrier::new(2));
-    let wake = Arc::new(Barrier::new(2));
-    let sleeper = {
-        let (cached, wake) = (cached.clone(), wake.clone());
-        std::thread::spawn(move || {
-            cycle(kind, l, 0x42);
-            cached.wait();
-            wake.wait();
-        })
-    };
-    cached.wait();
+    let sleeper = park(move || cycle(kind, l, 0x42), |()| ());
     assert!(ALLOC.stats().kind(kind).hot_bytes >= l.size() as u64);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -242,6 +245,5 @@ fn the_background_thread_returns_a_parked_threads_cache() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    wake.wait();
-    sleeper.join().unwrap();
+    sleeper.wake();
 }

@@ -22,12 +22,12 @@
 //! hundreds of MiB.
 //!
 //! **Shared through a gate.** A thread that sleeps holds its cache and its claim on the shared
-//! total, which no running thread can then use. So the cache sits behind a gate (`ThreadCache`):
-//! a try-lock that its owner takes around each use (one uncontended compare-exchange) and that another
-//! thread may take to send an idle cache back to the arena (`idle`). Neither side ever waits:
-//! an owner that finds the gate taken bypasses its cache for that request (to the arena, as a
-//! block too large for it does), and a reclaimer that finds it taken skips the heap, whose owner
-//! is evidently running.
+//! total, which no running thread can then use. So the cache sits behind a gate
+//! (`ThreadCache`): a try-lock that its owner takes around each use (one uncontended
+//! compare-exchange) and that another thread may take to send an idle cache back to the arena
+//! (`idle`). Neither side ever waits: an owner that finds the gate taken bypasses its cache for
+//! that request (to the arena, as a block too large for it does), and a reclaimer that finds it
+//! taken skips the heap, whose owner is evidently running.
 //!
 //! Blocks in hot caches still count as live in the arena (they are handed back only when they
 //! flow back), so capacities and the timeline see them as live; `stats()` and `budget()` report
@@ -432,8 +432,8 @@ impl ThreadCache {
         {
             return None;
         }
-        // SAFETY: the compare-exchange gave this thread the gate, so no other thread touches the cache
-        // until the store below opens it again (the type's invariant).
+        // SAFETY: the compare-exchange gave this thread the gate, so no other thread touches the
+        // cache until the store below opens it again (the type's invariant).
         let r = self
             .cache
             .with_mut(|c| f(unsafe { &mut *c }, &self.counters));

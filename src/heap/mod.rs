@@ -17,9 +17,9 @@
 //! - `types`: the heap structures and the static empty ones; `pages`: the owner's slow path and
 //!   page lists; `purge`: emptied pages back to the OS once idle; `remote`: frees of other
 //!   heaps' blocks; `registry`: heaps, thread start and exit, fork; `hot`: the thread cache of
-//!   large blocks; `idle`: the caches of sleeping threads taken back; `returns`: large blocks freed by other threads on their way back to the
-//!   thread that took them; `tag`: the thread's kind; `census` (checks and models only): the
-//!   structure checked block by block.
+//!   large blocks; `idle`: the caches of sleeping threads taken back; `returns`: large blocks
+//!   freed by other threads on their way back to the thread that took them; `tag`: the
+//!   thread's kind; `census` (checks and models only): the structure checked block by block.
 
 #[cfg(any(loom, feature = "check"))]
 pub(crate) mod census;
