@@ -180,6 +180,7 @@ impl HotCache {
         }
         // Tags hold the class at or below each block's size, so the request's own (rounded
         // down) class finds blocks of exactly its size; `sizes` then confirms the fit.
+        debug_assert!(align.is_power_of_two());
         let want = tag(kind, class_below(size));
         let mut matches = near_tags(&self.tags, want) & self.full;
         let mut best: Option<(u16, u64, usize)> = None;
@@ -187,7 +188,9 @@ impl HotCache {
             let i = matches.trailing_zeros() as usize;
             matches &= matches - 1;
             let key = (self.tags[i] - want, u64::MAX - self.stamps[i], i);
-            let fits = self.sizes[i] as usize >= size && (self.starts[i] as usize) % align == 0;
+            // `align` is a power of two (a layout's): a mask, not a division per candidate.
+            let fits =
+                self.sizes[i] as usize >= size && (self.starts[i] as usize) & (align - 1) == 0;
             if fits && best.is_none_or(|b| key < b) {
                 best = Some(key);
             }
