@@ -118,9 +118,9 @@ const fn tag(kind: usize, class_index: usize) -> u16 {
 /// all-zero is its empty state), behind its `ThreadCache`'s gate.
 ///
 /// Slots are unordered; a free stamp orders them. A lookup compares all the tags at once (one
-/// cache line of them: `near_tags`) and takes the matching slot freed last; the
-/// coldest slot is the one with the lowest stamp. Nothing is ever shifted: moving entries cost a
-/// `memmove` per operation, a third of a tensor loop's time.
+/// cache line of them: `near_tags`) and takes the matching slot freed last; the coldest slot is
+/// the one with the lowest stamp. Nothing is ever shifted: moving entries cost a `memmove` per
+/// operation, a third of a tensor loop's time.
 #[repr(C)]
 pub(crate) struct HotCache {
     /// `kind << 8 | large class index` per slot, so a lookup reads no block header.
