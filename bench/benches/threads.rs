@@ -176,10 +176,6 @@ fn child(threads: usize, blocks: usize, alone: usize) {
     );
 }
 
-fn fmt_bytes(b: f64) -> String {
-    format!("{:.1} MiB", b / (1u64 << 20) as f64)
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--list") {
@@ -270,7 +266,7 @@ fn main() {
             "allocator", "alone ms", "cached at end"
         );
         for (name, m) in allocs.iter().zip(&med) {
-            println!("{name:<24} {:>9.1} {:>14}", m[8], fmt_bytes(m[9]));
+            println!("{name:<24} {:>9.1} {:>10.1} MiB", m[8], mib(m[9]));
         }
     }
     let cols: &[(&str, usize)] = if alone > 0 {

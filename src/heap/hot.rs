@@ -429,11 +429,12 @@ impl ThreadCache {
         {
             return None;
         }
-        // SAFETY: the compare-exchange gave this thread the gate, so no other thread touches the
-        // cache until the store below opens it again (the type's invariant).
-        let r = self
-            .cache
-            .with_mut(|c| f(unsafe { &mut *c }, &self.counters));
+        let r = self.cache.with_mut(|c| {
+            // SAFETY: the compare-exchange gave this thread the gate, so no other thread touches
+            // the cache until the store below opens it again (the type's invariant).
+            let c = unsafe { &mut *c };
+            f(c, &self.counters)
+        });
         self.gate.store(false, Ordering::Release);
         Some(r)
     }

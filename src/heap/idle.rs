@@ -54,7 +54,7 @@ pub(crate) fn reclaim_idle() -> bool {
     {
         return false;
     }
-    reclaim(&super::registry::HEAPS, now, Some(IDLE_NS)) > 0
+    reclaim_idle_at(now) > 0
 }
 
 /// For decay driven from outside the allocation paths (the background thread's tick,
@@ -62,11 +62,16 @@ pub(crate) fn reclaim_idle() -> bool {
 /// their memory too. Looks at every call (those come at most once per decay tick, or when the
 /// program asks). The claims freed (bytes).
 pub(crate) fn reclaim_for_decay() -> usize {
-    let now = crate::os::coarse_now_ns();
+    reclaim_idle_at(crate::os::coarse_now_ns())
+}
+
+/// Send back every cache of the process unused for `IDLE_NS` at `now`; the claims freed.
+fn reclaim_idle_at(now: u64) -> usize {
     reclaim(&super::registry::HEAPS, now, Some(IDLE_NS))
 }
 
-/// Models look when they say so (`reclaim`), not by the clock.
+/// Models look when they say so (`reclaim`), not by the clock: a clock read and a process-wide
+/// rate limit would differ between loom's replays of one execution.
 #[cfg(loom)]
 pub(crate) fn reclaim_idle() -> bool {
     let _ = (&NEXT_LOOK, LOOK_EVERY_NS);
