@@ -100,3 +100,58 @@ macro_rules! fast_thread_local {
 }
 
 pub(crate) use fast_thread_local;
+
+/// A word that identifies the calling thread among the live ones, never 0, read without a call:
+/// the free path compares it with the owner of a block's heap (`Heap::thread`) instead of
+/// reaching its own heap through a thread-local. On x86-64 and AArch64 Linux it is the thread
+/// pointer (the TCB's address, `fs:0` / `tpidr_el0`): one instruction, where the thread-local
+/// of a shared library costs a descriptor call and a stack frame around it. Another thread may
+/// get the same word once this one has exited (the C library reuses thread control blocks), so a
+/// holder of the word clears it when its thread leaves (see `heap::registry`).
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(loom)))]
+#[inline(always)]
+pub(crate) fn thread_id() -> usize {
+    let t: usize;
+    // SAFETY: on x86-64 Linux the C library sets `fs` to the thread's control block, whose first
+    // word points at itself (the TLS ABI's `tcbhead_t::tcb`); reading it writes nothing.
+    unsafe {
+        core::arch::asm!(
+            "mov {}, qword ptr fs:[0]",
+            out(reg) t,
+            options(pure, readonly, nostack, preserves_flags),
+        );
+    }
+    t
+}
+
+/// See the x86-64 version.
+#[cfg(all(target_arch = "aarch64", target_os = "linux", not(loom)))]
+#[inline(always)]
+pub(crate) fn thread_id() -> usize {
+    let t: usize;
+    // SAFETY: reading the thread pointer register writes nothing; the C library sets it for
+    // every thread before it runs any code, to a block that stays the thread's while it lives.
+    unsafe {
+        core::arch::asm!(
+            "mrs {}, tpidr_el0",
+            out(reg) t,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    t
+}
+
+/// See the x86-64 version: elsewhere, the address of a thread-local byte, unique among live
+/// threads. (Loom models build it too but never call it: they name each heap's owner.)
+#[cfg(not(all(
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    target_os = "linux",
+    not(loom)
+)))]
+#[inline(always)]
+pub(crate) fn thread_id() -> usize {
+    std::thread_local! {
+        static ID: u8 = const { 0 };
+    }
+    ID.with(|b| b as *const u8 as usize)
+}

@@ -38,6 +38,7 @@ use crate::kind::NUM_KINDS;
 use crate::pool::large::{Extent, ARENA};
 use crate::pool::slab::{self, Block, Page, Segment};
 use crate::stats::{HeapPart, SlabCounts};
+use crate::sync::Ordering;
 use registry::{init_thread, HEAPS};
 use types::{cur, current_heap, KindHeap};
 
@@ -201,7 +202,9 @@ pub(crate) unsafe fn free_small(seg: *mut Segment, p: *mut u8) {
     unsafe {
         let b = p.cast::<Block>();
         let page = slab::page_of(seg, p);
-        if (*seg).owner == current_heap().cast() {
+        let owner = (*seg).owner.cast::<types::Heap>();
+        // Relaxed: only this thread stores its own id (see `Heap::thread`).
+        if (*owner).thread.load(Ordering::Relaxed) == crate::tls::thread_id() {
             free_owned(seg, page, b);
         } else {
             remote::free_remote(page, b);

@@ -65,6 +65,7 @@ impl Registry {
             }
             (*h).slow.direct = [empty_page(); NUM_SMALL];
             (*h).slow.heap = h;
+            ptr::addr_of_mut!((*h).thread).write(CachePadded::new(AtomicUsize::new(0)));
             ptr::addr_of_mut!((*h).delayed)
                 .write(CachePadded::new(AtomicPtr::new(ptr::null_mut())));
             ptr::addr_of_mut!((*h).in_use).write(AtomicBool::new(true));
@@ -146,6 +147,7 @@ pub(crate) unsafe fn init_thread() -> *mut Heap {
     if heap.is_null() {
         return heap;
     }
+    claim_thread_id(heap);
     let key = exit_key();
     if key != usize::MAX {
         os::thread_key_set(key as u32, heap.cast());
@@ -153,6 +155,25 @@ pub(crate) unsafe fn init_thread() -> *mut Heap {
     // SAFETY: the heap is ours now; the tag is below `NUM_KINDS`.
     unsafe { super::tag::point_at(heap, tag::current(), super::slow_only()) };
     heap
+}
+
+/// Make `heap` the one whose blocks the calling thread frees as their owner. A heap may still
+/// carry this thread's id from a thread that exited with it (the C library reuses thread control
+/// blocks, and a heap whose thread left it in use, which only a thread-exit destructor giving up
+/// can do, is never adopted): such a heap goes back to having no owner thread, so that its
+/// blocks are freed as other threads' are.
+fn claim_thread_id(heap: *mut Heap) {
+    let me = crate::tls::thread_id();
+    HEAPS.for_each(|h| {
+        // SAFETY: heaps on the registry are never freed; `thread` is atomic. Only a heap holding
+        // this thread's id is written, and no live thread but this one holds it.
+        let t = unsafe { &(*h).thread };
+        if h != heap && t.load(Ordering::Relaxed) == me {
+            t.store(0, Ordering::Relaxed);
+        }
+    });
+    // SAFETY: as above; the heap is ours now.
+    unsafe { (*heap).thread.store(me, Ordering::Relaxed) };
 }
 
 fn exit_key() -> usize {
@@ -198,6 +219,9 @@ unsafe extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
 pub(crate) unsafe fn abandon(heap: *mut Heap) {
     // SAFETY: owner-only access until the final store hands the heap over.
     unsafe {
+        // From here the blocks of this heap that this thread frees go back as another
+        // thread's would: a later thread with the same id must not find it here.
+        (*heap).thread.store(0, Ordering::Relaxed);
         // A reclaimer inside the cache is sending it back already.
         (*heap).hot.try_with(|c, counters| c.flush(counters));
         super::free_chain((*heap).returns.close());
@@ -254,5 +278,49 @@ unsafe extern "C" fn fork_child() {
     if !heap.is_null() {
         // SAFETY: the calling thread's own heap, the only live one in the child.
         unsafe { super::hot::after_fork_in_child(&*ptr::addr_of!((*heap).hot)) };
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heap_left_holding_a_threads_id_loses_it_when_that_thread_takes_a_heap() {
+        let me = crate::tls::thread_id();
+        assert_ne!(me, 0);
+        // A heap left in use with this thread's id, as one whose thread's exit destructor gave
+        // up would be when the C library hands that thread's control block to this one.
+        let stale = HEAPS.acquire();
+        let fresh = HEAPS.acquire();
+        assert!(!stale.is_null() && !fresh.is_null() && stale != fresh);
+        // SAFETY: both heaps are this test's (acquired above) until abandoned below.
+        unsafe {
+            (*stale).thread.store(me, Ordering::Relaxed);
+            claim_thread_id(fresh);
+            assert_eq!((*stale).thread.load(Ordering::Relaxed), 0);
+            assert_eq!((*fresh).thread.load(Ordering::Relaxed), me);
+            abandon(fresh);
+            assert_eq!((*fresh).thread.load(Ordering::Relaxed), 0);
+            abandon(stale);
+        }
+    }
+
+    #[test]
+    fn thread_ids_differ_between_live_threads() {
+        let me = crate::tls::thread_id();
+        assert_eq!(me, crate::tls::thread_id());
+        let other = std::thread::spawn(crate::tls::thread_id).join().unwrap();
+        assert_ne!(other, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            tx.send(crate::tls::thread_id()).unwrap();
+            done_rx.recv().unwrap();
+        });
+        let live = rx.recv().unwrap();
+        assert_ne!(live, me);
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
     }
 }

@@ -6,7 +6,7 @@ use super::returns::Returns;
 use crate::class::NUM_SMALL;
 use crate::kind::NUM_KINDS;
 use crate::pool::slab::{Page, Segment};
-use crate::sync::{AtomicBool, AtomicPtr, Stat};
+use crate::sync::{AtomicBool, AtomicPtr, AtomicUsize, Stat};
 use core::ptr;
 use crossbeam_utils::CachePadded;
 
@@ -136,6 +136,15 @@ pub(crate) struct KindCounters {
 /// thread to adopt, live blocks and all.
 #[repr(C)]
 pub(crate) struct Heap {
+    /// `tls::thread_id()` of the thread that owns this heap, 0 while none does: what a free
+    /// compares to tell its own blocks from other threads' (`heap::free_small`). Written when a
+    /// thread takes the heap and when it leaves it (`registry`), read by every free of the
+    /// heap's blocks, so on a line of its own.
+    ///
+    /// Invariant: for a live thread `T`, `thread == T.thread_id()` only on the heap `T`'s
+    /// `cur` points into (or, until `T` takes a heap, on one that no live thread owns: see
+    /// `registry::init_thread`).
+    pub(crate) thread: CachePadded<AtomicUsize>,
     pub(crate) kinds: [KindHeap; NUM_KINDS],
     /// What `cur` points at in the slow-only modes (`heap::slow_only`): no direct page, so every
     /// allocation takes the slow path, `kind` the thread's tag and `heap` this heap, so the free
