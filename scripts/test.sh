@@ -89,6 +89,8 @@ fi
 
 step "the censuses of the arena and the thread heaps (--features check)"
 cargo test --release -p tensorpool --features check --test arena --test heap_check
+step "the thread-locals as the C library builds them (--features tls-desc)"
+cargo test --release -p tensorpool --features tls-desc --lib tls
 step "the crate packages for crates.io (cargo publish --dry-run)"
 cargo publish --dry-run --allow-dirty -p tensorpool 2>&1 | tail -n 3
 step "the documentation builds without a warning"

@@ -57,12 +57,15 @@ pub(crate) fn alloc_small(class: usize, size: usize) -> *mut u8 {
 }
 
 /// A small block of `class` from the calling thread's direct page for its current kind, or
-/// null where that page is empty (or the thread has no heap yet, or a slow-only mode is on):
-/// the caller then takes the whole path. No call and no lock: the C library's `malloc` runs
+/// null where that page is empty (or the thread has no heap yet, or a slow-only mode is on, or
+/// the library's TLS is not in the static block: see `cur::get_fast`): the caller then takes
+/// the whole path. No call and no lock: the C library's `malloc` runs
 /// this inline and reaches its slow path by a tail call.
 #[inline(always)]
 pub(crate) fn pop_direct(class: usize) -> *mut u8 {
-    let kh = cur::get();
+    let Some(kh) = cur::get_fast() else {
+        return core::ptr::null_mut();
+    };
     // SAFETY: as in `alloc_small`.
     unsafe { pop(*(*kh).direct.get_unchecked(class)) }
 }

@@ -148,6 +148,7 @@ pub(crate) unsafe fn init_thread() -> *mut Heap {
         return heap;
     }
     claim_thread_id(heap);
+    super::types::cur::learn();
     let key = exit_key();
     if key != usize::MAX {
         os::thread_key_set(key as u32, heap.cast());

@@ -237,6 +237,20 @@ pub(crate) mod cur {
         unsafe { *cur_slot::addr() }
     }
 
+    /// `get()` for the fast paths that must keep no stack frame, or `None` while the
+    /// thread-local's place is not known without a call (`tls::fast_thread_local`'s
+    /// `static_addr`): their slow paths then read it with `get()`.
+    #[inline(always)]
+    pub(crate) fn get_fast() -> Option<*mut KindHeap> {
+        // SAFETY: as in `get`.
+        cur_slot::static_addr().map(|a| unsafe { *a })
+    }
+
+    /// Find out once per thread start whether `get_fast` can do without the call (cold).
+    pub(crate) fn learn() {
+        cur_slot::learn();
+    }
+
     /// Point the calling thread at kind heap `kh`.
     #[inline(always)]
     pub(crate) fn set(kh: *mut KindHeap) {
