@@ -174,7 +174,17 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
 #[no_mangle]
 pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
     match n.checked_mul(size) {
-        Some(total) => alloc(total, MIN_ALIGN, true),
+        Some(total) => {
+            // A small block from the thread's pages has held other data: cleared here, with
+            // none of the general path's steps (a layout, a test for fresh pages).
+            let p = ALLOC.alloc_cached(total);
+            if !p.is_null() {
+                // SAFETY: a block of at least `total` bytes, just handed out.
+                unsafe { ptr::write_bytes(p, 0, total) };
+                return p.cast();
+            }
+            alloc(total, MIN_ALIGN, true)
+        }
         None => {
             set_errno(libc::ENOMEM);
             ptr::null_mut()
