@@ -17,7 +17,7 @@ fn main() {
         return;
     }
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let Ok(out) = Command::new(cc)
+    let Ok(out) = Command::new(&cc)
         .arg("-print-file-name=libgcc_eh.a")
         .output()
     else {
@@ -29,8 +29,32 @@ fn main() {
     if !out.status.success() || !path.is_absolute() || !path.is_file() {
         return;
     }
-    if let Some(dir) = path.parent() {
-        println!("cargo:rustc-link-search=native={}", dir.display());
-        println!("cargo:rustc-link-lib=static:-bundle=gcc_eh");
-    }
+    let Some(dir) = path.parent() else {
+        return;
+    };
+    // The unwinder's lookup of code addresses, without glibc 2.35's `_dl_find_object` (see
+    // csrc/find_object.c): an object file on the link line, so that its definition is there
+    // before libgcc_eh.a asks for the symbol. If it cannot be compiled, the unwinder stays
+    // dynamic: a library that loads everywhere matters more than 100 KiB.
+    let Some(obj) = compile_find_object(&cc) else {
+        println!("cargo:warning=csrc/find_object.c did not compile: linking libgcc_s instead");
+        return;
+    };
+    println!("cargo:rustc-link-arg-cdylib={}", obj.display());
+    println!("cargo:rustc-link-search=native={}", dir.display());
+    println!("cargo:rustc-link-lib=static:-bundle=gcc_eh");
+}
+
+/// `csrc/find_object.c` compiled into `OUT_DIR`, or `None` if the compiler fails.
+fn compile_find_object(cc: &str) -> Option<std::path::PathBuf> {
+    println!("cargo:rerun-if-changed=csrc/find_object.c");
+    let out = Path::new(&std::env::var_os("OUT_DIR")?).join("find_object.o");
+    let ok = Command::new(cc)
+        .args(["-c", "-O2", "-fPIC", "-fvisibility=hidden", "-o"])
+        .arg(&out)
+        .arg("csrc/find_object.c")
+        .status()
+        .ok()?
+        .success();
+    ok.then_some(out)
 }

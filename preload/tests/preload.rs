@@ -390,6 +390,19 @@ fn the_library_loads_no_other_library_than_the_c_runtime() {
 }
 
 #[test]
+fn the_static_unwinder_needs_no_glibc_2_35() {
+    // libgcc_eh.a built against glibc 2.35 or later calls `_dl_find_object`, which made the
+    // library need GLIBC_2.35 and refuse to load on older systems (the wheel's tag became
+    // manylinux_2_35): the library answers that lookup itself (csrc/find_object.c).
+    let syms = readelf("--dyn-syms");
+    let undefined: Vec<&str> = syms
+        .lines()
+        .filter(|l| l.contains(" UND ") && l.contains("_dl_find_object"))
+        .collect();
+    assert!(undefined.is_empty(), "{undefined:?}");
+}
+
+#[test]
 fn the_code_every_process_runs_lies_together() {
     // The kernel maps a library's code 64 KiB around each page a process runs, so the code of
     // start-up, thread set-up and exit and the slow paths, spread over the library, made 300-490
