@@ -97,12 +97,30 @@ pub(crate) fn block_align(c: usize) -> usize {
     1 << small_size(c).trailing_zeros().min(12)
 }
 
-/// `ceil(2^32 / size)` of class `c`: an offset `off` in a page is a multiple of the size exactly
-/// when `off * recip mod 2^32 < recip` (Lemire, Kaser and Kurz, "Faster remainder by direct
-/// computation", 2019; checked for every class and offset in the tests).
+/// `floor(2^32 / size) + 1` of class `c` (`ceil(2^32 / size)` unless the size is a power of
+/// two): for an offset `off` in a page, `q = off * recip mod 2^32` is `k * recip_step(c)` when
+/// `off` is the `k`-th multiple of the size, and at least `recip` otherwise (Lemire, Kaser and
+/// Kurz, "Faster remainder by direct computation", 2019, for the multiples' test; the order of
+/// the multiples' products is what lets one compare also bound `k`; both checked for every
+/// class and offset in the tests).
 #[inline]
 pub(crate) fn recip(c: usize) -> u32 {
-    (1u64 << 32).div_ceil(small_size(c) as u64) as u32
+    ((1u64 << 32) / small_size(c) as u64 + 1) as u32
+}
+
+/// `recip(c) * size - 2^32`, in `1..=size`: what `off * recip mod 2^32` grows by from one
+/// block of class `c` to the next.
+#[inline]
+pub(crate) fn recip_step(c: usize) -> u32 {
+    (recip(c) as u64 * small_size(c) as u64 - (1u64 << 32)) as u32
+}
+
+/// The bound for the first `n` blocks of a page of class `c`: `off * recip mod 2^32 < limit`
+/// exactly when `off` starts one of them (`n * recip_step(c)`, below `recip` for every `n` up
+/// to a page's blocks).
+#[inline]
+pub(crate) fn check_limit(c: usize, n: u32) -> u32 {
+    n * recip_step(c)
 }
 
 /// Blocks of class `c` one slab page holds.
@@ -143,15 +161,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn recip_tests_divisibility_exactly_for_every_class_and_offset() {
+    fn one_compare_tells_the_first_n_blocks_of_a_page_for_every_class_and_offset() {
         for c in 0..NUM_SMALL {
-            let (size, r) = (small_size(c), recip(c));
+            let (size, r, step) = (small_size(c), recip(c), recip_step(c));
+            assert!(step >= 1 && step as usize <= size, "class {c}");
+            let blocks = blocks_per_page(c);
+            assert!(check_limit(c, blocks) <= r, "class {c}");
             for off in 0..SLAB_SIZE as u64 {
-                assert_eq!(
-                    ((off * r as u64) as u32) < r,
-                    off as usize % size == 0,
-                    "class {c} offset {off}"
-                );
+                let q = (off * r as u64) as u32;
+                if off as usize % size == 0 {
+                    assert_eq!(
+                        q,
+                        (off as usize / size) as u32 * step,
+                        "class {c} offset {off}"
+                    );
+                } else {
+                    assert!(q >= r, "class {c} offset {off}: {q} < {r}");
+                }
+            }
+            // So `q < check_limit(c, n)` picks exactly the first n blocks, for every n.
+            for n in [0, 1, blocks / 2, blocks] {
+                let limit = check_limit(c, n);
+                for off in 0..SLAB_SIZE as u64 {
+                    let q = (off * r as u64) as u32;
+                    let first_n = off as usize % size == 0 && ((off as usize / size) as u32) < n;
+                    assert_eq!(q < limit, first_n, "class {c} n {n} offset {off}");
+                }
             }
         }
     }

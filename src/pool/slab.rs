@@ -34,14 +34,17 @@
 //!   its second word, and a block handed out holds 0 there until the program writes it.
 //!
 //! **Checking a free before anything is written** (`free-checks`, on by default). An address
-//! must start a carved block of a page in use: `off * recip mod 2^32 < recip` for the offset in
-//! the page, with the class's `recip = ceil(2^32 / size)` (Lemire, Kaser and Kurz, "Faster
-//! remainder by direct computation", 2019; checked for every class and offset), and `off` below
-//! the carved end (the owner's; another thread checks against the page's block area). A block
-//! that holds `FREE_MARK` is a second free. Both tests read only the page descriptor's line the
-//! free writes anyway and the block's first 16 bytes; a failure goes to a cold report.
+//! must start a carved block of a page in use, which one compare tells: `off * recip mod 2^32 <
+//! limit` for the offset in the page, with the class's `recip` (`class::recip`: the product is
+//! `k * step` for the `k`-th block and at least `recip` anywhere else) and `limit = n * step`
+//! for the `n` blocks carved (the owner's; another thread checks against the page's whole block
+//! area), 0 for a page not in use. A block that holds `FREE_MARK` is a second free. Both tests
+//! read only the page descriptor's line the free writes anyway and the block's first 16 bytes;
+//! a failure goes to a cold report.
 
-use crate::class::{blocks_per_page, recip, small_size, NUM_SMALL, SLAB_SHIFT, SLAB_SIZE};
+use crate::class::{
+    blocks_per_page, check_limit, recip, small_size, NUM_SMALL, SLAB_SHIFT, SLAB_SIZE,
+};
 use crate::kind::NUM_KINDS;
 use crate::stats::SlabCounts;
 use crate::sync::{AtomicUsize, Ordering, Owned32, Stat};
@@ -104,9 +107,11 @@ pub(crate) struct Page {
     /// Whether the page is its kind heap's direct page for its class (set through
     /// `set_direct`).
     pub(crate) is_direct: bool,
-    /// `class::recip(class)` while in use, 0 while the slot is free (the owner's check of an
-    /// address, see `starts_block`).
+    /// `class::recip(class)` while in use, 0 while the slot is free, and
+    /// `class::check_limit(class, capacity)`, 0 while free: the owner's check of an address
+    /// (`starts_block`).
     pub(crate) recip: u32,
+    pub(crate) carved_limit: u32,
     /// Byte offset in the page where the carved blocks end: `capacity * size`.
     pub(crate) carved_end: u32,
     /// The local free's cold test in one compare: a free leaving `used` blocks takes the cold
@@ -145,11 +150,12 @@ unsafe fn line<'a>(page: *mut Page) -> &'a RemoteLine {
 pub(crate) struct RemoteLine {
     /// Blocks freed by other threads (link, count and `NOTIFY` / `QUEUED`).
     pub(crate) word: AtomicUsize,
-    /// `class::recip(class)` while the page serves a class, 0 while its slot is free, and the
-    /// end of its block area (`blocks_per_page * size`): what a free by another thread checks
-    /// an address against (copies of the owner's, which only know what is carved).
+    /// `class::recip(class)` while the page serves a class, and the limit of its whole block
+    /// area (`class::check_limit(class, blocks_per_page)`), both 0 while its slot is free: what
+    /// a free by another thread checks an address against (the owner's limit counts only what
+    /// is carved, which only the owner knows).
     pub(crate) recip: Owned32,
-    pub(crate) end: Owned32,
+    pub(crate) limit: Owned32,
 }
 
 /// `Page::info`'s in-use bit.
@@ -264,9 +270,10 @@ pub(crate) unsafe fn take_page(seg: *mut Segment, kind: u8, class: usize) -> *mu
         ptr::addr_of_mut!((*page).remote).write(crossbeam_utils::CachePadded::new(RemoteLine {
             word: AtomicUsize::new(0),
             recip: Owned32::new(recip(class)),
-            end: Owned32::new(blocks_per_page(class) * small_size(class) as u32),
+            limit: Owned32::new(check_limit(class, blocks_per_page(class))),
         }));
         (*page).recip = recip(class);
+        (*page).carved_limit = 0;
         (*page).carved_end = 0;
         (*page).allocs.set(0);
         (*page).used.set(0);
@@ -341,7 +348,9 @@ pub(crate) unsafe fn release_page(page: *mut Page, now: u64) -> bool {
         (*page).freed_at = now;
         (*page).info.set(0);
         (*page).recip = 0;
+        (*page).carved_limit = 0;
         line(page).recip.set(0);
+        line(page).limit.set(0);
         (*seg).free_mask |= 1u64 << idx;
         (*seg).used_pages -= 1;
         debug_assert_eq!((*seg).used_pages, 63 - (*seg).free_mask.count_ones());
@@ -392,6 +401,7 @@ pub(crate) unsafe fn extend(page: *mut Page) {
         (*page).free = first as *mut Block;
         (*page).capacity.set((cap + n) as u32);
         (*page).carved_end = ((cap + n) * bs) as u32;
+        (*page).carved_limit = check_limit((*page).class as usize, (cap + n) as u32);
         if (*page).carved_end > (*page).touched {
             let (seg, idx) = locate(page);
             (*seg).touched_bytes += (*page).carved_end - (*page).touched;
@@ -666,7 +676,7 @@ pub(crate) unsafe fn usable(seg: *mut Segment, p: *mut u8) -> Option<usize> {
 #[inline(always)]
 pub(crate) unsafe fn starts_block_local(page: *mut Page, p: *mut u8) -> bool {
     // SAFETY: owner-only fields of a descriptor in a live segment header.
-    unsafe { starts_block((*page).recip, (*page).carved_end, p) }
+    unsafe { starts_block((*page).recip, (*page).carved_limit, p) }
 }
 
 /// Whether `p` starts a block of `page`, as any thread may check it: within the page's block
@@ -678,17 +688,16 @@ pub(crate) unsafe fn starts_block_local(page: *mut Page, p: *mut u8) -> bool {
 pub(crate) unsafe fn starts_block_any(page: *mut Page, p: *mut u8) -> bool {
     // SAFETY: the caller's contract; the fields are atomics.
     let l = unsafe { line(page) };
-    starts_block(l.recip.get(), l.end.get(), p)
+    starts_block(l.recip.get(), l.limit.get(), p)
 }
 
-/// `p`'s offset in its page is a multiple of the class size (by Lemire's test: with
-/// `recip = ceil(2^32 / size)`, `off * recip mod 2^32 < recip` exactly for the multiples, for
-/// every offset in a page; `class` checks it for every class) and below `end`. A `recip` of 0 (a
-/// page not in use, the header's) fails every address.
+/// `p`'s offset in its page starts one of the blocks `limit` covers (`class::check_limit`: one
+/// compare for "a multiple of the size" and "below the end"; `class` checks it for every class
+/// and offset). A `limit` of 0 (a page not in use, the header's) fails every address.
 #[inline(always)]
-fn starts_block(recip: u32, end: u32, p: *mut u8) -> bool {
+fn starts_block(recip: u32, limit: u32, p: *mut u8) -> bool {
     let off = (p as usize & (SLAB_SIZE - 1)) as u32;
-    ((off as u64 * recip as u64) as u32) < recip && off < end
+    ((off as u64 * recip as u64) as u32) < limit
 }
 
 /// For a report: the class of the page `p` is in, if the page is in use, and the start of the
