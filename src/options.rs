@@ -409,7 +409,7 @@ mod tests {
 // Whether the configuration has been applied
 // ---------------------------------------------------------------------------------------------
 
-/// `CONFIG`: none applied yet, one being applied (by the thread whose `CONFIGURING` is set),
+/// `CONFIG`: none applied yet, one being applied (by the thread whose `configuring` flag is set),
 /// applied.
 const UNCONFIGURED: usize = 0;
 const APPLYING: usize = 1;
@@ -422,10 +422,24 @@ shared_static! {
     static CONFIG: AtomicUsize = AtomicUsize::new(UNCONFIGURED);
 }
 
-thread_local! {
+crate::tls::fast_thread_local! {
     /// Whether the calling thread is applying the configuration (it may allocate meanwhile,
-    /// and must not wait for itself).
-    static CONFIGURING: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+    /// and must not wait for itself). Through the TLS descriptor, not `thread_local!`, whose
+    /// `__tls_get_addr` call through the PLT made every process run (and the kernel map) the
+    /// end of the preload library's code (see `src/lib.rs`, "Code layout").
+    mod configuring_slot: bool = zeroed;
+}
+
+/// Whether the calling thread is applying the configuration.
+fn configuring() -> bool {
+    // SAFETY: the calling thread's own flag, only ever touched by it.
+    unsafe { *configuring_slot::addr() }
+}
+
+/// Say whether the calling thread is applying the configuration.
+fn set_configuring(on: bool) {
+    // SAFETY: as in `configuring`.
+    unsafe { *configuring_slot::addr() = on }
 }
 
 /// Whether a configuration has been applied (a load on the large path).
@@ -441,11 +455,11 @@ pub(crate) fn configured() -> bool {
 pub(crate) fn begin_configure() -> bool {
     match CONFIG.compare_exchange(UNCONFIGURED, APPLYING, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => {
-            CONFIGURING.set(true);
+            set_configuring(true);
             true
         }
         Err(_) => {
-            if !CONFIGURING.get() {
+            if !configuring() {
                 wait_applied();
             }
             false
@@ -455,13 +469,13 @@ pub(crate) fn begin_configure() -> bool {
 
 /// The configuration claimed by `begin_configure` is applied.
 pub(crate) fn end_configure() {
-    CONFIGURING.set(false);
+    set_configuring(false);
     CONFIG.store(APPLIED, Ordering::Release);
 }
 
 /// Wait while another thread applies the configuration.
 fn wait_applied() {
-    while CONFIG.load(Ordering::Acquire) == APPLYING && !CONFIGURING.get() {
+    while CONFIG.load(Ordering::Acquire) == APPLYING && !configuring() {
         crate::sync::yield_now();
     }
 }
@@ -471,7 +485,7 @@ fn wait_applied() {
 /// registrations are made once). Waiting for it before the fork instead could deadlock: the
 /// applying thread registers a fork handler, which takes the lock `fork` holds.
 pub(crate) fn after_fork_in_child() {
-    if CONFIG.load(Ordering::Relaxed) == APPLYING && !CONFIGURING.get() {
+    if CONFIG.load(Ordering::Relaxed) == APPLYING && !configuring() {
         CONFIG.store(UNCONFIGURED, Ordering::Relaxed);
     }
 }

@@ -298,7 +298,60 @@ pub(crate) fn at_fork(
 ) {
     // SAFETY: the handlers are plain functions that live for the whole program.
     unsafe {
-        libc::pthread_atfork(Some(prepare), Some(parent), Some(child));
+        register_atfork(Some(prepare), Some(parent), Some(child));
+    }
+}
+
+/// glibc's `pthread_atfork` is a static stub (libc_nonshared.a) that calls `__register_atfork`
+/// with the object's `__dso_handle` (so that `dlclose` drops the handlers) through the PLT; in
+/// the preload library both sat at the end of its code, and every process ran them at its
+/// first allocation, which made the kernel map that end too (64 KiB around each page run, see
+/// `src/lib.rs`, "Code layout"). The same call, made directly.
+///
+/// # Safety
+/// The handlers stay valid for the whole program.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+unsafe fn register_atfork(
+    prepare: Option<unsafe extern "C" fn()>,
+    parent: Option<unsafe extern "C" fn()>,
+    child: Option<unsafe extern "C" fn()>,
+) {
+    unsafe extern "C" {
+        fn __register_atfork(
+            prepare: Option<unsafe extern "C" fn()>,
+            parent: Option<unsafe extern "C" fn()>,
+            child: Option<unsafe extern "C" fn()>,
+            dso_handle: *mut libc::c_void,
+        ) -> libc::c_int;
+        /// The C runtime's handle of this object (crtbegin), which `__cxa_finalize` and
+        /// `dlclose` name it by.
+        static __dso_handle: u8;
+    }
+    // SAFETY: glibc's own definition of `pthread_atfork` (GLIBC_2.3.2 exports the function);
+    // `__dso_handle` is defined by the C runtime in every object the C compiler links.
+    unsafe {
+        __register_atfork(
+            prepare,
+            parent,
+            child,
+            ptr::addr_of!(__dso_handle) as *mut _,
+        );
+    }
+}
+
+/// Elsewhere, `pthread_atfork` itself.
+///
+/// # Safety
+/// As for the glibc version.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+unsafe fn register_atfork(
+    prepare: Option<unsafe extern "C" fn()>,
+    parent: Option<unsafe extern "C" fn()>,
+    child: Option<unsafe extern "C" fn()>,
+) {
+    // SAFETY: the caller's handlers live for the whole program.
+    unsafe {
+        libc::pthread_atfork(prepare, parent, child);
     }
 }
 
