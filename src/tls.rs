@@ -25,11 +25,12 @@
 //! Where the library's TLS lies in the static block, as it always does for a library loaded
 //! with the program, the variable's distance from the thread pointer is the same in every
 //! thread: `learn()` (at each thread's first allocation) reads it from the descriptor, and
-//! `static_addr()` is then one load and one add, as initial-exec code would be, while a library
-//! opened with `dlopen` and given dynamic TLS never learns one and keeps the call
-//! (`static_addr()` says `None`, and the fast path leaves the request to the slow one). The
-//! preload library's `malloc`: 23 -> 19 instructions, none of them a call; glibc-simple 1.78 ->
-//! 1.65 s (medians of five alternated runs; mimalloc 1.66, initial-exec code 1.62).
+//! `static_addr()` is then a load of that distance added to the thread pointer, as
+//! initial-exec code would do, while a library opened with `dlopen` and given dynamic TLS never
+//! learns one and keeps the call (`static_addr()` says `None`, and the fast path leaves the
+//! request to the slow one). The preload library's `malloc`: 24 -> 21 instructions executed,
+//! none of them a call; glibc-simple 1.78 -> 1.65 s (medians of five alternated runs; mimalloc
+//! 1.66, initial-exec code 1.62).
 
 /// Declare `$vis mod $name` with `fn addr() -> *mut $ty`: the calling thread's `$ty`, all zero
 /// bytes at thread start (`zeroed`; zero must be a valid `$ty`) or the address of the static

@@ -152,8 +152,8 @@ pub extern "C" fn malloc(size: usize) -> *mut c_void {
 /// `malloc` past its fast path. A C-ABI function, so that the compiler knows it does not unwind:
 /// `malloc` then needs no landing pad and tail-calls it (with a Rust function it kept a stack
 /// frame for the abort-on-unwind guard of an `extern "C"` function: 31 instructions on the
-/// fast path, then 23, by callgrind; 19 since it reaches its thread-local without a call, see
-/// the crate's `tls`).
+/// fast path, then 24 counting the TLS descriptor's resolver, by callgrind; 21 since it reaches
+/// its thread-local without a call, see the crate's `tls`).
 #[cold]
 #[inline(never)]
 extern "C" fn malloc_slow(size: usize) -> *mut c_void {
