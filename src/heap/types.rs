@@ -142,8 +142,8 @@ pub(crate) struct Heap {
     /// heap's blocks, so on a line of its own.
     ///
     /// Invariant: for a live thread `T`, `thread == T.thread_id()` only on the heap `T`'s
-    /// `cur` points into (or, until `T` takes a heap, on one that no live thread owns: see
-    /// `registry::init_thread`).
+    /// `cur` points into, or, until `T` takes a heap, on one that an exited thread with the same
+    /// id left in use, which no live thread owns (`registry::claim_thread_id` clears it then).
     pub(crate) thread: CachePadded<AtomicUsize>,
     pub(crate) kinds: [KindHeap; NUM_KINDS],
     /// What `cur` points at in the slow-only modes (`heap::slow_only`): no direct page, so every
