@@ -107,10 +107,10 @@ pub(crate) struct Page {
     /// Whether the page is its kind heap's direct page for its class (set through
     /// `set_direct`).
     pub(crate) is_direct: bool,
-    /// `class::recip(class)` while in use, 0 while the slot is free, and
-    /// `class::check_limit(class, capacity)`, 0 while free: the owner's check of an address
-    /// (`starts_block`).
+    /// `class::recip(class)` while in use, 0 while the slot is free: with `carved_limit`, the
+    /// owner's check of an address (`starts_block`).
     pub(crate) recip: u32,
+    /// `class::check_limit(class, capacity)`: the carved blocks' bound; 0 while the slot is free.
     pub(crate) carved_limit: u32,
     /// Byte offset in the page where the carved blocks end: `capacity * size`.
     pub(crate) carved_end: u32,
@@ -150,11 +150,12 @@ unsafe fn line<'a>(page: *mut Page) -> &'a RemoteLine {
 pub(crate) struct RemoteLine {
     /// Blocks freed by other threads (link, count and `NOTIFY` / `QUEUED`).
     pub(crate) word: AtomicUsize,
-    /// `class::recip(class)` while the page serves a class, and the limit of its whole block
-    /// area (`class::check_limit(class, blocks_per_page)`), both 0 while its slot is free: what
-    /// a free by another thread checks an address against (the owner's limit counts only what
-    /// is carved, which only the owner knows).
+    /// `class::recip(class)` while the page serves a class, 0 while its slot is free: with
+    /// `limit`, what a free by another thread checks an address against.
     pub(crate) recip: Owned32,
+    /// The bound of the page's whole block area (`class::check_limit(class,
+    /// blocks_per_page)`), 0 while its slot is free: the owner's `carved_limit` counts only
+    /// what is carved, which only the owner knows.
     pub(crate) limit: Owned32,
 }
 
