@@ -477,8 +477,10 @@ pub(crate) fn hot_totals() -> [u64; NUM_KINDS] {
     HEAPS.for_each(|h| {
         for (k, b) in t.iter_mut().enumerate() {
             // SAFETY: heaps are never freed; only atomics are borrowed.
-            *b += unsafe { &*core::ptr::addr_of!((*h).hot.counters[k].bytes) }.get()
-                + unsafe { (*h).returns.kind_bytes(k) };
+            let cached = unsafe { &*core::ptr::addr_of!((*h).hot.counters[k].bytes) }.get();
+            // SAFETY: as above; the return list's counters are atomics.
+            let returning = unsafe { (*h).returns.kind_bytes(k) };
+            *b += cached + returning;
         }
     });
     t
