@@ -204,30 +204,25 @@ pub(crate) fn offset_is_static(off: usize, arg: usize) -> bool {
 /// of a shared library costs a descriptor call and a stack frame around it. Another thread may
 /// get the same word once this one has exited (the C library reuses thread control blocks), so a
 /// holder of the word clears it when its thread leaves (see `heap::registry`).
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(loom)))]
+#[cfg(all(
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    target_os = "linux",
+    not(loom)
+))]
 #[inline(always)]
 pub(crate) fn thread_id() -> usize {
     let t: usize;
-    // SAFETY: on x86-64 Linux the C library sets `fs` to the thread's control block, whose first
-    // word points at itself (the TLS ABI's `tcbhead_t::tcb`); reading it writes nothing.
+    // SAFETY: the C library sets the thread pointer for every thread before it runs any code,
+    // to a block that stays the thread's while it lives; on x86-64 `fs` is that block, whose
+    // first word points at itself (the TLS ABI's `tcbhead_t::tcb`). Reading writes nothing.
     unsafe {
+        #[cfg(target_arch = "x86_64")]
         core::arch::asm!(
             "mov {}, qword ptr fs:[0]",
             out(reg) t,
             options(pure, readonly, nostack, preserves_flags),
         );
-    }
-    t
-}
-
-/// See the x86-64 version.
-#[cfg(all(target_arch = "aarch64", target_os = "linux", not(loom)))]
-#[inline(always)]
-pub(crate) fn thread_id() -> usize {
-    let t: usize;
-    // SAFETY: reading the thread pointer register writes nothing; the C library sets it for
-    // every thread before it runs any code, to a block that stays the thread's while it lives.
-    unsafe {
+        #[cfg(target_arch = "aarch64")]
         core::arch::asm!(
             "mrs {}, tpidr_el0",
             out(reg) t,
@@ -237,8 +232,8 @@ pub(crate) fn thread_id() -> usize {
     t
 }
 
-/// See the x86-64 version: elsewhere, the address of a thread-local byte, unique among live
-/// threads. (Loom models build it too but never call it: they name each heap's owner.)
+/// `thread_id` elsewhere: the address of a thread-local byte, unique among live threads. (Loom
+/// models build it too but never call it: they name each heap's owner.)
 #[cfg(not(all(
     any(target_arch = "x86_64", target_arch = "aarch64"),
     target_os = "linux",

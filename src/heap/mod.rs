@@ -59,8 +59,8 @@ pub(crate) fn alloc_small(class: usize, size: usize) -> *mut u8 {
 /// A small block of `class` from the calling thread's direct page for its current kind, or
 /// null where that page is empty (or the thread has no heap yet, or a slow-only mode is on, or
 /// the library's TLS is not in the static block: see `cur::get_fast`): the caller then takes
-/// the whole path. No call and no lock: the C library's `malloc` runs
-/// this inline and reaches its slow path by a tail call.
+/// the whole path. No call and no lock: the C library's `malloc` runs this inline and reaches
+/// its slow path by a tail call.
 #[inline(always)]
 pub(crate) fn pop_direct(class: usize) -> *mut u8 {
     let Some(kh) = cur::get_fast() else {

@@ -149,7 +149,6 @@ pub(crate) unsafe fn init_thread() -> *mut Heap {
     }
     claim_thread_id(heap);
     super::types::cur::learn();
-    tag::learn();
     let key = exit_key();
     if key != usize::MAX {
         os::thread_key_set(key as u32, heap.cast());

@@ -8,33 +8,23 @@ use core::ptr;
 crate::tls::fast_thread_local! {
     /// The calling thread's current tensor kind (index), read by every large allocation: a
     /// plain `thread_local!` cost the preload library a `__tls_get_addr` call through its PLT
-    /// each time (see `tls`).
+    /// each time (see `tls`). Its paths keep a stack frame anyway, so the descriptor's call
+    /// is as cheap as the static offset there (`cur` is the one read without it).
     mod tag_slot: u8 = zeroed;
-}
-
-/// The calling thread's tag, without the descriptor's call where its offset is known.
-#[inline(always)]
-fn slot() -> *mut u8 {
-    tag_slot::static_addr().unwrap_or_else(tag_slot::addr)
 }
 
 /// The calling thread's current kind index.
 #[inline]
 pub(crate) fn current() -> usize {
     // SAFETY: the calling thread's own byte, only ever touched by it.
-    unsafe { *slot() as usize }
-}
-
-/// Find out once per thread start whether the tag's place is known without a call (cold).
-pub(crate) fn learn() {
-    tag_slot::learn();
+    unsafe { *tag_slot::addr() as usize }
 }
 
 /// Set the calling thread's current kind; returns the previous one.
 pub(crate) fn set(kind: usize) -> usize {
     debug_assert!(kind < NUM_KINDS);
     // SAFETY: as in `current`.
-    let prev = unsafe { slot().replace(kind as u8) };
+    let prev = unsafe { tag_slot::addr().replace(kind as u8) };
     let heap = current_heap();
     if !heap.is_null() {
         // A thread in a slow-only mode stays in it: `cur` is then its heap's slow kind heap.
