@@ -324,6 +324,76 @@ fn a_heap_that_grows_densely_goes_on_huge_pages_early() {
     assert!(dense >= 2 * MIB as u64, "THP {mode}: {out} {err}");
 }
 
+/// A heap that keeps most of what it makes but whose other blocks another thread frees (a
+/// producer) stays on 4 KiB pages, however dense its live blocks: it churns, and what it
+/// touched would be resident whole on huge pages. In a fresh child process, which never holds
+/// 64 MiB.
+#[test]
+fn a_heap_whose_blocks_other_threads_free_stays_on_small_pages() {
+    let Some(mode) = madvise_mode_and_default_policy() else {
+        return;
+    };
+    let (out, err) = common::run_child_test("child_produces", &[]);
+    assert!(
+        line_value(&out, "kept ") >= 16_000,
+        "THP {mode}: {out} {err}"
+    );
+    assert_eq!(line_value(&out, "produced "), 0, "THP {mode}: {out} {err}");
+}
+
+#[test]
+fn child_produces() {
+    if std::env::var_os("TENSORPOOL_TEST_CHILD").is_none() {
+        return;
+    }
+    // The producer makes 1,000-byte blocks holding their number, keeps three of every four
+    // (16 MB in the end, as the dense thread of `child_grows_densely`) and sends the fourth to
+    // a consumer, which checks and frees it; it waits for each batch to be freed, so the
+    // producer takes the frees back as it refills its pages.
+    let producer = std::thread::spawn(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<(u32, Vec<u8>)>>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let consumer = std::thread::spawn(move || {
+            for batch in rx {
+                for (i, v) in &batch {
+                    assert!(v.iter().all(|&x| x == *i as u8));
+                }
+                drop(batch);
+                done_tx.send(()).unwrap();
+            }
+        });
+        // Each kept block and its number.
+        let mut kept: Vec<Vec<u8>> = Vec::with_capacity(16_000);
+        let mut numbers: Vec<u32> = Vec::with_capacity(16_000);
+        let mut i = 0u32;
+        while kept.len() < 16_000 {
+            let mut batch = Vec::with_capacity(64);
+            for _ in 0..256 {
+                let v = vec![i as u8; 1000];
+                if i % 4 == 3 {
+                    batch.push((i, v));
+                } else {
+                    kept.push(v);
+                    numbers.push(i);
+                }
+                i += 1;
+            }
+            tx.send(batch).unwrap();
+            done_rx.recv().unwrap();
+        }
+        drop(tx);
+        consumer.join().unwrap();
+        let huge = tail_huge(&kept);
+        for (v, i) in kept.iter().zip(&numbers) {
+            assert!(v.iter().all(|&x| x == *i as u8));
+        }
+        (kept.len(), huge)
+    });
+    let (n, huge) = producer.join().unwrap();
+    println!("kept {n}");
+    println!("produced {huge}");
+}
+
 /// The most the last twentieth of `blocks` hold on huge pages (four of them looked at: each
 /// look reads the whole of /proc/self/smaps).
 fn tail_huge(blocks: &[Vec<u8>]) -> u64 {

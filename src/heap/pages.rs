@@ -7,8 +7,8 @@ use super::types::{empty_page, Heap, KindHeap};
 use crate::class::small_size;
 use crate::kind::NUM_KINDS;
 use crate::pool::large::{
-    Growth, ARENA, DENSE_GROWTH_LIVE, DENSE_GROWTH_SEGMENTS, DENSE_GROWTH_TOUCHED,
-    HUGE_DENSE_SEGMENT,
+    Growth, ARENA, DENSE_GROWTH_LIVE, DENSE_GROWTH_REMOTE, DENSE_GROWTH_SEGMENTS,
+    DENSE_GROWTH_TOUCHED, HUGE_DENSE_SEGMENT,
 };
 use crate::pool::slab::{self, Page, Segment, SEGMENT_SIZE};
 use crate::stats::SlabCounts;
@@ -48,7 +48,9 @@ unsafe fn find_page(kh: *mut KindHeap, class: usize) -> *mut Page {
         while !p.is_null() {
             let next = (*p).next;
             if (*p).free.is_null() {
-                slab::collect_remote(p);
+                let n = slab::collect_remote(p) as usize;
+                let heap = (*kh).heap;
+                (*heap).remote_taken += n * small_size(class);
             }
             if (*p).free.is_null() && slab::can_extend(p) {
                 slab::extend(p);
@@ -320,6 +322,7 @@ unsafe fn new_page(heap: *mut Heap, kind: u8, class: usize) -> *mut Page {
             let growth = if touched < HUGE_DENSE_SEGMENT {
                 Growth::Small
             } else if count >= DENSE_GROWTH_SEGMENTS
+                && (*heap).remote_taken * DENSE_GROWTH_REMOTE.1 <= touched * DENSE_GROWTH_REMOTE.0
                 && !ARENA.segments_armed()
                 && grows_densely(heap, touched, count)
             {

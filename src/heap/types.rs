@@ -161,6 +161,11 @@ pub(crate) struct Heap {
     /// The segment a page last went back to, while on `segments` (null otherwise): where the
     /// next page is taken if that slot is still resident (`pages::new_page`; owner only).
     pub(crate) reuse: *mut Segment,
+    /// Bytes of this heap's blocks that other threads freed and it took back to refill
+    /// (`pages::find_page`), over the heap's life (a thread that adopts it inherits them with its
+    /// blocks): a heap whose blocks other threads free churns, and does not take segments on huge
+    /// pages early (`DENSE_GROWTH_REMOTE`; owner only).
+    pub(crate) remote_taken: usize,
     /// Full pages that other threads freed blocks into (linked through `Page::delayed_next`),
     /// not yet taken back to their queues by the owner (see `pool::slab`, "Full pages").
     pub(crate) delayed: CachePadded<AtomicPtr<Page>>,

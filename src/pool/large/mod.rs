@@ -21,8 +21,8 @@ mod tree;
 #[cfg(any(loom, feature = "check"))]
 pub use arena::Census;
 pub(crate) use arena::{
-    Arena, Growth, AUTO, DENSE_GROWTH_LIVE, DENSE_GROWTH_SEGMENTS, DENSE_GROWTH_TOUCHED,
-    HUGE_DENSE_SEGMENT,
+    Arena, Growth, AUTO, DENSE_GROWTH_LIVE, DENSE_GROWTH_REMOTE, DENSE_GROWTH_SEGMENTS,
+    DENSE_GROWTH_TOUCHED, HUGE_DENSE_SEGMENT,
 };
 pub(crate) use decay::NEVER as DECAY_NEVER;
 pub(crate) use extent::{Extent, State};

@@ -43,8 +43,9 @@ pub(crate) const HUGE_SEGMENTS_FROM: u64 = 64 << 20;
 /// xmalloc-test and rptest had freed no page when they took their second segment), so the
 /// rule waits for size: at 1 segment the Rust program faulted 1,493 times, but larson peaked
 /// 10 % higher and alloc-test 4 %; at 2, 2,504 faults, and of the suite only xmalloc-test,
-/// whose heaps grow to five segments, peaks higher (43.5 -> 49.4 MiB, median of five; its
-/// faults 9,200 -> 4,450).
+/// whose heaps grow to five segments, peaked higher (43.5 -> 49.4 MiB, median of five; its
+/// faults 9,200 -> 4,450), until its producers' heaps were told apart by the frees other
+/// threads make of their blocks (`DENSE_GROWTH_REMOTE`).
 pub(crate) const DENSE_GROWTH_SEGMENTS: usize = 2;
 /// `touched * DENSE_GROWTH_TOUCHED.1 >= segment bytes * DENSE_GROWTH_TOUCHED.0`: the share of
 /// its segments a growing heap must have touched (rptest, 71 % at its second segment, stays
@@ -54,6 +55,15 @@ pub(crate) const DENSE_GROWTH_TOUCHED: (usize, usize) = (3, 4);
 /// a growing heap's live blocks must hold.
 pub(crate) const DENSE_GROWTH_LIVE: (usize, usize) = (7, 8);
 
+/// `remote * DENSE_GROWTH_REMOTE.1 <= touched * DENSE_GROWTH_REMOTE.0`: a growing heap has taken
+/// back at most this share of what it touched from frees by other threads
+/// (`Heap::remote_taken`). Live blocks count those freed but not yet taken back, so a heap
+/// whose blocks other threads free looked dense while it churned: xmalloc-test (producers and
+/// consumers) peaked at 43-55 MiB with its heaps' third segments huge, 42-46 MiB on 4 KiB
+/// pages (four alternated runs each), its faults 4,500 -> 9,500; a program building one
+/// structure frees its own blocks.
+pub(crate) const DENSE_GROWTH_REMOTE: (usize, usize) = (1, 8);
+
 /// What a heap taking a segment knows of itself (`Arena::segment_alloc`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Growth {
@@ -61,7 +71,8 @@ pub(crate) enum Growth {
     Small,
     /// It has touched more.
     Past,
-    /// It grows densely (`DENSE_GROWTH_SEGMENTS`).
+    /// It grows densely (`DENSE_GROWTH_SEGMENTS`), and other threads free few of its blocks
+    /// (`DENSE_GROWTH_REMOTE`).
     Dense,
 }
 

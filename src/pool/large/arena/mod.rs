@@ -66,7 +66,8 @@ pub use census::Census;
 mod extents;
 mod huge;
 pub(crate) use huge::{
-    Growth, DENSE_GROWTH_LIVE, DENSE_GROWTH_SEGMENTS, DENSE_GROWTH_TOUCHED, HUGE_DENSE_SEGMENT,
+    Growth, DENSE_GROWTH_LIVE, DENSE_GROWTH_REMOTE, DENSE_GROWTH_SEGMENTS, DENSE_GROWTH_TOUCHED,
+    HUGE_DENSE_SEGMENT,
 };
 mod purge;
 mod regions;
