@@ -50,7 +50,7 @@ unsafe fn find_page(kh: *mut KindHeap, class: usize) -> *mut Page {
             if (*p).free.is_null() {
                 let n = slab::collect_remote(p) as usize;
                 let heap = (*kh).heap;
-                (*heap).remote_taken += n * small_size(class);
+                (*heap).remote_taken = (*heap).remote_taken.saturating_add(n * small_size(class));
             }
             if (*p).free.is_null() && slab::can_extend(p) {
                 slab::extend(p);
@@ -322,7 +322,8 @@ unsafe fn new_page(heap: *mut Heap, kind: u8, class: usize) -> *mut Page {
             let growth = if touched < HUGE_DENSE_SEGMENT {
                 Growth::Small
             } else if count >= DENSE_GROWTH_SEGMENTS
-                && (*heap).remote_taken * DENSE_GROWTH_REMOTE.1 <= touched * DENSE_GROWTH_REMOTE.0
+                && (*heap).remote_taken.saturating_mul(DENSE_GROWTH_REMOTE.1)
+                    <= touched.saturating_mul(DENSE_GROWTH_REMOTE.0)
                 && !ARENA.segments_armed()
                 && grows_densely(heap, touched, count)
             {
