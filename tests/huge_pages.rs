@@ -310,7 +310,7 @@ fn child_grows_a_vector() {
 }
 
 /// A heap that fills its segments with blocks it keeps goes on huge pages before the heaps
-/// hold 64 MiB of segments (a program building one large structure: its third segment on),
+/// hold 64 MiB of segments (a program building one large structure: its second segment on),
 /// and one that has freed half of what it touched stays on 4 KiB pages. In a fresh child
 /// process, which never holds 64 MiB.
 #[test]

@@ -88,8 +88,8 @@ fn idle_pages_go_back_after_the_delay() {
     assert_idle_pages_gone(&r);
 }
 
-/// On 4 KiB pages, a segment taken for a heap that grows densely (two full segments of blocks
-/// it keeps before it: `DENSE_GROWTH_SEGMENTS`) has its idle pages purged like any other.
+/// On 4 KiB pages, a segment taken for a heap that grows densely (full segments of blocks it
+/// keeps before it: `DENSE_GROWTH_SEGMENTS`) has its idle pages purged like any other.
 #[test]
 fn idle_pages_of_a_dense_heap_go_back_on_small_pages() {
     if std::env::var_os("TENSORPOOL_TEST_CHILD").is_none() {

@@ -30,9 +30,9 @@ pub(crate) const HUGE_DENSE_SEGMENT: usize = 1 << 20;
 /// other's (geometric mean of 12 programs of 2-60 MiB), 1.20 with huge pages off, and no
 /// program faster for them; rptest peaked at 46-50 MiB where mimalloc peaks at 10-19. The
 /// price is the 4 KiB faults of the first 64 MiB, 16 K at most, which the dense-growth rule
-/// takes down to a heap's first two segments: the Rust program of 990 MiB (BPE training, a
-/// 49 MB JSON round trip) faulted 15,182 times with this rule alone, 2,504 with both (788
-/// with every segment huge from a heap's first MiB; mimalloc 540-906).
+/// takes down to a heap's first segment: the Rust program of 990 MiB (BPE training, a 49 MB
+/// JSON round trip) faulted 15,182 times with this rule alone, 2,504 with both at two segments
+/// (788 with every segment huge from a heap's first MiB; mimalloc 540-906).
 pub(crate) const HUGE_SEGMENTS_FROM: u64 = 64 << 20;
 /// A heap that has filled this many segments with pages, touched most of them
 /// (`DENSE_GROWTH_TOUCHED`) and still holds most of what it touched (`DENSE_GROWTH_LIVE`),
@@ -41,12 +41,15 @@ pub(crate) const HUGE_SEGMENTS_FROM: u64 = 64 << 20;
 /// 98-99 % of what it touched live at every take) faulted its first 64 MiB on 4 KiB pages
 /// otherwise. Every program grows densely at first (mimalloc-bench's larson, alloc-test,
 /// xmalloc-test and rptest had freed no page when they took their second segment), so the
-/// rule waits for size: at 1 segment the Rust program faulted 1,493 times, but larson peaked
+/// rule waited for size: at 1 segment the Rust program faulted 1,493 times, but larson peaked
 /// 10 % higher and alloc-test 4 %; at 2, 2,504 faults, and of the suite only xmalloc-test,
 /// whose heaps grow to five segments, peaked higher (43.5 -> 49.4 MiB, median of five; its
-/// faults 9,200 -> 4,450), until its producers' heaps were told apart by the frees other
-/// threads make of their blocks (`DENSE_GROWTH_REMOTE`).
-pub(crate) const DENSE_GROWTH_SEGMENTS: usize = 2;
+/// faults 9,200 -> 4,450). Since producers' heaps are told apart by the frees other threads
+/// make of their blocks (`DENSE_GROWTH_REMOTE`), larson and xmalloc-test no longer grow
+/// densely, and one segment is enough: the Rust program (now a 96 MB document) 2,972 -> 1,960
+/// faults (mimalloc 1,171-1,460 in the same runs), alloc-test1 15.2-15.4 -> 15.8-16.0 MiB (three
+/// alternated runs; alloc-testN, larson and mstress as before).
+pub(crate) const DENSE_GROWTH_SEGMENTS: usize = 1;
 /// `touched * DENSE_GROWTH_TOUCHED.1 >= segment bytes * DENSE_GROWTH_TOUCHED.0`: the share of
 /// its segments a growing heap must have touched (rptest, 71 % at its second segment, stays
 /// on 4 KiB pages; the Rust program had touched 80 % of its first).
