@@ -62,9 +62,9 @@ pub(crate) const DENSE_GROWTH_LIVE: (usize, usize) = (7, 8);
 /// back at most this share of what it touched from frees by other threads
 /// (`Heap::remote_taken`). Live blocks count those freed but not yet taken back, so a heap
 /// whose blocks other threads free looked dense while it churned: xmalloc-test (producers and
-/// consumers) peaked at 43-55 MiB with its heaps' third segments huge, 42-46 MiB on 4 KiB
-/// pages (four alternated runs each), its faults 4,500 -> 9,500; a program building one
-/// structure frees its own blocks.
+/// consumers) peaked at 43-55 MiB with its heaps' later segments huge, 42-46 MiB with them on
+/// 4 KiB pages (four alternated runs each, both at two segments of dense growth), its faults
+/// 4,500 -> 9,500; a program building one structure frees its own blocks.
 pub(crate) const DENSE_GROWTH_REMOTE: (usize, usize) = (1, 8);
 
 /// What a heap taking a segment knows of itself (`Arena::segment_alloc`).
