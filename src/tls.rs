@@ -118,11 +118,16 @@ macro_rules! fast_thread_local {
         }
 
         /// Call the descriptor once and keep the variable's offset for `static_addr` if the
-        /// descriptor says it lies in the static block (`tls::offset_is_static`).
+        /// descriptor says it lies in the static block (`tls::offset_is_static`); a no-op once
+        /// some thread has found it there.
         #[cfg(all(feature = "tls-desc", target_arch = "x86_64", target_os = "linux", not(loom)))]
         #[cold]
         #[allow(dead_code)]
         pub(crate) fn learn() {
+            // Static once found, for every thread to come: nothing more to learn.
+            if OFFSET.load(core::sync::atomic::Ordering::Relaxed) != 0 {
+                return;
+            }
             let (off, desc): (usize, usize);
             // SAFETY: the TLS descriptor sequence of `addr`, keeping the descriptor's address;
             // nothing is written.

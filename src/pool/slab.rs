@@ -112,14 +112,12 @@ pub(crate) struct Page {
     pub(crate) recip: u32,
     /// `class::check_limit(class, capacity)`: the carved blocks' bound; 0 while the slot is free.
     pub(crate) carved_limit: u32,
-    /// Byte offset in the page where the carved blocks end: `capacity * size`.
-    pub(crate) carved_end: u32,
     /// The local free's cold test in one compare: a free leaving `used` blocks takes the cold
     /// path iff `used as i32 <= cold_at`, so `cold_at == i32::MAX` on the full list (always),
     /// `-1` for the direct page (never: it stays while empty), `0` otherwise (when it empties).
     pub(crate) cold_at: i32,
     /// The most of the slot carved since its segment was taken or the slot last purged
-    /// (`carved_end`'s high water): what of it is resident.
+    /// (the high water of `capacity * size`): what of it is resident.
     pub(crate) touched: u32,
     /// When the slot was last given back to its segment (the arena's clock, ns; free slots
     /// only): `purge_idle` returns it to the OS once it has been free `delay`.
@@ -275,7 +273,6 @@ pub(crate) unsafe fn take_page(seg: *mut Segment, kind: u8, class: usize) -> *mu
         }));
         (*page).recip = recip(class);
         (*page).carved_limit = 0;
-        (*page).carved_end = 0;
         (*page).allocs.set(0);
         (*page).used.set(0);
         (*page).capacity.set(0);
@@ -401,13 +398,13 @@ pub(crate) unsafe fn extend(page: *mut Page) {
         mark_word(b.cast()).write(FREE_MARK);
         (*page).free = first as *mut Block;
         (*page).capacity.set((cap + n) as u32);
-        (*page).carved_end = ((cap + n) * bs) as u32;
         (*page).carved_limit = check_limit((*page).class as usize, (cap + n) as u32);
-        if (*page).carved_end > (*page).touched {
+        let carved_end = ((cap + n) * bs) as u32;
+        if carved_end > (*page).touched {
             let (seg, idx) = locate(page);
-            (*seg).touched_bytes += (*page).carved_end - (*page).touched;
+            (*seg).touched_bytes += carved_end - (*page).touched;
             (*seg).touched_mask |= 1 << idx;
-            (*page).touched = (*page).carved_end;
+            (*page).touched = carved_end;
         }
     }
 }
