@@ -16,6 +16,7 @@ fn main() {
     if !linux_gnu {
         return;
     }
+    layout_script();
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let Ok(out) = Command::new(&cc)
         .arg("-print-file-name=libgcc_eh.a")
@@ -57,4 +58,21 @@ fn compile_find_object(cc: &str) -> Option<std::path::PathBuf> {
         .ok()?
         .success();
     ok.then_some(out)
+}
+
+/// Put the code and read-only data that every process runs and reads at the front of their
+/// segments (`layout.ld`, a script that only inserts sections: the linker's own layout stays
+/// for everything else; GNU ld and lld both read it). The kernel maps a library's file pages
+/// 64 KiB around each page a process touches ("fault-around"), so each scattered piece costs a
+/// window of resident pages in every process the library is preloaded into (docs/performance.md,
+/// "0.3.12"). `TENSORPOOL_PRELOAD_LAYOUT=0` leaves the linker's layout alone, for a linker that
+/// reads no scripts (mold).
+fn layout_script() {
+    println!("cargo:rerun-if-env-changed=TENSORPOOL_PRELOAD_LAYOUT");
+    println!("cargo:rerun-if-changed=layout.ld");
+    if std::env::var("TENSORPOOL_PRELOAD_LAYOUT").as_deref() == Ok("0") {
+        return;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("layout.ld");
+    println!("cargo:rustc-link-arg-cdylib=-Wl,-T,{}", script.display());
 }

@@ -28,8 +28,10 @@ pub(crate) const SMALL_CLASSES: [u32; 32] = [
 pub(crate) const NUM_SMALL: usize = SMALL_CLASSES.len();
 
 /// Class index for every size in 8-byte steps: `CLASS_OF[(size + 7) / 8]`.
+#[link_section = ".rodata.hot.tensorpool"]
 static CLASS_OF: [u8; SMALL_MAX / 8 + 1] = build_class_table::<8, { SMALL_MAX / 8 + 1 }>();
 /// The same in 16-byte steps, for `malloc`'s 16-byte alignment: `CLASS16_OF[(size + 15) / 16]`.
+#[link_section = ".rodata.hot.tensorpool"]
 static CLASS16_OF: [u8; SMALL_MAX / 16 + 1] = build_class_table::<16, { SMALL_MAX / 16 + 1 }>();
 
 const fn build_class_table<const STEP: usize, const N: usize>() -> [u8; N] {

@@ -374,10 +374,50 @@ pub fn resident_bytes() -> Option<usize> {
     Some(pages * page_size())
 }
 
-/// The value of environment variable `name` (a NUL-terminated name), read without allocating:
+/// The prefix of every option's name. With the hot read-only data (preload/layout.ld): a
+/// process that sets no option reads only this of the option names, which otherwise lie
+/// scattered over the library's strings, each read costing a window of file pages (64 KiB)
+/// resident in every process the library is preloaded into.
+#[link_section = ".rodata.hot.tensorpool"]
+static OUR_PREFIX_BYTES: [u8; 11] = *b"TENSORPOOL_";
+const OUR_PREFIX: &[u8] = &OUR_PREFIX_BYTES;
+
+/// Whether some environment entry's name starts with `prefix` (read now, as `getenv` does).
+#[link_section = ".text.hot.tensorpool"]
+fn environ_has_prefix(prefix: &[u8]) -> bool {
+    // SAFETY: `environ` is the process's environment block: null, or an array of pointers to
+    // NUL-terminated strings ending with a null pointer. Each entry is read up to its NUL or
+    // the prefix's length, whichever comes first.
+    unsafe {
+        let mut e = *core::ptr::addr_of!(libc::environ);
+        if e.is_null() {
+            return false;
+        }
+        while !(*e).is_null() {
+            let s = (*e).cast::<u8>();
+            let mut i = 0;
+            while i < prefix.len() && *s.add(i) == prefix[i] {
+                i += 1;
+            }
+            if i == prefix.len() {
+                return true;
+            }
+            e = e.add(1);
+        }
+        false
+    }
+}
+
+/// The value of option `name` (a NUL-terminated `TENSORPOOL_*` name), read without allocating:
 /// a borrow of the process's environment block, which the allocator reads once at start-up,
-/// before any thread could change it.
+/// before any thread could change it. Where no variable's name starts with `TENSORPOOL_`, the
+/// name itself is not read (`OUR_PREFIX_BYTES`).
+#[link_section = ".text.hot.tensorpool"]
 pub(crate) fn getenv(name: &core::ffi::CStr) -> Option<&'static [u8]> {
+    debug_assert!(name.to_bytes().starts_with(OUR_PREFIX));
+    if !environ_has_prefix(OUR_PREFIX) {
+        return None;
+    }
     // SAFETY: `name` is NUL-terminated; getenv returns null or a NUL-terminated string that lives
     // as long as the environment entry (the process's lifetime unless someone calls setenv on
     // this name, which the allocator's start-up read does not race with).

@@ -22,9 +22,19 @@ use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use tensorpool::{TensorKind, TensorPool};
 
-/// Rust code inside the library allocates from tensorpool directly.
+/// Rust code inside the library allocates from tensorpool directly. (Read by every allocation:
+/// with the hot read-only data, `layout.ld`.)
 #[global_allocator]
+#[link_section = ".rodata.hot.tensorpool"]
 static ALLOC: TensorPool = TensorPool::new();
+
+/// What `load` looks for, with the hot read-only data (`layout.ld`): string literals lie among
+/// the library's other strings, and each read of one costs every process a window of the
+/// file's pages.
+#[link_section = ".rodata.hot.tensorpool"]
+static LD_PRELOAD_VAR: [u8; 11] = *b"LD_PRELOAD\0";
+#[link_section = ".rodata.hot.tensorpool"]
+static OUR_NAME: [u8; 10] = *b"tensorpool";
 
 /// Apply the configuration (`TENSORPOOL_*` options, the exit report) when the library is loaded,
 /// not at the first large allocation: many programs (`git --version`) never make one.
@@ -33,7 +43,9 @@ static ALLOC: TensorPool = TensorPool::new();
 /// `TENSORPOOL_BACKGROUND=1`) must not start until `main` does (see `__libc_start_main` below).
 /// Loaded later with `dlopen`, the program is already in `main`.
 extern "C" fn load() {
-    let preloaded = tensorpool_env_mentions(c"LD_PRELOAD", b"tensorpool");
+    // SAFETY: the array ends with its only NUL.
+    let var = unsafe { CStr::from_bytes_with_nul_unchecked(&LD_PRELOAD_VAR) };
+    let preloaded = tensorpool_env_mentions(var, &OUR_NAME);
     tensorpool::defer_background_thread(preloaded);
     ALLOC.init();
 }

@@ -465,6 +465,55 @@ fn the_code_every_process_runs_lies_together() {
         (hi - lo) >> 10,
         hot.iter().zip(&spans).collect::<Vec<_>>()
     );
+    // What else runs in every process goes beside them (preload/layout.ld): the PLT, through
+    // which a process calls at exit, and std's argument hook, run at load.
+    let sections = readelf("-SW");
+    let section = |name: &str| -> Option<(u64, u64)> {
+        sections.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let i = f.iter().position(|w| *w == name)?;
+            Some((
+                u64::from_str_radix(f.get(i + 2)?, 16).ok()?,
+                u64::from_str_radix(f.get(i + 4)?, 16).ok()?,
+            ))
+        })
+    };
+    let mut others: Vec<(u64, u64)> = section(".plt").into_iter().collect();
+    others.extend(
+        funcs
+            .iter()
+            .filter(|f| f.2.ends_with("ARGV_INIT_ARRAY::init_wrapper"))
+            .map(|f| (f.0, f.1)),
+    );
+    for (addr, size) in others {
+        assert!(
+            addr >= lo.saturating_sub(64 << 10) && addr + size <= hi + (64 << 10),
+            "code every process runs at {addr:#x} lies apart from the rest ({lo:#x}-{hi:#x})"
+        );
+    }
+    // The read-only data every process reads lies in the first 64 KiB of the file, beside the
+    // dynamic symbols and relocations the loader reads.
+    let objects = readelf("-sWC");
+    for name in [
+        "tensorpool_preload::ALLOC",
+        "tensorpool::class::CLASS_OF",
+        "tensorpool::class::CLASS16_OF",
+        "tensorpool::heap::types::EMPTY_PAGE",
+        "tensorpool_preload::LD_PRELOAD_VAR",
+    ] {
+        let addr = objects
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 8 && f[3] == "OBJECT" && f[7..].join(" ") == name)
+                    .then(|| u64::from_str_radix(f[1], 16).unwrap())
+            })
+            .unwrap_or_else(|| panic!("no object {name} in the library"));
+        assert!(
+            addr < 64 << 10,
+            "{name} at {addr:#x}, past the first 64 KiB"
+        );
+    }
 }
 
 /// glibc's introspection calls from Python through ctypes, as users reach for them:

@@ -196,6 +196,7 @@ unsafe impl<T> Sync for ReadOnly<T> {}
 #[repr(C, align(128))]
 struct EmptyPage([u8; core::mem::size_of::<Page>()]);
 
+#[link_section = ".rodata.hot.tensorpool"]
 static EMPTY_PAGE: ReadOnly<EmptyPage> = ReadOnly(EmptyPage([0; core::mem::size_of::<Page>()]));
 
 const _: () = assert!(core::mem::align_of::<EmptyPage>() >= core::mem::align_of::<Page>());
