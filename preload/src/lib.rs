@@ -23,7 +23,8 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use tensorpool::{TensorKind, TensorPool};
 
 /// Rust code inside the library allocates from tensorpool directly. (Read by every allocation:
-/// with the hot read-only data, `layout.ld`.)
+/// with the hot read-only data, `layout.ld`. A `TensorPool` is plain configuration; were a cell
+/// ever added to it, it would have to leave that read-only section.)
 #[global_allocator]
 #[link_section = ".rodata.hot.tensorpool"]
 static ALLOC: TensorPool = TensorPool::new();
