@@ -431,6 +431,20 @@ pub(crate) fn getenv(name: &core::ffi::CStr) -> Option<&'static [u8]> {
     }
 }
 
+/// How many of the 4 KiB pages of `[addr, addr + len)` are resident (`mincore`; `addr`
+/// page-aligned); None if the kernel refuses. For tests.
+#[cfg(test)]
+pub(crate) fn resident_pages(addr: *const u8, len: usize) -> Option<usize> {
+    let pages = len.div_ceil(PAGE);
+    let mut vec = [0u8; 64];
+    if pages > vec.len() {
+        return None;
+    }
+    // SAFETY: `vec` holds one byte for each page asked about.
+    let r = unsafe { libc::mincore(addr as *mut libc::c_void, len, vec.as_mut_ptr()) };
+    (r == 0).then(|| vec[..pages].iter().filter(|&&b| b & 1 != 0).count())
+}
+
 /// Write all of `bytes` to stderr (no buffering, no allocation); errors are ignored.
 pub(crate) fn write_stderr(bytes: &[u8]) {
     write_fd(2, bytes);

@@ -331,12 +331,12 @@ unsafe fn new_page(heap: *mut Heap, kind: u8, class: usize) -> *mut Page {
             } else {
                 Growth::Past
             };
-            let (seg, small) = ARENA.segment_alloc(SEGMENT_SIZE, growth);
+            let (seg, small, zeroed) = ARENA.segment_alloc(SEGMENT_SIZE, growth);
             let seg = seg.cast::<Segment>();
             if seg.is_null() {
                 return ptr::null_mut();
             }
-            slab::init_segment(seg, heap.cast());
+            slab::init_segment(seg, heap.cast(), zeroed);
             (*seg).small = small;
             ARENA.segment_ready(seg.cast());
             seg

@@ -225,18 +225,26 @@ pub(crate) fn page_start(page: *const Page) -> *mut u8 {
     (seg as usize + idx * SLAB_SIZE) as *mut u8
 }
 
-/// Initialise a segment taken from the arena for `owner`.
+/// Initialise a segment taken from the arena for `owner`. `zeroed`: its bytes are known to read
+/// as zero (memory fresh from the OS or purged), so the header need not be cleared: the 16 KiB
+/// of page descriptors then become resident one 4 KiB page at a time, as slots are taken,
+/// instead of all at once (a process that uses a few slots kept 16 KiB more per segment).
 ///
 /// # Safety
 /// `seg` is a `SEGMENT_SIZE`-aligned extent of `SEGMENT_SIZE` bytes that nothing else uses (its
-/// bytes may be anything: the arena reuses freed memory), and no statistics snapshot reads it
-/// before the arena is told it is ready.
-pub(crate) unsafe fn init_segment(seg: *mut Segment, owner: Owner) {
-    // SAFETY: the extent is ours alone (the caller's contract); zeroing the header makes every
-    // page descriptor read as "not in use" (`info == 0`) before the fields are written, and zero
-    // is a valid value of every plain field and statistics atomic.
+/// bytes may be anything unless `zeroed`: the arena reuses freed memory), and no statistics
+/// snapshot reads it before the arena is told it is ready.
+pub(crate) unsafe fn init_segment(seg: *mut Segment, owner: Owner, zeroed: bool) {
+    // SAFETY: the extent is ours alone (the caller's contract); a zero header makes every page
+    // descriptor read as "not in use" (`info == 0`) before the fields are written, and zero is
+    // a valid value of every plain field and statistics atomic.
     unsafe {
-        ptr::write_bytes(seg.cast::<u8>(), 0, core::mem::size_of::<Segment>());
+        if zeroed {
+            // (Only the first descriptors: reading the others would map them.)
+            debug_assert!((*seg).free_mask == 0 && (*seg).pages[1].info.get() == 0);
+        } else {
+            ptr::write_bytes(seg.cast::<u8>(), 0, core::mem::size_of::<Segment>());
+        }
         (*seg).owner = owner;
         (*seg).next = ptr::null_mut();
         (*seg).free_mask = !1u64;

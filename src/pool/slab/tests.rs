@@ -8,7 +8,7 @@ fn segment() -> *mut Segment {
     let seg = crate::os::map_aligned(SEGMENT_SIZE, SEGMENT_SIZE).cast::<Segment>();
     assert!(!seg.is_null());
     // SAFETY: a fresh, aligned mapping of a segment's size, ours alone.
-    unsafe { init_segment(seg, ptr::null_mut()) };
+    unsafe { init_segment(seg, ptr::null_mut(), true) };
     seg
 }
 
@@ -80,4 +80,22 @@ fn idle_slots_are_purged_after_the_delay_and_resident_ones_taken_first() {
         assert_eq!(((*seg).touched_mask, (*seg).touched_bytes), (0b10, 4096));
         crate::os::unmap(seg.cast(), SEGMENT_SIZE);
     }
+}
+
+#[test]
+fn a_fresh_segment_brings_in_only_the_descriptors_it_uses() {
+    // A zeroed segment's header is not cleared: of its 16 KiB of page descriptors, only the
+    // 4 KiB page holding those in use becomes resident (clearing it made all of them resident
+    // in every heap's first segment).
+    let seg = segment();
+    // SAFETY: the segment is ours.
+    let page = unsafe { take_page(seg, 0, small_class(1024)) };
+    assert!(!page.is_null());
+    let header = core::mem::size_of::<Segment>();
+    assert!(header > 3 * crate::os::PAGE);
+    let resident = crate::os::resident_pages(seg.cast(), header).expect("mincore");
+    assert_eq!(
+        resident, 1,
+        "header pages resident after one slot was taken"
+    );
 }

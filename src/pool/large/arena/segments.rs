@@ -4,17 +4,17 @@
 use super::*;
 
 impl Arena {
-    /// A small-block segment (`size` bytes aligned to `size`) and whether it is advised off
-    /// huge pages, as the heap's `growth` and the arena's arming say (see `huge`). Null on
-    /// failure.
-    pub(crate) fn segment_alloc(&self, size: usize, growth: Growth) -> (*mut u8, bool) {
+    /// A small-block segment (`size` bytes aligned to `size`), whether it is advised off huge
+    /// pages, as the heap's `growth` and the arena's arming say (see `huge`), and whether all of
+    /// it reads as zero. Null on failure.
+    pub(crate) fn segment_alloc(&self, size: usize, growth: Growth) -> (*mut u8, bool, bool) {
         let e = self.take(Use::Segment, size, size);
         if e.is_null() {
-            return (ptr::null_mut(), true);
+            return (ptr::null_mut(), true, false);
         }
-        // SAFETY: `e` is a segment extent we just made.
-        let base = unsafe { (*e).base as *mut u8 };
-        (base, self.advise_taken_segment(base, size, growth))
+        // SAFETY: `e` is a segment extent we just made, ours until it comes back.
+        let (base, zero) = unsafe { ((*e).base as *mut u8, (*e).zero) };
+        (base, self.advise_taken_segment(base, size, growth), zero)
     }
 
     /// Return a segment taken with `segment_alloc` (no block of it live or pending anywhere);
