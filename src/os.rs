@@ -374,13 +374,10 @@ pub fn resident_bytes() -> Option<usize> {
     Some(pages * page_size())
 }
 
-/// The prefix of every option's name. With the hot read-only data (preload/layout.ld): a
-/// process that sets no option reads only this of the option names, which otherwise lie
-/// scattered over the library's strings, each read costing a window of file pages (64 KiB)
-/// resident in every process the library is preloaded into.
-#[link_section = ".rodata.hot.tensorpool"]
-static OUR_PREFIX_BYTES: [u8; 11] = *b"TENSORPOOL_";
-const OUR_PREFIX: &[u8] = &OUR_PREFIX_BYTES;
+/// The prefix of every option's name: a process that sets no option reads only this of the
+/// option names, which otherwise lie scattered over the library's strings, each read costing a
+/// window of file pages (64 KiB) resident in every process the library is preloaded into.
+const OUR_PREFIX: &[u8] = b"TENSORPOOL_";
 
 /// Whether some environment entry's name starts with `prefix` (read now, as `getenv` does).
 #[link_section = ".text.hot.tensorpool"]
@@ -411,7 +408,7 @@ fn environ_has_prefix(prefix: &[u8]) -> bool {
 /// The value of option `name` (a NUL-terminated `TENSORPOOL_*` name), read without allocating:
 /// a borrow of the process's environment block, which the allocator reads once at start-up,
 /// before any thread could change it. Where no variable's name starts with `TENSORPOOL_`, the
-/// name itself is not read (`OUR_PREFIX_BYTES`).
+/// name itself is not read (`OUR_PREFIX`).
 #[link_section = ".text.hot.tensorpool"]
 pub(crate) fn getenv(name: &core::ffi::CStr) -> Option<&'static [u8]> {
     debug_assert!(name.to_bytes().starts_with(OUR_PREFIX));

@@ -331,13 +331,13 @@ unsafe fn new_page(heap: *mut Heap, kind: u8, class: usize) -> *mut Page {
             } else {
                 Growth::Past
             };
-            let (seg, small, zeroed) = ARENA.segment_alloc(SEGMENT_SIZE, growth);
-            let seg = seg.cast::<Segment>();
+            let taken = ARENA.segment_alloc(SEGMENT_SIZE, growth);
+            let seg = taken.base.cast::<Segment>();
             if seg.is_null() {
                 return ptr::null_mut();
             }
-            slab::init_segment(seg, heap.cast(), zeroed);
-            (*seg).small = small;
+            slab::init_segment(seg, heap.cast(), taken.zeroed);
+            (*seg).small = taken.small;
             ARENA.segment_ready(seg.cast());
             seg
         };

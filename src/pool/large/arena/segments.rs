@@ -3,18 +3,34 @@
 
 use super::*;
 
+/// A segment `Arena::segment_alloc` took.
+pub(crate) struct TakenSegment {
+    pub(crate) base: *mut u8,
+    /// Advised off huge pages.
+    pub(crate) small: bool,
+    /// All of it reads as zero (fresh from the OS or purged).
+    pub(crate) zeroed: bool,
+}
+
 impl Arena {
-    /// A small-block segment (`size` bytes aligned to `size`), whether it is advised off huge
-    /// pages, as the heap's `growth` and the arena's arming say (see `huge`), and whether all of
-    /// it reads as zero. Null on failure.
-    pub(crate) fn segment_alloc(&self, size: usize, growth: Growth) -> (*mut u8, bool, bool) {
+    /// A small-block segment (`size` bytes aligned to `size`), advised as the heap's `growth`
+    /// and the arena's arming say (see `huge`). Null `base` on failure.
+    pub(crate) fn segment_alloc(&self, size: usize, growth: Growth) -> TakenSegment {
         let e = self.take(Use::Segment, size, size);
         if e.is_null() {
-            return (ptr::null_mut(), true, false);
+            return TakenSegment {
+                base: ptr::null_mut(),
+                small: true,
+                zeroed: false,
+            };
         }
         // SAFETY: `e` is a segment extent we just made, ours until it comes back.
-        let (base, zero) = unsafe { ((*e).base as *mut u8, (*e).zero) };
-        (base, self.advise_taken_segment(base, size, growth), zero)
+        let (base, zeroed) = unsafe { ((*e).base as *mut u8, (*e).zero) };
+        TakenSegment {
+            base,
+            small: self.advise_taken_segment(base, size, growth),
+            zeroed,
+        }
     }
 
     /// Return a segment taken with `segment_alloc` (no block of it live or pending anywhere);
