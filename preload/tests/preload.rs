@@ -494,6 +494,16 @@ fn the_code_every_process_runs_lies_together() {
     // The read-only data every process reads lies in the first 64 KiB of the file, beside the
     // dynamic symbols and relocations the loader reads.
     let objects = readelf("-sWC");
+    let object = |name: &str| -> u64 {
+        objects
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 8 && f[3] == "OBJECT" && f[7..].join(" ") == name)
+                    .then(|| u64::from_str_radix(f[1], 16).unwrap())
+            })
+            .unwrap_or_else(|| panic!("no object {name} in the library"))
+    };
     for name in [
         "tensorpool_preload::ALLOC",
         "tensorpool::class::CLASS_OF",
@@ -501,19 +511,23 @@ fn the_code_every_process_runs_lies_together() {
         "tensorpool::heap::types::EMPTY_PAGE",
         "tensorpool_preload::LD_PRELOAD_VAR",
     ] {
-        let addr = objects
-            .lines()
-            .find_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.len() >= 8 && f[3] == "OBJECT" && f[7..].join(" ") == name)
-                    .then(|| u64::from_str_radix(f[1], 16).unwrap())
-            })
-            .unwrap_or_else(|| panic!("no object {name} in the library"));
+        let addr = object(name);
         assert!(
             addr < 64 << 10,
             "{name} at {addr:#x}, past the first 64 KiB"
         );
     }
+    // The arena (37 KiB, its page map's root most of it) starts as zero bytes, so it lies in
+    // `.bss`, where a page is resident once written (a process writes three or four of them),
+    // not in `.data`, which every process maps in whole.
+    let (bss, _) = section(".bss").expect("a .bss section");
+    let arena = object("tensorpool::pool::large::ARENA");
+    assert!(
+        arena >= bss,
+        "the arena at {arena:#x}, before .bss at {bss:#x}"
+    );
+    let (_, data) = section(".data").unwrap_or((0, 0));
+    assert!(data <= 16 << 10, ".data is {} KiB", data >> 10);
 }
 
 /// glibc's introspection calls from Python through ctypes, as users reach for them:

@@ -152,6 +152,21 @@ impl Decay {
         }
     }
 
+    /// All zero bytes, a placeholder until `new`'s value replaces it (the arena's static state
+    /// starts zeroed: `ArenaState::ready`). Its decay time is 0, so it is never left in force.
+    pub(crate) const fn zeroed() -> Self {
+        Self {
+            ms: 0,
+            slow: Window::new(0),
+            fast: Window::new(0),
+            epoch_end: 0,
+            peaks: [[0; KINDS1]; EPOCHS],
+            ppos: 0,
+            cur_peak: [0; KINDS1],
+            ring_peak: [0; KINDS1],
+        }
+    }
+
     /// The decay time in force.
     pub(crate) fn ms(&self) -> i64 {
         self.ms

@@ -209,7 +209,15 @@ enum Step {
 }
 
 /// The arena's state, behind its lock.
+///
+/// It starts as all zero bytes (`ArenaState::new`), and the first `Arena::with` or
+/// `Arena::for_each_segment` sets the defaults that are not zero (`ready`): so the process-wide
+/// arena, page map and all, sits in `.bss`, where only the pages a process writes become
+/// resident, instead of 37 KiB of `.data` that every process loads in whole (a C program that
+/// mallocs once kept all ten pages of it).
 pub(crate) struct ArenaState {
+    /// The defaults below are set (`ArenaState::ready`).
+    ready: bool,
     /// Free runs of each zone, by address.
     runs: [Tree; ZONES],
     /// Bytes of dirty and of clean extents.
@@ -268,18 +276,25 @@ pub(crate) struct ArenaState {
 unsafe impl Send for ArenaState {}
 
 /// The arena: its state behind a lock, and the page map read without it.
+///
+/// In this order (`repr(C)`): the process-wide arena is in `.bss` (`ArenaState`), where a page
+/// becomes resident when written, and a process writes the state and the atomics, then, of the
+/// page map's 32 KiB root, only the entries of the few 32 GiB ranges where its memory is.
+#[repr(C)]
 pub(crate) struct Arena {
     state: SpinLock<ArenaState>,
-    pub(crate) map: PageMap,
-    /// When decay is next due (a copy of `Decay::due_at`, so the heartbeat needs no lock).
-    due: AtomicU64,
+    /// When decay is next due, bitwise inverted (`!Decay::due_at`: a copy, so that the
+    /// heartbeat needs no lock; inverted, so that "never" is zero bytes, as the static's other
+    /// fields start).
+    due_not: AtomicU64,
     /// The decay time and purge advice in force, for the heaps' purges of idle slab pages
-    /// (`ArenaState::purge_policy`, copied like `due`).
-    policy: AtomicU64,
+    /// (`!ArenaState::purge_policy`, copied and inverted like `due_not`).
+    policy_not: AtomicU64,
     /// Huge pages on and the heaps holding `HUGE_SEGMENTS_FROM` of segments: dense segments may
     /// go huge (`Arena::advise_taken_segment`, `Arena::segment_dense`). Set under the lock, read
     /// without it, never cleared.
     segments_armed: AtomicBool,
+    pub(crate) map: PageMap,
 }
 
 #[cfg(not(loom))]
@@ -295,8 +310,10 @@ fn now() -> u64 {
 }
 
 impl ArenaState {
+    /// All zero bytes: what `ready` completes.
     const fn new() -> Self {
         Self {
+            ready: false,
             runs: [Tree::new(), Tree::new()],
             dirty_bytes: 0,
             clean_bytes: 0,
@@ -309,8 +326,8 @@ impl ArenaState {
             spares: 0,
             regions: ptr::null_mut(),
             spare_regions: ptr::null_mut(),
-            meta: Meta::with_first(META_FIRST),
-            map_meta: Meta::with_first(MAP_META_FIRST),
+            meta: Meta::with_first(0),
+            map_meta: Meta::with_first(0),
             kinds: [LargeCounters::ZERO; NUM_KINDS],
             totals: ArenaCounters {
                 mapped_bytes: 0,
@@ -340,9 +357,9 @@ impl ArenaState {
             busy: 0,
             clock: 0,
             colour: 0,
-            chunk_next: CHUNK_MIN,
-            capacity: [AUTO; NUM_KINDS],
-            decay: Decay::new(super::decay::DEFAULT_MS),
+            chunk_next: [0; ZONES],
+            capacity: [0; NUM_KINDS],
+            decay: Decay::zeroed(),
             lazy_purge: false,
             huge_pages: false,
             huge_armed: false,
@@ -350,6 +367,26 @@ impl ArenaState {
             recollapse: [(0, 0); 4],
             meta_owed: false,
         }
+    }
+
+    /// Set the defaults that are not zero bytes, the first time the state is used.
+    #[inline]
+    fn ready(&mut self) {
+        if !self.ready {
+            self.set_defaults();
+        }
+    }
+
+    #[cold]
+    // Every process runs it, at its first large block or segment: see `preload/layout.ld`.
+    #[link_section = ".text.hot.tensorpool"]
+    fn set_defaults(&mut self) {
+        self.ready = true;
+        self.meta = Meta::with_first(META_FIRST);
+        self.map_meta = Meta::with_first(MAP_META_FIRST);
+        self.chunk_next = CHUNK_MIN;
+        self.capacity = [AUTO; NUM_KINDS];
+        self.decay = Decay::new(super::decay::DEFAULT_MS);
     }
 
     /// Counters of every kind, with `cached_bytes` filled in.
@@ -421,8 +458,8 @@ impl Arena {
         Self {
             state: SpinLock::new(ArenaState::new()),
             map: PageMap::new(),
-            due: AtomicU64::new(u64::MAX),
-            policy: AtomicU64::new(POLICY_NEVER),
+            due_not: AtomicU64::new(!u64::MAX),
+            policy_not: AtomicU64::new(!POLICY_NEVER),
             segments_armed: AtomicBool::new(false),
         }
     }
@@ -431,8 +468,8 @@ impl Arena {
         Self {
             state: SpinLock::new(ArenaState::new()),
             map: PageMap::new(),
-            due: AtomicU64::new(u64::MAX),
-            policy: AtomicU64::new(POLICY_NEVER),
+            due_not: AtomicU64::new(!u64::MAX),
+            policy_not: AtomicU64::new(!POLICY_NEVER),
             segments_armed: AtomicBool::new(false),
         }
     }
@@ -452,11 +489,12 @@ impl Arena {
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut ArenaState) -> R) -> R {
         super::hold_lock_across_fork();
         self.state.with(|s| {
+            s.ready();
             let r = f(s);
-            self.due.store(s.decay.due_at(), Relaxed);
-            let policy = s.purge_policy();
-            if self.policy.load(Relaxed) != policy {
-                self.policy.store(policy, Relaxed);
+            self.due_not.store(!s.decay.due_at(), Relaxed);
+            let policy_not = !s.purge_policy();
+            if self.policy_not.load(Relaxed) != policy_not {
+                self.policy_not.store(policy_not, Relaxed);
             }
             r
         })
@@ -627,7 +665,7 @@ impl Arena {
     #[inline]
     pub(crate) fn tick(&self) -> u64 {
         let t = now();
-        if t >= self.due.load(Relaxed) {
+        if t >= !self.due_not.load(Relaxed) {
             self.tick_at(t);
         }
         t

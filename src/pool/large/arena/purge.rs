@@ -13,7 +13,7 @@ impl Arena {
     /// (`MADV_FREE`), read without the lock.
     #[inline]
     pub(crate) fn purge_policy(&self) -> Option<(u64, bool)> {
-        let p = self.policy.load(Relaxed);
+        let p = !self.policy_not.load(Relaxed);
         (p != POLICY_NEVER).then_some((p >> 1, p & 1 != 0))
     }
 }

@@ -71,6 +71,7 @@ impl Arena {
     /// under the lock, so none comes back to the arena meanwhile.
     pub(crate) fn for_each_segment(&self, mut f: impl FnMut(*mut u8)) {
         self.state.with(|s| {
+            s.ready();
             let mut r = s.regions;
             while !r.is_null() {
                 // SAFETY: regions and their extents are the arena's, read under its lock.
