@@ -89,13 +89,78 @@ shared_static! {
     static NAMING: SpinLock<()> = SpinLock::new(());
 }
 
+/// A thread's shadow stack: the function ids and frames of its Python calls, outermost first.
+///
+/// Mapped at the thread's first Python call once stacks are kept, rather than in static TLS:
+/// glibc zeroes a library's static TLS in every new thread, just below the thread's stack, so
+/// these 1.5 KiB cost every thread of every process a page of its stack (larsonN, whose
+/// threads each start the next: 12 KiB resident per thread stack against mimalloc's 8, 3 MiB
+/// in all).
+struct Shadow {
+    ids: [u32; SHADOW],
+    frames: [usize; SHADOW],
+    /// The next on the spare list.
+    next: *mut Shadow,
+}
+
+/// Shadow stacks of threads that exited, for the next threads (linked through `next`).
+struct Spares(*mut Shadow);
+
+// SAFETY: a spare shadow stack belongs to no thread; the list is only touched under its lock.
+unsafe impl Send for Spares {}
+
+shared_static! {
+    /// The spare shadow stacks.
+    static SPARES: SpinLock<Spares> = SpinLock::new(Spares(core::ptr::null_mut()));
+}
+
 thread_local! {
     /// The thread's Python call depth since installation (entries past `SHADOW` not kept).
     static DEPTH: Cell<usize> = const { Cell::new(0) };
     /// The `PERIOD` the thread's stack belongs to.
     static MINE: Cell<usize> = const { Cell::new(0) };
-    static IDS: [Cell<u32>; SHADOW] = const { [const { Cell::new(0) }; SHADOW] };
-    static FRAMES: [Cell<usize>; SHADOW] = const { [const { Cell::new(0) }; SHADOW] };
+    /// The thread's shadow stack (null before its first kept call, or if none could be mapped).
+    static STACK: Cell<*mut Shadow> = const { Cell::new(core::ptr::null_mut()) };
+}
+
+/// The calling thread's shadow stack: its own, a spare one, or a new mapping (null if the OS
+/// refuses one: calls are then counted, not kept).
+fn own_stack() -> *mut Shadow {
+    let s = STACK.get();
+    if !s.is_null() {
+        return s;
+    }
+    let s = SPARES.with(|l| {
+        let s = l.0;
+        if !s.is_null() {
+            // SAFETY: a spare stack is the list's alone, under its lock.
+            l.0 = unsafe { (*s).next };
+        }
+        s
+    });
+    let s = if s.is_null() {
+        crate::os::map(core::mem::size_of::<Shadow>()).cast::<Shadow>()
+    } else {
+        // SAFETY: the spare is ours now. Cleared: a thread that gets its stack below calls it
+        // entered without one must not find another thread's frames there.
+        unsafe { s.write_bytes(0, 1) };
+        s
+    };
+    STACK.set(s);
+    s
+}
+
+/// The calling thread is exiting: its shadow stack, if it has one, goes to the spare list (a
+/// thread that never allocates through tensorpool is not seen exiting: its page stays mapped).
+pub(crate) fn thread_exit() {
+    let s = STACK.replace(core::ptr::null_mut());
+    if !s.is_null() {
+        SPARES.with(|l| {
+            // SAFETY: the stack was this thread's alone; from here it is the list's.
+            unsafe { (*s).next = l.0 };
+            l.0 = s;
+        });
+    }
 }
 
 fn find<T>(name: &CStr) -> Option<T> {
@@ -188,11 +253,19 @@ unsafe extern "C" fn on_event(
     match what {
         CALL => {
             let d = DEPTH.get();
-            if d < SHADOW {
+            let stack = if d < SHADOW {
+                own_stack()
+            } else {
+                core::ptr::null_mut()
+            };
+            if !stack.is_null() {
                 // SAFETY: CPython passes the frame being entered, with its lock held.
                 let id = unsafe { intern(frame) };
-                IDS.with(|a| a[d].set(id as u32));
-                FRAMES.with(|a| a[d].set(frame as usize));
+                // SAFETY: the stack is this thread's alone.
+                unsafe {
+                    (*stack).ids[d] = id as u32;
+                    (*stack).frames[d] = frame as usize;
+                }
             }
             DEPTH.set(d + 1);
         }
@@ -347,20 +420,26 @@ pub(crate) fn capture(out: &mut [(u32, u32); PYTHON_FRAMES]) -> usize {
     }
     // SAFETY: a published `Api` is never freed.
     let api = unsafe { &*api };
+    let stack = STACK.get();
+    if stack.is_null() {
+        return 0;
+    }
+    // SAFETY: the stack is this thread's alone.
+    let stack = unsafe { &*stack };
     let d = DEPTH.get().min(SHADOW);
     let mut n = 0;
-    IDS.with(|ids| {
-        FRAMES.with(|frames| {
-            for i in (0..d).rev().take(PYTHON_FRAMES) {
-                let f = frames[i].get() as *mut c_void;
-                // SAFETY: a frame on this thread's shadow stack is one of its executing
-                // frames, alive and unchanged while the thread is in here.
-                let line = unsafe { (api.frame_line)(f) };
-                out[n] = (ids[i].get(), line.max(0) as u32);
-                n += 1;
-            }
-        })
-    });
+    for i in (0..d).rev().take(PYTHON_FRAMES) {
+        let f = stack.frames[i] as *mut c_void;
+        if f.is_null() {
+            // Entered before the thread had a stack.
+            continue;
+        }
+        // SAFETY: a frame on this thread's shadow stack is one of its executing frames, alive
+        // and unchanged while the thread is in here.
+        let line = unsafe { (api.frame_line)(f) };
+        out[n] = (stack.ids[i], line.max(0) as u32);
+        n += 1;
+    }
     n
 }
 

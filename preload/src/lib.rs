@@ -466,15 +466,38 @@ pub unsafe extern "C" fn tensorpool_scope_push(name: *const c_char) -> c_int {
 }
 
 thread_local! {
-    /// What each `tensorpool_scope_enter_kind` of the thread changed (the kind before it, and
-    /// whether it entered a scope), innermost last; entries past `HOOK_DEPTH` are counted only.
-    static HOOK_TOKENS: [core::cell::Cell<u16>; HOOK_DEPTH] =
-        const { [const { core::cell::Cell::new(0) }; HOOK_DEPTH] };
+    /// What each `tensorpool_scope_enter_kind` of the thread changed, innermost last, a token
+    /// of `TOKEN_BITS` each (`HOOK_TOKENS` per word); entries past `HOOK_DEPTH` are counted
+    /// only. Packed: glibc zeroes the library's static TLS in every new thread, just below its
+    /// stack, and a larger TLS cost threads a page of stack each (`tensorpool::pystack`).
+    static HOOK_TOKENS: [core::cell::Cell<u64>; HOOK_DEPTH / TOKENS_PER_WORD] =
+        const { [const { core::cell::Cell::new(0) }; HOOK_DEPTH / TOKENS_PER_WORD] };
     static HOOK_DEPTH_NOW: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
 }
 
 /// Hook entries kept per thread.
 const HOOK_DEPTH: usize = 256;
+/// A token: the kind before the entry (its index, below 8) and, above it, whether the entry
+/// entered a scope.
+const TOKEN_BITS: usize = 4;
+const TOKEN_PUSHED: u64 = 8;
+const TOKENS_PER_WORD: usize = 64 / TOKEN_BITS;
+const _: () = assert!(tensorpool::TensorKind::ALL.len() <= TOKEN_PUSHED as usize);
+
+/// Keep `token` as hook entry `d` (below `HOOK_DEPTH`).
+fn set_token(d: usize, token: u64) {
+    let shift = (d % TOKENS_PER_WORD) * TOKEN_BITS;
+    HOOK_TOKENS.with(|t| {
+        let w = &t[d / TOKENS_PER_WORD];
+        w.set(w.get() & !(0xf << shift) | token << shift);
+    });
+}
+
+/// Hook entry `d`'s token.
+fn token(d: usize) -> u64 {
+    let shift = (d % TOKENS_PER_WORD) * TOKEN_BITS;
+    HOOK_TOKENS.with(|t| t[d / TOKENS_PER_WORD].get() >> shift & 0xf)
+}
 
 /// Enter the scope `name` and make `kind` the calling thread's kind in one call, for hooks that
 /// run on every module call (`tensorpool.torch`'s); `tensorpool_scope_leave_kind` undoes the
@@ -500,9 +523,9 @@ pub unsafe extern "C" fn tensorpool_scope_enter_kind(name: *const c_char, kind: 
         ALLOC.share_scopes(true);
     }
     let pushed = ALLOC.push_scope(bytes).is_ok();
-    let prev = tensorpool::set_current_kind(k).index() as u16;
+    let prev = tensorpool::set_current_kind(k).index() as u64;
     if d < HOOK_DEPTH {
-        HOOK_TOKENS.with(|t| t[d].set(prev | (pushed as u16) << 8));
+        set_token(d, prev | if pushed { TOKEN_PUSHED } else { 0 });
     } else if pushed {
         // Not kept: undo the scope now rather than leave it unbalanced.
         ALLOC.pop_scope();
@@ -523,11 +546,11 @@ pub extern "C" fn tensorpool_scope_leave_kind() -> c_int {
     }
     HOOK_DEPTH_NOW.set(d - 1);
     if d <= HOOK_DEPTH {
-        let token = HOOK_TOKENS.with(|t| t[d - 1].get());
-        if let Some(k) = TensorKind::from_index((token & 0xff) as usize) {
+        let token = token(d - 1);
+        if let Some(k) = TensorKind::from_index((token & (TOKEN_PUSHED - 1)) as usize) {
             tensorpool::set_current_kind(k);
         }
-        if token & 0x100 != 0 {
+        if token & TOKEN_PUSHED != 0 {
             ALLOC.pop_scope();
         }
     }

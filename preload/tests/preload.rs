@@ -528,6 +528,10 @@ fn the_code_every_process_runs_lies_together() {
     );
     let (_, data) = section(".data").unwrap_or((0, 0));
     assert!(data <= 16 << 10, ".data is {} KiB", data >> 10);
+    // glibc copies and zeroes the library's static thread-locals in every new thread, beside
+    // its stack: at 2.5 KiB they cost larsonN's threads a stack page each (3 MiB in all).
+    let tls = section(".tdata").map_or(0, |s| s.1) + section(".tbss").map_or(0, |s| s.1);
+    assert!(tls <= 1 << 10, "the thread-locals take {tls} bytes");
 }
 
 /// glibc's introspection calls from Python through ctypes, as users reach for them:
@@ -743,6 +747,7 @@ fn scopes_attribute_blocks_from_c() {
         ),
         "{text}"
     );
+    assert!(text.contains("nested_ok=1"), "{text}");
     let json = text.lines().last().unwrap();
     let v: serde_json::Value = serde_json::from_str(json).expect(json);
     let scope = |path: &str| {

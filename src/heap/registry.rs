@@ -205,6 +205,7 @@ fn exit_key() -> usize {
 #[link_section = ".text.hot.tensorpool"]
 unsafe extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
     remote::flush_here();
+    crate::pystack::thread_exit();
     cur::set(empty_kind_heap());
     // SAFETY: the heap was this thread's; from now on this thread allocates through a new heap
     // (acquired again if a later destructor allocates), so nothing else touches this one.

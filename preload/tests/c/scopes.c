@@ -90,6 +90,19 @@ int main(void) {
     printf("enter_kind hooks=%d depth=%d kind=%d left=%d after depth=%d kind=%d bad=%d einval=%d "
            "extra=%d einval=%d\n",
            hooks, in_depth, in_kind, left, depth(), get_kind(), bad, e3, extra, errno == EINVAL);
+    /* Nested past the hooks' per-word packing: each leave brings back the kind before its
+     * enter, and the scope depth follows. */
+    int nested_ok = 1;
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < 40; i++)
+            nested_ok &= enter_kind("nested", (i * 5 + 1 + round) % 6) == i + 1 && depth() == i + 1;
+        for (int i = 39; i >= 0; i--) {
+            nested_ok &= get_kind() == (i * 5 + 1 + round) % 6;
+            nested_ok &= leave_kind() == i && depth() == i;
+        }
+        nested_ok &= get_kind() == 0;
+    }
+    printf("nested_ok=%d\n", nested_ok);
     fflush(stdout);
     if (write_scopes(1, 1) != 0)
         return 7;
