@@ -7,8 +7,8 @@
 //! The callback runs with the interpreter's lock held and outside any allocator path, so it may
 //! use the C API: at a function's first call it interns its code object (qualified name, file,
 //! first line, copied into a static table; the code object is kept alive, so its address is
-//! never reused for another), and it pushes the function's id and the frame onto a
-//! thread-local array; a return pops. The sampler (`capture`, inside `malloc`) only reads that
+//! never reused for another), and it pushes the function's id and the frame onto the
+//! thread's own array (`Shadow`, mapped at its first call); a return pops. The sampler (`capture`, inside `malloc`) only reads that
 //! array and asks each frame its current line with `PyFrame_GetLineNumber`, which computes it
 //! from the frame and the code object's line table and neither allocates nor touches reference
 //! counts.
