@@ -162,12 +162,11 @@ pub(crate) fn spin_hint() {
     loom::thread::yield_now();
 }
 
-/// Give the rest of the time slice away after spinning for a while. `sched_yield` does not
-/// allocate.
+/// Give the rest of the time slice away after spinning for a while.
 #[inline]
 pub(crate) fn yield_now() {
     #[cfg(not(loom))]
-    std::thread::yield_now();
+    crate::os::yield_now();
     #[cfg(loom)]
     loom::thread::yield_now();
 }

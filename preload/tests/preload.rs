@@ -448,6 +448,7 @@ fn the_code_every_process_runs_lies_together() {
         "tensorpool::global::TensorPool::free_large",
         "tensorpool::pool::large::arena::Arena::take_in",
         "tensorpool::pool::large::arena::Arena::free",
+        "tensorpool::heap::pages::grows_densely",
     ];
     let spans: Vec<(u64, u64)> = hot.iter().map(|n| addr_of(n)).collect();
     let lo = spans.iter().map(|s| s.0).min().unwrap();
@@ -464,6 +465,14 @@ fn the_code_every_process_runs_lies_together() {
         "the functions every process runs span {} KiB: {:?}",
         (hi - lo) >> 10,
         hot.iter().zip(&spans).collect::<Vec<_>>()
+    );
+    // A contended lock yields through `sched_yield` itself: std's wrapper lies far from the
+    // hot code, a 64 KiB window of code for the first contention of a threaded process.
+    assert!(
+        !funcs
+            .iter()
+            .any(|f| f.2.ends_with("thread::functions::yield_now")),
+        "std's yield_now is linked in"
     );
     // What else runs in every process goes beside them (preload/layout.ld): the PLT, through
     // which a process calls at exit, and std's argument hook, run at load.

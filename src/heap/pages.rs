@@ -353,8 +353,11 @@ unsafe fn new_page(heap: *mut Heap, kind: u8, class: usize) -> *mut Page {
 /// on huge pages from the start. A walk of the page descriptors, only while segments are not
 /// armed (a few heaps of a few segments).
 ///
+/// In the hot section (`preload/layout.ld`): most threaded programs run it once or twice.
+///
 /// # Safety
 /// The calling thread owns `heap`.
+#[link_section = ".text.hot.tensorpool"]
 unsafe fn grows_densely(heap: *mut Heap, touched: usize, count: usize) -> bool {
     let (part, whole) = DENSE_GROWTH_TOUCHED;
     if touched * whole < count * SEGMENT_SIZE * part {
