@@ -8,10 +8,10 @@
 //! use the C API: at a function's first call it interns its code object (qualified name, file,
 //! first line, copied into a static table; the code object is kept alive, so its address is
 //! never reused for another), and it pushes the function's id and the frame onto the
-//! thread's own array (`Shadow`, mapped at its first call); a return pops. The sampler (`capture`, inside `malloc`) only reads that
-//! array and asks each frame its current line with `PyFrame_GetLineNumber`, which computes it
-//! from the frame and the code object's line table and neither allocates nor touches reference
-//! counts.
+//! thread's own array (`Shadow`, mapped at its first call); a return pops. The sampler
+//! (`capture`, inside `malloc`) only reads that array and asks each frame its current line
+//! with `PyFrame_GetLineNumber`, which computes it from the frame and the code object's line
+//! table and neither allocates nor touches reference counts.
 //!
 //! **Why this is safe without the GIL.** Allocations often come from a thread that released the
 //! GIL (PyTorch's operators do). The frames on a thread's shadow stack are that thread's own
@@ -92,10 +92,10 @@ shared_static! {
 /// A thread's shadow stack: the function ids and frames of its Python calls, outermost first.
 ///
 /// Mapped at the thread's first Python call once stacks are kept, rather than in static TLS:
-/// glibc zeroes a library's static TLS in every new thread, just below the thread's stack, so
-/// these 1.5 KiB cost every thread of every process a page of its stack (larsonN, whose
-/// threads each start the next: 12 KiB resident per thread stack against mimalloc's 8, 3 MiB
-/// in all).
+/// glibc zeroes a library's static TLS in every new thread, just below the thread's stack, and
+/// these 1.5 KiB, in every thread of every process, pushed the stacks of mimalloc-bench's
+/// larsonN (whose threads each start the next) to 12 KiB resident each against mimalloc's 8:
+/// 3 MiB in all.
 struct Shadow {
     ids: [u32; SHADOW],
     frames: [usize; SHADOW],

@@ -466,10 +466,11 @@ pub unsafe extern "C" fn tensorpool_scope_push(name: *const c_char) -> c_int {
 }
 
 thread_local! {
-    /// What each `tensorpool_scope_enter_kind` of the thread changed, innermost last, a token
-    /// of `TOKEN_BITS` each (`HOOK_TOKENS` per word); entries past `HOOK_DEPTH` are counted
-    /// only. Packed: glibc zeroes the library's static TLS in every new thread, just below its
-    /// stack, and a larger TLS cost threads a page of stack each (`tensorpool::pystack`).
+    /// What each `tensorpool_scope_enter_kind` of the thread changed, innermost last: a token
+    /// of `TOKEN_BITS` each, `TOKENS_PER_WORD` to a word; entries past `HOOK_DEPTH` are counted
+    /// only. Packed: glibc zeroes the library's static thread-locals in every new thread, just
+    /// below its stack, and at 2.5 KiB they cost some programs' threads a page of stack each
+    /// (the crate's `pystack::Shadow` says more).
     static HOOK_TOKENS: [core::cell::Cell<u64>; HOOK_DEPTH / TOKENS_PER_WORD] =
         const { [const { core::cell::Cell::new(0) }; HOOK_DEPTH / TOKENS_PER_WORD] };
     static HOOK_DEPTH_NOW: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };

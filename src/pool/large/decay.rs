@@ -152,8 +152,8 @@ impl Decay {
         }
     }
 
-    /// All zero bytes, a placeholder until `new`'s value replaces it (the arena's static state
-    /// starts zeroed: `ArenaState::ready`). Its decay time is 0, so it is never left in force.
+    /// All zero bytes: the arena's static state starts so, and `ArenaState::ready` puts
+    /// `new`'s value in its place before any use.
     pub(crate) const fn zeroed() -> Self {
         Self {
             ms: 0,
