@@ -144,11 +144,7 @@ impl Decay {
             ms,
             slow: Window::new(tick_ns(ms)),
             fast: Window::new(tick_ns(fast_ms(ms))),
-            epoch_end: 0,
-            peaks: [[0; KINDS1]; EPOCHS],
-            ppos: 0,
-            cur_peak: [0; KINDS1],
-            ring_peak: [0; KINDS1],
+            ..Self::zeroed()
         }
     }
 

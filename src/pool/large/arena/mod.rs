@@ -210,11 +210,10 @@ enum Step {
 
 /// The arena's state, behind its lock.
 ///
-/// It starts as all zero bytes (`ArenaState::new`), and the first `Arena::with` or
-/// `Arena::for_each_segment` sets the defaults that are not zero (`ready`): so the process-wide
-/// arena, page map and all, sits in `.bss`, where only the pages a process writes become
-/// resident, instead of 37 KiB of `.data` that every process loads in whole (a C program that
-/// mallocs once kept all ten pages of it).
+/// It starts as all zero bytes (`ArenaState::new`), and the first `Arena::with` sets the
+/// defaults that are not zero (`ready`): so the process-wide arena, page map and all, sits in
+/// `.bss`, where only the pages a process writes become resident, instead of 37 KiB of `.data`
+/// that every process loads in whole (a C program that mallocs once kept all ten pages of it).
 pub(crate) struct ArenaState {
     /// The defaults below are set (`ArenaState::ready`).
     ready: bool,

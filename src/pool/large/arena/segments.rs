@@ -70,8 +70,8 @@ impl Arena {
     /// Run `f` on the base of every segment held by a heap and initialised (`segment_ready`),
     /// under the lock, so none comes back to the arena meanwhile.
     pub(crate) fn for_each_segment(&self, mut f: impl FnMut(*mut u8)) {
+        // (No `ready`: a state not yet ready has no regions.)
         self.state.with(|s| {
-            s.ready();
             let mut r = s.regions;
             while !r.is_null() {
                 // SAFETY: regions and their extents are the arena's, read under its lock.
