@@ -28,14 +28,17 @@ const WANTED: u8 = 1;
 const STARTING: u8 = 2;
 const RUNNING: u8 = 3;
 
+#[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
 static STATE: AtomicU8 = AtomicU8::new(OFF);
 /// Non-zero while starting the thread must wait (see `defer_background_thread`).
+#[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
 static DEFERRED: AtomicU8 = AtomicU8::new(0);
 
 /// Turn the background thread on or off (configuration). Turning it off stops a running thread
 /// at its next wake-up.
 pub(crate) fn configure(on: bool) {
     if on {
+        #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
         static FORK_HANDLER: AtomicU8 = AtomicU8::new(0);
         if FORK_HANDLER.swap(1, AcqRel) == 0 {
             crate::os::at_fork(nothing, nothing, after_fork_child);

@@ -32,6 +32,7 @@ const DEFAULT: usize = 1;
 const FULL: usize = 2;
 
 shared_static! {
+    #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
     static MODE: AtomicUsize = AtomicUsize::new(UNKNOWN);
 }
 

@@ -70,6 +70,7 @@ impl Account {
 }
 
 shared_static! {
+    #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
     static ACCOUNTS: [CachePadded<Account>; NUM_KINDS] = [
         CachePadded::new(Account::new()),
         CachePadded::new(Account::new()),

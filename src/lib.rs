@@ -42,7 +42,13 @@
 // points, and the tables every allocation reads (`.rodata.hot.tensorpool`: size classes, the
 // static empty page) with this crate's other constants beside the dynamic symbols: a process
 // that allocates a few blocks then keeps 80 KiB of the library's code and 64 KiB of its
-// read-only data resident instead of 260 and 128 (docs/performance.md, "0.3.12").
+// read-only data resident instead of 260 and 128 (docs/performance.md, "0.3.12"). The same
+// holds for writable statics: `.bss` is mostly large tables that a process never touches (the
+// page map's bitmap, the scope, profile and Python tables), and each small static written
+// among them is a page resident. Those a process writes carry `#[cfg_attr(not(loom),
+// link_section = ".bss.hot.tensorpool")]`, which the preload library's script puts at the
+// front of `.bss`, on the page the loader zeroes after `.data` anyway: three to five pages less
+// per process (docs/performance.md, "0.3.14").
 
 pub mod adapter;
 mod background;

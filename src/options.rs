@@ -419,6 +419,7 @@ shared_static! {
     /// Where the configuration stands. Another thread's first large allocation waits while one
     /// is being applied: it once went ahead with the thread caches' total still zero and cached
     /// nothing (a test's thread, one time in twelve).
+    #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
     static CONFIG: AtomicUsize = AtomicUsize::new(UNCONFIGURED);
 }
 

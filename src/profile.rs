@@ -46,6 +46,7 @@ shared_static! {
 }
 
 shared_static! {
+    #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
     static DROPPED: AtomicUsize = AtomicUsize::new(0);
 }
 
@@ -57,11 +58,13 @@ shared_static! {
 
 shared_static! {
     /// Large live bytes at which the next copy is taken (a sixteenth above the last copy's).
+    #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
     static PEAK_MARK: AtomicUsize = AtomicUsize::new(0);
 }
 
 shared_static! {
     /// Large live bytes when `PEAK_TABLE` was copied.
+    #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
     static PEAK_BYTES: AtomicUsize = AtomicUsize::new(0);
 }
 
@@ -241,6 +244,7 @@ pub(crate) fn record(ptr: *mut u8, size: usize, kind: usize) {
 fn hold_tables_across_fork() {
     #[cfg(not(loom))]
     {
+        #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
         static REGISTERED: core::sync::atomic::AtomicBool =
             core::sync::atomic::AtomicBool::new(false);
         if !REGISTERED.load(Ordering::Acquire) && !REGISTERED.swap(true, Ordering::AcqRel) {

@@ -75,6 +75,7 @@ impl Func {
 }
 
 /// The API, once installed (null before).
+#[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
 static API: AtomicPtr<Api> = AtomicPtr::new(core::ptr::null_mut());
 static TABLE: [Func; FUNCS] = [Func::EMPTY; FUNCS];
 /// Function ids by code object address (0: empty; ids start at 1).
@@ -82,10 +83,12 @@ static SLOT: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
 static NEXT: AtomicUsize = AtomicUsize::new(1);
 /// Odd while the shadow stacks are kept; bumped at every installation and removal, so that a
 /// thread's stack from an earlier period (its frames may have returned since) is never read.
+#[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
 static PERIOD: AtomicUsize = AtomicUsize::new(0);
 
 shared_static! {
     /// Held to name a new function (lookups take no lock).
+    #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
     static NAMING: SpinLock<()> = SpinLock::new(());
 }
 
@@ -111,6 +114,7 @@ unsafe impl Send for Spares {}
 
 shared_static! {
     /// The spare shadow stacks.
+    #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
     static SPARES: SpinLock<Spares> = SpinLock::new(Spares(core::ptr::null_mut()));
 }
 

@@ -26,7 +26,9 @@ use core::fmt::{self, Write as _};
 /// value. The arena adds at a block handed out and subtracts at a live block given back; a thread
 /// cache subtracts at a free into it and adds at a block taken from it (a cached block flowing
 /// back to the arena changes nothing). Read without locks, so a snapshot's figure is a moment's.
+#[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
 pub(crate) static HELD: [SharedStat; NUM_KINDS] = [SharedStat::ZERO; NUM_KINDS];
+#[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
 pub(crate) static HELD_PEAK: [SharedStat; NUM_KINDS] = [SharedStat::ZERO; NUM_KINDS];
 
 /// `bytes` of kind `kind` handed to the program.

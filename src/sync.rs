@@ -203,10 +203,13 @@ pub(crate) mod waits {
     use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
     /// Acquisitions that found the lock held.
+    #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
     pub(crate) static CONTENDED: AtomicU64 = AtomicU64::new(0);
     /// Busy-wait rounds (`spin_hint`) while it was held.
+    #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
     pub(crate) static SPINS: AtomicU64 = AtomicU64::new(0);
     /// `sched_yield` calls while it was held (after 64 spins).
+    #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
     pub(crate) static YIELDS: AtomicU64 = AtomicU64::new(0);
 
     /// (contended, spins, yields) so far.

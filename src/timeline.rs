@@ -32,13 +32,20 @@ const EMPTY: Slot = Slot {
 };
 
 static RING: [Slot; TIMELINE_CAPACITY] = [EMPTY; TIMELINE_CAPACITY];
+#[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
 static NEXT: AtomicUsize = AtomicUsize::new(0);
+#[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
 static ON: AtomicBool = AtomicBool::new(false);
+#[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
 static START_NS: AtomicU64 = AtomicU64::new(0);
+#[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
 static LIVE: [AtomicU64; NUM_KINDS] = [Z; NUM_KINDS];
 /// Least time between samples (0: every event), and when the last one was taken.
+#[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
 static INTERVAL_NS: AtomicU64 = AtomicU64::new(0);
+#[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
 static LAST_NS: AtomicU64 = AtomicU64::new(0);
+#[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
 static CACHED: [AtomicU64; NUM_KINDS] = [Z; NUM_KINDS];
 
 /// Markers the ring keeps; older ones are overwritten.
@@ -59,6 +66,7 @@ const EMPTY_MARK: MarkSlot = MarkSlot {
 };
 
 static MARKS: [MarkSlot; MARKER_CAPACITY] = [EMPTY_MARK; MARKER_CAPACITY];
+#[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
 static MARK_NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// Whether recording is on (one relaxed load on each large-block event).

@@ -260,6 +260,7 @@ fn count_cpu_list(s: &[u8]) -> Option<usize> {
 }
 
 /// 0: not detected yet; 1: detecting; 2: done.
+#[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
 static STATE: AtomicU8 = AtomicU8::new(0);
 static mut DETECTED: (CacheTopology, TopologySource) =
     (CacheTopology::I5_10210U, TopologySource::Preset);

@@ -75,6 +75,7 @@ type StartMainFn = unsafe extern "C" fn(
 ) -> c_int;
 
 /// The program's `main`, while our wrapper runs in its place.
+#[link_section = ".bss.hot.tensorpool"]
 static MAIN: AtomicUsize = AtomicUsize::new(0);
 
 /// glibc's `__libc_start_main`, interposed only to learn when `main` starts: it calls the real

@@ -535,8 +535,30 @@ fn the_code_every_process_runs_lies_together() {
         arena >= bss,
         "the arena at {arena:#x}, before .bss at {bss:#x}"
     );
-    let (_, data) = section(".data").unwrap_or((0, 0));
+    let (data_at, data) = section(".data").unwrap_or((0, 0));
     assert!(data <= 16 << 10, ".data is {} KiB", data >> 10);
+    // The small statics a process writes lie on the page where `.data` ends, which the loader
+    // writes anyway (it zeroes the rest of it): among the large tables of `.bss` each cost a
+    // page of its own (`.bss.hot.tensorpool`, preload/layout.ld).
+    let last_data_page = (data_at + data - 1) >> 12;
+    for name in [
+        "tensorpool::options::CONFIG",
+        "tensorpool::checked::MODE",
+        "tensorpool::stats::HELD",
+        "tensorpool::topology::STATE",
+        "tensorpool::heap::registry::HEAPS",
+        "tensorpool::pystack::PERIOD",
+        "tensorpool::timeline::ON",
+        "std::sys::args::unix::imp::ARGV",
+    ] {
+        let addr = object(name);
+        assert_eq!(
+            addr >> 12,
+            last_data_page,
+            "{name} at {addr:#x}, not on the page where .data ends ({:#x})",
+            data_at + data
+        );
+    }
     // glibc copies and zeroes the library's static thread-locals in every new thread, beside
     // its stack: at 2.5 KiB they cost larsonN's threads a stack page each (3 MiB in all).
     let tls = section(".tdata").map_or(0, |s| s.1) + section(".tbss").map_or(0, |s| s.1);

@@ -8,6 +8,7 @@ use crate::kind::TensorKind;
 use crate::options::ExitReport;
 
 /// The exit report chosen (`ExitReport as u8`); statistics, not synchronisation.
+#[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
 pub(super) static EXIT_REPORT: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
 
 /// Print the statistics at process exit (registered with `atexit`), allocating nothing: to

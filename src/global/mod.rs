@@ -116,6 +116,7 @@ impl TensorPool {
         if env.timeline.unwrap_or(self.config.timeline) || report {
             crate::timeline::start(0);
         }
+        #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
         static HTML_AT_EXIT: core::sync::atomic::AtomicBool =
             core::sync::atomic::AtomicBool::new(false);
         if report && !HTML_AT_EXIT.swap(true, core::sync::atomic::Ordering::Relaxed) {

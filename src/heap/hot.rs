@@ -45,18 +45,21 @@ pub(crate) const HOT_SLOTS: usize = 32;
 
 shared_static! {
     /// Each thread cache's byte limit; 0 (before configuration, or when turned off) bypasses.
+    #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
     static LIMIT: AtomicUsize = AtomicUsize::new(0);
 }
 
 shared_static! {
     /// What all thread caches may hold together: the limit times the cores that share the
     /// last-level cache (at most that many threads run at once, each with its share).
+    #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
     static TOTAL_LIMIT: AtomicUsize = AtomicUsize::new(0);
 }
 
 shared_static! {
     /// What the thread caches have reserved of `TOTAL_LIMIT` together: the sum of their
     /// `reserved`.
+    #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
     static RESERVED: AtomicUsize = AtomicUsize::new(0);
 }
 

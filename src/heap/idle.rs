@@ -32,6 +32,7 @@ pub(crate) const IDLE_NS: u64 = 100_000_000;
 const LOOK_EVERY_NS: u64 = IDLE_NS / 2;
 
 /// When the next look may start (`os::coarse_now_ns`); written by the thread that starts one.
+#[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
 static NEXT_LOOK: AtomicU64 = AtomicU64::new(0);
 
 /// For a thread whose cache could not grow within the shared total: send back the caches of

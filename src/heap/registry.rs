@@ -117,18 +117,22 @@ fn try_adopt(h: *mut Heap) -> bool {
 }
 
 shared_static! {
+    #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
     pub(crate) static HEAPS: Registry = Registry::new();
 }
 
 shared_static! {
     /// The thread-exit key (0 until created; `usize::MAX` if none could be created).
+    #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
     static EXIT_KEY: AtomicUsize = AtomicUsize::new(0);
 }
 shared_static! {
+    #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
     static EXIT_KEY_LOCK: SpinLock<()> = SpinLock::new(());
 }
 shared_static! {
     /// Whether this module's fork handler is registered.
+    #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
     static FORK_HANDLER: AtomicBool = AtomicBool::new(false);
 }
 

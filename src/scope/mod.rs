@@ -145,13 +145,16 @@ static TABLE: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
 /// Nodes made so far, node 0 included (published with release after the node is written).
 static NEXT: AtomicUsize = AtomicUsize::new(1);
 /// Entries refused (table full, too deep): what the report calls dropped.
+#[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
 static REFUSED: AtomicUsize = AtomicUsize::new(0);
 /// The current scope of the thread that shares its scopes (`share`), which threads outside
 /// every scope allocate into; 0: none.
+#[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
 static AMBIENT: AtomicUsize = AtomicUsize::new(0);
 
 shared_static! {
     /// Held to add a node (lookups take no lock).
+    #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
     static INTERN: SpinLock<()> = SpinLock::new(());
 }
 

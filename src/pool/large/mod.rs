@@ -37,6 +37,7 @@ shared_static! {
 
 /// Whether the fork handler holding `ARENA`'s lock is registered.
 #[cfg(not(loom))]
+#[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
 static FORK_HANDLER: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// Register, once, a fork handler that holds the arena's lock across `fork`, so a child never
