@@ -202,31 +202,41 @@ pub(crate) use loom::cell::UnsafeCell;
 pub(crate) mod waits {
     use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-    /// Acquisitions that found the lock held.
+    /// The counters, on a cache line of their own: they sit with the small statics a process
+    /// writes (`.bss.hot.tensorpool`), and threads that wait on a lock must not take the line
+    /// of the thread caches' limits or the held bytes with them.
+    #[repr(C, align(64))]
+    struct Waits {
+        /// Acquisitions that found the lock held.
+        contended: AtomicU64,
+        /// Busy-wait rounds (`spin_hint`) while it was held.
+        spins: AtomicU64,
+        /// `sched_yield` calls while it was held (after 64 spins).
+        yields: AtomicU64,
+    }
+
     #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
-    pub(crate) static CONTENDED: AtomicU64 = AtomicU64::new(0);
-    /// Busy-wait rounds (`spin_hint`) while it was held.
-    #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
-    pub(crate) static SPINS: AtomicU64 = AtomicU64::new(0);
-    /// `sched_yield` calls while it was held (after 64 spins).
-    #[cfg_attr(not(loom), link_section = ".bss.hot.tensorpool")]
-    pub(crate) static YIELDS: AtomicU64 = AtomicU64::new(0);
+    static WAITS: Waits = Waits {
+        contended: AtomicU64::new(0),
+        spins: AtomicU64::new(0),
+        yields: AtomicU64::new(0),
+    };
 
     /// (contended, spins, yields) so far.
     pub(crate) fn get() -> (u64, u64, u64) {
         (
-            CONTENDED.load(Relaxed),
-            SPINS.load(Relaxed),
-            YIELDS.load(Relaxed),
+            WAITS.contended.load(Relaxed),
+            WAITS.spins.load(Relaxed),
+            WAITS.yields.load(Relaxed),
         )
     }
 
     #[cold]
     pub(super) fn add(spins: u32) {
-        CONTENDED.fetch_add(1, Relaxed);
+        WAITS.contended.fetch_add(1, Relaxed);
         let s = spins.min(64) as u64;
-        SPINS.fetch_add(s, Relaxed);
-        YIELDS.fetch_add(spins as u64 - s, Relaxed);
+        WAITS.spins.fetch_add(s, Relaxed);
+        WAITS.yields.fetch_add(spins as u64 - s, Relaxed);
     }
 }
 
