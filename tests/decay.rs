@@ -83,6 +83,11 @@ fn run(env: &[(&str, &str)]) -> (i64, bool, usize, usize, usize, usize, String) 
 }
 
 const HELD: usize = BLOCK * BLOCKS / MIB;
+/// How far below `before + HELD` a process that kept every block may read (MiB): besides a few
+/// MiB of its own, `statm` on Linux 6.18 here read 16 MiB short in about one run of ten (180
+/// or 181 MiB where other runs read 196-197) while the arena held all 192 MiB dirty and had
+/// purged none.
+const KEPT_SLACK: usize = 24;
 
 #[test]
 fn decay_returns_memory_after_its_time_and_on_the_next_call() {
@@ -92,11 +97,11 @@ fn decay_returns_memory_after_its_time_and_on_the_next_call() {
     let (ms, bg, before, freed, idle, called, _) = run(&[("TENSORPOOL_DECAY_MS", "200")]);
     assert_eq!((ms, bg), (200, false));
     assert!(
-        freed >= before + HELD - 8,
+        freed >= before + HELD - KEPT_SLACK,
         "kept for reuse right after the free: {freed}"
     );
     assert!(
-        idle >= before + HELD - 8,
+        idle >= before + HELD - KEPT_SLACK,
         "no thread: an idle process keeps it: {idle}"
     );
     assert!(
@@ -116,7 +121,7 @@ fn the_background_thread_returns_an_idle_process_memory() {
     ]);
     assert_eq!((ms, bg), (200, true));
     assert!(
-        freed >= before + HELD - 8,
+        freed >= before + HELD - KEPT_SLACK,
         "kept for reuse right after the free: {freed}"
     );
     assert!(
@@ -141,7 +146,10 @@ fn zero_returns_at_once_and_minus_one_never() {
         ("TENSORPOOL_BACKGROUND", "1"),
     ]);
     assert_eq!(ms, -1);
-    assert!(called >= before + HELD - 8, "never decays: {called}");
+    assert!(
+        called >= before + HELD - KEPT_SLACK,
+        "never decays: {called}"
+    );
 }
 
 #[test]

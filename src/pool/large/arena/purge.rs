@@ -44,22 +44,8 @@ impl ArenaState {
         cause: Cause,
     ) -> *mut Extent {
         let mut chain: *mut Extent = ptr::null_mut();
-        let mut taken = 0u64;
+        let mut taken = self.take_huge_pages(&mut chain, bytes, attr, cause);
         let first = attr.unwrap_or(0);
-        if self.huge_pages {
-            let mut x = self.oldest(attr);
-            while taken < bytes && !x.is_null() && self.reserve(2) {
-                // SAFETY: `x` is our dirty extent on the release-order list.
-                let newer = unsafe { (*x).lru_prev };
-                // SAFETY: as above; spares are reserved.
-                if let Some(y) = unsafe { self.take_whole_huge(x, bytes - taken, first) } {
-                    // SAFETY: `y` is ours and off every tree and list.
-                    taken += unsafe { self.chain_purge(&mut chain, y, cause) };
-                }
-                // SAFETY: `newer` is null or on the list (the cut pieces went in older).
-                x = unsafe { Self::holding(newer, attr) };
-            }
-        }
         while taken < bytes {
             let x = self.oldest(attr);
             if x.is_null() || !self.reserve(2) {
@@ -90,6 +76,36 @@ impl ArenaState {
             self.decay.purged(taken);
         }
         chain
+    }
+
+    /// `take_dirty`'s first pass: with huge pages on, whole huge pages of the block zone's dirty
+    /// memory (holding bytes of `attr`, or any), oldest first, until `bytes` are taken; onto
+    /// `chain`. Returns the bytes taken (0 with huge pages off).
+    pub(super) fn take_huge_pages(
+        &mut self,
+        chain: &mut *mut Extent,
+        bytes: u64,
+        attr: Option<usize>,
+        cause: Cause,
+    ) -> u64 {
+        let mut taken = 0u64;
+        if !self.huge_pages {
+            return 0;
+        }
+        let first = attr.unwrap_or(0);
+        let mut x = self.oldest(attr);
+        while taken < bytes && !x.is_null() && self.reserve(2) {
+            // SAFETY: `x` is our dirty extent on the release-order list.
+            let newer = unsafe { (*x).lru_prev };
+            // SAFETY: as above; spares are reserved.
+            if let Some(y) = unsafe { self.take_whole_huge(x, bytes - taken, first) } {
+                // SAFETY: `y` is ours and off every tree and list.
+                taken += unsafe { self.chain_purge(chain, y, cause) };
+            }
+            // SAFETY: `newer` is null or on the list (the cut pieces went in older).
+            x = unsafe { Self::holding(newer, attr) };
+        }
+        taken
     }
 
     /// Cut the whole huge pages of dirty extent `x` (its 2 MiB-aligned inside; the highest

@@ -121,6 +121,18 @@ impl ArenaState {
                     return Step::Purge(chain);
                 }
             }
+            // And `live + dirty` within the footprint bound, by whole huge pages only.
+            let live_after = self.live + need as u64;
+            let excess = (live_after + kept).saturating_sub(self.decay.footprint_bound(live_after));
+            if excess > 0 {
+                let mut chain = ptr::null_mut();
+                let taken = self.take_huge_pages(&mut chain, excess, None, Cause::Bound);
+                if !chain.is_null() {
+                    self.decay.note(self.dirty_bytes, self.live);
+                    self.decay.purged(taken);
+                    return Step::Purge(chain);
+                }
+            }
         }
         // Make sure the page map can record the block before anything is cut.
         if !map.prepare(a, &mut self.map_meta) {

@@ -267,6 +267,59 @@ fn purges_take_whole_huge_pages_first() {
     }
 }
 
+/// With huge pages on, a request that takes fresh pages while the holes it cannot use would
+/// leave `live + dirty` over the footprint bound returns whole huge pages of those holes first;
+/// with them off, the holes stay dirty (decay's business).
+#[test]
+fn fresh_pages_past_the_footprint_bound_return_whole_huge_pages_of_holes() {
+    for huge in [true, false] {
+        let (a, _serial) = arena();
+        a.with(|s| {
+            s.decay.set_ms(-1);
+            s.huge_pages = huge;
+        });
+        let hole = a.alloc_block(1, 32 * MIB, 64);
+        let guard = a.alloc_block(1, MIB, 64);
+        fill(guard, MIB, 3);
+        // SAFETY: live, freed once.
+        unsafe { a.free(a.lookup(hole)) };
+        let (dirty_before, cuts_before) = a.with(|s| (s.dirty_bytes, s.totals.huge_page_cuts));
+        assert!(dirty_before >= 32 * MIB as u64);
+        // Larger than the hole: 41 MiB live with it (past `FOOTPRINT_FROM`), a new peak, so
+        // `live + dirty` may reach 45 MiB (the slack's least is 4 MiB), where it would be 73
+        // with the hole kept.
+        let big = a.alloc_block(1, 40 * MIB, 64);
+        assert!(!big.is_null());
+        fill(big, 40 * MIB, 7);
+        let (dirty, live, bound, cuts) = a.with(|s| {
+            (
+                s.dirty_bytes,
+                s.live,
+                s.decay.footprint_bound(s.live),
+                s.totals.huge_page_cuts,
+            )
+        });
+        if huge {
+            assert!(live + dirty <= bound, "{live} + {dirty} over {bound}");
+            assert!(
+                dirty < dirty_before,
+                "whole huge pages of the hole went back"
+            );
+            assert_eq!(cuts, cuts_before, "no huge page split for it");
+        } else {
+            assert_eq!(dirty, dirty_before, "4 KiB pages: the hole stays");
+        }
+        check(guard, MIB, 3);
+        check(big, 40 * MIB, 7);
+        a.census();
+        // SAFETY: live, freed once each.
+        unsafe {
+            a.free(a.lookup(big));
+            a.free(a.lookup(guard));
+        }
+    }
+}
+
 /// Metadata goes on huge pages only once the arena holds `HUGE_META_FROM`: before, a 2 MiB
 /// huge page would hold a few KiB of page-map nodes in a process of a few MiB.
 #[test]
