@@ -39,7 +39,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional, TypeVar, Union
 
-__version__ = "0.3.14"
+__version__ = "0.3.15"
 
 #: The tensor kinds, in the library's order (their index is the C API's kind number).
 KINDS = (

@@ -31,14 +31,14 @@
 //! same slack, once the live bytes reach `FOOTPRINT_FROM`, by purging whole free huge pages
 //! only (`ArenaState::take_huge_pages`): what does not fit the request and would stay resident
 //! beside its fresh pages goes back, at one fault per 2 MiB if it is used again, and no huge
-//! page is split for it. Arrays that grow by concatenation (a numpy KV cache: each new one a
-//! little larger than the hole the last one left) grew the arena past the peak with every hole
-//! resident: numpy's forward pass under `LD_PRELOAD` peaked at 187 MiB (glibc 155), 167 MiB
-//! with this rule. It costs the tensor trace's first request a third more faults (453 -> 708;
-//! requests 2-3 unchanged) and the soak two to three times as many (972 -> 2,699), where it
-//! lowers the soak's worst RSS / peak live from 1.39 to 1.26. With 4 KiB pages the same rule
-//! would refault 512 pages per 2 MiB it returns (the soak: 18,666 faults): it does not apply
-//! there.
+//! page is split for it. numpy's forward pass under `LD_PRELOAD` (its KV caches grow by
+//! concatenation, each copy larger than the hole the last one left) took the arena from 116 to
+//! 148 MiB held while its live bytes stayed within 104 MiB, every hole resident: it peaked at
+//! 187 MiB (glibc 155), 167 MiB with this rule. It costs the tensor trace's first request 556-708 faults instead of 453
+//! (requests 2-3 unchanged) and the soak two to three times as many (972 -> 1,991-2,699), where
+//! it lowers the soak's worst RSS / peak live from 1.35-1.39 to 1.26-1.31. With 4 KiB pages the
+//! same rule would refault 512 pages per 2 MiB it returns (the soak: 18,666 faults): it does not
+//! apply there.
 //!
 //! Everything here is plain arithmetic on times passed in, so it is tested without a clock.
 
