@@ -34,11 +34,11 @@
 //! page is split for it. numpy's forward pass under `LD_PRELOAD` (its KV caches grow by
 //! concatenation, each copy larger than the hole the last one left) took the arena from 116 to
 //! 148 MiB held while its live bytes stayed within 104 MiB, every hole resident: it peaked at
-//! 187 MiB (glibc 155), 167 MiB with this rule. It costs the tensor trace's first request 556-708 faults instead of 453
-//! (requests 2-3 unchanged) and the soak two to three times as many (972 -> 1,991-2,699), where
-//! it lowers the soak's worst RSS / peak live from 1.35-1.39 to 1.26-1.31. With 4 KiB pages the
-//! same rule would refault 512 pages per 2 MiB it returns (the soak: 18,666 faults): it does not
-//! apply there.
+//! 187 MiB (glibc 155), 162-167 MiB with this rule. It costs the tensor trace's first request
+//! 556-708 faults instead of 453 (requests 2-3 unchanged) and the soak two to three times as
+//! many (972 -> 1,991-2,699), where it lowers the soak's worst RSS / peak live from 1.35-1.39
+//! to 1.26-1.31. With 4 KiB pages the same rule would refault 512 pages per 2 MiB it returns
+//! (the soak: 18,666 faults): it does not apply there.
 //!
 //! Everything here is plain arithmetic on times passed in, so it is tested without a clock.
 

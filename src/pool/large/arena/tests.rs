@@ -14,6 +14,16 @@ fn arena() -> (&'static Arena, std::sync::MutexGuard<'static, ()>) {
     (Box::leak(Box::new(Arena::new())), g)
 }
 
+/// `arena()` with decay off (only what a test asks for is purged) and huge pages as `huge`.
+fn arena_without_decay(huge: bool) -> (&'static Arena, std::sync::MutexGuard<'static, ()>) {
+    let (a, serial) = arena();
+    a.with(|s| {
+        s.decay.set_ms(-1);
+        s.huge_pages = huge;
+    });
+    (a, serial)
+}
+
 fn fill(p: *mut u8, n: usize, v: u8) {
     // SAFETY: `p` is a live block of at least `n` bytes.
     unsafe { p.write_bytes(v, n) };
@@ -231,11 +241,7 @@ fn decay_returns_idle_memory_only() {
 #[test]
 fn purges_take_whole_huge_pages_first() {
     for huge in [true, false] {
-        let (a, _serial) = arena();
-        a.with(|s| {
-            s.decay.set_ms(-1);
-            s.huge_pages = huge;
-        });
+        let (a, _serial) = arena_without_decay(huge);
         let size = 5 * MIB + 12 * 1024;
         let x = a.alloc_block(1, size, 64);
         let y = a.alloc_block(1, MIB, 64);
@@ -273,11 +279,7 @@ fn purges_take_whole_huge_pages_first() {
 #[test]
 fn fresh_pages_past_the_footprint_bound_return_whole_huge_pages_of_holes() {
     for huge in [true, false] {
-        let (a, _serial) = arena();
-        a.with(|s| {
-            s.decay.set_ms(-1);
-            s.huge_pages = huge;
-        });
+        let (a, _serial) = arena_without_decay(huge);
         let hole = a.alloc_block(1, 32 * MIB, 64);
         let guard = a.alloc_block(1, MIB, 64);
         fill(guard, MIB, 3);
@@ -324,11 +326,7 @@ fn fresh_pages_past_the_footprint_bound_return_whole_huge_pages_of_holes() {
 /// huge page would hold a few KiB of page-map nodes in a process of a few MiB.
 #[test]
 fn metadata_goes_huge_only_once_the_arena_is_large() {
-    let (a, _serial) = arena();
-    a.with(|s| {
-        s.decay.set_ms(-1);
-        s.huge_pages = true;
-    });
+    let (a, _serial) = arena_without_decay(true);
     let mut blocks: Vec<*mut u8> = (0..8).map(|_| a.alloc_block(0, MIB, 64)).collect();
     assert!(blocks.iter().all(|p| !p.is_null()));
     a.with(|s| {
