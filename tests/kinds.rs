@@ -44,11 +44,6 @@ fn tag_routes_global_allocations_and_scopes_nest() {
 fn frees_return_to_the_owner_whatever_the_tag_or_thread() {
     let _g = COUNTERS.lock().unwrap_or_else(|e| e.into_inner());
     let before = ALLOC.large_counters(TensorKind::ImageEmbedding);
-    let held_before = {
-        let s = ALLOC.stats();
-        let k = s.kind(TensorKind::ImageEmbedding);
-        k.cached_bytes + k.hot_bytes
-    };
     let v = with_kind(TensorKind::ImageEmbedding, || vec![3u8; 3 << 20]);
     let small = with_kind(TensorKind::ImageEmbedding, || vec![4u8; 200]);
     // freed on another thread under another tag
@@ -64,11 +59,16 @@ fn frees_return_to_the_owner_whatever_the_tag_or_thread() {
     let after = ALLOC.large_counters(TensorKind::ImageEmbedding);
     assert_eq!(after.requests - before.requests, 1);
     // Sent back to this thread, which took it (or to the arena): held for reuse in its kind.
+    // (Against the block's size alone, not the kind's holdings before plus it: those include
+    // free small blocks on the pages of other tests' threads, which go when a thread exits;
+    // once in 80 runs beside another copy of this binary they had shrunk by 90 KiB.)
     let s = ALLOC.stats();
     let k = s.kind(TensorKind::ImageEmbedding);
     assert!(
-        k.cached_bytes + k.hot_bytes >= held_before + (3 << 20),
-        "block kept in its own kind"
+        k.cached_bytes + k.hot_bytes >= 3 << 20,
+        "block kept in its own kind: cached {} hot {}",
+        k.cached_bytes,
+        k.hot_bytes
     );
     // the next request of that size and kind is a hit (of this thread's cache or the arena):
     // no fresh pages
