@@ -304,9 +304,8 @@ impl Decay {
 }
 
 /// `peak` plus the bound's slack: a sixteenth of it, at least `SLACK_MIN`.
-const fn with_slack(peak: u64) -> u64 {
-    let s = peak / 16;
-    peak + if s > SLACK_MIN { s } else { SLACK_MIN }
+fn with_slack(peak: u64) -> u64 {
+    peak + (peak / 16).max(SLACK_MIN)
 }
 
 /// The fast tier's period for a decay time: `FAST_MS`, or the decay time if shorter.

@@ -71,11 +71,17 @@ impl ArenaState {
             // SAFETY: `y` is our free extent, its run out of the tree.
             taken += unsafe { self.chain_purge(&mut chain, y, cause) };
         }
+        self.note_taken(taken, cause);
+        chain
+    }
+
+    /// After `taken` bytes went out of the dirty set for `cause`: decay's windows see the new
+    /// dirty count, and what decay or the bound took no longer counts as idle or over the bound.
+    pub(super) fn note_taken(&mut self, taken: u64, cause: Cause) {
         self.decay.note(self.dirty_bytes, self.live);
         if matches!(cause, Cause::Decay | Cause::Bound) {
             self.decay.purged(taken);
         }
-        chain
     }
 
     /// `take_dirty`'s first pass: with huge pages on, whole huge pages of the block zone's dirty

@@ -128,8 +128,7 @@ impl ArenaState {
                 let mut chain = ptr::null_mut();
                 let taken = self.take_huge_pages(&mut chain, excess, None, Cause::Bound);
                 if !chain.is_null() {
-                    self.decay.note(self.dirty_bytes, self.live);
-                    self.decay.purged(taken);
+                    self.note_taken(taken, Cause::Bound);
                     return Step::Purge(chain);
                 }
             }
